@@ -1,0 +1,68 @@
+# One place for every command. `make install` once, then `make run` or `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+
+PROTO_SRC := $(wildcard proto/hpcgate/v1/*.proto)
+GEN_DIR := clients/hpcgate/v1
+
+.PHONY: install proto proto-check lint test test-fast run stop bench cluster cluster-stop clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Generate the Python stubs (+ .pyi typing stubs and a descriptor set with
+# comments, which the edge reads for its OpenAPI descriptions).
+proto: install
+	rm -f $(GEN_DIR)/*_pb2*.py $(GEN_DIR)/*_pb2*.pyi $(GEN_DIR)/hpcgate.binpb
+	$(PY) -m grpc_tools.protoc -Iproto -Ithird_party/googleapis \
+	  --python_out=clients --grpc_python_out=clients \
+	  --mypy_out=quiet:clients --mypy_grpc_out=generate_concrete_servicer_stubs,only_async,quiet:clients \
+	  --include_imports --include_source_info \
+	  --descriptor_set_out=$(GEN_DIR)/hpcgate.binpb \
+	  $(PROTO_SRC)
+
+# CI fails when the committed stubs differ from what `make proto` makes.
+proto-check: proto
+	@git diff --exit-code --stat -- $(GEN_DIR) || { echo "generated stubs are stale: run 'make proto' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- $(GEN_DIR))" || { git status --porcelain -- $(GEN_DIR); echo "untracked generated files: run 'make proto' and commit"; exit 1; }
+
+lint: install
+	$(BIN)/buf lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# The whole suite: lint, stale-stub check, unit and integration tests (the
+# integration tests start the loopback cluster themselves).
+test: lint proto-check
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not cluster"
+
+cluster: install
+	$(PY) dev/cluster/cluster.py start
+
+cluster-stop:
+	$(PY) dev/cluster/cluster.py stop
+
+run: install
+	$(PY) dev/run.py start
+
+stop:
+	-$(PY) dev/run.py stop
+	-$(PY) dev/cluster/cluster.py stop
+
+bench: install
+	@echo "no benchmarks yet (see issue: Benchmarks)"
+
+clean:
+	rm -rf .hpcgate .pytest_cache .mypy_cache .ruff_cache

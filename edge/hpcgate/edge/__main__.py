@@ -1,0 +1,26 @@
+"""``hpcgate-edge``: serve the REST edge in front of an hpcgate gRPC server."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from hpcgate.edge.app import create_app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hpcgate-edge", description=__doc__)
+    parser.add_argument("--server", default="127.0.0.1:50051", help="gRPC server, host:port")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="deadline of unary calls, in seconds"
+    )
+    args = parser.parse_args(argv)
+    app = create_app(args.server, timeout=args.timeout)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

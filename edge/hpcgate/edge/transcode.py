@@ -1,0 +1,147 @@
+"""Turn an HTTP request into the request message of its RPC, generically.
+
+The mapping follows google.api.http: path variables and query parameters
+fill the request fields they name (by proto name or JSON name), and the body
+fills either the whole message (``body: "*"``) or one field. Protobuf's own
+JSON parser does the type conversion, so errors name the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import descriptor, json_format, message
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from hpcgate.edge.bindings import Binding
+from hpcgate.v1 import options_pb2
+
+_TRUE = {"true", "1", "yes", "on", ""}  # a bare `?recursive` means true, as in FastAPI
+_FALSE = {"false", "0", "no", "off"}
+
+
+class BadRequestError(Exception):
+    """The HTTP request does not make a valid request message."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _field(desc: descriptor.Descriptor, key: str) -> descriptor.FieldDescriptor | None:
+    by_name = desc.fields_by_name.get(key)
+    if by_name is not None:
+        return by_name
+    return next((f for f in desc.fields if f.json_name == key), None)
+
+
+def _scalar(field: descriptor.FieldDescriptor, text: str) -> Any:
+    if field.type == descriptor.FieldDescriptor.TYPE_BOOL:
+        lowered = text.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise BadRequestError(
+            f"{field.json_name}: expected a boolean, got {text!r}", field.json_name
+        )
+    return text  # the JSON parser converts numbers and enums given as strings
+
+
+def _query_value(field: descriptor.FieldDescriptor, values: list[str]) -> Any:
+    if field.message_type is not None and not _is_wrapper(field):
+        raise BadRequestError(
+            f"{field.json_name}: cannot be given as a query parameter", field.json_name
+        )
+    if _is_repeated(field):
+        return [_scalar(field, v) for v in values]
+    if len(values) > 1:
+        raise BadRequestError(f"{field.json_name}: given more than once", field.json_name)
+    return _scalar(field, values[0])
+
+
+def _is_repeated(field: descriptor.FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+def _is_wrapper(field: descriptor.FieldDescriptor) -> bool:
+    """google.protobuf.*Value wrappers take a scalar in JSON, so also in a query."""
+    msg = field.message_type
+    return (
+        msg is not None
+        and msg.full_name.startswith("google.protobuf.")
+        and msg.name.endswith("Value")
+    )
+
+
+def query_to_dict(binding: Binding, query: Mapping[str, list[str]]) -> dict[str, Any]:
+    """Map query parameters onto request fields.
+
+    Unknown parameters are ignored, as FastAPI (and so FirecREST) does:
+    pyfirecrest sends some that an operation does not take.
+    """
+    allowed = {f.name: f for f in binding.query_fields()}
+    allowed.update({f.json_name: f for f in binding.query_fields()})
+    data: dict[str, Any] = {}
+    for key, values in query.items():
+        field = allowed.get(key)
+        if field is not None:
+            data[field.name] = _query_value(field, values)
+    return data
+
+
+async def _body(binding: Binding, request: Request) -> dict[str, Any]:
+    if not binding.body:
+        return {}
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise BadRequestError(f"request body is not valid JSON: {error}") from None
+    if binding.body == "*":
+        if not isinstance(parsed, dict):
+            raise BadRequestError("request body must be a JSON object")
+        return parsed
+    return {binding.body: parsed}
+
+
+async def _form_file(binding: Binding, request: Request, target: message.Message) -> None:
+    name = binding.rest.multipart_file_field
+    form = await request.form()
+    part = form.get(name)
+    if not isinstance(part, UploadFile):
+        raise BadRequestError(f"{name}: missing multipart file part", name)
+    uploaded = options_pb2.UploadedFile(
+        filename=part.filename or "",
+        content_type=part.content_type or "",
+        content=await part.read(),
+    )
+    getattr(target, name).CopyFrom(uploaded)
+
+
+def _parse(data: dict[str, Any], target: message.Message) -> None:
+    try:
+        json_format.ParseDict(data, target)
+    except json_format.ParseError as error:
+        raise BadRequestError(str(error)) from None
+
+
+async def build_request(binding: Binding, request: Request) -> message.Message:
+    """The RPC's request message for ``request``; raises BadRequestError naming the field."""
+    target = binding.request_class()
+    data = await _body(binding, request)
+    query: dict[str, list[str]] = {}
+    for key, value in request.query_params.multi_items():
+        query.setdefault(key, []).append(value)
+    data.update(query_to_dict(binding, query))
+    for name in binding.path_fields:
+        data[name] = request.path_params[name]
+    _parse(data, target)
+    if binding.rest.multipart_file_field:
+        await _form_file(binding, request, target)
+    return target

@@ -1,0 +1,1 @@
+"""The hpcgate gRPC server: configuration, auth, SSH pools, adapters and servicers."""

@@ -1,0 +1,30 @@
+"""``hpcgate-server``: run the gRPC server from a YAML configuration file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from hpcgate.server.app import serve
+from hpcgate.server.config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hpcgate-server", description=__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="YAML configuration file")
+    parser.add_argument("--listen", help="host:port to listen on (overrides server.listen)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = load_config(args.config)
+    except ConfigError as error:
+        print(f"hpcgate-server: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    asyncio.run(serve(settings, args.listen))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Assemble and run the grpc.aio server.
+
+The server registers every hpcgate service (RPCs without an implementation
+yet answer UNIMPLEMENTED through the generated base classes), plus
+``grpc.health.v1`` and server reflection. Shutdown is graceful: health goes
+NOT_SERVING, in-flight RPCs get ``shutdown_grace`` seconds, then resources close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+from hpcgate.server.config import Settings
+from hpcgate.server.servicers.status import StatusServicer
+from hpcgate.v1 import (
+    filesystem_pb2,
+    filesystem_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    status_pb2,
+    status_pb2_grpc,
+    transfer_pb2,
+    transfer_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    status_pb2.DESCRIPTOR.services_by_name["Status"].full_name,
+    scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name,
+    filesystem_pb2.DESCRIPTOR.services_by_name["Filesystem"].full_name,
+    transfer_pb2.DESCRIPTOR.services_by_name["Transfer"].full_name,
+)
+
+
+@dataclass
+class Running:
+    """A started server and what it owns."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health_aio.HealthServicer
+    settings: Settings
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop: NOT_SERVING first, then in-flight RPCs, then resources."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.server.shutdown_grace if grace is None else grace)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def start(settings: Settings, listen: str | None = None) -> Running:
+    """Build the server for ``settings`` and start it on ``listen`` (host:port)."""
+    server = grpc.aio.server()
+    status_pb2_grpc.add_StatusServicer_to_server(StatusServicer(settings), server)
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(
+        scheduler_pb2_grpc.SchedulerServicer(), server
+    )
+    filesystem_pb2_grpc.add_FilesystemServicer_to_server(
+        filesystem_pb2_grpc.FilesystemServicer(), server
+    )
+    transfer_pb2_grpc.add_TransferServicer_to_server(transfer_pb2_grpc.TransferServicer(), server)
+
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+
+    address = listen or settings.server.listen
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    log.info("hpcgate server listening on %s", address.rsplit(":", 1)[0] + f":{port}")
+    return Running(server, port, health_servicer, settings)
+
+
+async def serve(settings: Settings, listen: str | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    running = await start(settings, listen)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("shutting down")
+    await running.stop()

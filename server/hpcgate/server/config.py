@@ -1,0 +1,279 @@
+"""Server configuration: one YAML file, validated with pydantic.
+
+Every error names the offending key (``systems.0.ssh.port: ...``) so that a
+bad config stops start-up with a message an operator can act on. Secrets can
+be given inline, or as ``*_file`` / ``*_env`` references resolved at load time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class _Model(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Secret(_Model):
+    """A secret given inline, read from a file, or read from an environment variable."""
+
+    value: str | None = None
+    file: Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Secret:
+        given = [k for k in ("value", "file", "env") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of value, file, env")
+        return self
+
+    def reveal(self) -> str:
+        """Return the secret's text (reads the file or the variable now)."""
+        if self.value is not None:
+            return self.value
+        if self.file is not None:
+            return self.file.read_text().strip()
+        assert self.env is not None
+        try:
+            return os.environ[self.env]
+        except KeyError:
+            raise ConfigError(f"environment variable {self.env} is not set") from None
+
+
+class SSHTimeouts(_Model):
+    """Timeouts of SSH operations, in seconds."""
+
+    connect: float = Field(10.0, gt=0)
+    login: float = Field(10.0, gt=0)
+    command: float = Field(60.0, gt=0)
+    idle: float = Field(60.0, gt=0)
+    keepalive: float = Field(15.0, gt=0)
+
+
+class SSHPoolLimits(_Model):
+    """Limits of one (system, user) connection pool."""
+
+    # Connections opened for one user at most.
+    max_connections: int = Field(4, ge=1, le=64)
+    # Concurrent channels (exec or SFTP requests) per connection; must not
+    # exceed the sshd's MaxSessions (10 by default).
+    max_channels: int = Field(10, ge=1, le=1024)
+
+
+class SSHConfig(_Model):
+    """How to reach a system over SSH."""
+
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    # "user@host:port" of a jump host, as in ssh's ProxyJump.
+    proxy_jump: str | None = None
+    # known_hosts file, or a literal known_hosts line, to verify the host key.
+    known_hosts: Path | None = None
+    known_hosts_entry: str | None = None
+    timeouts: SSHTimeouts = SSHTimeouts()
+    pool: SSHPoolLimits = SSHPoolLimits()
+
+    @model_validator(mode="after")
+    def _host_key_source(self) -> SSHConfig:
+        if self.known_hosts is None and self.known_hosts_entry is None:
+            raise ValueError("give known_hosts or known_hosts_entry: host keys are always verified")
+        return self
+
+
+class SchedulerConfig(_Model):
+    """The system's batch scheduler."""
+
+    type: Literal["slurm"] = "slurm"
+    version: str | None = None
+    # How the scheduler is reached; only commands over SSH for now.
+    connection_mode: Literal["ssh"] = "ssh"
+    # Free-form adapter options (for example Slurm command paths).
+    options: dict[str, str] = {}
+
+
+class FileSystemConfig(_Model):
+    """A filesystem mounted on the system."""
+
+    path: Annotated[str, Field(pattern=r"^/")]
+    data_type: Literal["users", "store", "archive", "apps", "scratch", "project"] = "users"
+    default_work_dir: bool = False
+
+
+class S3Config(_Model):
+    """The S3 store used for large transfers."""
+
+    endpoint: str
+    region: str = "us-east-1"
+    access_key: Secret
+    secret_key: Secret
+    bucket_prefix: str = "hpcgate"
+    # Path-style addressing (http://endpoint/bucket/key), as S3-compatible stores need.
+    path_style: bool = True
+    # Validity of presigned URLs, in seconds.
+    url_expiry: int = Field(3600, ge=60)
+    # Part size of multipart uploads, in bytes.
+    max_part_size: int = Field(1024**3, ge=5 * 1024**2)
+
+
+class ProbingConfig(_Model):
+    """Health probing of the system's services."""
+
+    interval: float = Field(60.0, gt=0)
+    timeout: float = Field(10.0, gt=0)
+
+
+class DataOperationConfig(_Model):
+    """Limits of the small, synchronous file operations."""
+
+    # Largest file that the ops download/upload endpoints move, in bytes.
+    max_ops_file_size: int = Field(5 * 1024**2, ge=0)
+    # Extra scheduler directives for the jobs that move data.
+    datatransfer_jobs_directives: list[str] = []
+
+
+class SystemConfig(_Model):
+    """One HPC system (cluster) the service gives access to."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    ssh: SSHConfig
+    scheduler: SchedulerConfig = SchedulerConfig()
+    filesystems: list[FileSystemConfig] = []
+    s3: S3Config | None = None
+    probing: ProbingConfig = ProbingConfig()
+    data_operation: DataOperationConfig = DataOperationConfig()
+    # Claims a caller's token must carry to use this system, e.g.
+    # {"groups": ["hpc-users"]}: every listed claim must contain one of the values.
+    required_claims: dict[str, list[str]] = {}
+
+
+class AuthConfig(_Model):
+    """Validation of the callers' OIDC bearer tokens."""
+
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    username_claim: str = "preferred_username"
+    algorithms: list[str] = ["RS256", "ES256"]
+    # Tokens that expire sooner than this (seconds) are refused.
+    min_remaining_lifetime: float = Field(0.0, ge=0)
+    # Unknown key ids trigger a JWKS refetch at most this often (seconds).
+    jwks_refresh_interval: float = Field(300.0, gt=0)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _no_symmetric_or_none(cls, algorithms: list[str]) -> list[str]:
+        for alg in algorithms:
+            if alg.lower() == "none" or alg.startswith("HS"):
+                raise ValueError(f"{alg} is not allowed: only asymmetric algorithms")
+        return algorithms
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> AuthConfig:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("give exactly one of jwks_file, jwks_url")
+        return self
+
+
+class StaticKey(_Model):
+    """A fixed private key for a service account."""
+
+    private_key_file: Path
+    certificate_file: Path | None = None
+
+
+class CredentialsConfig(_Model):
+    """Where the per-user SSH credentials come from."""
+
+    # The server mints a short-lived user certificate from this CA key.
+    ca_key: Secret | None = None
+    # ... or asks a signing service for one.
+    signing_url: str | None = None
+    # Certificate validity, in seconds.
+    certificate_lifetime: int = Field(300, ge=30, le=86400)
+    # Fixed keys for service accounts, by username.
+    static_keys: dict[str, StaticKey] = {}
+    # The identity the health checker probes with.
+    service_account: str | None = None
+
+
+class ServerConfig(_Model):
+    """Where the server listens."""
+
+    listen: str = "127.0.0.1:50051"
+    metrics_listen: str | None = "127.0.0.1:9464"
+    # Seconds that in-flight RPCs get to finish on shutdown.
+    shutdown_grace: float = Field(10.0, ge=0)
+
+
+class Settings(_Model):
+    """The whole configuration file."""
+
+    server: ServerConfig = ServerConfig()
+    auth: AuthConfig | None = None
+    credentials: CredentialsConfig = CredentialsConfig()
+    systems: list[SystemConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_system_names(self) -> Settings:
+        seen: set[str] = set()
+        for system in self.systems:
+            key = system.name.lower()  # FirecREST treats system names case-insensitively
+            if key in seen:
+                raise ValueError(f"systems: duplicate system name {system.name!r}")
+            seen.add(key)
+        return self
+
+    def system(self, name: str) -> SystemConfig | None:
+        """Return the system called ``name`` (case-insensitive), if configured."""
+        for system in self.systems:
+            if system.name.lower() == name.lower():
+                return system
+        return None
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {key}: {item['msg']}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def parse_config(data: object) -> Settings:
+    """Validate already-parsed YAML; raise ConfigError naming each bad key."""
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+def load_config(path: Path) -> Settings:
+    """Read and validate the YAML file at ``path``."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read configuration {path}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"configuration {path} is not valid YAML: {error}") from None
+    return parse_config(data if data is not None else {})

@@ -1,0 +1,1 @@
+"""gRPC servicers: validate, call one domain function, map the result to messages."""

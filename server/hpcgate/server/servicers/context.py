@@ -1,0 +1,9 @@
+"""The servicer context type shared by every servicer."""
+
+from typing import Any
+
+import grpc
+
+# mypy-protobuf types the context per RPC; servicers only use the untyped
+# parts (metadata, abort), so one alias serves them all.
+Context = grpc.aio.ServicerContext[Any, Any]

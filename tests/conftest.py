@@ -1,0 +1,97 @@
+"""Shared fixtures: an in-process hpcgate server and edge on free loopback ports.
+
+The server and the edge run in the test session's event loop but talk over
+real sockets (gRPC over HTTP/2, REST over HTTP/1.1), exactly as the separate
+processes of a deployment do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+import uvicorn
+
+from hpcgate.edge import create_app
+from hpcgate.server.app import Running, start
+from hpcgate.server.config import Settings, parse_config
+
+# pytest_plugins: the loopback cluster fixture arrives with dev/cluster.
+
+
+def free_port() -> int:
+    """A TCP port that is free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+SKELETON_CONFIG: dict[str, Any] = {
+    "systems": [
+        {
+            "name": "daint",
+            "ssh": {"host": "daint.example.org", "port": 2222, "known_hosts_entry": "x"},
+            "filesystems": [
+                {"path": "/home", "data_type": "users", "default_work_dir": True},
+                {"path": "/scratch", "data_type": "scratch"},
+            ],
+        },
+        {
+            "name": "eiger",
+            "ssh": {"host": "eiger.example.org", "known_hosts_entry": "x"},
+            "scheduler": {"type": "slurm", "version": "24.05"},
+        },
+    ]
+}
+
+
+@dataclass
+class Service:
+    """A running server and edge, with how to reach them."""
+
+    settings: Settings
+    running: Running
+    grpc_target: str
+    rest_url: str
+    channel: grpc.aio.Channel
+
+
+async def _start_edge(target: str) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(target), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    return server, task, f"http://127.0.0.1:{port}"
+
+
+async def start_service(settings: Settings) -> AsyncIterator[Service]:
+    running = await start(settings, "127.0.0.1:0")
+    target = f"127.0.0.1:{running.port}"
+    edge, edge_task, url = await _start_edge(target)
+    channel = grpc.aio.insecure_channel(target)
+    try:
+        yield Service(settings, running, target, url, channel)
+    finally:
+        await channel.close(None)
+        edge.should_exit = True
+        await edge_task
+        await running.stop(grace=1)
+
+
+@pytest.fixture(scope="session")
+async def skeleton() -> AsyncIterator[Service]:
+    """Server and edge configured with two fake systems (no cluster needed)."""
+    async for service in start_service(parse_config(SKELETON_CONFIG)):
+        yield service

@@ -1,0 +1,93 @@
+"""Configuration validation: every error names its key, and start-up stops."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import SKELETON_CONFIG
+from hpcgate.server.config import ConfigError, Secret, load_config, parse_config
+
+
+def _config(**changes: Any) -> dict[str, Any]:
+    data = copy.deepcopy(SKELETON_CONFIG)
+    data.update(changes)
+    return data
+
+
+def test_valid_config_parses() -> None:
+    settings = parse_config(SKELETON_CONFIG)
+    assert [s.name for s in settings.systems] == ["daint", "eiger"]
+    assert settings.system("DAINT") is settings.systems[0]
+    assert settings.systems[0].ssh.pool.max_channels == 10
+
+
+def test_wrong_type_names_the_key() -> None:
+    data = _config()
+    data["systems"][0]["ssh"]["port"] = "not-a-port"
+    with pytest.raises(ConfigError, match=r"systems\.0\.ssh\.port"):
+        parse_config(data)
+
+
+def test_missing_required_key_names_the_key() -> None:
+    data = _config()
+    del data["systems"][1]["ssh"]["host"]
+    with pytest.raises(ConfigError, match=r"systems\.1\.ssh\.host: Field required"):
+        parse_config(data)
+
+
+def test_unknown_key_is_refused() -> None:
+    data = _config()
+    data["systems"][0]["ssh"]["prot"] = 22
+    with pytest.raises(ConfigError, match=r"systems\.0\.ssh\.prot"):
+        parse_config(data)
+
+
+def test_duplicate_system_names_are_refused() -> None:
+    data = _config()
+    data["systems"][1]["name"] = "Daint"
+    with pytest.raises(ConfigError, match="duplicate system name"):
+        parse_config(data)
+
+
+def test_symmetric_and_none_algorithms_are_refused() -> None:
+    data = _config(auth={"jwks_file": "/x", "algorithms": ["RS256", "HS256"]})
+    with pytest.raises(ConfigError, match=r"auth\.algorithms.*HS256"):
+        parse_config(data)
+
+
+def test_secret_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HPCGATE_TEST_SECRET", "from-env")
+    (tmp_path / "secret").write_text("from-file\n")
+    assert Secret(env="HPCGATE_TEST_SECRET").reveal() == "from-env"
+    assert Secret(file=tmp_path / "secret").reveal() == "from-file"
+    with pytest.raises(ValueError, match="exactly one"):
+        Secret(value="a", env="B")
+
+
+def test_yaml_syntax_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("systems: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_server_refuses_to_start_naming_the_key(tmp_path: Path) -> None:
+    data = _config()
+    data["systems"][0]["ssh"]["timeouts"] = {"connect": "soon"}
+    path = tmp_path / "hpcgate.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = subprocess.run(
+        [sys.executable, "-m", "hpcgate.server", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "systems.0.ssh.timeouts.connect" in result.stderr
