@@ -21,7 +21,7 @@ from hpcgate.edge import create_app
 from hpcgate.server.app import Running, start
 from hpcgate.server.config import Settings, parse_config
 
-# pytest_plugins: the loopback cluster fixture arrives with dev/cluster.
+pytest_plugins = ["cluster_fixture"]
 
 
 def free_port() -> int:
