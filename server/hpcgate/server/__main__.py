@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hpcgate.server.app import serve
 from hpcgate.server.config import ConfigError, load_config
+from hpcgate.server.observability import configure_logging
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, required=True, help="YAML configuration file")
     parser.add_argument("--listen", help="host:port to listen on (overrides server.listen)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(logging.INFO)
     try:
         settings = load_config(args.config)
     except ConfigError as error:

@@ -11,14 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
+from hpcgate.server.auth.interceptor import AuthInterceptor
 from hpcgate.server.config import Settings
+from hpcgate.server.health.checker import OnChange
+from hpcgate.server.interceptors import ServiceErrorInterceptor
+from hpcgate.server.observability import ObservabilityInterceptor
+from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.status import StatusServicer
 from hpcgate.v1 import (
     filesystem_pb2,
@@ -32,6 +38,8 @@ from hpcgate.v1 import (
 )
 
 log = logging.getLogger(__name__)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 SERVICE_NAMES = (
     status_pb2.DESCRIPTOR.services_by_name["Status"].full_name,
@@ -48,22 +56,47 @@ class Running:
     server: grpc.aio.Server
     port: int
     health: health_aio.HealthServicer
+    runtime: Runtime
     settings: Settings
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain and stop: NOT_SERVING first, then in-flight RPCs, then resources."""
+        """Drain and stop: NOT_SERVING first, then in-flight RPCs, then the pools."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.server.shutdown_grace if grace is None else grace)
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.runtime.close()
+
+
+def _health_updater(servicer: health_aio.HealthServicer) -> OnChange:
+    """Mirror the checker's findings in grpc.health.v1, as ``<system>/<service>``."""
+
+    async def update(system: str, healthy: dict[str, bool]) -> None:
+        for service_type, ok in healthy.items():
+            status = SERVING if ok else NOT_SERVING
+            await servicer.set(f"{system}/{service_type}", status)
+        await servicer.set(system, SERVING if all(healthy.values()) else NOT_SERVING)
+
+    return update
+
+
+def build_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:  # type: ignore[type-arg]
+    """The interceptor chain, outermost first.
+
+    Authentication comes first so that nothing runs for an unauthenticated
+    call; without an ``auth`` section (tests, skeleton) there is none.
+    """
+    chain: list[grpc.aio.ServerInterceptor] = [ObservabilityInterceptor()]  # type: ignore[type-arg]
+    if settings.auth is not None:
+        chain.append(AuthInterceptor.from_config(settings.auth))
+    chain.append(ServiceErrorInterceptor())
+    return chain
 
 
 async def start(settings: Settings, listen: str | None = None) -> Running:
     """Build the server for ``settings`` and start it on ``listen`` (host:port)."""
-    server = grpc.aio.server()
-    status_pb2_grpc.add_StatusServicer_to_server(StatusServicer(settings), server)
+    server = grpc.aio.server(interceptors=build_interceptors(settings))
+    health_servicer = health_aio.HealthServicer()
+    runtime = Runtime(settings, on_health_change=_health_updater(health_servicer))
+    status_pb2_grpc.add_StatusServicer_to_server(StatusServicer(runtime), server)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(
         scheduler_pb2_grpc.SchedulerServicer(), server
     )
@@ -72,10 +105,9 @@ async def start(settings: Settings, listen: str | None = None) -> Running:
     )
     transfer_pb2_grpc.add_TransferServicer_to_server(transfer_pb2_grpc.TransferServicer(), server)
 
-    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, SERVING)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
@@ -85,12 +117,16 @@ async def start(settings: Settings, listen: str | None = None) -> Running:
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()
+    runtime.start()
     log.info("hpcgate server listening on %s", address.rsplit(":", 1)[0] + f":{port}")
-    return Running(server, port, health_servicer, settings)
+    return Running(server, port, health_servicer, runtime, settings)
 
 
 async def serve(settings: Settings, listen: str | None = None) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    if settings.server.metrics_listen:
+        host, _, port = settings.server.metrics_listen.rpartition(":")
+        start_http_server(int(port), addr=host or "127.0.0.1")
     running = await start(settings, listen)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

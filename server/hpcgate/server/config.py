@@ -177,6 +177,11 @@ class AuthConfig(_Model):
     min_remaining_lifetime: float = Field(0.0, ge=0)
     # Unknown key ids trigger a JWKS refetch at most this often (seconds).
     jwks_refresh_interval: float = Field(300.0, gt=0)
+    # A cached JWKS older than this (seconds) is refetched in the background,
+    # so that keys the issuer withdrew stop being trusted.
+    jwks_max_age: float = Field(3600.0, gt=0)
+    # Tolerated clock skew (seconds) when checking exp, nbf and iat.
+    leeway: float = Field(0.0, ge=0, le=300)
 
     @field_validator("algorithms")
     @classmethod

@@ -1,14 +1,43 @@
-"""The Status service: systems, liveness, and (later) the scheduler's view."""
+"""The Status service: systems and their health, liveness, and the scheduler's view."""
 
 from __future__ import annotations
 
-from hpcgate.server.config import Settings, SystemConfig
+import time
+from dataclasses import asdict
+from datetime import datetime
+
+from google.protobuf import timestamp_pb2
+
+from hpcgate.server.auth.authz import authorize
+from hpcgate.server.auth.interceptor import current_identity
+from hpcgate.server.config import SystemConfig
+from hpcgate.server.health.checker import ServiceHealth
+from hpcgate.server.runtime import Runtime, SystemRuntime
+from hpcgate.server.scheduler.base import Run
 from hpcgate.server.servicers.context import Context
+from hpcgate.server.ssh.pool import deadline_after
 from hpcgate.v1 import status_pb2, status_pb2_grpc
 
 
+def _timestamp(when: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
+
+
+def _health(result: ServiceHealth) -> status_pb2.ServiceHealth:
+    return status_pb2.ServiceHealth(
+        service_type=result.service_type,
+        healthy=result.healthy,
+        last_checked=_timestamp(result.last_checked),
+        latency=result.latency,
+        message=result.message,
+        path=result.path,
+    )
+
+
 def _cluster(system: SystemConfig) -> status_pb2.HPCCluster:
-    """FirecREST's HPCCluster for a configured system (health is added by the checker)."""
+    """FirecREST's HPCCluster for a configured system (health is added by the caller)."""
     ssh, timeouts = system.ssh, system.ssh.timeouts
     proxy_host, _, proxy_port = (system.ssh.proxy_jump or "").rpartition("@")[2].partition(":")
     cluster = status_pb2.HPCCluster(
@@ -60,21 +89,75 @@ def _cluster(system: SystemConfig) -> status_pb2.HPCCluster:
 
 
 class StatusServicer(status_pb2_grpc.StatusServicer):
-    """Serves the Status RPCs; the ones not overridden answer UNIMPLEMENTED."""
+    """Serves the Status RPCs."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def _scheduler_call(self, name: str, context: Context) -> tuple[SystemRuntime, Run]:
+        """The system, authorised for the caller and healthy, and a runner as the caller."""
+        identity = current_identity()
+        system = self._runtime.system(name)
+        authorize(identity, system.config)
+        system.health.require("ssh", "scheduler")
+        deadline = deadline_after(context.time_remaining())
+        return system, system.runner(identity.username, deadline)
 
     async def ListSystems(
         self, request: status_pb2.ListSystemsRequest, context: Context
     ) -> status_pb2.ListSystemsResponse:
-        return status_pb2.ListSystemsResponse(
-            systems=[_cluster(system) for system in self._settings.systems]
-        )
+        reply = status_pb2.ListSystemsResponse()
+        for system in self._runtime.systems.values():
+            cluster = reply.systems.add()
+            cluster.CopyFrom(_cluster(system.config))
+            cluster.services_health.extend(_health(r) for r in system.health.results())
+            if system.health.last_run is not None:
+                cluster.last_health_check.CopyFrom(_timestamp(system.health.last_run))
+        return reply
 
     async def GetLiveness(
         self, request: status_pb2.GetLivenessRequest, context: Context
     ) -> status_pb2.GetLivenessResponse:
-        # The health checker fills healthcheck_runs; until it runs, the
-        # server is alive and has checked nothing.
-        return status_pb2.GetLivenessResponse()
+        reply = status_pb2.GetLivenessResponse()
+        runs = [(s.config.name, s.health.last_run) for s in self._runtime.systems.values()]
+        for name, last_run in runs:
+            if last_run is not None:
+                reply.healthcheck_runs[name].CopyFrom(_timestamp(last_run))
+        done = [last for _, last in runs if last is not None]
+        if done:
+            reply.last_update = round(time.time() - min(d.timestamp() for d in done))
+        return reply
+
+    async def ListNodes(
+        self, request: status_pb2.ListNodesRequest, context: Context
+    ) -> status_pb2.ListNodesResponse:
+        system, run = self._scheduler_call(request.system_name, context)
+        nodes = await system.scheduler.nodes(run)
+        return status_pb2.ListNodesResponse(
+            nodes=[status_pb2.NodeModel(**asdict(node)) for node in nodes]
+        )
+
+    async def ListPartitions(
+        self, request: status_pb2.ListPartitionsRequest, context: Context
+    ) -> status_pb2.ListPartitionsResponse:
+        system, run = self._scheduler_call(request.system_name, context)
+        partitions = await system.scheduler.partitions(run, request.show_hidden)
+        return status_pb2.ListPartitionsResponse(
+            partitions=[status_pb2.PartitionModel(**asdict(p)) for p in partitions]
+        )
+
+    async def ListReservations(
+        self, request: status_pb2.ListReservationsRequest, context: Context
+    ) -> status_pb2.ListReservationsResponse:
+        system, run = self._scheduler_call(request.system_name, context)
+        reservations = await system.scheduler.reservations(run)
+        return status_pb2.ListReservationsResponse(
+            reservations=[status_pb2.ReservationModel(**asdict(r)) for r in reservations]
+        )
+
+    async def GetUserInfo(
+        self, request: status_pb2.GetUserInfoRequest, context: Context
+    ) -> status_pb2.GetUserInfoResponse:
+        system, run = self._scheduler_call(request.system_name, context)
+        info = await system.scheduler.user_info(run, current_identity().username)
+        return status_pb2.GetUserInfoResponse(**asdict(info))

@@ -1,0 +1,1 @@
+"""Authentication (bearer JWTs against a JWKS) and authorization per system."""

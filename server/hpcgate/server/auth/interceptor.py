@@ -1,0 +1,127 @@
+"""The authentication interceptor: no valid bearer token, no call.
+
+Every RPC except the public ones (liveness, gRPC health, reflection) must
+carry ``authorization: Bearer <JWT>`` metadata (the edge forwards the HTTP
+header as is). The validated :class:`Identity` is visible to the servicer,
+and to everything it awaits, through :func:`current_identity`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any
+
+import grpc
+
+from hpcgate.server.auth.tokens import Identity, TokenValidator, refusal
+from hpcgate.server.config import AuthConfig
+from hpcgate.server.errors import ServiceError, abort
+from hpcgate.server.interceptors import Around, Context, Handler, Streaming, Unary, wrap_handler
+from hpcgate.server.observability import current_request
+
+log = logging.getLogger(__name__)
+
+# Full method names (``/package.Service/Method``) callable without a token,
+# and prefixes of whole services that are.
+PUBLIC_METHODS = frozenset({"/hpcgate.v1.Status/GetLiveness"})
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+_identity: ContextVar[Identity | None] = ContextVar("hpcgate_identity", default=None)
+
+
+def current_identity() -> Identity:
+    """The caller of the RPC being served; UNAUTHENTICATED if there is none.
+
+    There is none in public methods, and when the server runs without an
+    ``auth`` section.
+    """
+    identity = _identity.get()
+    if identity is None:
+        raise refusal("TOKEN_MISSING", "this call has no authenticated caller")
+    return identity
+
+
+def is_public(method: str) -> bool:
+    """Whether ``method`` (a full method name) needs no token."""
+    return method in PUBLIC_METHODS or method.startswith(PUBLIC_PREFIXES)
+
+
+def bearer_token(metadata: Any) -> str:
+    """The token in the ``authorization`` metadata; ServiceError if absent or not Bearer."""
+    values = [value for key, value in metadata or () if key == "authorization"]
+    if not values:
+        raise refusal("TOKEN_MISSING", "a bearer token is required (authorization metadata)")
+    if len(values) > 1:
+        raise refusal("TOKEN_MALFORMED", "more than one authorization metadata entry")
+    value = values[0]
+    scheme, _, token = (value if isinstance(value, str) else "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise refusal("TOKEN_MALFORMED", "the authorization metadata is not 'Bearer <token>'")
+    token = token.strip()
+    if not token:
+        raise refusal("TOKEN_MISSING", "the authorization metadata has an empty bearer token")
+    return token
+
+
+class _Authenticate(Around):
+    """Validates the caller's token and sets :func:`current_identity` around the call."""
+
+    def __init__(self, validator: TokenValidator, method: str) -> None:
+        self._validator = validator
+        self._method = method
+
+    async def _identify(self, context: Context) -> Identity:
+        try:
+            identity = await self._validator.validate(bearer_token(context.invocation_metadata()))
+        except ServiceError as error:
+            log.info("refused %s: %s (%s)", self._method, error.reason, error.message)
+            await abort(context, error)
+        request = current_request()
+        if request is not None:  # the access log names the user
+            request.user = identity.username
+        return identity
+
+    async def unary(self, call: Unary, request: Any, context: Context) -> Any:
+        token = _identity.set(await self._identify(context))
+        try:
+            return await call(request, context)
+        finally:
+            _identity.reset(token)
+
+    async def streaming(
+        self, call: Streaming, request: Any, context: Context
+    ) -> AsyncIterator[Any]:
+        token = _identity.set(await self._identify(context))
+        try:
+            async for reply in call(request, context):
+                yield reply
+        finally:
+            # A generator finalised from another context (garbage collection)
+            # cannot reset; that context never saw the identity anyway.
+            with contextlib.suppress(ValueError):
+                _identity.reset(token)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Refuses calls without a valid token (UNAUTHENTICATED with the reason)."""
+
+    def __init__(self, validator: TokenValidator) -> None:
+        self._validator = validator
+
+    @classmethod
+    def from_config(cls, auth: AuthConfig) -> AuthInterceptor:
+        return cls(TokenValidator(auth))
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or is_public(method):
+            return handler
+        return wrap_handler(handler, _Authenticate(self._validator, method))

@@ -1,0 +1,214 @@
+"""Offline validation of OIDC bearer tokens (JWTs) against the issuer's JWKS.
+
+A token is accepted only if its algorithm is on the configured allow-list
+(asymmetric only: never ``none``, never HMAC, which would let anyone holding
+the public key forge tokens), its signature verifies with the issuer's key
+for its ``kid``, it has an ``exp`` that leaves at least the minimum remaining
+lifetime, ``nbf``/``iat`` are not in the future, ``iss`` and ``aud`` match
+when configured, and the username claim is a safe POSIX user name (it becomes
+an SSH principal). Each refusal has its own ``ErrorInfo`` reason:
+
+=============================  ==============================================
+reason                         the token ...
+=============================  ==============================================
+TOKEN_MISSING                  is not there (no ``authorization`` metadata)
+TOKEN_MALFORMED                is not a JWT, not ``Bearer``, or has no ``exp``
+TOKEN_ALGORITHM_NOT_ALLOWED    uses an algorithm off the allow-list, or one
+                               its key is not for
+TOKEN_UNKNOWN_KEY              names a key the issuer does not publish
+TOKEN_BAD_SIGNATURE            has a signature that does not verify
+TOKEN_EXPIRED                  is past ``exp``
+TOKEN_NOT_YET_VALID            is before ``nbf`` (or ``iat``)
+TOKEN_WRONG_ISSUER             has another or no ``iss``
+TOKEN_WRONG_AUDIENCE           has another or no ``aud``
+TOKEN_LIFETIME_TOO_SHORT       expires sooner than ``min_remaining_lifetime``
+TOKEN_NO_USERNAME              lacks the username claim (or it is empty)
+TOKEN_BAD_USERNAME             has a username that is not a safe user name
+JWKS_UNAVAILABLE (UNAVAILABLE) cannot be checked: no signing keys loaded
+=============================  ==============================================
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import jwt
+
+from hpcgate.server.auth.jwks import JwksError, JwksSource
+from hpcgate.server.config import AuthConfig
+from hpcgate.server.errors import ServiceError
+
+if TYPE_CHECKING:
+    from jwt.types import Options
+
+# A conservative POSIX user name: it is used as an SSH certificate principal
+# and appears in paths and command lines.
+USERNAME_PATTERN = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")  # used with fullmatch
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An authenticated caller: the user name and the token's verified claims."""
+
+    username: str
+    claims: Mapping[str, Any]
+
+
+def refusal(reason: str, message: str) -> ServiceError:
+    """An UNAUTHENTICATED error with ``reason``."""
+    return ServiceError(grpc.StatusCode.UNAUTHENTICATED, message, reason)
+
+
+def _unverified_claims(token: str) -> dict[str, Any]:
+    """The payload, for error messages only (its signature was already verified)."""
+    try:
+        claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return {}
+    return claims
+
+
+class TokenValidator:
+    """Validates bearer tokens for one issuer, as configured in ``auth``."""
+
+    def __init__(
+        self,
+        auth: AuthConfig,
+        keys: JwksSource | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._auth = auth
+        self._keys = keys if keys is not None else JwksSource.from_config(auth)
+        self._algorithms = frozenset(auth.algorithms)
+        self._clock = clock
+        self._options: Options = {
+            "require": ["exp"],
+            "verify_aud": auth.audience is not None,
+            "verify_iss": auth.issuer is not None,
+        }
+
+    async def validate(self, token: str) -> Identity:
+        """The caller ``token`` proves; raises ServiceError saying why not.
+
+        Awaits I/O only when the token names a key not in the cache (see
+        :class:`JwksSource`); otherwise it is a signature check in memory.
+        """
+        if not token:
+            raise refusal("TOKEN_MISSING", "a bearer token is required")
+        alg, kid = self._header(token)
+        try:
+            key = await self._keys.find(kid, alg)
+        except JwksError:
+            # The cause (a path or URL, an HTTP error) is in the server's log only.
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                "tokens cannot be checked now: the issuer's signing keys are unavailable",
+                "JWKS_UNAVAILABLE",
+            ) from None
+        except (jwt.InvalidAlgorithmError, jwt.InvalidKeyError) as error:
+            raise refusal(
+                "TOKEN_ALGORITHM_NOT_ALLOWED",
+                f"the token's algorithm does not fit its key: {error}",
+            ) from None
+        if key is None:
+            raise refusal(
+                "TOKEN_UNKNOWN_KEY",
+                f"the token is signed with key {kid!r}, which the issuer does not publish",
+            )
+        claims = self._decode(token, key, alg)
+        self._check_lifetime(claims)
+        return Identity(self._username(claims), MappingProxyType(claims))
+
+    def _header(self, token: str) -> tuple[str, str | None]:
+        """The token's ``alg`` (checked against the allow-list) and ``kid``."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as error:
+            raise refusal(
+                "TOKEN_MALFORMED", f"the bearer token is not a valid JWT: {error}"
+            ) from None
+        alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(alg, str) or not (kid is None or isinstance(kid, str)):
+            raise refusal("TOKEN_MALFORMED", "the token header has no valid 'alg' or 'kid'")
+        if alg not in self._algorithms:
+            allowed = ", ".join(sorted(self._algorithms))
+            raise refusal(
+                "TOKEN_ALGORITHM_NOT_ALLOWED",
+                f"token algorithm {alg!r} is not allowed (allowed: {allowed})",
+            )
+        return alg, kid
+
+    def _decode(self, token: str, key: jwt.PyJWK, alg: str) -> dict[str, Any]:
+        """The verified claims; pyjwt's refusals mapped to reasons."""
+        auth = self._auth
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                issuer=auth.issuer,
+                audience=auth.audience,
+                leeway=auth.leeway,
+                options=self._options,
+            )
+        except jwt.ExpiredSignatureError:
+            raise refusal("TOKEN_EXPIRED", "the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise refusal(
+                "TOKEN_NOT_YET_VALID", "the token is not valid yet (nbf or iat)"
+            ) from None
+        except jwt.InvalidIssuerError:
+            got = _unverified_claims(token).get("iss")
+            raise refusal(
+                "TOKEN_WRONG_ISSUER", f"token issuer {got!r} is not {auth.issuer!r}"
+            ) from None
+        except jwt.InvalidAudienceError:
+            got = _unverified_claims(token).get("aud")
+            raise refusal(
+                "TOKEN_WRONG_AUDIENCE", f"token audience {got!r} does not include {auth.audience!r}"
+            ) from None
+        except jwt.MissingRequiredClaimError as error:
+            reason = {"iss": "TOKEN_WRONG_ISSUER", "aud": "TOKEN_WRONG_AUDIENCE"}.get(
+                error.claim, "TOKEN_MALFORMED"
+            )
+            raise refusal(reason, f"the token has no {error.claim!r} claim") from None
+        except jwt.InvalidSignatureError:
+            raise refusal("TOKEN_BAD_SIGNATURE", "the token's signature does not verify") from None
+        except (jwt.InvalidAlgorithmError, jwt.InvalidKeyError) as error:
+            raise refusal("TOKEN_ALGORITHM_NOT_ALLOWED", str(error)) from None
+        except jwt.PyJWTError as error:
+            raise refusal("TOKEN_MALFORMED", f"the token is not valid: {error}") from None
+        return claims
+
+    def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
+        exp = claims["exp"]
+        # pyjwt accepts anything int() takes, such as "1700000000"; RFC 7519 says a number.
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise refusal("TOKEN_MALFORMED", "the token's 'exp' claim is not a number")
+        minimum = self._auth.min_remaining_lifetime
+        remaining = exp - self._clock()
+        if remaining + self._auth.leeway < minimum:
+            raise refusal(
+                "TOKEN_LIFETIME_TOO_SHORT",
+                f"the token expires in {max(remaining, 0):.0f} s; at least {minimum:.0f} s "
+                "are required: get a fresh token",
+            )
+
+    def _username(self, claims: Mapping[str, Any]) -> str:
+        name = self._auth.username_claim
+        username = claims.get(name)
+        if not isinstance(username, str) or not username:
+            raise refusal("TOKEN_NO_USERNAME", f"the token has no {name!r} claim with a user name")
+        if not USERNAME_PATTERN.fullmatch(username):
+            raise refusal(
+                "TOKEN_BAD_USERNAME",
+                f"the token's {name!r} claim {username!r} is not a valid user name",
+            )
+        return username

@@ -1,0 +1,1 @@
+"""Health checking: background probes per system, and the gate that uses them."""

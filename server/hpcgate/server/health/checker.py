@@ -1,0 +1,144 @@
+"""The health checker: probes each system's services on an interval.
+
+One background task per system runs every probe concurrently, each bounded
+by ``probing.timeout``, and keeps the latest result per service. Requests
+consult it through :meth:`HealthChecker.require`, so a call to a service
+known to be down fails at once with UNAVAILABLE instead of waiting for a
+connect timeout. Changes are pushed to ``grpc.health.v1`` by a callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+
+from hpcgate.server.errors import ServiceError
+from hpcgate.server.health.probes import Probe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceHealth:
+    """The latest probe result of one service (FirecREST's servicesHealth entry)."""
+
+    service_type: str
+    healthy: bool
+    last_checked: datetime
+    latency: float | None = None
+    message: str | None = None
+    path: str | None = None
+
+
+OnChange = Callable[[str, dict[str, bool]], Awaitable[None]]
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ServiceError):
+        return error.message
+    if isinstance(error, TimeoutError):
+        return "probe timed out"
+    return str(error) or type(error).__name__
+
+
+class HealthChecker:
+    """Probes one system's services every ``interval`` seconds."""
+
+    def __init__(
+        self,
+        system: str,
+        probes: Sequence[Probe],
+        interval: float,
+        timeout: float,
+        on_change: OnChange | None = None,
+    ) -> None:
+        self.system = system
+        self._probes = list(probes)
+        self._interval = interval
+        self._timeout = timeout
+        self._on_change = on_change
+        self._results: dict[tuple[str, str | None], ServiceHealth] = {}
+        self.last_run: datetime | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._first_run = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"health-{self.system}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def wait_first_run(self) -> None:
+        await self._first_run.wait()
+
+    async def _loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            await self.check_now()
+            await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
+
+    async def _probe(self, probe: Probe) -> ServiceHealth:
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(probe.check(), self._timeout)
+        except Exception as error:  # any failure is the probe's finding
+            return ServiceHealth(
+                probe.service_type, False, datetime.now(UTC), None, _describe(error), probe.path
+            )
+        latency = time.monotonic() - started
+        return ServiceHealth(probe.service_type, True, datetime.now(UTC), latency, None, probe.path)
+
+    async def check_now(self) -> None:
+        """Run every probe once and record the results."""
+        before = self.by_type()
+        results = await asyncio.gather(*(self._probe(p) for p in self._probes))
+        self._results = {(r.service_type, r.path): r for r in results}
+        self.last_run = datetime.now(UTC)
+        self._first_run.set()
+        after = self.by_type()
+        if after != before:
+            for result in results:
+                if not result.healthy:
+                    log.warning(
+                        "system %s: %s unhealthy: %s",
+                        self.system,
+                        result.path or result.service_type,
+                        result.message,
+                    )
+            if self._on_change is not None:
+                await self._on_change(self.system, after)
+
+    def results(self) -> list[ServiceHealth]:
+        return list(self._results.values())
+
+    def by_type(self) -> dict[str, bool]:
+        """Healthy per service type (a type is healthy when all its probes are)."""
+        healthy: dict[str, bool] = {}
+        for (service_type, _), result in self._results.items():
+            healthy[service_type] = healthy.get(service_type, True) and result.healthy
+        return healthy
+
+    def require(self, *service_types: str) -> None:
+        """Fail fast with UNAVAILABLE when a needed service is known to be down.
+
+        Before the first probe has finished nothing is known, and the call goes on.
+        """
+        for result in self._results.values():
+            if result.service_type in service_types and not result.healthy:
+                what = result.path or result.service_type
+                raise ServiceError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"{self.system}: {what} is unhealthy: {result.message}",
+                    "SERVICE_UNHEALTHY",
+                    metadata={"system": self.system, "service": result.service_type},
+                )

@@ -1,0 +1,86 @@
+"""One probe per service type: SSH, scheduler, each filesystem, S3.
+
+A probe is an async callable that returns normally when the service works
+and raises otherwise; the checker times it and records the outcome. Probes
+run as the configured service account, never as a caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from hpcgate.server.config import S3Config, SystemConfig
+from hpcgate.server.scheduler.base import Output, Run, SchedulerStatus
+
+ProbeFn = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A named check of one service of a system."""
+
+    service_type: str  # FirecREST's BackendServiceType: ssh, scheduler, filesystem, s3
+    check: ProbeFn
+    path: str | None = None  # the filesystem's mount point, for filesystem probes
+
+
+class ProbeError(Exception):
+    """The probed service answered, but wrongly."""
+
+
+async def _ssh(run: Run) -> None:
+    output = await run(["true"])
+    if output.exit_status != 0:
+        raise ProbeError(output.stderr.decode(errors="replace").strip() or "`true` failed")
+
+
+async def _filesystem(run: Run, path: str) -> None:
+    output = await run(["test", "-d", path, "-a", "-x", path])
+    if output.exit_status != 0:
+        raise ProbeError(f"{path} is not an accessible directory")
+
+
+def _s3_client(s3: S3Config) -> Any:
+    import boto3  # deferred: boto3 takes ~0.3 s to import
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint,
+        region_name=s3.region,
+        aws_access_key_id=s3.access_key.reveal(),
+        aws_secret_access_key=s3.secret_key.reveal(),
+        config=Config(
+            s3={"addressing_style": "path" if s3.path_style else "auto"},
+            connect_timeout=5,
+            read_timeout=5,
+            retries={"max_attempts": 1},
+        ),
+    )
+
+
+async def _s3(s3: S3Config) -> None:
+    await asyncio.to_thread(lambda: _s3_client(s3).list_buckets())
+
+
+def probes_for(
+    system: SystemConfig,
+    run_as_service: Callable[[Sequence[str]], Awaitable[Output]],
+    scheduler: SchedulerStatus,
+) -> list[Probe]:
+    """The probes of every service ``system`` has."""
+    probes = [
+        Probe("ssh", partial(_ssh, run_as_service)),
+        Probe("scheduler", partial(scheduler.ping, run_as_service)),
+    ]
+    probes += [
+        Probe("filesystem", partial(_filesystem, run_as_service, fs.path), path=fs.path)
+        for fs in system.filesystems
+    ]
+    if system.s3 is not None:
+        probes.append(Probe("s3", partial(_s3, system.s3)))
+    return probes

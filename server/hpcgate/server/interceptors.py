@@ -1,0 +1,119 @@
+"""Server interceptors, and the one helper they share: wrapping a handler.
+
+grpc.aio gives an interceptor the method's handler; to act around the call
+(with the servicer context at hand) it must rebuild the handler of the same
+kind with a wrapped behaviour. :func:`wrap_handler` does that once for the
+four kinds, so each interceptor only writes its ``around`` function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+
+import grpc
+
+from hpcgate.server.errors import ServiceError, abort
+
+Context = grpc.aio.ServicerContext[Any, Any]
+if TYPE_CHECKING:
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]  # generic only in grpc-stubs
+else:
+    Handler = grpc.RpcMethodHandler
+# around(call, request_or_iterator, context) -> result; ``call`` runs the RPC.
+Unary = Callable[[Any, Context], Awaitable[Any]]
+Streaming = Callable[[Any, Context], AsyncIterator[Any]]
+
+
+class Around:
+    """What an interceptor does around one RPC. Override both methods."""
+
+    async def unary(self, call: Unary, request: Any, context: Context) -> Any:
+        return await call(request, context)
+
+    async def streaming(
+        self, call: Streaming, request: Any, context: Context
+    ) -> AsyncIterator[Any]:
+        async for reply in call(request, context):
+            yield reply
+
+
+def _as_async_unary(behavior: Callable[..., Any]) -> Unary:
+    async def run(request: Any, context: Context) -> Any:
+        result = behavior(request, context)
+        return await result if isinstance(result, Awaitable) else result
+
+    return run
+
+
+def _as_async_stream(behavior: Callable[..., Any]) -> Streaming:
+    async def run(request: Any, context: Context) -> AsyncIterator[Any]:
+        result = behavior(request, context)
+        if hasattr(result, "__aiter__"):
+            async for reply in result:
+                yield reply
+        else:
+            for reply in result:
+                yield reply
+
+    return run
+
+
+def wrap_handler(handler: Handler, around: Around) -> Handler:
+    """``handler`` with its behaviour run through ``around``."""
+    if handler.unary_unary or handler.stream_unary:
+        inner = _as_async_unary(cast(Any, handler.unary_unary or handler.stream_unary))
+
+        async def unary(request: Any, context: Context) -> Any:
+            return await around.unary(inner, request, context)
+
+        make = (
+            grpc.unary_unary_rpc_method_handler
+            if handler.unary_unary
+            else grpc.stream_unary_rpc_method_handler
+        )
+        return make(unary, handler.request_deserializer, handler.response_serializer)
+
+    inner_stream = _as_async_stream(cast(Any, handler.unary_stream or handler.stream_stream))
+
+    async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
+        async for reply in around.streaming(inner_stream, request, context):
+            yield reply
+
+    make = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return make(streaming, handler.request_deserializer, handler.response_serializer)
+
+
+class _ServiceErrors(Around):
+    async def unary(self, call: Unary, request: Any, context: Context) -> Any:
+        try:
+            return await call(request, context)
+        except ServiceError as error:
+            await abort(context, error)
+
+    async def streaming(
+        self, call: Streaming, request: Any, context: Context
+    ) -> AsyncIterator[Any]:
+        try:
+            async for reply in call(request, context):
+                yield reply
+        except ServiceError as error:
+            await abort(context, error)
+
+
+class ServiceErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Turns a :class:`ServiceError` raised by a servicer into its rich status."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return wrap_handler(handler, _ServiceErrors())

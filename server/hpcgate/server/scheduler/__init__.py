@@ -1,0 +1,1 @@
+"""Scheduler adapters behind one interface (Slurm over SSH first)."""

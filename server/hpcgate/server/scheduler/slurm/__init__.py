@@ -1,0 +1,1 @@
+"""Slurm over SSH: commands run as the calling user, outputs parsed here."""

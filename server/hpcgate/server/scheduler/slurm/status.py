@@ -1,0 +1,62 @@
+"""Slurm's view of the cluster for the Status service, over SSH commands."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import grpc
+
+from hpcgate.server.errors import ServiceError
+from hpcgate.server.scheduler.base import Output, Run
+from hpcgate.server.scheduler.models import Node, Partition, Reservation, UserInfo
+from hpcgate.server.scheduler.slurm import parse
+
+# Slurm's words for "the controller cannot be reached".
+_UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Connection refused")
+
+
+def _checked(argv: Sequence[str], output: Output) -> str:
+    """stdout of a command that must succeed; its stderr becomes the error message."""
+    if output.exit_status == 0:
+        return output.stdout.decode(errors="replace")
+    message = output.stderr.decode(errors="replace").strip() or f"exit status {output.exit_status}"
+    if any(word in message for word in _UNREACHABLE):
+        raise ServiceError(grpc.StatusCode.UNAVAILABLE, message, "SCHEDULER_UNAVAILABLE")
+    raise ServiceError(
+        grpc.StatusCode.INTERNAL, f"{argv[0]}: {message}", "SCHEDULER_COMMAND_FAILED"
+    )
+
+
+async def _run(run: Run, argv: Sequence[str]) -> str:
+    return _checked(argv, await run(argv))
+
+
+class SlurmStatus:
+    """Nodes, partitions, reservations and user info from Slurm's commands."""
+
+    async def ping(self, run: Run) -> None:
+        text = await _run(run, ["scontrol", "ping"])
+        if "UP" not in text:
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, text.strip(), "SCHEDULER_UNAVAILABLE")
+
+    async def nodes(self, run: Run) -> list[Node]:
+        return parse.nodes_from_sinfo_json(await _run(run, ["sinfo", "--json"]))
+
+    async def partitions(self, run: Run, show_hidden: bool) -> list[Partition]:
+        argv = ["scontrol", "--oneliner", *(["--all"] if show_hidden else []), "show", "partition"]
+        return parse.partitions_from_scontrol(await _run(run, argv))
+
+    async def reservations(self, run: Run) -> list[Reservation]:
+        text = await _run(run, ["scontrol", "--oneliner", "show", "reservation"])
+        return parse.reservations_from_scontrol(text)
+
+    async def user_info(self, run: Run, username: str) -> UserInfo:
+        ids, associations, default = await asyncio.gather(
+            _run(run, ["id"]),
+            _run(run, ["sacctmgr", "--noheader", "--parsable2", "show", "associations",
+                       f"user={username}", "format=account"]),
+            _run(run, ["sacctmgr", "--noheader", "--parsable2", "show", "user", username,
+                       "format=defaultaccount"]),
+        )  # fmt: skip
+        return parse.user_info(ids, associations, default.strip())
