@@ -25,11 +25,11 @@ from typing import Any
 import yaml
 
 from hpcgate.server.auth.devkeys import DevIssuer
+from localsite import SYSTEM, local_config
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".hpcgate"
 RUN = STATE / "run"
-SYSTEM = "cluster"
 
 
 def free_port() -> int:
@@ -49,48 +49,6 @@ def start_cluster() -> dict[str, Any]:
     )
     info: dict[str, Any] = json.loads(result.stdout)
     return info
-
-
-def local_config(cluster: dict[str, Any], jwks_file: Path) -> dict[str, Any]:
-    """The server configuration for the loopback cluster."""
-    ssh, s3 = cluster["ssh"], cluster["s3"]
-    return {
-        "auth": {
-            "jwks_file": str(jwks_file),
-            "issuer": DevIssuer.issuer,
-            "audience": DevIssuer.audience,
-            "username_claim": "preferred_username",
-            "algorithms": ["RS256"],
-        },
-        "credentials": {
-            "ca_key": {"file": ssh["ca_key"]},
-            "certificate_lifetime": 300,
-            "service_account": cluster["service_account"]["name"],
-        },
-        "systems": [
-            {
-                "name": SYSTEM,
-                "ssh": {
-                    "host": ssh["host"],
-                    "port": ssh["port"],
-                    "known_hosts": ssh["known_hosts"],
-                    "pool": {"max_connections": 4, "max_channels": ssh.get("max_sessions", 10)},
-                },
-                "scheduler": {"type": "slurm"},
-                "filesystems": [
-                    {"path": "/home", "data_type": "users", "default_work_dir": True},
-                    {"path": "/scratch", "data_type": "scratch"},
-                ],
-                "s3": {
-                    "endpoint": s3["endpoint"],
-                    "region": s3.get("region", "us-east-1"),
-                    "access_key": {"value": s3["access_key"]},
-                    "secret_key": {"value": s3["secret_key"]},
-                },
-                "probing": {"interval": 10, "timeout": 5},
-            }
-        ],
-    }
 
 
 def _alive(pid: int) -> bool:

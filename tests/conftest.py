@@ -11,15 +11,19 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import uvicorn
 
+from cluster_fixture import Cluster
 from hpcgate.edge import create_app
 from hpcgate.server.app import Running, start
+from hpcgate.server.auth.devkeys import DevIssuer
 from hpcgate.server.config import Settings, parse_config
+from localsite import SYSTEM, local_config
 
 pytest_plugins = ["cluster_fixture"]
 
@@ -95,3 +99,44 @@ async def skeleton() -> AsyncIterator[Service]:
     """Server and edge configured with two fake systems (no cluster needed)."""
     async for service in start_service(parse_config(SKELETON_CONFIG)):
         yield service
+
+
+@dataclass
+class LiveService(Service):
+    """The service configured for the loopback cluster, with a token issuer."""
+
+    issuer: DevIssuer
+    system: str
+
+    def token(self, user: str) -> str:
+        return self.issuer.token(user)
+
+    def metadata(self, user: str) -> list[tuple[str, str]]:
+        """gRPC call metadata authenticating as ``user``."""
+        return [("authorization", f"Bearer {self.token(user)}")]
+
+    def headers(self, user: str) -> dict[str, str]:
+        """HTTP headers authenticating as ``user``."""
+        return {"Authorization": f"Bearer {self.token(user)}"}
+
+
+def live_settings(cluster: Cluster, jwks: Path, **system: Any) -> Settings:
+    """Settings for the loopback cluster; ``system`` overrides keys of the system."""
+    config = local_config(cluster.raw, jwks)
+    config["systems"][0].update({"probing": {"interval": 2, "timeout": 5}, **system})
+    return parse_config(config)
+
+
+@pytest.fixture(scope="session")
+async def live(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LiveService]:
+    """Server and edge on the loopback cluster, with real tokens (shared by the session)."""
+    issuer = DevIssuer.generate()
+    jwks = tmp_path_factory.mktemp("live") / "jwks.json"
+    issuer.write_jwks(jwks)
+    settings = live_settings(cluster, jwks)
+    async for service in start_service(settings):
+        for system in service.running.runtime.systems.values():
+            await system.health.wait_first_run()
+        yield LiveService(**vars(service), issuer=issuer, system=SYSTEM)

@@ -1,0 +1,56 @@
+"""The server configuration for the loopback cluster (dev/cluster).
+
+Shared by ``make run`` (dev/run.py) and the tests' ``live`` fixture, so that
+both run the service exactly as configured here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hpcgate.server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER
+
+SYSTEM = "cluster"
+
+
+def local_config(cluster: dict[str, Any], jwks_file: Path) -> dict[str, Any]:
+    """The server configuration for the loopback cluster."""
+    ssh, s3 = cluster["ssh"], cluster["s3"]
+    return {
+        "auth": {
+            "jwks_file": str(jwks_file),
+            "issuer": DEV_ISSUER,
+            "audience": DEV_AUDIENCE,
+            "username_claim": "preferred_username",
+            "algorithms": ["RS256"],
+        },
+        "credentials": {
+            "ca_key": {"file": ssh["ca_key"]},
+            "certificate_lifetime": 300,
+            "service_account": cluster["service_account"]["name"],
+        },
+        "systems": [
+            {
+                "name": SYSTEM,
+                "ssh": {
+                    "host": ssh["host"],
+                    "port": ssh["port"],
+                    "known_hosts": ssh["known_hosts"],
+                    "pool": {"max_connections": 4, "max_channels": ssh.get("max_sessions", 10)},
+                },
+                "scheduler": {"type": "slurm"},
+                "filesystems": [
+                    {"path": "/home", "data_type": "users", "default_work_dir": True},
+                    {"path": "/scratch", "data_type": "scratch"},
+                ],
+                "s3": {
+                    "endpoint": s3["endpoint"],
+                    "region": s3.get("region", "us-east-1"),
+                    "access_key": {"value": s3["access_key"]},
+                    "secret_key": {"value": s3["secret_key"]},
+                },
+                "probing": {"interval": 10, "timeout": 5},
+            }
+        ],
+    }
