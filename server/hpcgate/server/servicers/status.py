@@ -8,14 +8,13 @@ from datetime import datetime
 
 from google.protobuf import timestamp_pb2
 
-from hpcgate.server.auth.authz import authorize
 from hpcgate.server.auth.interceptor import current_identity
 from hpcgate.server.config import SystemConfig
 from hpcgate.server.health.checker import ServiceHealth
 from hpcgate.server.runtime import Runtime, SystemRuntime
 from hpcgate.server.scheduler.base import Run
+from hpcgate.server.servicers.common import begin
 from hpcgate.server.servicers.context import Context
-from hpcgate.server.ssh.pool import deadline_after
 from hpcgate.v1 import status_pb2, status_pb2_grpc
 
 
@@ -95,13 +94,8 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
         self._runtime = runtime
 
     def _scheduler_call(self, name: str, context: Context) -> tuple[SystemRuntime, Run]:
-        """The system, authorised for the caller and healthy, and a runner as the caller."""
-        identity = current_identity()
-        system = self._runtime.system(name)
-        authorize(identity, system.config)
-        system.health.require("ssh", "scheduler")
-        deadline = deadline_after(context.time_remaining())
-        return system, system.runner(identity.username, deadline)
+        call = begin(self._runtime, name, context, "ssh", "scheduler")
+        return call.system, call.run
 
     async def ListSystems(
         self, request: status_pb2.ListSystemsRequest, context: Context

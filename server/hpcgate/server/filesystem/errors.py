@@ -1,0 +1,74 @@
+"""Cluster-side failures to gRPC errors, keeping the cluster's own words.
+
+pyfirecrest and people read the message ("No such file or directory"), so
+the message is the cluster's text; the code and reason are derived from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncssh
+import grpc
+
+from hpcgate.server.errors import ServiceError
+from hpcgate.server.scheduler.base import Output
+
+# The words a command prints for a condition, and what they mean.
+_COMMAND_WORDS: tuple[tuple[str, grpc.StatusCode, str], ...] = (
+    ("No such file or directory", grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
+    ("Permission denied", grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    ("Operation not permitted", grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    ("File exists", grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS"),
+    ("Not a directory", grpc.StatusCode.INVALID_ARGUMENT, "NOT_A_DIRECTORY"),
+    ("Is a directory", grpc.StatusCode.INVALID_ARGUMENT, "IS_A_DIRECTORY"),
+    ("Directory not empty", grpc.StatusCode.FAILED_PRECONDITION, "DIRECTORY_NOT_EMPTY"),
+    ("No space left on device", grpc.StatusCode.RESOURCE_EXHAUSTED, "NO_SPACE"),
+    ("Disk quota exceeded", grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED"),
+    ("invalid user", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_OWNER"),
+    ("invalid group", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_OWNER"),
+)
+
+
+# SFTP status codes (draft-ietf-secsh-filexfer) in the same words.
+_SFTP_WORDS: dict[int, str] = {
+    asyncssh.FX_NO_SUCH_FILE: "No such file or directory",
+    asyncssh.FX_NO_SUCH_PATH: "No such file or directory",
+    asyncssh.FX_PERMISSION_DENIED: "Permission denied",
+    asyncssh.FX_FILE_ALREADY_EXISTS: "File exists",
+    asyncssh.FX_NOT_A_DIRECTORY: "Not a directory",
+    asyncssh.FX_FILE_IS_A_DIRECTORY: "Is a directory",
+    asyncssh.FX_DIR_NOT_EMPTY: "Directory not empty",
+    asyncssh.FX_NO_SPACE_ON_FILESYSTEM: "No space left on device",
+    asyncssh.FX_QUOTA_EXCEEDED: "Disk quota exceeded",
+}
+
+
+def _classify(text: str) -> tuple[grpc.StatusCode, str] | None:
+    for words, code, reason in _COMMAND_WORDS:
+        if words in text:
+            return code, reason
+    return None
+
+
+def sftp_error(error: asyncssh.SFTPError, path: str) -> ServiceError:
+    """The ServiceError for an SFTP failure on ``path``."""
+    words = _SFTP_WORDS.get(error.code, error.reason or "Failure")
+    code, reason = _classify(words) or (grpc.StatusCode.INTERNAL, "SFTP_FAILURE")
+    return ServiceError(code, f"{path}: {words}", reason, metadata={"path": path})
+
+
+def command_error(argv: Sequence[str], output: Output) -> ServiceError:
+    """The ServiceError for a command that failed; its stderr is the message."""
+    text = output.stderr.decode(errors="replace").strip() or f"exit status {output.exit_status}"
+    found = _classify(text)
+    if found is None:
+        return ServiceError(grpc.StatusCode.INTERNAL, f"{argv[0]}: {text}", "COMMAND_FAILED")
+    return ServiceError(found[0], text, found[1])
+
+
+def checked(argv: Sequence[str], output: Output) -> bytes:
+    """stdout of a command that must succeed; raises its mapped error otherwise."""
+    if output.exit_status != 0:
+        raise command_error(argv, output)
+    return output.stdout
