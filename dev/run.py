@@ -89,7 +89,9 @@ def start() -> dict[str, Any]:
     issuer = DevIssuer.load_or_create(RUN / "jwt-signing-key.pem")
     issuer.write_jwks(RUN / "jwks.json")
     config_path = RUN / "hpcgate.yaml"
-    config_path.write_text(yaml.safe_dump(local_config(cluster, RUN / "jwks.json")))
+    config = local_config(cluster, RUN / "jwks.json")
+    config["server"] = {"metrics_listen": f"127.0.0.1:{free_port()}"}
+    config_path.write_text(yaml.safe_dump(config))
 
     pids = _pids()
     if not all(_alive(pids.get(name, {}).get("pid", -1)) for name in ("server", "edge")):
@@ -138,6 +140,7 @@ def start() -> dict[str, Any]:
         },
         "s3": {"endpoint": cluster["s3"]["endpoint"]},
         "config": str(config_path),
+        "metrics": f"http://{config['server']['metrics_listen']}/metrics",
     }
     (STATE / "dev.json").write_text(json.dumps(facts, indent=2))
     return facts
@@ -163,6 +166,7 @@ hpcgate is running on the local cluster.
 
   gRPC  {facts["grpc"]}
   REST  {rest}   (OpenAPI: {rest}/openapi.json)
+  Metrics {facts["metrics"]}
 
 Tokens (valid 24 h):
   ALICE={alice}

@@ -12,18 +12,20 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 import uvicorn
 
-from cluster_fixture import Cluster
 from hpcgate.edge import create_app
 from hpcgate.server.app import Running, start
 from hpcgate.server.auth.devkeys import DevIssuer
 from hpcgate.server.config import Settings, parse_config
 from localsite import SYSTEM, local_config
+
+if TYPE_CHECKING:  # imported by pytest as a plugin; importing it here first would
+    from cluster_fixture import Cluster  # stop pytest from rewriting its asserts
 
 pytest_plugins = ["cluster_fixture"]
 
@@ -81,7 +83,9 @@ async def _start_edge(target: str) -> tuple[uvicorn.Server, asyncio.Task[None], 
 
 
 async def start_service(settings: Settings) -> AsyncIterator[Service]:
-    running = await start(settings, "127.0.0.1:0")
+    """Start a server and an edge for ``settings`` on free ports (metrics too)."""
+    server = settings.server.model_copy(update={"metrics_listen": "127.0.0.1:0"})
+    running = await start(settings.model_copy(update={"server": server}), "127.0.0.1:0")
     target = f"127.0.0.1:{running.port}"
     edge, edge_task, url = await _start_edge(target)
     channel = grpc.aio.insecure_channel(target)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -58,12 +59,20 @@ class Running:
     health: health_aio.HealthServicer
     runtime: Runtime
     settings: Settings
+    metrics: WSGIServer | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics is None else self.metrics.server_port
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop: NOT_SERVING first, then in-flight RPCs, then the pools."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.server.shutdown_grace if grace is None else grace)
         await self.runtime.close()
+        if self.metrics is not None:
+            self.metrics.shutdown()
+            self.metrics.server_close()
 
 
 def _health_updater(servicer: health_aio.HealthServicer) -> OnChange:
@@ -118,15 +127,16 @@ async def start(settings: Settings, listen: str | None = None) -> Running:
         raise OSError(f"cannot listen on {address}")
     await server.start()
     runtime.start()
+    metrics = None
+    if settings.server.metrics_listen:
+        host, _, metrics_port = settings.server.metrics_listen.rpartition(":")
+        metrics, _ = start_http_server(int(metrics_port), addr=host or "127.0.0.1")
     log.info("hpcgate server listening on %s", address.rsplit(":", 1)[0] + f":{port}")
-    return Running(server, port, health_servicer, runtime, settings)
+    return Running(server, port, health_servicer, runtime, settings, metrics)
 
 
 async def serve(settings: Settings, listen: str | None = None) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully."""
-    if settings.server.metrics_listen:
-        host, _, port = settings.server.metrics_listen.rpartition(":")
-        start_http_server(int(port), addr=host or "127.0.0.1")
     running = await start(settings, listen)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
