@@ -156,11 +156,10 @@ async def test_metrics_show_connections_rise_and_fall(quiet: tuple[Service, DevI
     pool = service.running.runtime.system(SYSTEM).pool
     await eventually(lambda: pool.stats().total.connections == 0, 10, "pool idle before the load")
     request = status_pb2.GetUserInfoRequest(system_name=SYSTEM)
-    load = [stub.GetUserInfo(request, metadata=auth) for _ in range(60)]
+    load = {asyncio.ensure_future(stub.GetUserInfo(request, metadata=auth)) for _ in range(60)}
     peak = 0.0
     while load:
-        done, pending = await asyncio.wait([asyncio.ensure_future(c) for c in load], timeout=0.05)
-        load = list(pending)
+        done, load = await asyncio.wait(load, timeout=0.05)
         peak = max(peak, _gauge(await scrape(), "hpcgate_ssh_connections", SYSTEM))
         for finished in done:
             finished.result()
