@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from conftest import Service
 from hpcgate.edge.bindings import bindings_of, hpcgate_services
-from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc, status_pb2, status_pb2_grpc
+from hpcgate.v1 import status_pb2, status_pb2_grpc, transfer_pb2, transfer_pb2_grpc
 
 REFERENCE = Path(__file__).parents[1] / "data" / "firecrest-v2-openapi-2.5.6.yaml"
 HTTP_VERBS = {"get", "post", "put", "delete", "patch"}
@@ -96,16 +96,19 @@ def test_every_firecrest_path_is_bound_to_an_rpc() -> None:
 
 
 async def test_unimplemented_rpc_is_501_and_unimplemented(skeleton: Service) -> None:
-    stub = filesystem_pb2_grpc.FilesystemStub(skeleton.channel)
+    # Transfer is the service still to be written (its issue comes later).
+    stub = transfer_pb2_grpc.TransferStub(skeleton.channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.Ls(filesystem_pb2.LsRequest(system_name="daint", path="/home"))
+        await stub.Rm(transfer_pb2.TransferRmRequest(system_name="daint", path="/home/x"))
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
     async with httpx.AsyncClient(base_url=skeleton.rest_url) as client:
-        response = await client.get("/filesystem/daint/ops/ls", params={"path": "/home"})
+        response = await client.delete("/filesystem/daint/transfer/rm", params={"path": "/home/x"})
     assert response.status_code == 501
-    assert response.json()["errorType"] == "error"
-    assert response.json()["message"]
+    body = response.json()
+    assert body["errorType"] == "error"
+    assert body["message"]
+    assert body["data"]["reason"] == "NOT_IMPLEMENTED"
 
 
 async def test_bad_path_variable_is_400_naming_the_field(skeleton: Service) -> None:

@@ -8,12 +8,15 @@ four kinds, so each interceptor only writes its ``around`` function.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import grpc
 
 from hpcgate.server.errors import ServiceError, abort
+
+log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 if TYPE_CHECKING:
@@ -88,12 +91,28 @@ def wrap_handler(handler: Handler, around: Around) -> Handler:
     return make(streaming, handler.request_deserializer, handler.response_serializer)
 
 
+def _as_service_error(error: Exception) -> ServiceError:
+    """Every failure as a ServiceError, so every error carries an ErrorInfo reason."""
+    if isinstance(error, ServiceError):
+        return error
+    if isinstance(error, NotImplementedError):  # the generated base servicer's answer
+        return ServiceError(
+            grpc.StatusCode.UNIMPLEMENTED, "this RPC is not implemented yet", "NOT_IMPLEMENTED"
+        )
+    log.exception("unexpected error")
+    return ServiceError(
+        grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__})", "INTERNAL"
+    )
+
+
 class _ServiceErrors(Around):
     async def unary(self, call: Unary, request: Any, context: Context) -> Any:
         try:
             return await call(request, context)
-        except ServiceError as error:
-            await abort(context, error)
+        except grpc.aio.AbortError:
+            raise  # already carries its status
+        except Exception as error:
+            await abort(context, _as_service_error(error))
 
     async def streaming(
         self, call: Streaming, request: Any, context: Context
@@ -101,12 +120,14 @@ class _ServiceErrors(Around):
         try:
             async for reply in call(request, context):
                 yield reply
-        except ServiceError as error:
-            await abort(context, error)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await abort(context, _as_service_error(error))
 
 
 class ServiceErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Turns a :class:`ServiceError` raised by a servicer into its rich status."""
+    """Turns any exception of a servicer into a rich status (ServiceError: its own)."""
 
     async def intercept_service(
         self,
