@@ -68,11 +68,10 @@ class Service:
     channel: grpc.aio.Channel
 
 
-async def _start_edge(target: str) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+async def serve_asgi(app: Any) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    """Serve ``app`` with uvicorn on a free loopback port; returns its base URL too."""
     port = free_port()
-    config = uvicorn.Config(
-        create_app(target), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -87,7 +86,7 @@ async def start_service(settings: Settings) -> AsyncIterator[Service]:
     server = settings.server.model_copy(update={"metrics_listen": "127.0.0.1:0"})
     running = await start(settings.model_copy(update={"server": server}), "127.0.0.1:0")
     target = f"127.0.0.1:{running.port}"
-    edge, edge_task, url = await _start_edge(target)
+    edge, edge_task, url = await serve_asgi(create_app(target))
     channel = grpc.aio.insecure_channel(target)
     try:
         yield Service(settings, running, target, url, channel)

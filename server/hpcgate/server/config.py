@@ -107,6 +107,17 @@ class SchedulerConfig(_Model):
     connection_mode: Literal["ssh"] = "ssh"
     # Free-form adapter options (for example Slurm command paths).
     options: dict[str, str] = {}
+    # Bounds of the job-watch poll interval, in seconds: a user's poller polls
+    # every `poll_min_interval` while jobs change and backs off towards
+    # `poll_max_interval` while nothing does.
+    poll_min_interval: float = Field(0.5, gt=0)
+    poll_max_interval: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _poll_bounds(self) -> SchedulerConfig:
+        if self.poll_min_interval > self.poll_max_interval:
+            raise ValueError("poll_min_interval must not exceed poll_max_interval")
+        return self
 
 
 class FileSystemConfig(_Model):
@@ -212,6 +223,8 @@ class CredentialsConfig(_Model):
     ca_key: Secret | None = None
     # ... or asks a signing service for one.
     signing_url: str | None = None
+    # Bearer token the server presents to the signing service.
+    signing_token: Secret | None = None
     # Certificate validity, in seconds.
     certificate_lifetime: int = Field(300, ge=30, le=86400)
     # Fixed keys for service accounts, by username.

@@ -6,12 +6,13 @@ user certificate whose only principal is the username and whose validity is a
 few minutes; the cluster's sshd trusts the CA (``TrustedUserCAKeys``). Nothing
 is ever written to disk, and a leaked certificate is useless soon after.
 Service accounts (the health checker's identity, say) may use fixed keys
-instead. :class:`CredentialProvider` is the seam where a signing-service
-variant (``credentials.signing_url``) plugs in later.
+instead. A site that keeps its CA key elsewhere configures a signing service
+(``credentials.signing_url``), which :class:`SigningService` asks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -21,6 +22,8 @@ from typing import Protocol
 
 import asyncssh
 import grpc
+import httpx
+from asyncssh.public_key import SSHOpenSSHCertificate
 
 from hpcgate.server.config import ConfigError, CredentialsConfig, StaticKey
 from hpcgate.server.errors import ServiceError
@@ -71,12 +74,42 @@ def check_username(username: str) -> None:
         )
 
 
-class CertificateAuthority:
-    """Mints short-lived OpenSSH user certificates in memory, cached per user.
+class _CachedCertificates:
+    """Short-lived certificates cached per user and renewed before they expire.
 
     A certificate is reused until less than :data:`RENEW_FRACTION` of its
-    lifetime is left, so a burst of logins costs one signature. Minting is
-    synchronous and quick (ed25519), so concurrent callers need no lock.
+    lifetime is left, so a burst of logins costs one signature.
+    """
+
+    def __init__(self, lifetime: float) -> None:
+        self._lifetime = lifetime
+        self._cache: dict[str, UserCredentials] = {}
+
+    async def credentials(self, username: str) -> UserCredentials:
+        """A cached certificate for ``username``, or a freshly issued one."""
+        check_username(username)
+        now = time.time()
+        cached = self._cache.get(username)
+        if cached is not None and cached.expires_at - now > self._lifetime * RENEW_FRACTION:
+            return cached
+        issued = await self._issue(username, now)
+        self._forget_expired(now)
+        self._cache[username] = issued
+        return issued
+
+    async def _issue(self, username: str, now: float) -> UserCredentials:
+        raise NotImplementedError
+
+    def _forget_expired(self, now: float) -> None:
+        """Drop certificates that can no longer log in (bounds the cache)."""
+        for name in [n for n, c in self._cache.items() if c.expires_at <= now]:
+            del self._cache[name]
+
+
+class CertificateAuthority(_CachedCertificates):
+    """Mints short-lived OpenSSH user certificates in memory from a CA key.
+
+    Minting is synchronous and quick (ed25519), so concurrent callers need no lock.
     """
 
     def __init__(
@@ -91,22 +124,12 @@ class CertificateAuthority:
         ``allow_port_forwarding`` must be true when a system is reached through
         a jump host, which forwards the connection on the user's behalf.
         """
+        super().__init__(lifetime)
         self._ca = asyncssh.import_private_key(ca_key) if isinstance(ca_key, str) else ca_key
-        self._lifetime = lifetime
         self._allow_port_forwarding = allow_port_forwarding
-        self._cache: dict[str, UserCredentials] = {}
 
-    async def credentials(self, username: str) -> UserCredentials:
-        """A cached certificate for ``username``, or a freshly minted one."""
-        check_username(username)
-        now = time.time()
-        cached = self._cache.get(username)
-        if cached is not None and cached.expires_at - now > self._lifetime * RENEW_FRACTION:
-            return cached
-        minted = self.mint(username, now)
-        self._forget_expired(now)
-        self._cache[username] = minted
-        return minted
+    async def _issue(self, username: str, now: float) -> UserCredentials:
+        return self.mint(username, now)
 
     def mint(self, username: str, now: float | None = None) -> UserCredentials:
         """A new key pair and certificate for ``username`` (principal = username)."""
@@ -131,10 +154,57 @@ class CertificateAuthority:
         )
         return UserCredentials(username, key, certificate, float(valid_before))
 
-    def _forget_expired(self, now: float) -> None:
-        """Drop certificates that can no longer log in (bounds the cache)."""
-        for name in [n for n, c in self._cache.items() if c.expires_at <= now]:
-            del self._cache[name]
+
+class SigningService(_CachedCertificates):
+    """Gets user certificates from a signing service over HTTPS.
+
+    The server generates the key pair (the private key never leaves memory)
+    and sends only the public key: ``POST <url>`` with a bearer token and
+    ``{"principal", "public_key", "lifetime"}``; the service answers
+    ``{"certificate": "<OpenSSH certificate>"}``. This is the shape of an SSH
+    CA front end such as Vault's SSH secrets engine or FirecREST's sshservice.
+    """
+
+    def __init__(self, url: str, token: str | None, lifetime: float = 300) -> None:
+        super().__init__(lifetime)
+        self._url = url
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def credentials(self, username: str) -> UserCredentials:
+        # One request per user at a time: concurrent logins share its answer.
+        lock = self._locks.setdefault(username, asyncio.Lock())
+        async with lock:
+            return await super().credentials(username)
+
+    async def _issue(self, username: str, now: float) -> UserCredentials:
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        body = {
+            "principal": username,
+            "public_key": key.export_public_key().decode().strip(),
+            "lifetime": int(self._lifetime),
+        }
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                response = await client.post(self._url, json=body, headers=self._headers)
+            response.raise_for_status()
+            certificate = asyncssh.import_certificate(response.json()["certificate"])
+        except (httpx.HTTPError, KeyError, ValueError, asyncssh.KeyImportError) as error:
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the SSH signing service refused or failed for {username}: {error}",
+                "SSH_SIGNING_FAILED",
+            ) from None
+        if not isinstance(certificate, SSHOpenSSHCertificate) or username not in (
+            certificate.principals
+        ):
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the SSH signing service returned a certificate not valid for {username}",
+                "SSH_SIGNING_FAILED",
+            )
+        # asyncssh keeps the validity private; the service grants what was asked.
+        return UserCredentials(username, key, certificate, now + self._lifetime)
 
 
 class StaticKeys:
@@ -210,10 +280,9 @@ def build_credential_provider(
 ) -> CredentialProvider:
     """The provider that ``config`` describes (static keys first, then the CA).
 
-    Raises ConfigError for a CA key that does not load, or for a signing
-    service (not implemented yet).
+    Raises ConfigError for a CA key that does not load.
     """
-    authority: CertificateAuthority | None = None
+    authority: CredentialProvider | None = None
     if config.ca_key is not None:
         try:
             authority = CertificateAuthority(
@@ -224,5 +293,9 @@ def build_credential_provider(
         except (OSError, asyncssh.KeyImportError) as error:
             raise ConfigError(f"credentials.ca_key: cannot load the CA key: {error}") from None
     elif config.signing_url is not None:
-        raise ConfigError("credentials.signing_url: a signing service is not supported yet")
+        token = config.signing_token.reveal() if config.signing_token is not None else None
+        return ChainedCredentials(
+            StaticKeys(config.static_keys),
+            SigningService(config.signing_url, token, config.certificate_lifetime),
+        )
     return ChainedCredentials(StaticKeys(config.static_keys), authority)
