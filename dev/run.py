@@ -52,6 +52,8 @@ def start_cluster() -> dict[str, Any]:
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # kill(0 or -1, ...) would address whole process groups
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
