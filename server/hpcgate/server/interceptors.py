@@ -126,8 +126,12 @@ class _ServiceErrors(Around):
             await abort(context, _as_service_error(error))
 
 
-class ServiceErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Turns any exception of a servicer into a rich status (ServiceError: its own)."""
+class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """An interceptor that runs each RPC through the :class:`Around` it picks."""
+
+    def around(self, details: grpc.HandlerCallDetails) -> Around | None:
+        """What to run around the RPC ``details`` names; None leaves it alone."""
+        raise NotImplementedError
 
     async def intercept_service(
         self,
@@ -135,6 +139,14 @@ class ServiceErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
         handler = await continuation(handler_call_details)
-        if handler is None:
+        if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED itself
             return handler
-        return wrap_handler(handler, _ServiceErrors())
+        around = self.around(handler_call_details)
+        return handler if around is None else wrap_handler(handler, around)
+
+
+class ServiceErrorInterceptor(WrappingInterceptor):
+    """Turns any exception of a servicer into a rich status (ServiceError: its own)."""
+
+    def around(self, details: grpc.HandlerCallDetails) -> Around:
+        return _ServiceErrors()

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ import grpc
 from prometheus_client import Counter, Histogram
 
 from hpcgate.server.errors import ServiceError
-from hpcgate.server.interceptors import Around, Context, Handler, Streaming, Unary, wrap_handler
+from hpcgate.server.interceptors import Around, Context, Streaming, Unary, WrappingInterceptor
 
 access_log = logging.getLogger("hpcgate.access")
 
@@ -114,20 +114,13 @@ class _Observe(Around):
             _current.reset(token)
 
 
-class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class ObservabilityInterceptor(WrappingInterceptor):
     """Metrics and one access-log line per RPC."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
+    def around(self, details: grpc.HandlerCallDetails) -> Around:
+        metadata = dict(details.invocation_metadata or ())
         request_id = str(metadata.get("x-request-id") or uuid.uuid4().hex)
-        return wrap_handler(handler, _Observe(handler_call_details.method, request_id))
+        return _Observe(details.method, request_id)
 
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None)))

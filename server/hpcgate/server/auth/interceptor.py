@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -19,7 +19,7 @@ import grpc
 from hpcgate.server.auth.tokens import Identity, TokenValidator, refusal
 from hpcgate.server.config import AuthConfig
 from hpcgate.server.errors import ServiceError, abort
-from hpcgate.server.interceptors import Around, Context, Handler, Streaming, Unary, wrap_handler
+from hpcgate.server.interceptors import Around, Context, Streaming, Unary, WrappingInterceptor
 from hpcgate.server.observability import current_request
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class _Authenticate(Around):
                 _identity.reset(token)
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class AuthInterceptor(WrappingInterceptor):
     """Refuses calls without a valid token (UNAUTHENTICATED with the reason)."""
 
     def __init__(self, validator: TokenValidator) -> None:
@@ -115,13 +115,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def from_config(cls, auth: AuthConfig) -> AuthInterceptor:
         return cls(TokenValidator(auth))
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or is_public(method):
-            return handler
-        return wrap_handler(handler, _Authenticate(self._validator, method))
+    def around(self, details: grpc.HandlerCallDetails) -> Around | None:
+        method = details.method
+        return None if is_public(method) else _Authenticate(self._validator, method)
