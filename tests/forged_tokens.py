@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,60 +76,75 @@ def tampered(issuer: DevIssuer) -> str:
     return f"{header}.{_segment(claims_for(issuer, 'root'))}.{signature}"
 
 
+def _now() -> int:
+    return int(time.time())
+
+
 @dataclass(frozen=True)
 class BadToken:
+    """A refused token, minted when a test asks for it (times are relative to then)."""
+
     name: str
-    token: str
+    make: Callable[[], str]
     reason: str
+
+    @property
+    def token(self) -> str:
+        return self.make()
 
 
 def bad_tokens(issuer: DevIssuer) -> list[BadToken]:
     """One token per refusal (the server trusts ``issuer``'s key only)."""
-    now = int(time.time())
     stranger = DevIssuer.generate(kid="not-published")
     return [
-        BadToken("garbage", "not-a-jwt", "TOKEN_MALFORMED"),
-        BadToken("no exp", signed(issuer, claims_for(issuer, exp=None)), "TOKEN_MALFORMED"),
-        BadToken("expired", signed(issuer, claims_for(issuer, exp=now - 60)), "TOKEN_EXPIRED"),
+        BadToken("garbage", lambda: "not-a-jwt", "TOKEN_MALFORMED"),
+        BadToken("no exp", lambda: signed(issuer, claims_for(issuer, exp=None)), "TOKEN_MALFORMED"),
+        BadToken(
+            "expired", lambda: signed(issuer, claims_for(issuer, exp=_now() - 60)), "TOKEN_EXPIRED"
+        ),
         BadToken(
             "nbf in the future",
-            signed(issuer, claims_for(issuer, nbf=now + 600, exp=now + 7200)),
+            lambda: signed(issuer, claims_for(issuer, nbf=_now() + 600, exp=_now() + 7200)),
             "TOKEN_NOT_YET_VALID",
         ),
         BadToken(
             "wrong issuer",
-            signed(issuer, claims_for(issuer, iss="https://evil.example")),
+            lambda: signed(issuer, claims_for(issuer, iss="https://evil.example")),
             "TOKEN_WRONG_ISSUER",
         ),
-        BadToken("no issuer", signed(issuer, claims_for(issuer, iss=None)), "TOKEN_WRONG_ISSUER"),
+        BadToken(
+            "no issuer", lambda: signed(issuer, claims_for(issuer, iss=None)), "TOKEN_WRONG_ISSUER"
+        ),
         BadToken(
             "wrong audience",
-            signed(issuer, claims_for(issuer, aud="someone-else")),
+            lambda: signed(issuer, claims_for(issuer, aud="someone-else")),
             "TOKEN_WRONG_AUDIENCE",
         ),
         BadToken(
-            "alg none", unsigned(claims_for(issuer), issuer.kid), "TOKEN_ALGORITHM_NOT_ALLOWED"
+            "alg none",
+            lambda: unsigned(claims_for(issuer), issuer.kid),
+            "TOKEN_ALGORITHM_NOT_ALLOWED",
         ),
         BadToken(
             "HS256 with the public key",
-            hs256_with_public_key(issuer, claims_for(issuer)),
+            lambda: hs256_with_public_key(issuer, claims_for(issuer)),
             "TOKEN_ALGORITHM_NOT_ALLOWED",
         ),
-        BadToken("unknown kid", stranger.token("alice"), "TOKEN_UNKNOWN_KEY"),
-        BadToken("tampered payload", tampered(issuer), "TOKEN_BAD_SIGNATURE"),
+        BadToken("unknown kid", lambda: stranger.token("alice"), "TOKEN_UNKNOWN_KEY"),
+        BadToken("tampered payload", lambda: tampered(issuer), "TOKEN_BAD_SIGNATURE"),
         BadToken(
             "lifetime too short",
-            signed(issuer, claims_for(issuer, exp=now + MIN_REMAINING_LIFETIME // 2)),
+            lambda: signed(issuer, claims_for(issuer, exp=_now() + MIN_REMAINING_LIFETIME // 2)),
             "TOKEN_LIFETIME_TOO_SHORT",
         ),
         BadToken(
             "no username",
-            signed(issuer, claims_for(issuer, preferred_username=None)),
+            lambda: signed(issuer, claims_for(issuer, preferred_username=None)),
             "TOKEN_NO_USERNAME",
         ),
         BadToken(
             "unsafe username",
-            signed(issuer, claims_for(issuer, preferred_username="-oProxyCommand=sh")),
+            lambda: signed(issuer, claims_for(issuer, preferred_username="-oProxyCommand=sh")),
             "TOKEN_BAD_USERNAME",
         ),
     ]

@@ -7,6 +7,7 @@ import argparse
 import uvicorn
 
 from hpcgate.edge.app import create_app
+from hpcgate.edge.transcode import MAX_FORM_BODY
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,8 +18,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="deadline of unary calls, in seconds"
     )
+    parser.add_argument(
+        "--max-upload",
+        type=int,
+        default=MAX_FORM_BODY,
+        help="largest multipart upload body the edge reads, in bytes",
+    )
     args = parser.parse_args(argv)
-    app = create_app(args.server, timeout=args.timeout)
+    app = create_app(args.server, timeout=args.timeout, max_form_body=args.max_upload)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 

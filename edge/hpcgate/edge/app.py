@@ -24,19 +24,27 @@ from hpcgate.edge.bindings import Binding, bindings_of, hpcgate_services
 from hpcgate.edge.errors import bad_request_response, rpc_error_response, status_response
 from hpcgate.edge.jsonmap import to_json
 from hpcgate.edge.openapi import openapi_document
-from hpcgate.edge.transcode import BadRequestError, build_request
+from hpcgate.edge.transcode import MAX_FORM_BODY, BadRequestError, build_request
 
 _FORWARDED_HEADERS = ("authorization",)
 NDJSON = "application/x-ndjson"
+# Small downloads and uploads travel in one message; the server enforces the
+# real size limit (maxOpsFileSize), so the channel must not cut them at 4 MiB.
+MAX_MESSAGE = 256 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+]
 SSE = "text/event-stream"
 
 
 class Edge:
     """Holds the gRPC channel and serves every binding through it."""
 
-    def __init__(self, target: str, timeout: float) -> None:
+    def __init__(self, target: str, timeout: float, max_form_body: int) -> None:
         self.target = target
         self.timeout = timeout
+        self.max_form_body = max_form_body
         self.channel: grpc.aio.Channel | None = None
 
     def _metadata(self, request: Request) -> list[tuple[str, str]]:
@@ -58,9 +66,9 @@ class Edge:
 
     async def handle(self, binding: Binding, request: Request) -> Response:
         try:
-            rpc_request = await build_request(binding, request)
+            rpc_request = await build_request(binding, request, max_form_body=self.max_form_body)
         except BadRequestError as error:
-            return bad_request_response(str(error), error.field)
+            return bad_request_response(str(error), error.field, error.status_code)
         metadata = self._metadata(request)
         if binding.server_streaming:
             return await self._stream(binding, rpc_request, metadata, request)
@@ -131,9 +139,14 @@ def _endpoint(edge: Edge, by_verb: dict[str, Binding]) -> Callable[[Request], Aw
     return endpoint
 
 
-def create_app(target: str, timeout: float = 300.0) -> Starlette:
-    """The edge for the gRPC server at ``target`` (``host:port``)."""
-    edge = Edge(target, timeout)
+def create_app(
+    target: str, timeout: float = 300.0, max_form_body: int = MAX_FORM_BODY
+) -> Starlette:
+    """The edge for the gRPC server at ``target`` (``host:port``).
+
+    ``max_form_body`` bounds what the edge reads of a multipart upload.
+    """
+    edge = Edge(target, timeout, max_form_body)
     bindings = bindings_of(hpcgate_services())
     by_path: dict[str, dict[str, Binding]] = {}
     for binding in bindings:  # already sorted, most specific first
@@ -150,7 +163,7 @@ def create_app(target: str, timeout: float = 300.0) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        edge.channel = grpc.aio.insecure_channel(target)
+        edge.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         try:
             yield
         finally:

@@ -79,9 +79,10 @@ def rpc_error_response(error: grpc.aio.AioRpcError) -> JSONResponse:
     return status_response(error.code(), error.details(), error.trailing_metadata())
 
 
-def bad_request_response(message: str, field: str | None) -> JSONResponse:
-    """The HTTP reply for a request that does not make a valid message."""
-    data: dict[str, Any] = {"reason": "INVALID_ARGUMENT"}
+def bad_request_response(message: str, field: str | None, status: int = 400) -> JSONResponse:
+    """The HTTP reply for a request the edge refuses before any RPC (400, or 413)."""
+    reason = "INVALID_ARGUMENT" if status == 400 else "PAYLOAD_TOO_LARGE"
+    data: dict[str, Any] = {"reason": reason}
     if field:
         data["fieldViolations"] = [{"field": field, "description": message}]
-    return JSONResponse(error_body(message, data), 400)
+    return JSONResponse(error_body(message, data), status)

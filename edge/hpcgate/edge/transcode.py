@@ -9,11 +9,14 @@ JSON parser does the type conversion, so errors name the field.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
 from typing import Any
 
 from google.protobuf import descriptor, json_format, message
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from hpcgate.edge.bindings import Binding
@@ -22,13 +25,31 @@ from hpcgate.v1 import options_pb2
 _TRUE = {"true", "1", "yes", "on", ""}  # a bare `?recursive` means true, as in FastAPI
 _FALSE = {"false", "0", "no", "off"}
 
+# Largest multipart/form-data body the edge reads, in bytes. Each system's
+# own limit (``max_ops_file_size``) is the server's to enforce; this bound
+# only stops a huge body before it fills the edge's memory or disk.
+MAX_FORM_BODY = 64 * 1024 * 1024
+
+# HTML's multipart/form-data encoding (which browsers and httpx, hence
+# pyfirecrest, follow) sends '"', CR and LF in a file name as %22, %0D, %0A.
+_FORM_NAME_ESCAPE = re.compile("%(22|0[AaDd])")
+
 
 class BadRequestError(Exception):
     """The HTTP request does not make a valid request message."""
 
+    # The HTTP status to answer with.
+    status_code = 400
+
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class PayloadTooLargeError(BadRequestError):
+    """The request body is larger than the edge reads."""
+
+    status_code = 413
 
 
 def _field(desc: descriptor.Descriptor, key: str) -> descriptor.FieldDescriptor | None:
@@ -110,17 +131,52 @@ async def _body(binding: Binding, request: Request) -> dict[str, Any]:
     return {binding.body: parsed}
 
 
-async def _form_file(binding: Binding, request: Request, target: message.Message) -> None:
+async def _bounded(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
+    """``stream``, failing with PayloadTooLargeError once more than ``limit`` bytes came."""
+    seen = 0
+    async for piece in stream:
+        seen += len(piece)
+        if seen > limit:
+            raise PayloadTooLargeError(f"request body larger than {limit} bytes")
+        yield piece
+
+
+async def _read_form(request: Request, limit: int) -> FormData:
+    """The multipart/form-data body of ``request``, read while it stays within ``limit``."""
+    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if content_type != "multipart/form-data":
+        raise BadRequestError("request body must be multipart/form-data")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body larger than {limit} bytes")
+    async with aclosing(_bounded(request.stream(), limit)) as stream:
+        try:
+            return await MultiPartParser(request.headers, stream).parse()
+        except MultiPartException as error:
+            raise BadRequestError(f"malformed multipart body: {error.message}") from None
+
+
+def _form_filename(raw: str) -> str:
+    """The part's file name with HTML's form escapes (%22, %0D, %0A) decoded."""
+    return _FORM_NAME_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), raw)
+
+
+async def _form_file(
+    binding: Binding, request: Request, target: message.Message, limit: int
+) -> None:
     name = binding.rest.multipart_file_field
-    form = await request.form()
-    part = form.get(name)
-    if not isinstance(part, UploadFile):
-        raise BadRequestError(f"{name}: missing multipart file part", name)
-    uploaded = options_pb2.UploadedFile(
-        filename=part.filename or "",
-        content_type=part.content_type or "",
-        content=await part.read(),
-    )
+    form = await _read_form(request, limit)
+    try:
+        part = form.get(name)
+        if not isinstance(part, UploadFile):
+            raise BadRequestError(f"{name}: missing multipart file part", name)
+        uploaded = options_pb2.UploadedFile(
+            filename=_form_filename(part.filename or ""),
+            content_type=part.content_type or "",
+            content=await part.read(),
+        )
+    finally:
+        await form.close()
     getattr(target, name).CopyFrom(uploaded)
 
 
@@ -131,8 +187,13 @@ def _parse(data: dict[str, Any], target: message.Message) -> None:
         raise BadRequestError(str(error)) from None
 
 
-async def build_request(binding: Binding, request: Request) -> message.Message:
-    """The RPC's request message for ``request``; raises BadRequestError naming the field."""
+async def build_request(
+    binding: Binding, request: Request, *, max_form_body: int = MAX_FORM_BODY
+) -> message.Message:
+    """The RPC's request message for ``request``; raises BadRequestError naming the field.
+
+    A multipart body larger than ``max_form_body`` bytes is PayloadTooLargeError.
+    """
     target = binding.request_class()
     data = await _body(binding, request)
     query: dict[str, list[str]] = {}
@@ -143,5 +204,5 @@ async def build_request(binding: Binding, request: Request) -> message.Message:
         data[name] = request.path_params[name]
     _parse(data, target)
     if binding.rest.multipart_file_field:
-        await _form_file(binding, request, target)
+        await _form_file(binding, request, target, max_form_body)
     return target

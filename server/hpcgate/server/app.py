@@ -26,6 +26,8 @@ from hpcgate.server.health.checker import OnChange
 from hpcgate.server.interceptors import ServiceErrorInterceptor
 from hpcgate.server.observability import ObservabilityInterceptor
 from hpcgate.server.runtime import Runtime
+from hpcgate.server.servicers.filesystem import FilesystemServicer
+from hpcgate.server.servicers.scheduler import SchedulerServicer
 from hpcgate.server.servicers.status import StatusServicer
 from hpcgate.v1 import (
     filesystem_pb2,
@@ -100,18 +102,23 @@ def build_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]: 
     return chain
 
 
+def _message_limits(settings: Settings) -> list[tuple[str, int]]:
+    """Room for the largest small upload/download (maxOpsFileSize) in one message."""
+    largest = max(s.data_operation.max_ops_file_size for s in settings.systems)
+    limit = max(4 * 1024 * 1024, largest + 1024 * 1024)
+    return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+
+
 async def start(settings: Settings, listen: str | None = None) -> Running:
     """Build the server for ``settings`` and start it on ``listen`` (host:port)."""
-    server = grpc.aio.server(interceptors=build_interceptors(settings))
+    server = grpc.aio.server(
+        interceptors=build_interceptors(settings), options=_message_limits(settings)
+    )
     health_servicer = health_aio.HealthServicer()
     runtime = Runtime(settings, on_health_change=_health_updater(health_servicer))
     status_pb2_grpc.add_StatusServicer_to_server(StatusServicer(runtime), server)
-    scheduler_pb2_grpc.add_SchedulerServicer_to_server(
-        scheduler_pb2_grpc.SchedulerServicer(), server
-    )
-    filesystem_pb2_grpc.add_FilesystemServicer_to_server(
-        filesystem_pb2_grpc.FilesystemServicer(), server
-    )
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(runtime), server)
+    filesystem_pb2_grpc.add_FilesystemServicer_to_server(FilesystemServicer(runtime), server)
     transfer_pb2_grpc.add_TransferServicer_to_server(transfer_pb2_grpc.TransferServicer(), server)
 
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,8 +1,9 @@
 """Everything the servicers share at run time, per configured system.
 
 A :class:`SystemRuntime` bundles one system's configuration, its SSH pool,
-its scheduler adapter and its health checker. The :class:`Runtime` owns them
-all, starts the checkers and closes the pools on shutdown.
+its scheduler adapters, its job-watch hub and its health checker. The
+:class:`Runtime` owns them all, starts the checkers, and on shutdown ends the
+watches and closes the pools.
 """
 
 from __future__ import annotations
@@ -16,19 +17,26 @@ from hpcgate.server.config import Settings, SystemConfig
 from hpcgate.server.health.checker import HealthChecker, OnChange
 from hpcgate.server.health.probes import probes_for
 from hpcgate.server.scheduler.base import Output, Run
+from hpcgate.server.scheduler.jobmodels import RunWithInput
+from hpcgate.server.scheduler.slurm.jobs import SlurmJobs
 from hpcgate.server.scheduler.slurm.status import SlurmStatus
-from hpcgate.server.ssh.pool import PoolManager, SSHPool
+from hpcgate.server.scheduler.watch import RunnerFactory, WatchHub
+from hpcgate.server.ssh.pool import PoolManager, SSHPool, deadline_after
 from hpcgate.server.systems import resolve_system
 
 
 @dataclass
 class SystemRuntime:
-    """One system's configuration, pool, scheduler adapter and health checker."""
+    """One system's configuration, pool, scheduler adapters, watch hub and health checker."""
 
     config: SystemConfig
     pool: SSHPool
     scheduler: SlurmStatus
     health: HealthChecker
+    # Jobs: submit, list, cancel ... (the Scheduler service).
+    jobs: SlurmJobs
+    # The job pollers feeding WatchJobs, one per user.
+    watch: WatchHub
 
     def runner(self, user: str, deadline: float | None = None) -> Run:
         """Run commands as ``user`` over the user's pooled connection."""
@@ -36,6 +44,25 @@ class SystemRuntime:
             self.pool.run, user, deadline=deadline
         )
         return run
+
+    def job_runner(self, user: str, deadline: float | None = None) -> RunWithInput:
+        """Like :meth:`runner`, but the commands may take stdin (sbatch reads the script)."""
+        run: RunWithInput = partial(self.pool.run, user, deadline=deadline)
+        return run
+
+
+def _poll_runner(pool: SSHPool, timeout: float) -> RunnerFactory:
+    """Runners for a system's job pollers, as the polling user.
+
+    A poll has no RPC deadline to inherit: each gets ``timeout`` seconds,
+    waiting for a channel included, so a stuck poll cannot hang its watchers.
+    """
+
+    def runner(user: str) -> RunWithInput:
+        run: RunWithInput = partial(pool.run, user, deadline=deadline_after(timeout))
+        return run
+
+    return runner
 
 
 class Runtime:
@@ -61,7 +88,19 @@ class Runtime:
                 config.probing.timeout,
                 on_health_change,
             )
-            self.systems[config.name.lower()] = SystemRuntime(config, pool, scheduler, checker)
+            jobs = SlurmJobs()
+            timeout = config.ssh.timeouts.command
+            hub = WatchHub(
+                config.name,
+                jobs,
+                _poll_runner(pool, timeout),
+                partial(checker.require, "ssh", "scheduler"),
+                config.scheduler.poll_min_interval,
+                config.scheduler.poll_max_interval,
+            )
+            self.systems[config.name.lower()] = SystemRuntime(
+                config, pool, scheduler, checker, jobs, hub
+            )
 
     def system(self, name: str) -> SystemRuntime:
         """The system called ``name`` (case-insensitive); NOT_FOUND otherwise."""
@@ -72,5 +111,7 @@ class Runtime:
             system.health.start()
 
     async def close(self) -> None:
+        """Stop the checkers, end the watches (their pollers use the pools), close the pools."""
         await asyncio.gather(*(s.health.stop() for s in self.systems.values()))
+        await asyncio.gather(*(s.watch.close() for s in self.systems.values()))
         await self.pools.close()

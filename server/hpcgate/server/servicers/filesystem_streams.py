@@ -1,12 +1,83 @@
 """Filesystem RPCs that move file contents: small download/upload, streams, bulk.
 
-(Being written; the Filesystem servicer inherits these methods.)
+The Filesystem servicer inherits these methods. Each one validates the
+request, calls one domain function of :mod:`hpcgate.server.filesystem.transfer`
+or :mod:`hpcgate.server.filesystem.bulk` over the caller's pooled SSH
+connection, and maps the result to messages.
 """
 
 from __future__ import annotations
 
+import posixpath
+from collections.abc import AsyncIterator
+
+from google.api import httpbody_pb2
+from google.protobuf import timestamp_pb2
+
+from hpcgate.server.errors import invalid_argument
+from hpcgate.server.filesystem import bulk, transfer
+from hpcgate.server.filesystem.paths import check_path
 from hpcgate.server.runtime import Runtime
-from hpcgate.v1 import filesystem_pb2_grpc
+from hpcgate.server.servicers.common import Call, begin
+from hpcgate.server.servicers.context import Context
+from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
+
+OCTET_STREAM = "application/octet-stream"
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(round(seconds * 1e9))
+    return stamp
+
+
+def _bulk_entry(event: bulk.BulkEvent) -> filesystem_pb2.BulkDownloadEntry:
+    entry = filesystem_pb2.BulkDownloadEntry(file_index=event.index)
+    if isinstance(event, bulk.BulkChunk):
+        entry.chunk = event.data
+    elif isinstance(event, bulk.BulkHeader):
+        entry.header.CopyFrom(
+            filesystem_pb2.BulkDownloadFileHeader(
+                path=event.path,
+                relative_path=event.relative_path,
+                size=event.size,
+                mode=event.mode,
+                mtime=_timestamp(event.mtime),
+            )
+        )
+    elif isinstance(event, bulk.BulkEnd):
+        entry.end.sha256 = event.sha256
+    else:
+        entry.error.CopyFrom(
+            filesystem_pb2.BulkDownloadFileError(
+                path=event.path, code=event.code.value[0], message=event.message
+            )
+        )
+    return entry
+
+
+async def _upload_parts(
+    requests: AsyncIterator[filesystem_pb2.UploadStreamRequest],
+) -> AsyncIterator[bytes | transfer.Digest]:
+    """The data chunks and the trailer's digest of an UploadStream, after its header."""
+    async for message in requests:
+        kind = message.WhichOneof("payload")
+        if kind == "chunk":
+            yield message.chunk
+        elif kind == "trailer":
+            yield transfer.Digest(message.trailer.sha256)
+        else:
+            raise invalid_argument(
+                "header", "only the first message may carry a header", "UPLOAD_MALFORMED"
+            )
+
+
+def _begin(runtime: Runtime, system_name: str, context: Context) -> Call:
+    """Resolve, authorise and health-gate a call that needs SSH and the filesystems.
+
+    A module function, not a method: the subclass has its own ``_begin``.
+    """
+    return begin(runtime, system_name, context, "ssh", "filesystem")
 
 
 class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
@@ -14,3 +85,123 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
+
+    async def Download(
+        self, request: filesystem_pb2.DownloadRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        """The raw bytes of a file up to ``max_ops_file_size``; larger is RESOURCE_EXHAUSTED."""
+        call = _begin(self._runtime, request.system_name, context)
+        config = call.system.config
+        path = check_path(config, "path", request.path)
+        limit = config.data_operation.max_ops_file_size
+        async with call.system.pool.sftp(call.user, call.deadline) as sftp:
+            data = await transfer.read_small(sftp, path, limit)
+        return httpbody_pb2.HttpBody(content_type=OCTET_STREAM, data=data)
+
+    async def Upload(
+        self, request: filesystem_pb2.UploadRequest, context: Context
+    ) -> filesystem_pb2.UploadResponse:
+        """Write the uploaded file into directory ``path``, replacing a file of that name."""
+        call = _begin(self._runtime, request.system_name, context)
+        config = call.system.config
+        directory = check_path(config, "path", request.path)
+        name = transfer.check_filename("file.filename", request.file.filename)
+        target = check_path(config, "path", posixpath.join(directory, name))
+        limit = config.data_operation.max_ops_file_size
+        async with call.system.pool.sftp(call.user, call.deadline) as sftp:
+            await transfer.write_small(sftp, target, request.file.content, limit)
+        return filesystem_pb2.UploadResponse()
+
+    async def DownloadStream(
+        self, request: filesystem_pb2.DownloadStreamRequest, context: Context
+    ) -> AsyncIterator[filesystem_pb2.DownloadStreamResponse]:
+        """Header, data chunks, trailer with the SHA-256 of the data sent."""
+        call = _begin(self._runtime, request.system_name, context)
+        path = check_path(call.system.config, "path", request.path)
+        if request.offset < 0:
+            raise invalid_argument("offset", "must not be negative")
+        length = request.length if request.HasField("length") else None
+        if length is not None and length < 0:
+            raise invalid_argument("length", "must not be negative")
+        chunk = transfer.chunk_size(request.chunk_size)
+        async with call.system.pool.sftp(call.user, call.deadline) as sftp:
+            async for item in transfer.stream_read(sftp, path, request.offset, length, chunk):
+                if isinstance(item, bytes):
+                    yield filesystem_pb2.DownloadStreamResponse(chunk=item)
+                elif isinstance(item, transfer.StreamHeader):
+                    header = filesystem_pb2.DownloadStreamHeader(
+                        size=item.info.size,
+                        mode=item.info.mode,
+                        mtime=_timestamp(item.info.mtime),
+                        offset=item.offset,
+                        length=item.length,
+                    )
+                    yield filesystem_pb2.DownloadStreamResponse(header=header)
+                else:
+                    trailer = filesystem_pb2.DownloadStreamTrailer(
+                        sha256=item.sha256, size=item.size
+                    )
+                    yield filesystem_pb2.DownloadStreamResponse(trailer=trailer)
+
+    async def UploadStream(
+        self,
+        request_iterator: AsyncIterator[filesystem_pb2.UploadStreamRequest],
+        context: Context,
+    ) -> filesystem_pb2.UploadStreamResponse:
+        """Write the streamed file beside its target; rename it there if size and digest match."""
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("payload") != "header":
+            raise invalid_argument(
+                "header", "the first message must carry the header", "UPLOAD_MALFORMED"
+            )
+        header = first.header
+        call = _begin(self._runtime, header.system_name, context)
+        path = check_path(call.system.config, "header.path", header.path)
+        size = header.size if header.HasField("size") else None
+        if size is not None and size < 0:
+            raise invalid_argument("header.size", "must not be negative")
+        mode = header.mode if header.HasField("mode") else None
+        if mode is not None and mode > 0o7777:
+            raise invalid_argument("header.mode", "only permission bits (at most 0o7777)")
+        async with call.system.pool.sftp(call.user, call.deadline) as sftp:
+            written = await transfer.stream_write(
+                sftp,
+                path,
+                _upload_parts(request_iterator),
+                size=size,
+                overwrite=header.overwrite,
+                mode=mode,
+            )
+        return filesystem_pb2.UploadStreamResponse(
+            path=written.path, size=written.size, sha256=written.sha256
+        )
+
+    async def BulkDownload(
+        self, request: filesystem_pb2.BulkDownloadRequest, context: Context
+    ) -> AsyncIterator[filesystem_pb2.BulkDownloadResponse]:
+        """Many files in one stream, relayed from one remote tar; unreadable ones as errors."""
+        call = _begin(self._runtime, request.system_name, context)
+        config = call.system.config
+        selection: bulk.NamedFiles | bulk.Tree
+        kind = request.WhichOneof("selection")
+        if kind == "files":
+            selection = bulk.NamedFiles(
+                [
+                    check_path(config, f"files.paths[{i}]", path)
+                    for i, path in enumerate(request.files.paths)
+                ]
+            )
+        elif kind == "tree":
+            tree = request.tree
+            selection = bulk.Tree(
+                check_path(config, "tree.root", tree.root),
+                recursive=tree.recursive,
+                glob=tree.glob,
+                show_hidden=tree.show_hidden,
+            )
+        else:
+            raise invalid_argument("selection", "give either files or tree")
+        chunk = transfer.chunk_size(request.chunk_size)
+        batches = bulk.bulk_download(call.system.pool, call.user, call.deadline, selection, chunk)
+        async for batch in batches:
+            yield filesystem_pb2.BulkDownloadResponse(entries=[_bulk_entry(e) for e in batch])

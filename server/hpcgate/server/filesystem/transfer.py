@@ -1,0 +1,498 @@
+"""File contents to and from the cluster over SFTP, as the calling user.
+
+SFTP moves bytes without a process per request, and asyncssh pipelines a
+large read or write into parallel requests of the server's block size, so
+every transfer here goes through the user's pooled SFTP channel:
+
+* :func:`read_small` and :func:`write_small` serve FirecREST's ``ops``
+  download and upload, bounded by ``max_ops_file_size``;
+* :func:`stream_read` and :func:`stream_write` serve the gRPC streams, of
+  any size, with an end-to-end SHA-256.
+
+Nothing is ever half-written: :class:`AtomicWrite` writes into a temporary
+file beside the target (same directory, so the same filesystem) and renames
+it onto the target only once everything arrived and checked out; on any
+failure or cancellation the temporary file is removed and the target is
+untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import posixpath
+import secrets
+import stat
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+
+import asyncssh
+import grpc
+
+from hpcgate.server.errors import ServiceError, invalid_argument
+from hpcgate.server.filesystem.errors import sftp_error
+
+# Longest file name (one path component) Linux filesystems take, in bytes.
+NAME_MAX = 255
+# Data chunk of a stream when the client does not choose, and the bounds of
+# a client's choice: chunks stay far below gRPC's 4 MiB message limit.
+DEFAULT_CHUNK = 256 * 1024
+MIN_CHUNK = 1024
+MAX_CHUNK = 1024 * 1024
+# Bytes asked of SFTP per read while streaming. asyncssh splits one read into
+# parallel requests of the server's block size (255 KiB for OpenSSH), and the
+# next window is requested while the current one is sent: the channel stays
+# busy instead of paying a round trip per chunk.
+READ_WINDOW = 2 * 1024 * 1024
+# Received bytes are written in blocks of this size (one pipelined SFTP
+# write each); at most this many blocks are in flight while more arrive.
+WRITE_BLOCK = 1024 * 1024
+WRITES_IN_FLIGHT = 4
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What a stream tells about its file up front."""
+
+    # Size in bytes.
+    size: int
+    # st_mode: type and permission bits.
+    mode: int
+    # Time of last modification, seconds since the epoch.
+    mtime: float
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    """First item of :func:`stream_read`: the file, and the range that follows."""
+
+    info: FileInfo
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class StreamTrailer:
+    """Last item of :func:`stream_read`: digest and count of the bytes sent."""
+
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Digest:
+    """The client's SHA-256 (hex) of the bytes it sent: the end of an upload."""
+
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Written:
+    """A committed upload."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+def chunk_size(requested: int) -> int:
+    """The data chunk size for a client's preference (0: the server's choice)."""
+    if requested <= 0:
+        return DEFAULT_CHUNK
+    return max(MIN_CHUNK, min(requested, MAX_CHUNK))
+
+
+def check_filename(field: str, name: str) -> str:
+    """``name`` if it is one plain path component; INVALID_ARGUMENT naming ``field`` if not.
+
+    Everything else is allowed (quotes, newlines, ``$(...)``, a leading
+    ``-``, ...): names travel over SFTP as data, never through a shell.
+    """
+    if not name:
+        raise invalid_argument(field, "must not be empty", "FILENAME_INVALID")
+    if "\x00" in name:
+        raise invalid_argument(field, "must not contain NUL", "FILENAME_INVALID")
+    if "/" in name:
+        raise invalid_argument(field, f"must not contain '/', got {name!r}", "FILENAME_INVALID")
+    if name in (".", ".."):
+        raise invalid_argument(field, f"must not be {name!r}", "FILENAME_INVALID")
+    if len(name.encode()) > NAME_MAX:
+        raise invalid_argument(field, f"longer than {NAME_MAX} bytes", "FILENAME_INVALID")
+    return name
+
+
+def temp_name(target: str) -> str:
+    """A fresh hidden name beside ``target`` for its upload in progress.
+
+    ``.<name>.hpcgate-<random>.part``, with the name shortened (on a UTF-8
+    character boundary) so that the whole stays within :data:`NAME_MAX`.
+    """
+    directory, name = posixpath.split(target)
+    suffix = f".hpcgate-{secrets.token_hex(6)}.part"
+    room = NAME_MAX - 1 - len(suffix)
+    stem = name.encode()[:room].decode(errors="ignore")
+    return posixpath.join(directory, f".{stem}{suffix}")
+
+
+def _too_large(path: str, size: int, limit: int) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"{path}: file size {size} exceeds the limit of {limit} bytes for direct transfer"
+        " (use the streaming RPCs or a transfer job)",
+        "FILE_TOO_LARGE",
+        metadata={"path": path, "size": str(size), "limit": str(limit)},
+    )
+
+
+def _data_loss(message: str, reason: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.DATA_LOSS, message, reason)
+
+
+async def _stat_regular(sftp: asyncssh.SFTPClient, path: str) -> asyncssh.SFTPAttrs:
+    """The attributes of ``path`` (links followed), which must be a regular file.
+
+    Checked before opening: opening a FIFO would block the user's whole SFTP
+    channel until a writer appears.
+    """
+    try:
+        attrs = await sftp.stat(path)
+    except asyncssh.SFTPError as error:
+        raise sftp_error(error, path) from error
+    mode = attrs.permissions or 0
+    if stat.S_ISDIR(mode):
+        raise sftp_error(asyncssh.SFTPFileIsADirectory("Is a directory"), path)
+    if not stat.S_ISREG(mode):
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{path}: not a regular file",
+            "NOT_A_REGULAR_FILE",
+            metadata={"path": path},
+        )
+    return attrs
+
+
+def _info(attrs: asyncssh.SFTPAttrs) -> FileInfo:
+    mtime = float(attrs.mtime or 0) + (attrs.mtime_ns or 0) / 1e9
+    return FileInfo(attrs.size or 0, attrs.permissions or 0, mtime)
+
+
+async def read_small(sftp: asyncssh.SFTPClient, path: str, limit: int) -> bytes:
+    """The whole content of the regular file ``path``, at most ``limit`` bytes.
+
+    A larger file is RESOURCE_EXHAUSTED, also one that grew past the limit
+    after the size check (at most ``limit + 1`` bytes are ever read).
+    """
+    attrs = await _stat_regular(sftp, path)
+    if (attrs.size or 0) > limit:
+        raise _too_large(path, attrs.size or 0, limit)
+    try:
+        async with sftp.open(path, "rb") as file:
+            data: bytes = await file.read(limit + 1)
+    except asyncssh.SFTPError as error:
+        raise sftp_error(error, path) from error
+    if len(data) > limit:
+        raise _too_large(path, len(data), limit)
+    return data
+
+
+async def write_small(sftp: asyncssh.SFTPClient, target: str, content: bytes, limit: int) -> None:
+    """Write ``content`` to ``target`` atomically, replacing an existing file (as FirecREST)."""
+    if len(content) > limit:
+        raise _too_large(target, len(content), limit)
+    async with AtomicWrite(sftp, target, overwrite=True) as out:
+        await out.write(content)
+        await out.commit()
+
+
+async def _windows(file: asyncssh.SFTPClientFile, offset: int, count: int) -> AsyncIterator[bytes]:
+    """Up to ``count`` bytes from ``offset`` in blocks, the next one always in flight.
+
+    Stops early at end of file (the file shrank since it was measured).
+    """
+    end = offset + count
+
+    def request(position: int) -> asyncio.Future[bytes]:
+        return asyncio.ensure_future(file.read(min(READ_WINDOW, end - position), position))
+
+    pending = request(offset) if count > 0 else None
+    try:
+        while pending is not None:
+            block = await pending
+            offset += len(block)
+            pending = request(offset) if block and offset < end else None
+            if block:
+                yield block
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, asyncssh.Error, OSError):
+                await pending
+
+
+async def stream_read(
+    sftp: asyncssh.SFTPClient, path: str, offset: int, length: int | None, chunk: int
+) -> AsyncIterator[StreamHeader | bytes | StreamTrailer]:
+    """Stream ``length`` bytes (default: to the end) of ``path`` from ``offset``.
+
+    Yields one :class:`StreamHeader`, data chunks of at most ``chunk``
+    bytes, and one :class:`StreamTrailer` with the SHA-256 of the data.
+    The length is fixed when the stream starts: a file that grows meanwhile
+    is sent as it was measured, one that shrinks ends early (the trailer's
+    size says how much was sent).
+    """
+    attrs = await _stat_regular(sftp, path)
+    info = _info(attrs)
+    if offset > info.size:
+        raise ServiceError(
+            grpc.StatusCode.OUT_OF_RANGE,
+            f"offset: {offset} is beyond the end of {path} ({info.size} bytes)",
+            "OFFSET_OUT_OF_RANGE",
+            fields={"offset": f"beyond the end of the file ({info.size} bytes)"},
+        )
+    count = info.size - offset if length is None else min(length, info.size - offset)
+    yield StreamHeader(info, offset, count)
+    digest = hashlib.sha256()
+    sent = 0
+    try:
+        async with sftp.open(path, "rb") as file:
+            async for block in _windows(file, offset, count):
+                digest.update(block)
+                for start in range(0, len(block), chunk):
+                    piece = block[start : start + chunk]
+                    sent += len(piece)
+                    yield piece
+    except asyncssh.SFTPError as error:
+        raise sftp_error(error, path) from error
+    yield StreamTrailer(digest.hexdigest(), sent)
+
+
+async def stream_write(
+    sftp: asyncssh.SFTPClient,
+    target: str,
+    parts: AsyncIterator[bytes | Digest],
+    *,
+    size: int | None = None,
+    overwrite: bool = False,
+    mode: int | None = None,
+) -> Written:
+    """Write the data ``parts`` to ``target``; commit only if they match the final :class:`Digest`.
+
+    ``parts`` is the client's stream: data, then exactly one Digest. A
+    digest or size mismatch is DATA_LOSS, a stream without a digest (or with
+    data after it) INVALID_ARGUMENT; in every such case, as on cancellation,
+    no file is left behind.
+    """
+    digest = hashlib.sha256()
+    received = 0
+    claimed: str | None = None
+    async with AtomicWrite(sftp, target, overwrite=overwrite, mode=mode, size=size) as out:
+        async for part in parts:
+            if claimed is not None:
+                raise invalid_argument("trailer", "must be the last message", "UPLOAD_MALFORMED")
+            if isinstance(part, Digest):
+                claimed = part.sha256.lower()
+                continue
+            received += len(part)
+            if size is not None and received > size:
+                raise _data_loss(
+                    f"{target}: more bytes arrived than the announced size of {size}",
+                    "SIZE_MISMATCH",
+                )
+            digest.update(part)
+            await out.write(part)
+        if claimed is None:
+            raise invalid_argument(
+                "trailer", "the stream ended without a trailer", "UPLOAD_INCOMPLETE"
+            )
+        if size is not None and received != size:
+            raise _data_loss(
+                f"{target}: {received} bytes arrived, {size} were announced", "SIZE_MISMATCH"
+            )
+        actual = digest.hexdigest()
+        if claimed != actual:
+            raise _data_loss(
+                f"{target}: SHA-256 mismatch: the client sent {claimed!r}, the server"
+                f" received data with {actual!r}; nothing was written",
+                "DIGEST_MISMATCH",
+            )
+        await out.commit()
+    return Written(target, received, actual)
+
+
+async def _lstat(sftp: asyncssh.SFTPClient, path: str) -> asyncssh.SFTPAttrs | None:
+    """The attributes of ``path`` itself, or None if it does not exist."""
+    try:
+        return await sftp.lstat(path)
+    except asyncssh.SFTPNoSuchFile:
+        return None
+    except asyncssh.SFTPError as error:
+        raise sftp_error(error, path) from error
+
+
+def _exists(path: str) -> ServiceError:
+    return sftp_error(asyncssh.SFTPFileAlreadyExists("File exists"), path)
+
+
+class AtomicWrite:
+    """A file written under a temporary name beside ``target`` and renamed onto it.
+
+    Use as ``async with AtomicWrite(...) as out: await out.write(...); await
+    out.commit()``. Leaving the block without :meth:`commit` (an error, a
+    cancellation) removes the temporary file, shielded from cancellation so
+    that the cleanup itself is not cut short.
+
+    ``overwrite`` replaces an existing target (POSIX rename); without it an
+    existing target is ALREADY_EXISTS, checked up front and again,
+    atomically, at the rename (SFTP's plain rename never replaces a file).
+    ``mode`` sets the permission bits; by default a replaced file keeps its
+    bits and a new one gets the user's umask default. ``size``, when known,
+    is checked against the free space of the target's filesystem up front.
+    """
+
+    def __init__(
+        self,
+        sftp: asyncssh.SFTPClient,
+        target: str,
+        *,
+        overwrite: bool = False,
+        mode: int | None = None,
+        size: int | None = None,
+    ) -> None:
+        self._sftp = sftp
+        self.target = target
+        self._overwrite = overwrite
+        self._mode = mode
+        self._size = size
+        self.temp = temp_name(target)
+        self._file: asyncssh.SFTPClientFile | None = None
+        self._buffer = bytearray()
+        self._offset = 0
+        self._writes: deque[asyncio.Future[int]] = deque()
+        self._committed = False
+
+    async def __aenter__(self) -> AtomicWrite:
+        existing = await _lstat(self._sftp, self.target)
+        if existing is not None:
+            if stat.S_ISDIR(existing.permissions or 0):
+                raise sftp_error(asyncssh.SFTPFileIsADirectory("Is a directory"), self.target)
+            if not self._overwrite:
+                raise _exists(self.target)
+        await self._check_space()
+        mode = self._mode
+        if mode is None and existing is not None and stat.S_ISREG(existing.permissions or 0):
+            mode = stat.S_IMODE(existing.permissions or 0)
+        attrs = asyncssh.SFTPAttrs(permissions=mode) if mode is not None else asyncssh.SFTPAttrs()
+        try:
+            self._file = await self._sftp.open(self.temp, "xb", attrs)
+            if mode is not None:
+                await self._file.chmod(mode)  # open()'s mode went through the umask
+        except asyncssh.SFTPError as error:
+            await self._abandon()
+            # The message names the target: the temporary name means nothing to the caller.
+            raise sftp_error(error, self.target) from error
+        except BaseException:
+            await self._abandon()  # cancelled: the open may have created the file already
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if not self._committed:
+            await self._abandon()
+
+    async def _abandon(self) -> None:
+        """Run :meth:`_discard` to its end even if the caller is cancelled meanwhile."""
+        await asyncio.shield(asyncio.ensure_future(self._discard()))
+
+    async def _check_space(self) -> None:
+        """RESOURCE_EXHAUSTED now if ``size`` bytes cannot fit (best effort)."""
+        if not self._size:
+            return
+        directory = posixpath.dirname(self.target)
+        try:
+            vfs = await self._sftp.statvfs(directory)
+        except asyncssh.SFTPError:
+            return  # no statvfs extension, or not allowed: the write will tell
+        free = vfs.bavail * vfs.frsize
+        if vfs.blocks and self._size > free:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.target}: No space left on device ({self._size} bytes announced,"
+                f" {free} free)",
+                "NO_SPACE",
+                metadata={"path": self.target},
+            )
+
+    async def write(self, data: bytes) -> None:
+        """Append ``data``; blocks are written in the background, a few at a time."""
+        self._buffer += data
+        if len(self._buffer) >= WRITE_BLOCK:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Send the buffer as one write; wait while too many writes are in flight."""
+        assert self._file is not None
+        if self._buffer:
+            block = bytes(self._buffer)
+            self._buffer.clear()
+            self._writes.append(asyncio.ensure_future(self._file.write(block, self._offset)))
+            self._offset += len(block)
+        while len(self._writes) > WRITES_IN_FLIGHT:
+            await self._wait_oldest()
+
+    async def _wait_oldest(self) -> None:
+        """Wait for the oldest write; it stays listed until done, so _discard sees it."""
+        try:
+            await self._writes[0]
+        except asyncssh.SFTPError as error:
+            raise sftp_error(error, self.target) from error
+        self._writes.popleft()
+
+    async def commit(self) -> None:
+        """Finish the writes, close the file and rename it onto the target."""
+        assert self._file is not None
+        await self._flush()
+        while self._writes:
+            await self._wait_oldest()
+        file, self._file = self._file, None
+        try:
+            await file.close()
+        except asyncssh.SFTPError as error:
+            raise sftp_error(error, self.target) from error
+        try:
+            if self._overwrite:
+                await self._sftp.posix_rename(self.temp, self.target)
+            else:
+                await self._sftp.rename(self.temp, self.target)
+        except asyncssh.SFTPError as error:
+            raise await self._rename_error(error) from error
+        self._committed = True
+
+    async def _rename_error(self, error: asyncssh.SFTPError) -> ServiceError:
+        """Why the rename failed, in the cluster's words where SFTP v3 only says "Failure"."""
+        existing = await _lstat(self._sftp, self.target)
+        if existing is not None and stat.S_ISDIR(existing.permissions or 0):
+            return sftp_error(asyncssh.SFTPFileIsADirectory("Is a directory"), self.target)
+        if existing is not None and not self._overwrite:
+            return _exists(self.target)
+        return sftp_error(error, self.target)
+
+    async def _discard(self) -> None:
+        """Stop the writes, close and remove the temporary file; never raises."""
+        while self._writes:
+            pending = self._writes.popleft()
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, asyncssh.Error, OSError):
+                await pending
+        file, self._file = self._file, None
+        with contextlib.suppress(asyncssh.Error, OSError):
+            if file is not None:
+                await file.close()
+            await self._sftp.remove(self.temp)

@@ -1,0 +1,248 @@
+"""The Filesystem service: FirecREST's ``ops`` endpoints, plus the streams it inherits.
+
+Each RPC resolves and health-gates the system, checks every path against
+the path policy (naming the field by its JSON name), calls one function of
+:mod:`hpcgate.server.filesystem.ops`, and maps the result to its message.
+The content-moving RPCs (Download, Upload, the streams, BulkDownload) come
+from :class:`FilesystemStreams`.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
+
+from hpcgate.server.filesystem import ops
+from hpcgate.server.filesystem.paths import check_path
+from hpcgate.server.runtime import Runtime
+from hpcgate.server.servicers.common import Call, begin
+from hpcgate.server.servicers.context import Context
+from hpcgate.server.servicers.filesystem_streams import FilesystemStreams
+from hpcgate.v1 import filesystem_pb2
+
+# The health checker's services a filesystem operation needs.
+NEEDS = ("ssh", "filesystem")
+
+
+def _file(entry: ops.FileEntry) -> filesystem_pb2.File:
+    """FirecREST's File for a listing entry."""
+    message = filesystem_pb2.File(
+        name=entry.name,
+        type=entry.type,
+        user=entry.user,
+        group=entry.group,
+        permissions=entry.permissions,
+        last_modified=timestamp_pb2.Timestamp(seconds=entry.last_modified),
+        size=entry.size,
+    )
+    if entry.link_target is not None:
+        message.link_target = entry.link_target
+    return message
+
+
+def _content(content: ops.FileContent) -> filesystem_pb2.FileContent:
+    return filesystem_pb2.FileContent(
+        content=content.content,
+        content_type=content.content_type,
+        start_position=content.start_position,
+        end_position=content.end_position,
+    )
+
+
+def _optional(request: Message, name: str) -> int | None:
+    """An ``optional`` integer field's value, or None when unset."""
+    value: int = getattr(request, name)
+    return value if request.HasField(name) else None
+
+
+def _path(call: Call, field: str, path: str) -> str:
+    """``path`` normalised, if the system's path policy allows it (else names ``field``)."""
+    return check_path(call.system.config, field, path)
+
+
+def _limit(call: Call) -> int:
+    """The system's maxOpsFileSize: the most bytes one reply may carry."""
+    return call.system.config.data_operation.max_ops_file_size
+
+
+class FilesystemServicer(FilesystemStreams):
+    """Serves the Filesystem RPCs (the ops here; the streams inherited)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
+        # uid/gid -> name per system, shared by every caller of that system.
+        self._names = {key: ops.IdNames() for key in runtime.systems}
+
+    def _ops_call(self, system_name: str, context: Context) -> tuple[Call, ops.Remote]:
+        """The call (system, user, deadline) and how its domain code reaches the cluster.
+
+        (Not ``_begin``: FilesystemStreams has one with another signature.)
+        """
+        call = begin(self._runtime, system_name, context, *NEEDS)
+        config = call.system.config
+        remote = ops.Remote(
+            pool=call.system.pool,
+            user=call.user,
+            deadline=call.deadline,
+            command_timeout=config.ssh.timeouts.command,
+            names=self._names.setdefault(config.name.lower(), ops.IdNames()),
+        )
+        return call, remote
+
+    async def Ls(
+        self, request: filesystem_pb2.LsRequest, context: Context
+    ) -> filesystem_pb2.LsResponse:
+        call, remote = self._ops_call(request.system_name, context)
+        entries = await ops.ls(
+            remote,
+            _path(call, "path", request.path),
+            show_hidden=request.show_hidden,
+            numeric_uid=request.numeric_uid,
+            recursive=request.recursive,
+            dereference=request.dereference,
+        )
+        return filesystem_pb2.LsResponse(output=[_file(e) for e in entries])
+
+    async def Head(
+        self, request: filesystem_pb2.HeadRequest, context: Context
+    ) -> filesystem_pb2.HeadResponse:
+        call, remote = self._ops_call(request.system_name, context)
+        content = await ops.head(
+            remote,
+            _path(call, "path", request.path),
+            _optional(request, "bytes"),
+            _optional(request, "lines"),
+            request.skip_trailing,
+            _limit(call),
+        )
+        return filesystem_pb2.HeadResponse(output=_content(content))
+
+    async def Tail(
+        self, request: filesystem_pb2.TailRequest, context: Context
+    ) -> filesystem_pb2.TailResponse:
+        call, remote = self._ops_call(request.system_name, context)
+        content = await ops.tail(
+            remote,
+            _path(call, "path", request.path),
+            _optional(request, "bytes"),
+            _optional(request, "lines"),
+            request.skip_heading,
+            _limit(call),
+        )
+        return filesystem_pb2.TailResponse(output=_content(content))
+
+    async def View(
+        self, request: filesystem_pb2.ViewRequest, context: Context
+    ) -> filesystem_pb2.ViewResponse:
+        call, remote = self._ops_call(request.system_name, context)
+        text = await ops.view(
+            remote,
+            _path(call, "path", request.path),
+            _optional(request, "offset"),
+            _optional(request, "size"),
+            _limit(call),
+        )
+        return filesystem_pb2.ViewResponse(output=text)
+
+    async def Checksum(
+        self, request: filesystem_pb2.ChecksumRequest, context: Context
+    ) -> filesystem_pb2.ChecksumResponse:
+        call, remote = self._ops_call(request.system_name, context)
+        digest = await ops.checksum(remote, _path(call, "path", request.path))
+        return filesystem_pb2.ChecksumResponse(
+            output=filesystem_pb2.FileChecksum(algorithm="SHA-256", checksum=digest)
+        )
+
+    async def FileType(
+        self, request: filesystem_pb2.FileTypeRequest, context: Context
+    ) -> filesystem_pb2.FileTypeResponse:
+        call, remote = self._ops_call(request.system_name, context)
+        kind = await ops.file_type(remote, _path(call, "path", request.path))
+        return filesystem_pb2.FileTypeResponse(output=kind)
+
+    async def Stat(
+        self, request: filesystem_pb2.StatRequest, context: Context
+    ) -> filesystem_pb2.StatResponse:
+        call, remote = self._ops_call(request.system_name, context)
+        result = await ops.stat(remote, _path(call, "path", request.path), request.dereference)
+        return filesystem_pb2.StatResponse(
+            output=filesystem_pb2.FileStat(
+                mode=result.mode,
+                ino=result.ino,
+                dev=result.dev,
+                nlink=result.nlink,
+                uid=result.uid,
+                gid=result.gid,
+                size=result.size,
+                atime=result.atime,
+                ctime=result.ctime,
+                mtime=result.mtime,
+            )
+        )
+
+    async def Chmod(
+        self, request: filesystem_pb2.ChmodRequest, context: Context
+    ) -> filesystem_pb2.ChmodResponse:
+        call, remote = self._ops_call(request.system_name, context)
+        path = _path(call, "sourcePath", request.path)
+        entry = await ops.chmod(remote, path, request.mode)
+        return filesystem_pb2.ChmodResponse(output=_file(entry))
+
+    async def Chown(
+        self, request: filesystem_pb2.ChownRequest, context: Context
+    ) -> filesystem_pb2.ChownResponse:
+        call, remote = self._ops_call(request.system_name, context)
+        path = _path(call, "sourcePath", request.path)
+        entry = await ops.chown(remote, path, request.owner, request.group)
+        return filesystem_pb2.ChownResponse(output=_file(entry))
+
+    async def Mkdir(
+        self, request: filesystem_pb2.MkdirRequest, context: Context
+    ) -> filesystem_pb2.MkdirResponse:
+        call, remote = self._ops_call(request.system_name, context)
+        path = _path(call, "sourcePath", request.path)
+        entry = await ops.mkdir(remote, path, request.parent)
+        return filesystem_pb2.MkdirResponse(output=_file(entry))
+
+    async def Symlink(
+        self, request: filesystem_pb2.SymlinkRequest, context: Context
+    ) -> filesystem_pb2.SymlinkResponse:
+        call, remote = self._ops_call(request.system_name, context)
+        target = _path(call, "sourcePath", request.path)
+        link = _path(call, "linkPath", request.link_path)
+        entry = await ops.symlink(remote, target, link)
+        return filesystem_pb2.SymlinkResponse(output=_file(entry))
+
+    async def Rm(
+        self, request: filesystem_pb2.RmRequest, context: Context
+    ) -> filesystem_pb2.RmResponse:
+        call, remote = self._ops_call(request.system_name, context)
+        path = _path(call, "path", request.path)
+        roots = [fs.path for fs in call.system.config.filesystems]
+        await ops.rm(remote, path, roots)
+        return filesystem_pb2.RmResponse()
+
+    async def Compress(
+        self, request: filesystem_pb2.CompressRequest, context: Context
+    ) -> filesystem_pb2.CompressResponse:
+        call, remote = self._ops_call(request.system_name, context)
+        source = _path(call, "sourcePath", request.source_path)
+        target = _path(call, "targetPath", request.target_path)
+        await ops.compress(
+            remote,
+            source,
+            target,
+            match_pattern=request.match_pattern if request.HasField("match_pattern") else None,
+            dereference=request.dereference,
+            compression=request.compression,
+        )
+        return filesystem_pb2.CompressResponse()
+
+    async def Extract(
+        self, request: filesystem_pb2.ExtractRequest, context: Context
+    ) -> filesystem_pb2.ExtractResponse:
+        call, remote = self._ops_call(request.system_name, context)
+        source = _path(call, "sourcePath", request.source_path)
+        target = _path(call, "targetPath", request.target_path)
+        await ops.extract(remote, source, target, request.compression)
+        return filesystem_pb2.ExtractResponse()

@@ -1,0 +1,300 @@
+"""The pure parts of the filesystem operations: parsing, validation, head/tail ranges.
+
+The head/tail byte ranges are checked against GNU ``head`` and ``tail``
+themselves, run on the same bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+from pathlib import Path
+
+import asyncssh
+import grpc
+import pytest
+
+from hpcgate.server.errors import ServiceError
+from hpcgate.server.filesystem import ops
+
+# -- listings ---------------------------------------------------------------------
+
+
+def test_longname_gives_user_and_group() -> None:
+    line = b"-rw-r--r--    1 alice    hpcproj        51 Nov 23 01:47 a b  c"
+    assert ops.longname_owner(line) == ("alice", "hpcproj")
+    assert ops.longname_owner(line.decode()) == ("alice", "hpcproj")
+
+
+def test_longname_with_long_names_and_odd_file_name() -> None:
+    user = "u" * 40
+    line = f"drwxr-x---  12 {user} 1002 4096 Jan  1  2024 -x $(y) 'z'\n".encode()
+    assert ops.longname_owner(line) == (user, "1002")
+
+
+@pytest.mark.parametrize("line", [None, b"", b"f", b"rw 1 a b 2 n", b"-rw-r--r-- x alice g 5 n"])
+def test_longname_without_owner(line: bytes | None) -> None:
+    assert ops.longname_owner(line) is None
+
+
+def test_getent_lines_by_database() -> None:
+    output = (
+        b"alice:x:1001:1002:Alice A:/home/alice:/bin/bash\n"
+        b"hpcproj:x:1003:alice,bob\n"
+        b"junk line\n"
+        b"bob:x:1002:1004::/home/bob:/bin/sh\n"
+    )
+    assert ops.parse_getent(output) == {
+        ("passwd", 1001): "alice",
+        ("group", 1003): "hpcproj",
+        ("passwd", 1002): "bob",
+    }
+
+
+def test_entry_from_sftp_attrs() -> None:
+    attrs = asyncssh.SFTPAttrs(permissions=0o104755, uid=1, gid=2, size=123, mtime=1_700_000_000)
+    entry = ops.entry_from_attrs("f", attrs, "alice", "hpcproj", link_target="ignored")
+    assert entry == ops.FileEntry(
+        name="f",
+        type="-",
+        link_target=None,
+        user="alice",
+        group="hpcproj",
+        permissions="rwsr-xr-x",
+        last_modified=1_700_000_000,
+        size=123,
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "kind", "permissions"),
+    [
+        (0o040755, "d", "rwxr-xr-x"),
+        (0o120777, "l", "rwxrwxrwx"),
+        (0o010600, "p", "rw-------"),
+        (0o140755, "s", "rwxr-xr-x"),
+        (0o020620, "c", "rw--w----"),
+        (0o060660, "b", "rw-rw----"),
+        (0o041777, "d", "rwxrwxrwt"),
+        (0o102640, "-", "rw-r-S---"),
+    ],
+)
+def test_entry_types_and_permission_letters(mode: int, kind: str, permissions: str) -> None:
+    entry = ops.entry_from_attrs("x", asyncssh.SFTPAttrs(permissions=mode), "u", "g", "t")
+    assert (entry.type, entry.permissions) == (kind, permissions)
+    assert entry.link_target == ("t" if kind == "l" else None)
+
+
+def test_names_that_are_not_utf8_are_shown_escaped() -> None:
+    assert ops.decode_name(b"caf\xe9") == "caf\\xe9"
+    assert ops.decode_name("café".encode()) == "café"
+
+
+# -- command output ---------------------------------------------------------------
+
+
+def test_stat_output() -> None:
+    result = ops.parse_stat(b"81a4 64317775 50 1 26191 1000 8 1689669477 1685517840 1685517841\n")
+    assert result == ops.FileStat(
+        mode=0o100644,
+        ino=64317775,
+        dev=50,
+        nlink=1,
+        uid=26191,
+        gid=1000,
+        size=8,
+        atime=1689669477,
+        mtime=1685517840,
+        ctime=1685517841,
+    )
+
+
+def test_unexpected_stat_output_is_internal() -> None:
+    with pytest.raises(ServiceError) as caught:
+        ops.parse_stat(b"81a4 1 2\n")
+    assert caught.value.code == grpc.StatusCode.INTERNAL
+
+
+DIGEST = "b76ae83c50d6104039c80d312402af3027661e07066325526ad997daf6362bbc"
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        f"{DIGEST}  /home/alice/f.txt\n".encode(),
+        # sha256sum escapes names with a newline or backslash, and marks the line.
+        f"\\{DIGEST}  /home/alice/a\\nb\n".encode(),
+    ],
+)
+def test_sha256sum_output(output: bytes) -> None:
+    assert ops.parse_sha256sum(output) == DIGEST
+
+
+def test_unexpected_sha256sum_output_is_internal() -> None:
+    with pytest.raises(ServiceError) as caught:
+        ops.parse_sha256sum(b"sha256sum: oops\n")
+    assert caught.value.code == grpc.StatusCode.INTERNAL
+
+
+# -- request validation -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "bits"), [("755", 0o755), ("0600", 0o600), ("4755", 0o4755)])
+def test_octal_modes(mode: str, bits: int) -> None:
+    assert ops.parse_mode(mode) == bits
+
+
+@pytest.mark.parametrize("mode", ["", "8", "999", "u+x", "07555", "-755", " 755", "0o755"])
+def test_bad_modes_name_the_field(mode: str) -> None:
+    with pytest.raises(ServiceError) as caught:
+        ops.parse_mode(mode)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(caught.value.fields) == ["mode"]
+
+
+@pytest.mark.parametrize(
+    ("owner", "group", "spec"),
+    [("alice", "", "alice"), ("alice", "hpcproj", "alice:hpcproj"), ("", "hpcproj", ":hpcproj")],
+)
+def test_owner_spec(owner: str, group: str, spec: str) -> None:
+    assert ops.owner_spec(owner, group) == spec
+
+
+@pytest.mark.parametrize(
+    ("owner", "group", "field"),
+    [("", "", "owner"), ("a:b", "", "owner"), ("", "g:x", "group"), ("a\x00", "", "owner")],
+)
+def test_bad_owner_specs(owner: str, group: str, field: str) -> None:
+    with pytest.raises(ServiceError) as caught:
+        ops.owner_spec(owner, group)
+    assert list(caught.value.fields) == [field]
+
+
+def test_tar_compression_flags() -> None:
+    assert ops.tar_compression("") == ops.tar_compression("gzip") == ("-z",)
+    assert ops.tar_compression("none") == ()
+    with pytest.raises(ServiceError) as caught:
+        ops.tar_compression("zip")
+    assert list(caught.value.fields) == ["compression"]
+
+
+# -- head and tail, against GNU coreutils ----------------------------------------------
+
+CONTENTS = [
+    b"",
+    b"\n",
+    b"\n\n\n",
+    b"one line without newline",
+    b"a\nb\nc\n",
+    b"a\nb\nc",
+    b"a\n\nb\n\n\nc\n\n",
+    b"x" * 50 + b"\n" + b"y" * 7 + b"\n" + b"z" * 33,
+    b"".join(b"line %d\n" % i for i in range(40)),
+    "é\nü\n€\n".encode(),
+]
+COUNTS = [0, 1, 2, 3, 7, 100]
+
+
+def _gnu(tool: str, file: Path, unit: str, count: int, skip: bool) -> bytes:
+    """What GNU head/tail print, with ops' meaning of skip (exactly ``count`` skipped)."""
+    if tool == "head":
+        arg = f"-{count}" if skip else str(count)
+    else:
+        arg = f"+{count + 1}" if skip else str(count)
+    option = "--bytes" if unit == "bytes" else "--lines"
+    return subprocess.run(
+        [tool, f"{option}={arg}", "--", str(file)], check=True, capture_output=True
+    ).stdout
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scan in 4-byte chunks, so that line boundaries fall across chunk edges."""
+    monkeypatch.setattr(ops, "SCAN_CHUNK", 4)
+
+
+@pytest.mark.parametrize("content", CONTENTS)
+async def test_ranges_match_gnu_head_and_tail(content: bytes, tmp_path: Path) -> None:
+    file = tmp_path / "f"
+    file.write_bytes(content)
+    reads = 0
+
+    async def read(offset: int, length: int) -> bytes:
+        nonlocal reads
+        reads += 1
+        assert 0 <= offset <= len(content) and length >= 0
+        return content[offset : offset + length]
+
+    for tool, unit, count, skip in itertools.product(
+        ("head", "tail"), ("lines", "bytes"), COUNTS, (False, True)
+    ):
+        nbytes = count if unit == "bytes" else None
+        lines = count if unit == "lines" else None
+        pick = ops.head_range if tool == "head" else ops.tail_range
+        start, end = await pick(read, len(content), nbytes, lines, skip)
+        expected = _gnu(tool, file, unit, count, skip)
+        assert content[start:end] == expected, (tool, unit, count, skip)
+
+
+async def test_default_is_ten_lines() -> None:
+    content = b"".join(b"%d\n" % i for i in range(30))
+
+    async def read(offset: int, length: int) -> bytes:
+        return content[offset : offset + length]
+
+    start, end = await ops.head_range(read, len(content), None, None, False)
+    assert content[start:end] == b"".join(b"%d\n" % i for i in range(10))
+    start, end = await ops.tail_range(read, len(content), None, None, False)
+    assert content[start:end] == b"".join(b"%d\n" % i for i in range(20, 30))
+
+
+async def test_tail_reads_only_the_end() -> None:
+    """tail of a big file reads chunks from the end, not the whole file."""
+    size = 10 * 1024 * 1024
+    asked: list[tuple[int, int]] = []
+
+    async def read(offset: int, length: int) -> bytes:
+        asked.append((offset, length))
+        return b"\n" * min(length, size - offset)
+
+    assert await ops.tail_range(read, size, None, 3, False) == (size - 3, size)
+    assert sum(length for _, length in asked) < 64
+
+
+@pytest.mark.parametrize(
+    ("nbytes", "lines", "skip", "field"),
+    [(1, 1, False, "bytes"), (-1, None, False, "bytes"), (None, -2, False, "lines")],
+)
+def test_bad_counts_name_the_field(
+    nbytes: int | None, lines: int | None, skip: bool, field: str
+) -> None:
+    with pytest.raises(ServiceError) as caught:
+        ops.check_counts(nbytes, lines, skip, "skipTrailing")
+    assert list(caught.value.fields) == [field]
+
+
+def test_skip_needs_a_count() -> None:
+    with pytest.raises(ServiceError) as caught:
+        ops.check_counts(None, None, True, "skipHeading")
+    assert list(caught.value.fields) == ["skipHeading"]
+
+
+# -- the uid/gid name cache -------------------------------------------------------------
+
+
+def test_names_expire() -> None:
+    names = ops.IdNames(ttl=-1)
+    names.learn("passwd", 1, "alice")
+    assert names.get("passwd", 1) is None
+    names = ops.IdNames()
+    names.learn("passwd", 1, "alice")
+    assert names.get("passwd", 1) == "alice"
+    assert names.get("group", 1) is None
+
+
+def test_name_cache_is_bounded() -> None:
+    names = ops.IdNames(capacity=2)
+    for ident in range(5):
+        names.learn("group", ident, f"g{ident}")
+    assert names.get("group", 4) == "g4"
+    assert names.get("group", 0) is None
