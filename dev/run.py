@@ -66,15 +66,67 @@ def _pids() -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _spawn(name: str, argv: list[str]) -> int:
-    log = (RUN / f"{name}.log").open("ab")
+def _spawn(name: str, argv: list[str], run_dir: Path = RUN) -> int:
+    log = (run_dir / f"{name}.log").open("ab")
     process = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
     )
     return process.pid
 
 
-def _wait_http(url: str, timeout: float, log: Path) -> None:
+def write_config(cluster: dict[str, Any], run_dir: Path) -> tuple[DevIssuer, Path, dict[str, Any]]:
+    """Write the server configuration for ``cluster`` into ``run_dir``.
+
+    Returns the token issuer (its key is kept in ``run_dir``), the config
+    file and its content. The metrics port is a free one, so several
+    services (``make run``, ``make bench``) can run side by side.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    issuer = DevIssuer.load_or_create(run_dir / "jwt-signing-key.pem")
+    issuer.write_jwks(run_dir / "jwks.json")
+    config_path = run_dir / "hpcgate.yaml"
+    config = local_config(cluster, run_dir / "jwks.json")
+    config["server"] = {"metrics_listen": f"127.0.0.1:{free_port()}"}
+    config_path.write_text(yaml.safe_dump(config))
+    return issuer, config_path, config
+
+
+def spawn_service(config_path: Path, run_dir: Path) -> dict[str, Any]:
+    """Start the gRPC server and the REST edge as background processes on free ports.
+
+    Each runs in its own session (pid == process group id) and logs into
+    ``run_dir``. Returns ``{"server"|"edge": {"pid", "address"}}``, the
+    shape of ``pids.json``; the caller waits for readiness (:func:`wait_http`).
+    """
+    grpc_port, rest_port = free_port(), free_port()
+    grpc_target = f"127.0.0.1:{grpc_port}"
+    server_argv = [sys.executable, "-m", "hpcgate.server", "--config", str(config_path)]
+    server_argv += ["--listen", grpc_target]
+    edge_argv = [sys.executable, "-m", "hpcgate.edge", "--server", grpc_target]
+    edge_argv += ["--port", str(rest_port)]
+    return {
+        "server": {"pid": _spawn("server", server_argv, run_dir), "address": grpc_target},
+        "edge": {
+            "pid": _spawn("edge", edge_argv, run_dir),
+            "address": f"http://127.0.0.1:{rest_port}",
+        },
+    }
+
+
+def stop_processes(pids: dict[str, Any]) -> None:
+    """SIGTERM each process group of ``pids`` (the shape :func:`spawn_service` returns)."""
+    for name, entry in pids.items():
+        pid = entry.get("pid", -1)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGTERM)  # started in its own session: pid == pgid
+            for _ in range(50):
+                if not _alive(pid):
+                    break
+                time.sleep(0.1)
+            print(f"stopped {name} (pid {pid})", file=sys.stderr)
+
+
+def wait_http(url: str, timeout: float, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -87,47 +139,15 @@ def _wait_http(url: str, timeout: float, log: Path) -> None:
 
 def start() -> dict[str, Any]:
     cluster = start_cluster()
-    RUN.mkdir(parents=True, exist_ok=True)
-    issuer = DevIssuer.load_or_create(RUN / "jwt-signing-key.pem")
-    issuer.write_jwks(RUN / "jwks.json")
-    config_path = RUN / "hpcgate.yaml"
-    config = local_config(cluster, RUN / "jwks.json")
-    config["server"] = {"metrics_listen": f"127.0.0.1:{free_port()}"}
-    config_path.write_text(yaml.safe_dump(config))
+    issuer, config_path, config = write_config(cluster, RUN)
 
     pids = _pids()
     if not all(_alive(pids.get(name, {}).get("pid", -1)) for name in ("server", "edge")):
         stop_service()
-        grpc_port, rest_port = free_port(), free_port()
-        grpc_target = f"127.0.0.1:{grpc_port}"
-        py = sys.executable
-        pids = {
-            "server": {
-                "pid": _spawn(
-                    "server",
-                    [
-                        py,
-                        "-m",
-                        "hpcgate.server",
-                        "--config",
-                        str(config_path),
-                        "--listen",
-                        grpc_target,
-                    ],
-                ),
-                "address": grpc_target,
-            },
-            "edge": {
-                "pid": _spawn(
-                    "edge",
-                    [py, "-m", "hpcgate.edge", "--server", grpc_target, "--port", str(rest_port)],
-                ),
-                "address": f"http://127.0.0.1:{rest_port}",
-            },
-        }
+        pids = spawn_service(config_path, RUN)
         (RUN / "pids.json").write_text(json.dumps(pids, indent=2))
     rest = pids["edge"]["address"]
-    _wait_http(f"{rest}/status/liveness/", 30, RUN / "edge.log")
+    wait_http(f"{rest}/status/liveness/", 30, RUN / "edge.log")
 
     facts = {
         "grpc": pids["server"]["address"],
@@ -149,15 +169,7 @@ def start() -> dict[str, Any]:
 
 
 def stop_service() -> None:
-    for name, entry in _pids().items():
-        pid = entry.get("pid", -1)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGTERM)  # started in its own session: pid == pgid
-            for _ in range(50):
-                if not _alive(pid):
-                    break
-                time.sleep(0.1)
-            print(f"stopped {name} (pid {pid})", file=sys.stderr)
+    stop_processes(_pids())
     (RUN / "pids.json").unlink(missing_ok=True)
 
 
