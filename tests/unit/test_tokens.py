@@ -414,3 +414,27 @@ def test_resolve_system() -> None:
     error = caught.value
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "SYSTEM_NOT_FOUND")
     assert "'eiger'" in error.message
+
+
+async def test_verified_tokens_are_cached_but_their_lifetime_is_rechecked() -> None:
+    fetch = FakeFetch(ISSUER)
+    offset = [0.0]
+    validator = TokenValidator(
+        auth_config(),
+        JwksSource(fetch, refresh_interval=INTERVAL, max_age=3600.0, clock=Clock()),
+        clock=lambda: time.time() + offset[0],
+    )
+    verified: list[str] = []
+    verify = validator._verify
+
+    async def counting(token: str) -> Identity:
+        verified.append(token)
+        return await verify(token)
+
+    validator._verify = counting  # type: ignore[method-assign]
+    token = signed(ISSUER, claims_for(ISSUER, exp=int(time.time()) + MIN_REMAINING_LIFETIME + 30))
+    assert (await validator.validate(token)).username == "alice"
+    assert (await validator.validate(token)).username == "alice"
+    assert verified == [token]  # the second call was served from the cache
+    offset[0] = 40.0  # now less than the minimum lifetime is left
+    assert await reason(validator, token) == "TOKEN_LIFETIME_TOO_SHORT"

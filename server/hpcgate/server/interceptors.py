@@ -8,6 +8,7 @@ four kinds, so each interceptor only writes its ``around`` function.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
@@ -42,9 +43,12 @@ class Around:
 
 
 def _as_async_unary(behavior: Callable[..., Any]) -> Unary:
+    if inspect.iscoroutinefunction(behavior):
+        return cast(Unary, behavior)  # the common case: nothing to adapt
+
     async def run(request: Any, context: Context) -> Any:
         result = behavior(request, context)
-        return await result if isinstance(result, Awaitable) else result
+        return await result if inspect.isawaitable(result) else result
 
     return run
 
@@ -127,10 +131,18 @@ class _ServiceErrors(Around):
 
 
 class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """An interceptor that runs each RPC through the :class:`Around` it picks."""
+    """An interceptor that runs each RPC through the :class:`Around` it picks.
 
-    def around(self, details: grpc.HandlerCallDetails) -> Around | None:
-        """What to run around the RPC ``details`` names; None leaves it alone."""
+    ``around`` is asked once per method; the wrapped handler is cached, so a
+    call costs a dictionary lookup here. Per-call state belongs in the
+    Around's methods (the servicer context is at hand there).
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
+    def around(self, method: str) -> Around | None:
+        """What to run around calls of ``method``; None leaves them alone."""
         raise NotImplementedError
 
     async def intercept_service(
@@ -141,12 +153,17 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED itself
             return handler
-        around = self.around(handler_call_details)
-        return handler if around is None else wrap_handler(handler, around)
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            around = self.around(method)
+            cached = (handler, handler if around is None else wrap_handler(handler, around))
+            self._wrapped[method] = cached
+        return cached[1]
 
 
 class ServiceErrorInterceptor(WrappingInterceptor):
     """Turns any exception of a servicer into a rich status (ServiceError: its own)."""
 
-    def around(self, details: grpc.HandlerCallDetails) -> Around:
+    def around(self, method: str) -> Around:
         return _ServiceErrors()

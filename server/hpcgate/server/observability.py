@@ -66,28 +66,39 @@ def _code(error: BaseException | None, context: Context) -> grpc.StatusCode:
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
 
 
-class _Observe(Around):
-    def __init__(self, method: str, request_id: str) -> None:
-        self.info = RequestInfo(request_id, method)
+def _request_id(context: Context) -> str:
+    """The caller's ``x-request-id`` (the edge sends one), else a fresh id."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            return str(value)
+    return uuid.uuid4().hex
 
-    def _done(self, started: float, error: BaseException | None, context: Context) -> None:
+
+class _Observe(Around):
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+    def _done(
+        self, info: RequestInfo, started: float, error: BaseException | None, context: Context
+    ) -> None:
         elapsed = time.perf_counter() - started
         code = _code(error, context)
-        RPCS.labels(self.info.method, code.name).inc()
-        LATENCY.labels(self.info.method).observe(elapsed)
+        RPCS.labels(self.method, code.name).inc()
+        LATENCY.labels(self.method).observe(elapsed)
         access_log.info(
             "rpc",
             extra={
-                "request_id": self.info.request_id,
-                "user": self.info.user,
-                "method": self.info.method,
+                "request_id": info.request_id,
+                "user": info.user,
+                "method": self.method,
                 "code": code.name,
                 "latency_ms": round(elapsed * 1000, 3),
             },
         )
 
     async def unary(self, call: Unary, request: Any, context: Context) -> Any:
-        token = _current.set(self.info)
+        info = RequestInfo(_request_id(context), self.method)
+        token = _current.set(info)
         started, error = time.perf_counter(), None
         try:
             return await call(request, context)
@@ -95,13 +106,14 @@ class _Observe(Around):
             error = raised
             raise
         finally:
-            self._done(started, error, context)
+            self._done(info, started, error, context)
             _current.reset(token)
 
     async def streaming(
         self, call: Streaming, request: Any, context: Context
     ) -> AsyncIterator[Any]:
-        token = _current.set(self.info)
+        info = RequestInfo(_request_id(context), self.method)
+        token = _current.set(info)
         started, error = time.perf_counter(), None
         try:
             async for reply in call(request, context):
@@ -110,17 +122,15 @@ class _Observe(Around):
             error = raised
             raise
         finally:
-            self._done(started, error, context)
+            self._done(info, started, error, context)
             _current.reset(token)
 
 
 class ObservabilityInterceptor(WrappingInterceptor):
     """Metrics and one access-log line per RPC."""
 
-    def around(self, details: grpc.HandlerCallDetails) -> Around:
-        metadata = dict(details.invocation_metadata or ())
-        request_id = str(metadata.get("x-request-id") or uuid.uuid4().hex)
-        return _Observe(details.method, request_id)
+    def around(self, method: str) -> Around:
+        return _Observe(method)
 
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
@@ -147,3 +157,6 @@ def configure_logging(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JSONFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # asyncssh logs every channel open and close at INFO: a line per command
+    # would drown the access log and cost more CPU than the command itself.
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)

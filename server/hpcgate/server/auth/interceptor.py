@@ -14,8 +14,6 @@ from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
 
-import grpc
-
 from hpcgate.server.auth.tokens import Identity, TokenValidator, refusal
 from hpcgate.server.config import AuthConfig
 from hpcgate.server.errors import ServiceError, abort
@@ -109,12 +107,12 @@ class AuthInterceptor(WrappingInterceptor):
     """Refuses calls without a valid token (UNAUTHENTICATED with the reason)."""
 
     def __init__(self, validator: TokenValidator) -> None:
+        super().__init__()
         self._validator = validator
 
     @classmethod
     def from_config(cls, auth: AuthConfig) -> AuthInterceptor:
         return cls(TokenValidator(auth))
 
-    def around(self, details: grpc.HandlerCallDetails) -> Around | None:
-        method = details.method
+    def around(self, method: str) -> Around | None:
         return None if is_public(method) else _Authenticate(self._validator, method)

@@ -183,6 +183,11 @@ class JwksSource:
             name=name,
         )
 
+    @property
+    def current(self) -> KeySet | None:
+        """The key set in use; a refresh replaces the object, never changes it."""
+        return self._keys
+
     async def find(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
         """The key for a token's ``kid`` and ``alg``; None when the issuer has no such key.
 
@@ -191,7 +196,7 @@ class JwksSource:
         """
         keys = self._keys
         if keys is not None:
-            self._refresh_if_stale()
+            self.refresh_if_stale()
             key = keys.get(kid, alg)
             if key is not None:
                 return key  # the hot path: no I/O, no lock
@@ -226,7 +231,8 @@ class JwksSource:
             self._keys, self._loaded_at = keys, self._attempted_at
             log.info("loaded %d signing keys from %s", len(keys.kids), self._name)
 
-    def _refresh_if_stale(self) -> None:
+    def refresh_if_stale(self) -> None:
+        """Start a background refetch when the key set is older than ``max_age``."""
         if self._background is not None or self._clock() - self._loaded_at < self._max_age:
             return
         if not self._may_fetch():

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import jwt
 
-from hpcgate.server.auth.jwks import JwksError, JwksSource
+from hpcgate.server.auth.jwks import JwksError, JwksSource, KeySet
 from hpcgate.server.config import AuthConfig
 from hpcgate.server.errors import ServiceError
 
@@ -74,6 +74,15 @@ def _unverified_claims(token: str) -> dict[str, Any]:
     return claims
 
 
+# A client sends the same token with every call, and checking its signature
+# costs more than the rest of a small RPC. Verified tokens are remembered,
+# keyed by the whole token (signature included), for a short while and only
+# while the key set they were verified with is current; their lifetime is
+# re-checked on every use.
+VERIFIED_CACHE_TTL = 60.0
+VERIFIED_CACHE_SIZE = 10_000
+
+
 class TokenValidator:
     """Validates bearer tokens for one issuer, as configured in ``auth``."""
 
@@ -88,6 +97,8 @@ class TokenValidator:
         self._keys = keys if keys is not None else JwksSource.from_config(auth)
         self._algorithms = frozenset(auth.algorithms)
         self._clock = clock
+        # token -> (valid until, key set it was verified with, identity)
+        self._verified: dict[str, tuple[float, KeySet | None, Identity]] = {}
         self._options: Options = {
             "require": ["exp"],
             "verify_aud": auth.audience is not None,
@@ -102,6 +113,22 @@ class TokenValidator:
         """
         if not token:
             raise refusal("TOKEN_MISSING", "a bearer token is required")
+        cached = self._verified.get(token)
+        if cached is not None:
+            until, keys, identity = cached
+            if until > self._clock() and keys is self._keys.current:
+                self._keys.refresh_if_stale()  # an old key set is still refetched
+                self._check_lifetime(identity.claims)  # time passes; exp is re-checked
+                return identity
+            del self._verified[token]
+        identity = await self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]  # the oldest entry
+        self._verified[token] = (self._clock() + VERIFIED_CACHE_TTL, self._keys.current, identity)
+        return identity
+
+    async def _verify(self, token: str) -> Identity:
+        """Full validation: header, key, signature and claims."""
         alg, kid = self._header(token)
         try:
             key = await self._keys.find(kid, alg)

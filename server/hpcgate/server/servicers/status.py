@@ -92,6 +92,10 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
+        # The systems reply changes only when a health check runs: it is
+        # built once per round of checks, not per call (it is the hottest RPC).
+        self._systems: tuple[tuple[datetime | None, ...], status_pb2.ListSystemsResponse] | None
+        self._systems = None
 
     def _scheduler_call(self, name: str, context: Context) -> tuple[SystemRuntime, Run]:
         call = begin(self._runtime, name, context, "ssh", "scheduler")
@@ -100,6 +104,12 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
     async def ListSystems(
         self, request: status_pb2.ListSystemsRequest, context: Context
     ) -> status_pb2.ListSystemsResponse:
+        runs = tuple(s.health.last_run for s in self._runtime.systems.values())
+        if self._systems is None or self._systems[0] != runs:
+            self._systems = (runs, self._systems_reply())
+        return self._systems[1]
+
+    def _systems_reply(self) -> status_pb2.ListSystemsResponse:
         reply = status_pb2.ListSystemsResponse()
         for system in self._runtime.systems.values():
             cluster = reply.systems.add()
