@@ -103,6 +103,8 @@ APT_PACKAGES = (
     "slurm-client",
     "mariadb-server",
     "mariadb-client",
+    # Transfer jobs move bytes between S3 and the filesystem with curl.
+    "curl",
 )
 REQUIRED_FILES = (
     "/usr/sbin/sshd",
@@ -117,6 +119,7 @@ REQUIRED_FILES = (
     "/usr/bin/sacctmgr",
     "/usr/bin/scontrol",
     "/usr/sbin/mariadbd",
+    "/usr/bin/curl",  # transfer jobs move bytes to and from S3 with it
     "/usr/bin/mariadb",
     "/usr/bin/mariadb-install-db",
 )

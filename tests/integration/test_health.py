@@ -80,15 +80,34 @@ async def quiet(
         yield found
 
 
-def _sshd_processes(cluster: Cluster) -> list[int]:
+def _cluster_pid(part: str) -> int:
+    """The pid of one of the cluster's daemons, from ``cluster.py info``."""
     info = json.loads(
         subprocess.run(
             [sys.executable, str(CLUSTER_SCRIPT), "info"], capture_output=True, check=True
         ).stdout
     )
-    listener = int(info["pids"]["sshd"])
+    return int(info["pids"][part])
+
+
+def _sshd_processes(cluster: Cluster) -> list[int]:
+    listener = _cluster_pid("sshd")
     children = subprocess.run(["pgrep", "-P", str(listener)], capture_output=True, text=True)
     return [listener, *(int(pid) for pid in children.stdout.split())]
+
+
+def _terminate(pids: list[int]) -> None:
+    """SIGTERM ``pids`` and wait (bounded) for them to go, so a restart finds their ports free."""
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
 
 
 def _restart_cluster() -> None:
@@ -105,8 +124,7 @@ async def test_sshd_down_fails_fast_then_recovers(
     auth = [("authorization", f"Bearer {issuer.token('alice')}")]
     assert checker.by_type()["ssh"]
 
-    for pid in _sshd_processes(cluster):
-        os.kill(pid, signal.SIGTERM)
+    _terminate(_sshd_processes(cluster))
     try:
         await eventually(
             lambda: not checker.by_type().get("ssh", True), 3 * INTERVAL + 2, "ssh unhealthy"
@@ -132,6 +150,31 @@ async def test_sshd_down_fails_fast_then_recovers(
     assert state.status == health_pb2.HealthCheckResponse.SERVING
     reply = await stub.ListNodes(status_pb2.ListNodesRequest(system_name=SYSTEM), metadata=auth)
     assert reply.nodes
+
+
+async def test_slurm_down_is_503_through_the_health_gate(
+    probed: tuple[Service, DevIssuer],
+) -> None:
+    service, issuer = probed
+    checker = service.running.runtime.system(SYSTEM).health
+    auth = {"Authorization": f"Bearer {issuer.token('alice')}"}
+    job = {"job": {"script": "#!/bin/bash\ntrue\n", "workingDirectory": "/home/alice"}}
+    _terminate([_cluster_pid("slurmctld")])
+    try:
+        await eventually(
+            lambda: not checker.by_type().get("scheduler", True), 3 * INTERVAL + 5, "unhealthy"
+        )
+        async with httpx.AsyncClient(base_url=service.rest_url, headers=auth) as client:
+            submit = await client.post(f"/compute/{SYSTEM}/jobs", json=job)
+            jobs = await client.get(f"/compute/{SYSTEM}/jobs")
+            files = await client.get(f"/filesystem/{SYSTEM}/ops/ls", params={"path": "/home"})
+        assert submit.status_code == 503, submit.text
+        assert submit.json()["data"]["reason"] == "SERVICE_UNHEALTHY"
+        assert jobs.status_code == 503
+        assert files.status_code == 200  # the filesystem does not need the scheduler
+    finally:
+        _restart_cluster()
+    await eventually(lambda: all(checker.by_type().values()), 3 * INTERVAL + 5, "healthy again")
 
 
 def _gauge(text: str, name: str, system: str) -> float:

@@ -12,8 +12,11 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from conftest import Service
+from conftest import SKELETON_CONFIG, Service, serve_asgi
+from hpcgate.edge import create_app
 from hpcgate.edge.bindings import bindings_of, hpcgate_services
+from hpcgate.server.app import build_interceptors
+from hpcgate.server.config import parse_config
 from hpcgate.v1 import status_pb2, status_pb2_grpc, transfer_pb2, transfer_pb2_grpc
 
 REFERENCE = Path(__file__).parents[1] / "data" / "firecrest-v2-openapi-2.5.6.yaml"
@@ -95,20 +98,38 @@ def test_every_firecrest_path_is_bound_to_an_rpc() -> None:
     assert watch < templates.index("/compute/{system_name}/jobs/{job_id}")
 
 
-async def test_unimplemented_rpc_is_501_and_unimplemented(skeleton: Service) -> None:
-    # Transfer is the service still to be written (its issue comes later).
-    stub = transfer_pb2_grpc.TransferStub(skeleton.channel)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.Rm(transfer_pb2.TransferRmRequest(system_name="daint", path="/home/x"))
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+async def test_unimplemented_rpc_is_501_and_unimplemented() -> None:
+    """An RPC without an implementation: UNIMPLEMENTED over gRPC, 501 over REST.
 
-    async with httpx.AsyncClient(base_url=skeleton.rest_url) as client:
-        response = await client.delete("/filesystem/daint/transfer/rm", params={"path": "/home/x"})
-    assert response.status_code == 501
-    body = response.json()
-    assert body["errorType"] == "error"
-    assert body["message"]
-    assert body["data"]["reason"] == "NOT_IMPLEMENTED"
+    Every hpcgate RPC is implemented now, so a bare server serves the
+    generated base servicer (whose every method raises NotImplementedError)
+    behind the server's own interceptors, with a real edge in front.
+    """
+    server = grpc.aio.server(interceptors=build_interceptors(parse_config(SKELETON_CONFIG)))
+    transfer_pb2_grpc.add_TransferServicer_to_server(transfer_pb2_grpc.TransferServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    edge, edge_task, url = await serve_asgi(create_app(f"127.0.0.1:{port}"))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = transfer_pb2_grpc.TransferStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Rm(transfer_pb2.TransferRmRequest(system_name="daint", path="/home/x"))
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+        async with httpx.AsyncClient(base_url=url) as client:
+            response = await client.delete(
+                "/filesystem/daint/transfer/rm", params={"path": "/home/x"}
+            )
+        assert response.status_code == 501
+        body = response.json()
+        assert body["errorType"] == "error"
+        assert body["message"]
+        assert body["data"]["reason"] == "NOT_IMPLEMENTED"
+    finally:
+        edge.should_exit = True
+        await edge_task
+        await server.stop(None)
 
 
 async def test_bad_path_variable_is_400_naming_the_field(skeleton: Service) -> None:

@@ -44,6 +44,7 @@ class MakePool(Protocol):
         *,
         max_connections: int = 4,
         max_channels: int = 10,
+        max_sftp_requests: int = 64,
         idle: float = 60.0,
         known_hosts_entry: str | None = None,
         port: int | None = None,
@@ -69,6 +70,7 @@ async def make_pool(cluster: Cluster) -> AsyncIterator[MakePool]:
         *,
         max_connections: int = 4,
         max_channels: int = 10,
+        max_sftp_requests: int = 64,
         idle: float = 60.0,
         known_hosts_entry: str | None = None,
         port: int | None = None,
@@ -79,7 +81,11 @@ async def make_pool(cluster: Cluster) -> AsyncIterator[MakePool]:
             "port": port or cluster.ssh.port,
             "proxy_jump": proxy_jump,
             "timeouts": {"connect": 10, "login": 10, "command": 30, "idle": idle},
-            "pool": {"max_connections": max_connections, "max_channels": max_channels},
+            "pool": {
+                "max_connections": max_connections,
+                "max_channels": max_channels,
+                "max_sftp_requests": max_sftp_requests,
+            },
         }
         if known_hosts_entry is None:
             ssh["known_hosts"] = cluster.ssh.known_hosts
@@ -232,6 +238,50 @@ async def test_sftp_and_exec_share_a_connection_within_max_sessions(
     assert len(outcomes) == 80
     stats = user_stats(pool, "alice")
     assert (stats.peak_connections, stats.channels_in_use) == (1, 0)
+
+
+async def test_sftp_requests_share_one_channel_beyond_max_channels(
+    make_pool: MakePool, cluster: Cluster
+) -> None:
+    # S = 2 channels: the SFTP channel and one exec. SFTP requests are not
+    # channels: up to R of them are in flight on the one SFTP channel.
+    pool = make_pool(max_connections=1, max_channels=2, max_sftp_requests=32)
+    home = cluster.users["alice"]["home"]
+    peak = 0
+
+    async def monitor() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, user_stats(pool, "alice").channels_in_use)
+            await asyncio.sleep(0)
+
+    async def stat_home() -> None:
+        async with pool.sftp("alice") as sftp:
+            assert (await sftp.stat(home)).permissions is not None
+
+    watcher = asyncio.create_task(monitor())
+    await asyncio.gather(
+        *(stat_home() for _ in range(200)), *(pool.run("alice", ["true"]) for _ in range(20))
+    )
+    watcher.cancel()
+    assert 32 <= peak <= 33  # R SFTP requests, and at most the one exec beside them
+    stats = user_stats(pool, "alice")
+    assert (stats.peak_connections, stats.channels_in_use) == (1, 0)
+
+
+async def test_sftp_load_opens_a_connection_per_r_queued_requests(
+    make_pool: MakePool, cluster: Cluster
+) -> None:
+    # 100 queued SFTP requests need ceil(100 / R) = 2 connections, not K = 4.
+    pool = make_pool(max_connections=4, max_channels=10, max_sftp_requests=64)
+    home = cluster.users["alice"]["home"]
+
+    async def stat_home() -> None:
+        async with pool.sftp("alice") as sftp:
+            await sftp.stat(home)
+
+    await asyncio.gather(*(stat_home() for _ in range(100)))
+    assert user_stats(pool, "alice").peak_connections == 2
 
 
 async def test_an_idle_sftp_channel_yields_to_commands(make_pool: MakePool) -> None:

@@ -26,6 +26,7 @@ def test_valid_config_parses() -> None:
     assert [s.name for s in settings.systems] == ["daint", "eiger"]
     assert settings.system("DAINT") is settings.systems[0]
     assert settings.systems[0].ssh.pool.max_channels == 10
+    assert settings.systems[0].ssh.pool.max_sftp_requests == 64
 
 
 def test_wrong_type_names_the_key() -> None:

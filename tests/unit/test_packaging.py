@@ -14,6 +14,7 @@ SERVER_ONLY = {
     "prometheus-client",
     "starlette",
     "uvicorn",
+    "httptools",
 }
 
 

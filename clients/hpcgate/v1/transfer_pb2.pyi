@@ -6,7 +6,10 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from hpcgate.v1 import scheduler_pb2 as _scheduler_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +20,88 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _TransferPhase:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TransferPhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TransferPhase.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRANSFER_PHASE_UNSPECIFIED: _TransferPhase.ValueType  # 0
+    """Not known."""
+    TRANSFER_PHASE_QUEUED: _TransferPhase.ValueType  # 1
+    """The job waits in the scheduler's queue."""
+    TRANSFER_PHASE_WAITING_FOR_CLIENT: _TransferPhase.ValueType  # 2
+    """Upload: the parts are not all uploaded, or the upload is not completed
+    yet: the client has to act.
+    """
+    TRANSFER_PHASE_RUNNING: _TransferPhase.ValueType  # 3
+    """The job runs: it moves bytes between the bucket and the filesystem, or
+    copies, moves, removes, archives or extracts.
+    """
+    TRANSFER_PHASE_SUCCEEDED: _TransferPhase.ValueType  # 4
+    """The job completed successfully: an upload's file is at its target
+    (verified), a download's file is staged (verified) at `downloadUrl`,
+    the other operations are done.
+    """
+    TRANSFER_PHASE_FAILED: _TransferPhase.ValueType  # 5
+    """The job failed, was cancelled or ran out of time; an upload then left
+    nothing at its target, and its multipart upload is aborted.
+    """
+
+class TransferPhase(_TransferPhase, metaclass=_TransferPhaseEnumTypeWrapper):
+    """TransferPhase says where a transfer stands."""
+
+TRANSFER_PHASE_UNSPECIFIED: TransferPhase.ValueType  # 0
+"""Not known."""
+TRANSFER_PHASE_QUEUED: TransferPhase.ValueType  # 1
+"""The job waits in the scheduler's queue."""
+TRANSFER_PHASE_WAITING_FOR_CLIENT: TransferPhase.ValueType  # 2
+"""Upload: the parts are not all uploaded, or the upload is not completed
+yet: the client has to act.
+"""
+TRANSFER_PHASE_RUNNING: TransferPhase.ValueType  # 3
+"""The job runs: it moves bytes between the bucket and the filesystem, or
+copies, moves, removes, archives or extracts.
+"""
+TRANSFER_PHASE_SUCCEEDED: TransferPhase.ValueType  # 4
+"""The job completed successfully: an upload's file is at its target
+(verified), a download's file is staged (verified) at `downloadUrl`,
+the other operations are done.
+"""
+TRANSFER_PHASE_FAILED: TransferPhase.ValueType  # 5
+"""The job failed, was cancelled or ran out of time; an upload then left
+nothing at its target, and its multipart upload is aborted.
+"""
+Global___TransferPhase: _TypeAlias = TransferPhase  # noqa: Y015
+
+class _TransferObjectState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TransferObjectStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TransferObjectState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRANSFER_OBJECT_STATE_UNSPECIFIED: _TransferObjectState.ValueType  # 0
+    """Not known."""
+    TRANSFER_OBJECT_STATE_UPLOADING: _TransferObjectState.ValueType  # 1
+    """The multipart upload is open: parts are being uploaded."""
+    TRANSFER_OBJECT_STATE_COMPLETE: _TransferObjectState.ValueType  # 2
+    """The multipart upload is complete: the object exists."""
+    TRANSFER_OBJECT_STATE_ABSENT: _TransferObjectState.ValueType  # 3
+    """Neither: the upload was aborted, or the object expired."""
+
+class TransferObjectState(_TransferObjectState, metaclass=_TransferObjectStateEnumTypeWrapper):
+    """TransferObjectState says where a staged object stands."""
+
+TRANSFER_OBJECT_STATE_UNSPECIFIED: TransferObjectState.ValueType  # 0
+"""Not known."""
+TRANSFER_OBJECT_STATE_UPLOADING: TransferObjectState.ValueType  # 1
+"""The multipart upload is open: parts are being uploaded."""
+TRANSFER_OBJECT_STATE_COMPLETE: TransferObjectState.ValueType  # 2
+"""The multipart upload is complete: the object exists."""
+TRANSFER_OBJECT_STATE_ABSENT: TransferObjectState.ValueType  # 3
+"""Neither: the upload was aborted, or the object expired."""
+Global___TransferObjectState: _TypeAlias = TransferObjectState  # noqa: Y015
 
 @_typing.final
 class TransferJobLogs(_message.Message):
@@ -281,14 +366,14 @@ class TransferDownloadRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SYSTEM_NAME_FIELD_NUMBER: _builtins.int
-    PATH_FIELD_NUMBER: _builtins.int
+    SOURCE_PATH_FIELD_NUMBER: _builtins.int
     ACCOUNT_FIELD_NUMBER: _builtins.int
     TRANSFER_DIRECTIVES_FIELD_NUMBER: _builtins.int
     system_name: _builtins.str
     """Target system."""
-    path: _builtins.str
-    """Path of the file to download (JSON "sourcePath"; "path" is accepted
-    too).
+    source_path: _builtins.str
+    """Path of the file to download (JSON "sourcePath"; "source_path", which
+    pyfirecrest sends, is accepted too).
     """
     account: _builtins.str
     """Name of the account in the scheduler."""
@@ -300,13 +385,13 @@ class TransferDownloadRequest(_message.Message):
         self,
         *,
         system_name: _builtins.str = ...,
-        path: _builtins.str = ...,
+        source_path: _builtins.str = ...,
         account: _builtins.str | None = ...,
         transfer_directives: Global___TransferDirectivesParams | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_account", b"_account", "account", b"account", "transfer_directives", b"transfer_directives"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_account", b"_account", "account", b"account", "path", b"path", "system_name", b"system_name", "transfer_directives", b"transfer_directives"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_account", b"_account", "account", b"account", "source_path", b"source_path", "system_name", b"system_name", "transfer_directives", b"transfer_directives"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__account: _TypeAlias = _typing.Literal["account"]  # noqa: Y015
     _WhichOneofArgType__account: _TypeAlias = _typing.Literal["_account", b"_account"]  # noqa: Y015
@@ -674,3 +759,249 @@ class TransferExtractResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TransferExtractResponse: _TypeAlias = TransferExtractResponse  # noqa: Y015
+
+@_typing.final
+class GetTransferRequest(_message.Message):
+    """GetTransferRequest names a transfer by its job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYSTEM_NAME_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    system_name: _builtins.str
+    """Target system."""
+    job_id: _builtins.int
+    """Id of the transfer job (`transferJob.jobId` of the reply that started
+    the transfer).
+    """
+    def __init__(
+        self,
+        *,
+        system_name: _builtins.str = ...,
+        job_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "system_name", b"system_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTransferRequest: _TypeAlias = GetTransferRequest  # noqa: Y015
+
+@_typing.final
+class GetTransferResponse(_message.Message):
+    """GetTransferResponse holds the transfer's state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def transfer(self) -> Global___TransferStatus:
+        """The transfer's state."""
+
+    def __init__(
+        self,
+        *,
+        transfer: Global___TransferStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTransferResponse: _TypeAlias = GetTransferResponse  # noqa: Y015
+
+@_typing.final
+class WatchTransferRequest(_message.Message):
+    """WatchTransferRequest names the transfer to follow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYSTEM_NAME_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    system_name: _builtins.str
+    """Target system."""
+    job_id: _builtins.int
+    """Id of the transfer job."""
+    def __init__(
+        self,
+        *,
+        system_name: _builtins.str = ...,
+        job_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "system_name", b"system_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTransferRequest: _TypeAlias = WatchTransferRequest  # noqa: Y015
+
+@_typing.final
+class WatchTransferResponse(_message.Message):
+    """WatchTransferResponse is the transfer's state at one moment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When the state was observed."""
+
+    @_builtins.property
+    def transfer(self) -> Global___TransferStatus:
+        """The transfer's state."""
+
+    def __init__(
+        self,
+        *,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+        transfer: Global___TransferStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "transfer", b"transfer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "transfer", b"transfer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTransferResponse: _TypeAlias = WatchTransferResponse  # noqa: Y015
+
+@_typing.final
+class TransferStatus(_message.Message):
+    """TransferStatus is how a transfer stands: its job and, for upload and
+    download, its object in the staging bucket.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_JOB_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    JOB_STATE_FIELD_NUMBER: _builtins.int
+    SCHEDULER_STATE_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    OBJECT_FIELD_NUMBER: _builtins.int
+    TRANSFER_DIRECTIVES_FIELD_NUMBER: _builtins.int
+    operation: _builtins.str
+    """What the job does: "upload", "download", "cp", "mv", "rm", "compress"
+    or "extract".
+    """
+    phase: Global___TransferPhase.ValueType
+    """Where the transfer stands, from the job's state and the object's."""
+    message: _builtins.str
+    """Why the transfer is in its phase, in words."""
+    job_state: _scheduler_pb2.JobState.ValueType
+    """The job's normalised state."""
+    scheduler_state: _builtins.str
+    """The scheduler's own word for the job's state (Slurm: "PENDING",
+    "COMPLETED" ...).
+    """
+    exit_code: _builtins.int
+    """Exit code of the job's script, once it ended."""
+    @_builtins.property
+    def transfer_job(self) -> Global___TransferJob:
+        """The transfer job (id, system, working directory, logs)."""
+
+    @_builtins.property
+    def object(self) -> Global___TransferObject:
+        """Upload and download: the object in the staging bucket (unset for the
+        other operations, and once the server's record of it has expired).
+        """
+
+    @_builtins.property
+    def transfer_directives(self) -> Global___TransferDirectives:
+        """Download that succeeded, with the file still staged: transferMethod
+        "s3" and a freshly presigned `downloadUrl`.
+        """
+
+    def __init__(
+        self,
+        *,
+        transfer_job: Global___TransferJob | None = ...,
+        operation: _builtins.str = ...,
+        phase: Global___TransferPhase.ValueType = ...,
+        message: _builtins.str = ...,
+        job_state: _scheduler_pb2.JobState.ValueType = ...,
+        scheduler_state: _builtins.str = ...,
+        exit_code: _builtins.int | None = ...,
+        object: Global___TransferObject | None = ...,
+        transfer_directives: Global___TransferDirectives | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "object", b"object", "transfer_directives", b"transfer_directives", "transfer_job", b"transfer_job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "job_state", b"job_state", "message", b"message", "object", b"object", "operation", b"operation", "phase", b"phase", "scheduler_state", b"scheduler_state", "transfer_directives", b"transfer_directives", "transfer_job", b"transfer_job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
+    _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__exit_code) -> _WhichOneofReturnType__exit_code | None: ...
+
+Global___TransferStatus: _TypeAlias = TransferStatus  # noqa: Y015
+
+@_typing.final
+class TransferObject(_message.Message):
+    """TransferObject is a transfer's object in the staging bucket."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKET_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    PART_SIZE_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    PARTS_UPLOADED_FIELD_NUMBER: _builtins.int
+    BYTES_UPLOADED_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    bucket: _builtins.str
+    """The bucket (the caller's)."""
+    key: _builtins.str
+    """The object's key: "<uuid4>/<basename>"."""
+    state: Global___TransferObjectState.ValueType
+    """Where the object stands."""
+    size: _builtins.int
+    """Size of the file in bytes."""
+    part_size: _builtins.int
+    """Size of each part but the last, in bytes."""
+    parts: _builtins.int
+    """Number of parts of the multipart upload."""
+    parts_uploaded: _builtins.int
+    """Parts uploaded so far (all of them once the object is complete)."""
+    bytes_uploaded: _builtins.int
+    """Bytes uploaded so far."""
+    etag: _builtins.str
+    """The complete object's ETag (for a multipart object: the MD5 of the
+    parts' MD5s, "-", the number of parts).
+    """
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """After this time a multipart upload that is still open is aborted: the
+        client's URLs have expired, or the job has stopped waiting.
+        """
+
+    def __init__(
+        self,
+        *,
+        bucket: _builtins.str = ...,
+        key: _builtins.str = ...,
+        state: Global___TransferObjectState.ValueType = ...,
+        size: _builtins.int = ...,
+        part_size: _builtins.int = ...,
+        parts: _builtins.int = ...,
+        parts_uploaded: _builtins.int = ...,
+        bytes_uploaded: _builtins.int = ...,
+        etag: _builtins.str | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "deadline", b"deadline", "etag", b"etag"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "bucket", b"bucket", "bytes_uploaded", b"bytes_uploaded", "deadline", b"deadline", "etag", b"etag", "key", b"key", "part_size", b"part_size", "parts", b"parts", "parts_uploaded", b"parts_uploaded", "size", b"size", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
+    _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__etag) -> _WhichOneofReturnType__etag | None: ...
+
+Global___TransferObject: _TypeAlias = TransferObject  # noqa: Y015

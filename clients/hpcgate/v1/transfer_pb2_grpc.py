@@ -77,6 +77,16 @@ class TransferStub:
                 request_serializer=hpcgate_dot_v1_dot_transfer__pb2.TransferExtractRequest.SerializeToString,
                 response_deserializer=hpcgate_dot_v1_dot_transfer__pb2.TransferExtractResponse.FromString,
                 _registered_method=True)
+        self.GetTransfer = channel.unary_unary(
+                '/hpcgate.v1.Transfer/GetTransfer',
+                request_serializer=hpcgate_dot_v1_dot_transfer__pb2.GetTransferRequest.SerializeToString,
+                response_deserializer=hpcgate_dot_v1_dot_transfer__pb2.GetTransferResponse.FromString,
+                _registered_method=True)
+        self.WatchTransfer = channel.unary_stream(
+                '/hpcgate.v1.Transfer/WatchTransfer',
+                request_serializer=hpcgate_dot_v1_dot_transfer__pb2.WatchTransferRequest.SerializeToString,
+                response_deserializer=hpcgate_dot_v1_dot_transfer__pb2.WatchTransferResponse.FromString,
+                _registered_method=True)
 
 
 class TransferServicer:
@@ -143,6 +153,32 @@ class TransferServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTransfer(self, request, context):
+        """Get the state of one of the caller's transfers, by its job id: the
+        job's state together with, for upload and download, the state of the
+        object in the staging bucket (how many parts a client has uploaded, or
+        the job has staged). A finished download comes with a freshly presigned
+        `downloadUrl`. An upload or download whose multipart upload can no
+        longer complete (its job ended, or its time is up) is aborted on the
+        way. Other users' jobs, and jobs that are no transfer, are NOT_FOUND.
+        (hpcgate only: FirecREST has no equivalent.)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTransfer(self, request, context):
+        """Stream the state of one of the caller's transfers: its current state
+        first, then every change (job state, parts uploaded or staged), until
+        the transfer has succeeded or failed; then the stream ends (OK). Job
+        states come from the caller's job poller, shared with WatchJobs. On
+        REST the stream is served as Server-Sent Events, or as NDJSON when
+        `Accept: application/x-ndjson` asks for it. (hpcgate only.)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransferServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +216,16 @@ def add_TransferServicer_to_server(servicer, server):
                     servicer.Extract,
                     request_deserializer=hpcgate_dot_v1_dot_transfer__pb2.TransferExtractRequest.FromString,
                     response_serializer=hpcgate_dot_v1_dot_transfer__pb2.TransferExtractResponse.SerializeToString,
+            ),
+            'GetTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTransfer,
+                    request_deserializer=hpcgate_dot_v1_dot_transfer__pb2.GetTransferRequest.FromString,
+                    response_serializer=hpcgate_dot_v1_dot_transfer__pb2.GetTransferResponse.SerializeToString,
+            ),
+            'WatchTransfer': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTransfer,
+                    request_deserializer=hpcgate_dot_v1_dot_transfer__pb2.WatchTransferRequest.FromString,
+                    response_serializer=hpcgate_dot_v1_dot_transfer__pb2.WatchTransferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -379,6 +425,60 @@ class Transfer:
             '/hpcgate.v1.Transfer/Extract',
             hpcgate_dot_v1_dot_transfer__pb2.TransferExtractRequest.SerializeToString,
             hpcgate_dot_v1_dot_transfer__pb2.TransferExtractResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hpcgate.v1.Transfer/GetTransfer',
+            hpcgate_dot_v1_dot_transfer__pb2.GetTransferRequest.SerializeToString,
+            hpcgate_dot_v1_dot_transfer__pb2.GetTransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hpcgate.v1.Transfer/WatchTransfer',
+            hpcgate_dot_v1_dot_transfer__pb2.WatchTransferRequest.SerializeToString,
+            hpcgate_dot_v1_dot_transfer__pb2.WatchTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,24 @@ class TransferStub:
     """Create compress file or directory operation (`tar`)."""
     Extract: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferExtractRequest, _transfer_pb2.TransferExtractResponse]
     """Create extract file operation (`tar`)."""
+    GetTransfer: _aio.UnaryUnaryMultiCallable[_transfer_pb2.GetTransferRequest, _transfer_pb2.GetTransferResponse]
+    """Get the state of one of the caller's transfers, by its job id: the
+    job's state together with, for upload and download, the state of the
+    object in the staging bucket (how many parts a client has uploaded, or
+    the job has staged). A finished download comes with a freshly presigned
+    `downloadUrl`. An upload or download whose multipart upload can no
+    longer complete (its job ended, or its time is up) is aborted on the
+    way. Other users' jobs, and jobs that are no transfer, are NOT_FOUND.
+    (hpcgate only: FirecREST has no equivalent.)
+    """
+    WatchTransfer: _aio.UnaryStreamMultiCallable[_transfer_pb2.WatchTransferRequest, _transfer_pb2.WatchTransferResponse]
+    """Stream the state of one of the caller's transfers: its current state
+    first, then every change (job state, parts uploaded or staged), until
+    the transfer has succeeded or failed; then the stream ends (OK). Job
+    states come from the caller's job poller, shared with WatchJobs. On
+    REST the stream is served as Server-Sent Events, or as NDJSON when
+    `Accept: application/x-ndjson` asks for it. (hpcgate only.)
+    """
 
 class TransferServicer:
     """Transfer runs long file operations as scheduler jobs on the system:
@@ -109,5 +127,33 @@ class TransferServicer:
         context: _aio.ServicerContext[_transfer_pb2.TransferExtractRequest, _abc.Awaitable[_transfer_pb2.TransferExtractResponse]],
     ) -> _abc.Awaitable[_transfer_pb2.TransferExtractResponse]:
         """Create extract file operation (`tar`)."""
+
+    def GetTransfer(
+        self,
+        request: _transfer_pb2.GetTransferRequest,
+        context: _aio.ServicerContext[_transfer_pb2.GetTransferRequest, _abc.Awaitable[_transfer_pb2.GetTransferResponse]],
+    ) -> _abc.Awaitable[_transfer_pb2.GetTransferResponse]:
+        """Get the state of one of the caller's transfers, by its job id: the
+        job's state together with, for upload and download, the state of the
+        object in the staging bucket (how many parts a client has uploaded, or
+        the job has staged). A finished download comes with a freshly presigned
+        `downloadUrl`. An upload or download whose multipart upload can no
+        longer complete (its job ended, or its time is up) is aborted on the
+        way. Other users' jobs, and jobs that are no transfer, are NOT_FOUND.
+        (hpcgate only: FirecREST has no equivalent.)
+        """
+
+    def WatchTransfer(
+        self,
+        request: _transfer_pb2.WatchTransferRequest,
+        context: _aio.ServicerContext[_transfer_pb2.WatchTransferRequest, _abc.AsyncIterator[_transfer_pb2.WatchTransferResponse]],
+    ) -> _abc.AsyncIterator[_transfer_pb2.WatchTransferResponse]:
+        """Stream the state of one of the caller's transfers: its current state
+        first, then every change (job state, parts uploaded or staged), until
+        the transfer has succeeded or failed; then the stream ends (OK). Job
+        states come from the caller's job poller, shared with WatchJobs. On
+        REST the stream is served as Server-Sent Events, or as NDJSON when
+        `Accept: application/x-ndjson` asks for it. (hpcgate only.)
+        """
 
 def add_TransferServicer_to_server(servicer: TransferServicer, server: _aio.Server) -> None: ...

@@ -11,6 +11,7 @@ import importlib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor, message, message_factory
@@ -31,7 +32,12 @@ _VARIABLE = re.compile(r"\{([a-z_][a-z0-9_.]*)(?:=([^}]*))?\}")
 
 @dataclass(frozen=True)
 class Binding:
-    """One REST route: an HTTP verb and path bound to one RPC."""
+    """One REST route: an HTTP verb and path bound to one RPC.
+
+    What the edge derives per request (path fields, message class, query
+    fields) is computed once per binding (``cached_property``), not on
+    every request.
+    """
 
     method: descriptor.MethodDescriptor
     verb: str
@@ -53,7 +59,7 @@ class Binding:
     def operation_id(self) -> str:
         return f"{self.service.name}_{self.method.name}"
 
-    @property
+    @cached_property
     def path_fields(self) -> tuple[str, ...]:
         """Request field names bound by the path template, in order."""
         return tuple(m.group(1) for m in _VARIABLE.finditer(self.template))
@@ -63,7 +69,7 @@ class Binding:
         """The template in Starlette's syntax (``{name}``), with no ``=pattern``."""
         return _VARIABLE.sub(lambda m: "{" + m.group(1) + "}", self.template)
 
-    @property
+    @cached_property
     def request_class(self) -> type[message.Message]:
         return message_factory.GetMessageClass(self.method.input_type)
 
@@ -91,6 +97,14 @@ class Binding:
         bound = {name.split(".")[0] for name in self.path_fields}
         bound.update(f for f in (self.body, self.rest.multipart_file_field) if f)
         return [f for f in self.method.input_type.fields if f.name not in bound]
+
+    @cached_property
+    def query_fields_by_key(self) -> dict[str, descriptor.FieldDescriptor]:
+        """:meth:`query_fields` by proto name and by JSON name: what a query key may be."""
+        fields = self.query_fields()
+        by_key = {f.name: f for f in fields}
+        by_key.update({f.json_name: f for f in fields})
+        return by_key
 
     def specificity(self) -> tuple[int, ...]:
         """Sort key that puts literal segments before variables (``jobs/watch``

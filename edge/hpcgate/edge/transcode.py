@@ -104,8 +104,7 @@ def query_to_dict(binding: Binding, query: Mapping[str, list[str]]) -> dict[str,
     Unknown parameters are ignored, as FastAPI (and so FirecREST) does:
     pyfirecrest sends some that an operation does not take.
     """
-    allowed = {f.name: f for f in binding.query_fields()}
-    allowed.update({f.json_name: f for f in binding.query_fields()})
+    allowed = binding.query_fields_by_key
     data: dict[str, Any] = {}
     for key, values in query.items():
         field = allowed.get(key)

@@ -29,6 +29,7 @@ from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.filesystem import FilesystemServicer
 from hpcgate.server.servicers.scheduler import SchedulerServicer
 from hpcgate.server.servicers.status import StatusServicer
+from hpcgate.server.servicers.transfer import TransferServicer
 from hpcgate.v1 import (
     filesystem_pb2,
     filesystem_pb2_grpc,
@@ -119,7 +120,7 @@ async def start(settings: Settings, listen: str | None = None) -> Running:
     status_pb2_grpc.add_StatusServicer_to_server(StatusServicer(runtime), server)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(runtime), server)
     filesystem_pb2_grpc.add_FilesystemServicer_to_server(FilesystemServicer(runtime), server)
-    transfer_pb2_grpc.add_TransferServicer_to_server(transfer_pb2_grpc.TransferServicer(), server)
+    transfer_pb2_grpc.add_TransferServicer_to_server(TransferServicer(runtime), server)
 
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):

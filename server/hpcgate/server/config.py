@@ -73,9 +73,13 @@ class SSHPoolLimits(_Model):
 
     # Connections opened for one user at most.
     max_connections: int = Field(4, ge=1, le=64)
-    # Concurrent channels (exec or SFTP requests) per connection; must not
-    # exceed the sshd's MaxSessions (10 by default).
+    # Channels open at once per connection: exec sessions plus the one
+    # SFTP channel; must not exceed the sshd's MaxSessions (10 by default).
     max_channels: int = Field(10, ge=1, le=1024)
+    # SFTP requests in flight at once per connection. They all share the
+    # connection's single SFTP channel (one session whatever their number),
+    # so this bound is about queueing on that channel, not about MaxSessions.
+    max_sftp_requests: int = Field(64, ge=1, le=4096)
 
 
 class SSHConfig(_Model):
@@ -128,20 +132,66 @@ class FileSystemConfig(_Model):
     default_work_dir: bool = False
 
 
+# S3's own limits (AWS): a part holds at most 5 GiB, a multipart upload has at
+# most 10,000 parts, an object at most 5 TiB; presigned URLs (SigV4) live at
+# most 7 days.
+S3_MAX_OBJECT_SIZE = 5 * 1024**4
+S3_MAX_PARTS = 10_000
+S3_MIN_PART_SIZE = 5 * 1024**2
+S3_MAX_PRESIGN_EXPIRY = 7 * 24 * 3600
+# The largest part size the contract can carry: TransferDirectives.maxPartSize
+# is a uint32 (S3 itself would take 5 GiB).
+MAX_PART_SIZE = 2**32 - 1
+# A bucket prefix: the start of an S3 bucket name, short enough to leave room
+# for the user's name.
+_BUCKET_PREFIX = r"^([a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?)?$"
+
+
 class S3Config(_Model):
-    """The S3 store used for large transfers."""
+    """The S3 store that stages large transfers (one bucket per user).
+
+    The server and the transfer jobs on the cluster reach S3 at ``endpoint``;
+    clients get presigned URLs for ``public_endpoint`` (the same store as seen
+    from outside, e.g. through a proxy), or for ``endpoint`` when it is unset.
+    """
 
     endpoint: str
+    # Where clients reach the store; presigned URLs given to clients name it.
+    public_endpoint: str | None = None
     region: str = "us-east-1"
     access_key: Secret
     secret_key: Secret
-    bucket_prefix: str = "hpcgate"
+    # User U's bucket is "<bucket_prefix>-<U>"; an empty prefix names it "U"
+    # (FirecREST's naming).
+    bucket_prefix: Annotated[str, Field(pattern=_BUCKET_PREFIX)] = "hpcgate"
     # Path-style addressing (http://endpoint/bucket/key), as S3-compatible stores need.
     path_style: bool = True
-    # Validity of presigned URLs, in seconds.
-    url_expiry: int = Field(3600, ge=60)
-    # Part size of multipart uploads, in bytes.
-    max_part_size: int = Field(1024**3, ge=5 * 1024**2)
+    # Validity of the presigned URLs given to clients, in seconds.
+    url_expiry: int = Field(3600, ge=60, le=S3_MAX_PRESIGN_EXPIRY)
+    # Validity of the presigned URLs inside transfer jobs, in seconds: they
+    # must outlive the job's time in the queue.
+    job_url_expiry: int = Field(S3_MAX_PRESIGN_EXPIRY, ge=60, le=S3_MAX_PRESIGN_EXPIRY)
+    # Part size of multipart uploads, in bytes (grown for a file that would
+    # otherwise need more than 10,000 parts).
+    max_part_size: int = Field(1024**3, ge=S3_MIN_PART_SIZE, le=MAX_PART_SIZE)
+    # Staged objects expire after this many days (the buckets' lifecycle rule).
+    lifecycle_days: int = Field(10, ge=1)
+    # Seconds after an upload request during which its job waits for the
+    # client to complete the upload; unset means url_expiry (the client's
+    # URLs are dead after that anyway).
+    ingress_timeout: int | None = Field(None, ge=1)
+    # Seconds between two sweeps that abort expired multipart uploads.
+    sweep_interval: float = Field(300.0, gt=0)
+
+    @property
+    def client_endpoint(self) -> str:
+        """The endpoint named in the presigned URLs that clients get."""
+        return self.public_endpoint or self.endpoint
+
+    @property
+    def ingress_wait(self) -> int:
+        """Seconds an ingress job waits for its upload (``ingress_timeout`` or ``url_expiry``)."""
+        return self.ingress_timeout if self.ingress_timeout is not None else self.url_expiry
 
 
 class ProbingConfig(_Model):
@@ -156,8 +206,18 @@ class DataOperationConfig(_Model):
 
     # Largest file that the ops download/upload endpoints move, in bytes.
     max_ops_file_size: int = Field(5 * 1024**2, ge=0)
-    # Extra scheduler directives for the jobs that move data.
+    # Extra scheduler directives for the transfer jobs, one line each
+    # ("#SBATCH --partition=xfer"); "{account}" is replaced by the request's
+    # account (a request without one is refused then).
     datatransfer_jobs_directives: list[str] = []
+
+    @field_validator("datatransfer_jobs_directives")
+    @classmethod
+    def _directive_lines(cls, lines: list[str]) -> list[str]:
+        for line in lines:
+            if not line.startswith("#") or "\n" in line or "\r" in line or "\x00" in line:
+                raise ValueError(f"{line!r} is not one directive line starting with '#'")
+        return lines
 
 
 class SystemConfig(_Model):

@@ -23,6 +23,7 @@ from hpcgate.server.scheduler.slurm.status import SlurmStatus
 from hpcgate.server.scheduler.watch import RunnerFactory, WatchHub
 from hpcgate.server.ssh.pool import PoolManager, SSHPool, deadline_after
 from hpcgate.server.systems import resolve_system
+from hpcgate.server.transfer.staging import Staging
 
 
 @dataclass
@@ -37,6 +38,8 @@ class SystemRuntime:
     jobs: SlurmJobs
     # The job pollers feeding WatchJobs, one per user.
     watch: WatchHub
+    # The S3 staging area of large transfers (None: the system has no S3).
+    staging: Staging | None = None
 
     def runner(self, user: str, deadline: float | None = None) -> Run:
         """Run commands as ``user`` over the user's pooled connection."""
@@ -98,8 +101,9 @@ class Runtime:
                 config.scheduler.poll_min_interval,
                 config.scheduler.poll_max_interval,
             )
+            staging = Staging(config.name, config.s3) if config.s3 is not None else None
             self.systems[config.name.lower()] = SystemRuntime(
-                config, pool, scheduler, checker, jobs, hub
+                config, pool, scheduler, checker, jobs, hub, staging
             )
 
     def system(self, name: str) -> SystemRuntime:
@@ -109,9 +113,15 @@ class Runtime:
     def start(self) -> None:
         for system in self.systems.values():
             system.health.start()
+            if system.staging is not None:
+                system.staging.start()
 
     async def close(self) -> None:
-        """Stop the checkers, end the watches (their pollers use the pools), close the pools."""
+        """Stop the checkers and the S3 sweeps, end the watches, close the pools.
+
+        The watches end before the pools close: their pollers use the pools.
+        """
         await asyncio.gather(*(s.health.stop() for s in self.systems.values()))
+        await asyncio.gather(*(s.staging.close() for s in self.systems.values() if s.staging))
         await asyncio.gather(*(s.watch.close() for s in self.systems.values()))
         await self.pools.close()

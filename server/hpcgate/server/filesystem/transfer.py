@@ -25,7 +25,7 @@ import posixpath
 import secrets
 import stat
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -179,23 +179,38 @@ def _info(attrs: asyncssh.SFTPAttrs) -> FileInfo:
     return FileInfo(attrs.size or 0, attrs.permissions or 0, mtime)
 
 
-async def read_small(sftp: asyncssh.SFTPClient, path: str, limit: int) -> bytes:
-    """The whole content of the regular file ``path``, at most ``limit`` bytes.
+def _block_size(sftp: asyncssh.SFTPClient, count: int) -> int:
+    """The ``block_size`` to open a file with for reading ``count`` bytes.
 
-    A larger file is RESOURCE_EXHAUSTED, also one that grew past the limit
-    after the size check (at most ``limit + 1`` bytes are ever read).
+    Up to the server's largest read, 0: each read is one plain request.
+    asyncssh's parallel reader (the default, -1) would wrap even a single
+    request in a task and ``asyncio.wait``, which for many small files costs
+    more CPU than the request itself. Beyond it, -1: the parallel reader
+    pipelines requests of the server's block size.
+    """
+    return 0 if count <= sftp.limits.max_read_len else -1
+
+
+async def read_small(sftp: asyncssh.SFTPClient, path: str, limit: int) -> bytes:
+    """The content of the regular file ``path``, at most ``limit`` bytes.
+
+    A larger file is RESOURCE_EXHAUSTED. As in :func:`stream_read`, the size
+    is fixed by the check: a file that grows meanwhile is read as it was
+    measured, one that shrinks ends early. So a small file costs four
+    requests (stat, open, one read, close); reading "up to the limit"
+    instead would ask for ``limit`` bytes, which asyncssh splits into
+    parallel requests of the server's block size, twenty and more for the
+    default limit, nearly all of them past the end of the file.
     """
     attrs = await _stat_regular(sftp, path)
-    if (attrs.size or 0) > limit:
-        raise _too_large(path, attrs.size or 0, limit)
+    size = attrs.size or 0
+    if size > limit:
+        raise _too_large(path, size, limit)
     try:
-        async with sftp.open(path, "rb") as file:
-            data: bytes = await file.read(limit + 1)
+        async with sftp.open(path, "rb", block_size=_block_size(sftp, size)) as file:
+            return b"".join([block async for block in _windows(file, 0, size)])
     except asyncssh.SFTPError as error:
         raise sftp_error(error, path) from error
-    if len(data) > limit:
-        raise _too_large(path, len(data), limit)
-    return data
 
 
 async def write_small(sftp: asyncssh.SFTPClient, target: str, content: bytes, limit: int) -> None:
@@ -208,23 +223,28 @@ async def write_small(sftp: asyncssh.SFTPClient, target: str, content: bytes, li
 
 
 async def _windows(file: asyncssh.SFTPClientFile, offset: int, count: int) -> AsyncIterator[bytes]:
-    """Up to ``count`` bytes from ``offset`` in blocks, the next one always in flight.
+    """Up to ``count`` bytes from ``offset`` in blocks, the next one in flight while one is used.
 
-    Stops early at end of file (the file shrank since it was measured).
+    Stops early at end of file (the file shrank since it was measured). The
+    read-ahead is a task, so it is only made when another block follows: a
+    small file, read in one block, costs no task.
     """
     end = offset + count
 
-    def request(position: int) -> asyncio.Future[bytes]:
-        return asyncio.ensure_future(file.read(min(READ_WINDOW, end - position), position))
+    def read(position: int) -> Awaitable[bytes]:
+        return file.read(min(READ_WINDOW, end - position), position)
 
-    pending = request(offset) if count > 0 else None
+    pending: asyncio.Future[bytes] | None = None
     try:
-        while pending is not None:
-            block = await pending
+        while offset < end:
+            block = await (pending if pending is not None else read(offset))
+            pending = None
+            if not block:
+                return
             offset += len(block)
-            pending = request(offset) if block and offset < end else None
-            if block:
-                yield block
+            if offset < end:
+                pending = asyncio.ensure_future(read(offset))
+            yield block
     finally:
         if pending is not None:
             pending.cancel()
@@ -257,7 +277,7 @@ async def stream_read(
     digest = hashlib.sha256()
     sent = 0
     try:
-        async with sftp.open(path, "rb") as file:
+        async with sftp.open(path, "rb", block_size=_block_size(sftp, count)) as file:
             async for block in _windows(file, offset, count):
                 digest.update(block)
                 for start in range(0, len(block), chunk):

@@ -15,6 +15,7 @@ from typing import Any
 
 from hpcgate.server.config import S3Config, SystemConfig
 from hpcgate.server.scheduler.base import Output, Run, SchedulerStatus
+from hpcgate.server.transfer.s3 import build_client
 
 ProbeFn = Callable[[], Awaitable[None]]
 
@@ -44,27 +45,24 @@ async def _filesystem(run: Run, path: str) -> None:
         raise ProbeError(f"{path} is not an accessible directory")
 
 
-def _s3_client(s3: S3Config) -> Any:
-    import boto3  # deferred: boto3 takes ~0.3 s to import
-    from botocore.config import Config
+def _s3(s3: S3Config) -> ProbeFn:
+    """A probe listing the buckets, with one client built on first use and kept.
 
-    return boto3.client(
-        "s3",
-        endpoint_url=s3.endpoint,
-        region_name=s3.region,
-        aws_access_key_id=s3.access_key.reveal(),
-        aws_secret_access_key=s3.secret_key.reveal(),
-        config=Config(
-            s3={"addressing_style": "path" if s3.path_style else "auto"},
-            connect_timeout=5,
-            read_timeout=5,
-            retries={"max_attempts": 1},
-        ),
-    )
+    Short timeouts and no retries: a probe must report a slow store, not hide it.
+    """
+    client: list[Any] = []
 
+    def list_buckets() -> None:
+        if not client:
+            client.append(
+                build_client(s3, s3.endpoint, connect_timeout=5, read_timeout=5, attempts=1)
+            )
+        client[0].list_buckets()
 
-async def _s3(s3: S3Config) -> None:
-    await asyncio.to_thread(lambda: _s3_client(s3).list_buckets())
+    async def check() -> None:
+        await asyncio.to_thread(list_buckets)
+
+    return check
 
 
 def probes_for(
@@ -82,5 +80,5 @@ def probes_for(
         for fs in system.filesystems
     ]
     if system.s3 is not None:
-        probes.append(Probe("s3", partial(_s3, system.s3)))
+        probes.append(Probe("s3", _s3(system.s3)))
     return probes

@@ -80,7 +80,7 @@ def _cluster(system: SystemConfig) -> status_pb2.HPCCluster:
         transfer = cluster.data_operation.data_transfer
         transfer.service_type = "s3"
         transfer.name = s3.bucket_prefix
-        transfer.public_url = s3.endpoint
+        transfer.public_url = s3.client_endpoint
         transfer.region = s3.region
         transfer.ttl = s3.url_expiry
         transfer.multipart.max_part_size = s3.max_part_size

@@ -1,0 +1,265 @@
+"""The Transfer service: FirecREST's ``transfer`` endpoints, plus GetTransfer and WatchTransfer.
+
+Each RPC resolves, authorises and health-gates the system, checks every
+path against the path policy (naming the field by its JSON name) and the
+request's own fields, calls one function of
+:mod:`hpcgate.server.transfer.service`, and maps the result to its message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any, cast
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from hpcgate.server.errors import ServiceError, invalid_argument
+from hpcgate.server.filesystem.paths import check_path
+from hpcgate.server.runtime import Runtime
+from hpcgate.server.servicers.common import Call, begin
+from hpcgate.server.servicers.context import Context
+from hpcgate.server.transfer import service
+from hpcgate.server.transfer.jobs import Submitter, TransferJob
+from hpcgate.server.transfer.service import TransferState
+from hpcgate.server.transfer.staging import ObjectState, Staging
+from hpcgate.v1 import scheduler_pb2, transfer_pb2, transfer_pb2_grpc
+
+# The health checker's services each kind of RPC needs.
+NEEDS_STAGING = ("ssh", "scheduler", "s3")
+NEEDS_JOBS = ("ssh", "scheduler", "filesystem")
+NEEDS_STATE = ("ssh", "scheduler")
+# The only transfer method offered (FirecREST's others: streamer, wormhole).
+S3_METHOD = "s3"
+
+
+def _transfer_job(job: TransferJob) -> transfer_pb2.TransferJob:
+    return transfer_pb2.TransferJob(
+        job_id=job.job_id,
+        system=job.system,
+        working_directory=job.working_directory,
+        logs=transfer_pb2.TransferJobLogs(output_log=job.output_log, error_log=job.error_log),
+    )
+
+
+def _account(request: Any) -> str | None:
+    """The request's account; an empty one counts as none."""
+    account: str = request.account
+    return account if request.HasField("account") and account else None
+
+
+def _method(params: transfer_pb2.TransferDirectivesParams) -> None:
+    """Only S3 transfers are offered; an unset method means S3."""
+    method = params.transfer_method or S3_METHOD
+    if method != S3_METHOD:
+        raise invalid_argument(
+            "transferDirectives.transferMethod",
+            f"{method!r} is not available on this system; use {S3_METHOD!r}",
+            "TRANSFER_METHOD_UNAVAILABLE",
+        )
+
+
+def _job_id(job_id: int) -> int:
+    if job_id == 0:
+        raise invalid_argument("jobId", "must be a job id (a positive number)")
+    return job_id
+
+
+def _timestamp(epoch: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(epoch * 1e9))
+    return stamp
+
+
+def _status(state: TransferState) -> transfer_pb2.TransferStatus:
+    """The TransferStatus message of ``state``."""
+    status = state.job_status
+    message = transfer_pb2.TransferStatus(
+        transfer_job=_transfer_job(state.job),
+        operation=state.operation,
+        phase=transfer_pb2.TransferPhase.Value(f"TRANSFER_PHASE_{state.phase.value}"),
+        message=state.message,
+        job_state=scheduler_pb2.JobState.Value(f"JOB_STATE_{status.normalized_state.value}"),
+        scheduler_state=status.state,
+        exit_code=status.exit_code,
+    )
+    manifest, view = state.manifest, state.object
+    if manifest is not None:
+        known = view.state if view else ObjectState.UNSPECIFIED
+        message.object.CopyFrom(
+            transfer_pb2.TransferObject(
+                bucket=manifest.bucket,
+                key=manifest.key,
+                state=transfer_pb2.TransferObjectState.Value(
+                    f"TRANSFER_OBJECT_STATE_{known.value}"
+                ),
+                size=manifest.size,
+                part_size=manifest.part_size,
+                parts=manifest.parts,
+                parts_uploaded=view.parts_uploaded if view else 0,
+                bytes_uploaded=view.bytes_uploaded if view else 0,
+                etag=view.etag if view else None,
+                deadline=_timestamp(manifest.deadline),
+            )
+        )
+    if state.download_url is not None:
+        message.transfer_directives.CopyFrom(
+            transfer_pb2.TransferDirectives(
+                transfer_method=S3_METHOD, download_url=state.download_url
+            )
+        )
+    return message
+
+
+class TransferServicer(transfer_pb2_grpc.TransferServicer):
+    """Serves the Transfer RPCs as jobs of the caller, through each system's staging area."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def _begin(self, system_name: str, context: Context, *needs: str) -> tuple[Call, Submitter]:
+        call = begin(self._runtime, system_name, context, *needs)
+        system = call.system
+        return call, Submitter(
+            system.config,
+            system.jobs,
+            system.job_runner(call.user, call.deadline),
+            call.user,
+            partial(system.watch.nudge, call.user),
+        )
+
+    @staticmethod
+    def _staging(call: Call) -> Staging:
+        """The system's staging area; FAILED_PRECONDITION when it has no S3."""
+        if call.system.staging is None:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{call.system.config.name} has no S3 staging area: large transfers are off",
+                "TRANSFER_NOT_CONFIGURED",
+            )
+        return call.system.staging
+
+    @staticmethod
+    def _path(call: Call, field: str, path: str) -> str:
+        return check_path(call.system.config, field, path)
+
+    async def Upload(
+        self, request: transfer_pb2.TransferUploadRequest, context: Context
+    ) -> transfer_pb2.TransferUploadResponse:
+        call, sub = self._begin(request.system_name, context, *NEEDS_STAGING)
+        staging = self._staging(call)
+        path = self._path(call, "sourcePath", request.path)
+        params = request.transfer_directives
+        _method(params)
+        if not params.HasField("file_size"):
+            raise invalid_argument(service.UPLOAD_SIZE_FIELD, "is required for an upload")
+        job, plan = await service.upload(sub, staging, path, params.file_size, _account(request))
+        return transfer_pb2.TransferUploadResponse(
+            transfer_job=_transfer_job(job),
+            transfer_directives=transfer_pb2.TransferDirectives(
+                transfer_method=S3_METHOD,
+                parts_upload_urls=plan.part_urls,
+                complete_upload_url=plan.complete_url,
+                max_part_size=plan.manifest.part_size,
+            ),
+        )
+
+    async def Download(
+        self, request: transfer_pb2.TransferDownloadRequest, context: Context
+    ) -> transfer_pb2.TransferDownloadResponse:
+        call, sub = self._begin(request.system_name, context, *NEEDS_STAGING)
+        staging = self._staging(call)
+        path = self._path(call, "sourcePath", request.source_path)
+        _method(request.transfer_directives)
+        job, plan = await service.download(sub, staging, path, _account(request))
+        return transfer_pb2.TransferDownloadResponse(
+            transfer_job=_transfer_job(job),
+            transfer_directives=transfer_pb2.TransferDirectives(
+                transfer_method=S3_METHOD, download_url=plan.download_url
+            ),
+        )
+
+    async def Cp(
+        self, request: transfer_pb2.TransferCpRequest, context: Context
+    ) -> transfer_pb2.TransferCpResponse:
+        call, sub = self._begin(request.system_name, context, *NEEDS_JOBS)
+        source = self._path(call, "sourcePath", request.source_path)
+        target = self._path(call, "targetPath", request.target_path)
+        job = await service.cp(sub, source, target, request.dereference, _account(request))
+        return transfer_pb2.TransferCpResponse(transfer_job=_transfer_job(job))
+
+    async def Mv(
+        self, request: transfer_pb2.TransferMvRequest, context: Context
+    ) -> transfer_pb2.TransferMvResponse:
+        call, sub = self._begin(request.system_name, context, *NEEDS_JOBS)
+        source = self._path(call, "sourcePath", request.source_path)
+        target = self._path(call, "targetPath", request.target_path)
+        job = await service.mv(sub, source, target, _account(request))
+        return transfer_pb2.TransferMvResponse(transfer_job=_transfer_job(job))
+
+    async def Rm(
+        self, request: transfer_pb2.TransferRmRequest, context: Context
+    ) -> transfer_pb2.TransferRmResponse:
+        call, sub = self._begin(request.system_name, context, *NEEDS_JOBS)
+        path = self._path(call, "path", request.path)
+        job = await service.rm(sub, path, _account(request))
+        return transfer_pb2.TransferRmResponse(transfer_job=_transfer_job(job))
+
+    async def Compress(
+        self, request: transfer_pb2.TransferCompressRequest, context: Context
+    ) -> transfer_pb2.TransferCompressResponse:
+        call, sub = self._begin(request.system_name, context, *NEEDS_JOBS)
+        source = self._path(call, "sourcePath", request.source_path)
+        target = self._path(call, "targetPath", request.target_path)
+        pattern = request.match_pattern if request.HasField("match_pattern") else None
+        job = await service.compress(
+            sub,
+            source,
+            target,
+            match_pattern=pattern or None,
+            dereference=request.dereference,
+            compression=request.compression,
+            account=_account(request),
+        )
+        return transfer_pb2.TransferCompressResponse(transfer_job=_transfer_job(job))
+
+    async def Extract(
+        self, request: transfer_pb2.TransferExtractRequest, context: Context
+    ) -> transfer_pb2.TransferExtractResponse:
+        call, sub = self._begin(request.system_name, context, *NEEDS_JOBS)
+        source = self._path(call, "sourcePath", request.source_path)
+        target = self._path(call, "targetPath", request.target_path)
+        job = await service.extract(sub, source, target, request.compression, _account(request))
+        return transfer_pb2.TransferExtractResponse(transfer_job=_transfer_job(job))
+
+    async def GetTransfer(
+        self, request: transfer_pb2.GetTransferRequest, context: Context
+    ) -> transfer_pb2.GetTransferResponse:
+        call, sub = self._begin(request.system_name, context, *NEEDS_STATE)
+        state = await service.get(sub, call.system.staging, _job_id(request.job_id))
+        return transfer_pb2.GetTransferResponse(transfer=_status(state))
+
+    async def WatchTransfer(
+        self, request: transfer_pb2.WatchTransferRequest, context: Context
+    ) -> AsyncIterator[transfer_pb2.WatchTransferResponse]:
+        """Stream the transfer's state from the caller's job poller and its object."""
+        call, sub = self._begin(request.system_name, context, *NEEDS_STATE)
+        job_id = _job_id(request.job_id)
+        hub, scheduler = call.system.watch, call.system.config.scheduler
+        async with hub.subscribe(call.user, frozenset({job_id})) as watcher:
+            # Also when the stream is dropped while suspended between messages.
+            cast(Any, context).add_done_callback(lambda _: hub.unsubscribe(watcher))
+            states = service.watch(
+                sub,
+                call.system.staging,
+                watcher,
+                job_id,
+                scheduler.poll_min_interval,
+                scheduler.poll_max_interval,
+            )
+            async for state in states:
+                yield transfer_pb2.WatchTransferResponse(
+                    event_time=_timestamp(time.time()), transfer=_status(state)
+                )

@@ -1,0 +1,156 @@
+"""boto3 clients for a system's S3 store, and the few S3 facts transfers rely on.
+
+One builder makes every client (the health probe's and the staging area's),
+so addressing style, region, credentials and timeouts are decided in one
+place. boto3 is imported on first use: it takes ~0.3 s, which a server whose
+systems have no S3 should not pay at start-up.
+
+boto3 calls block: callers run them with :func:`asyncio.to_thread`. A client
+is thread-safe once built, so one client per system and purpose serves every
+thread. Presigning is local computation (an HMAC), no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import threading
+from typing import Any
+
+import grpc
+
+from hpcgate.server.config import (
+    MAX_PART_SIZE,
+    S3_MAX_OBJECT_SIZE,
+    S3_MAX_PARTS,
+    S3Config,
+)
+from hpcgate.server.errors import ServiceError, invalid_argument
+
+MIB = 1024 * 1024
+# S3's rules for bucket names: 3 to 63 of [a-z0-9.-], starting and ending
+# with a letter or digit (we never use dots: they break TLS virtual hosting).
+_BUCKET_CHARS = re.compile(r"[^a-z0-9-]")
+BUCKET_MAX = 63
+
+
+def build_client(
+    config: S3Config,
+    endpoint: str,
+    *,
+    connect_timeout: float = 5,
+    read_timeout: float = 30,
+    attempts: int = 3,
+) -> Any:
+    """A boto3 S3 client for ``endpoint`` with ``config``'s credentials and addressing."""
+    import boto3  # deferred: boto3 takes ~0.3 s to import
+    from botocore.config import Config
+
+    # A session per client: boto3's default session is not thread-safe.
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=config.region,
+        aws_access_key_id=config.access_key.reveal(),
+        aws_secret_access_key=config.secret_key.reveal(),
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if config.path_style else "auto"},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"max_attempts": attempts, "mode": "standard"},
+        ),
+    )
+
+
+class S3Clients:
+    """A system's clients, built on first use (from any thread).
+
+    ``private`` talks to ``endpoint``: the server's own calls, and the URLs
+    that jobs on the cluster use. ``public`` only presigns the URLs clients
+    get, naming ``public_endpoint``; it is ``private`` when none is set.
+    """
+
+    def __init__(self, config: S3Config) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._private: Any = None
+        self._public: Any = None
+
+    @property
+    def private(self) -> Any:
+        with self._lock:
+            if self._private is None:
+                self._private = build_client(self.config, self.config.endpoint)
+            return self._private
+
+    @property
+    def public(self) -> Any:
+        if self.config.public_endpoint in (None, self.config.endpoint):
+            return self.private
+        with self._lock:
+            if self._public is None:
+                self._public = build_client(self.config, self.config.client_endpoint)
+            return self._public
+
+
+def bucket_name(prefix: str, user: str) -> str:
+    """User ``user``'s bucket: ``<prefix>-<user>`` (``<user>`` without a prefix).
+
+    A name S3 would refuse (upper case, ``_``, too short or too long) is
+    made valid and gets a hash of the real name appended, so two users never
+    share a bucket.
+    """
+    wanted = f"{prefix}-{user}" if prefix else user
+    cleaned = _BUCKET_CHARS.sub("-", wanted.lower()).strip("-")
+    if cleaned == wanted and 3 <= len(cleaned) <= BUCKET_MAX:
+        return cleaned
+    digest = hashlib.sha256(user.encode()).hexdigest()[:10]
+    return f"{cleaned[: BUCKET_MAX - 11].rstrip('-')}-{digest}".lstrip("-")
+
+
+def plan_parts(size: int, part_size: int, field: str, max_parts: int = S3_MAX_PARTS) -> int:
+    """The part size for a ``size``-byte object, from the configured ``part_size``.
+
+    S3 takes at most 10,000 parts (``max_parts``; fewer for downloads, whose
+    part URLs travel in the job script): a file that would need more gets
+    larger parts, rounded up to whole MiB. INVALID_ARGUMENT naming ``field``
+    for a negative size or one beyond S3's 5 TiB per object.
+    """
+    if size < 0:
+        raise invalid_argument(field, f"must not be negative, got {size}", "INVALID_FILE_SIZE")
+    if size > S3_MAX_OBJECT_SIZE:
+        raise invalid_argument(
+            field,
+            f"{size} bytes is more than S3 takes in one object ({S3_MAX_OBJECT_SIZE} bytes)",
+            "FILE_TOO_LARGE",
+        )
+    if math.ceil(size / part_size) > max_parts:
+        part_size = math.ceil(math.ceil(size / max_parts) / MIB) * MIB
+    if part_size > MAX_PART_SIZE:  # not reachable within 5 TiB; kept as the rule
+        raise invalid_argument(
+            field, f"{size} bytes would need parts beyond {MAX_PART_SIZE} bytes", "FILE_TOO_LARGE"
+        )
+    return part_size
+
+
+def part_count(size: int, part_size: int) -> int:
+    """Parts of a ``size``-byte object: an empty file is one empty part."""
+    return max(1, math.ceil(size / part_size))
+
+
+def error_code(error: BaseException) -> str | None:
+    """The S3 error code of a botocore ClientError (``NoSuchUpload``, ``404`` ...)."""
+    response = getattr(error, "response", None)
+    if not isinstance(response, dict):
+        return None
+    code = response.get("Error", {}).get("Code")
+    return str(code) if code is not None else None
+
+
+def unavailable(error: BaseException) -> ServiceError:
+    """The ServiceError for an S3 call that failed: the store is unusable for now."""
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE, f"S3: {error}", "S3_UNAVAILABLE", metadata={"service": "s3"}
+    )

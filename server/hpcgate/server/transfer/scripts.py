@@ -1,0 +1,163 @@
+"""The batch scripts of transfer jobs: fixed bash bodies below quoted variables.
+
+A script is ``#!/bin/bash``, the system's directives, then one assignment
+per variable (every value through :func:`shlex.quote`, arrays element by
+element), then ``scripts/common.sh`` and the operation's body. The bodies
+are static files: no request value is ever pasted into code, so a path or
+a URL can hold any character. Command lines are argv arrays built here and
+run as ``"${command[@]}"``.
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+import shlex
+from collections.abc import Mapping, Sequence
+from importlib import resources
+
+from hpcgate.server.filesystem.ops import tar_compression
+
+Value = str | int | Sequence[str]
+
+# What each operation's log says when (and only when) it succeeded. The
+# words are FirecREST's, which pyfirecrest looks for.
+SUCCESS = {
+    "cp": "Files were successfully copied.",
+    "mv": "Files were successfully moved.",
+    "rm": "Files were successfully removed.",
+    "compress": "Files were successfully compressed.",
+    "extract": "Files were successfully extracted.",
+}
+
+
+@functools.cache
+def _body(name: str) -> str:
+    return (resources.files(__package__) / "scripts" / name).read_text()
+
+
+def render(
+    operation: str, directives: Sequence[str], variables: Mapping[str, Value], body: str
+) -> str:
+    """The script of an ``operation`` job: directives, quoted variables, common code, body."""
+    lines = ["#!/bin/bash", *directives, f"# hpcgate {operation} job, written by the server"]
+    assigned = {"operation": operation, **variables}
+    for name, value in assigned.items():
+        if isinstance(value, str | int):
+            lines.append(f"{name}={shlex.quote(str(value))}")
+        else:
+            lines.append(f"{name}=(")
+            lines.extend(f"  {shlex.quote(item)}" for item in value)
+            lines.append(")")
+    return "\n".join(lines) + "\n" + _body("common.sh") + _body(body)
+
+
+def command(operation: str, directives: Sequence[str], argv: Sequence[str]) -> str:
+    """A job running ``argv`` that reports :data:`SUCCESS` for ``operation`` when it exits 0."""
+    return render(
+        operation, directives, {"command": argv, "success": SUCCESS[operation]}, "command.sh"
+    )
+
+
+def cp(directives: Sequence[str], source: str, target: str, dereference: bool) -> str:
+    """``cp -r`` (``-L`` with ``dereference``: follow every symbolic link)."""
+    follow = ["-L"] if dereference else []
+    return command("cp", directives, ["cp", "-r", *follow, "--", source, target])
+
+
+def mv(directives: Sequence[str], source: str, target: str) -> str:
+    return command("mv", directives, ["mv", "--", source, target])
+
+
+def rm(directives: Sequence[str], path: str) -> str:
+    return command("rm", directives, ["rm", "-r", "--", path])
+
+
+def extract(directives: Sequence[str], source: str, target: str, compression: str) -> str:
+    """``tar -x`` of ``source`` into the directory ``target``."""
+    flags = tar_compression(compression)
+    argv = ["tar", "-x", *flags, "-f", source, "-C", target]
+    return command("extract", directives, argv)
+
+
+def compress(
+    directives: Sequence[str],
+    source: str,
+    target: str,
+    *,
+    match_pattern: str | None,
+    dereference: bool,
+    compression: str,
+) -> str:
+    """``tar -c`` of ``source`` into ``target``, members named from source's parent.
+
+    As the Filesystem service's compress: with ``match_pattern`` only the
+    regular files whose path matches it (``find -regex``) are archived.
+    """
+    options = [*tar_compression(compression), *(["--dereference"] if dereference else [])]
+    parent, base = posixpath.split(source)
+    find = ["find", *(["-L"] if dereference else []), source, "-type", "f"]
+    if match_pattern:
+        find += ["-regex", match_pattern, "-printf", "%P\\0"]
+    variables: dict[str, Value] = {
+        "source": source,
+        "target": target,
+        "parent": parent or "/",
+        "base": base,
+        "tar_options": options,
+        "pattern": match_pattern or "",
+        "find_command": find if match_pattern else [],
+        "success": SUCCESS["compress"],
+    }
+    return render("compress", directives, variables, "compress.sh")
+
+
+def ingress(
+    directives: Sequence[str],
+    *,
+    target: str,
+    size: int,
+    part_size: int,
+    parts: int,
+    give_up_at: int,
+    head_url: str,
+    get_url: str,
+    abort_url: str,
+) -> str:
+    """The upload job: wait for the client's upload, fetch, verify, rename onto ``target``."""
+    variables: dict[str, Value] = {
+        "target": target,
+        "size": size,
+        "part_size": part_size,
+        "parts": parts,
+        "give_up_at": give_up_at,
+        "head_url": head_url,
+        "get_url": get_url,
+        "abort_url": abort_url,
+    }
+    return render("upload", directives, variables, "ingress.sh")
+
+
+def egress(
+    directives: Sequence[str],
+    *,
+    source: str,
+    size: int,
+    part_size: int,
+    part_urls: Sequence[str],
+    complete_url: str,
+    abort_url: str,
+    delete_url: str,
+) -> str:
+    """The download job: stage ``source`` in the bucket part by part, verified."""
+    variables: dict[str, Value] = {
+        "source": source,
+        "size": size,
+        "part_size": part_size,
+        "parts": len(part_urls),
+        "part_urls": part_urls,
+        "complete_url": complete_url,
+        "abort_url": abort_url,
+        "delete_url": delete_url,
+    }
+    return render("download", directives, variables, "egress.sh")

@@ -1,0 +1,8 @@
+# --- command.sh: one command (cp, mv, rm, tar -x), its argv quoted above ---------
+say "running:$(printf ' %q' "${command[@]}")"
+"${command[@]}"
+status=$?
+if [ "$status" -ne 0 ]; then
+    fail "${command[0]} exited with status $status"
+fi
+say "$success"

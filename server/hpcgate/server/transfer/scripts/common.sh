@@ -1,0 +1,54 @@
+# --- common.sh: what every hpcgate transfer job starts with -------------------
+# The server writes the job's variables above this line, each one quoted;
+# nothing below is generated.
+set -u -o pipefail
+
+# say MESSAGE...: one time-stamped line on the output log.
+say() { printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"; }
+
+# fail MESSAGE...: say it on both logs and end the job with status 1. A
+# failed job never prints a success line: clients (pyfirecrest) look for one.
+fail() {
+    say "FAILED: $*"
+    say "FAILED: $*" >&2
+    exit 1
+}
+
+# Jobs redefine on_exit to clean up; it runs however the job ends.
+on_exit() { :; }
+trap 'on_exit' EXIT
+trap 'fail "stopped by a signal (cancelled, or out of time)"' TERM INT HUP
+
+# beside PATH: a new empty file in PATH's directory (same filesystem, so the
+# final rename is atomic), named after PATH; prints its name.
+beside() {
+    local dir=${1%/*} name=${1##*/}
+    mktemp -- "${dir:-/}/.${name:0:200}.hpcgate-XXXXXX"
+}
+
+# publish TEMP TARGET: give TEMP the mode a new file gets here (the umask),
+# then rename it onto TARGET (never into TARGET, should that be a directory).
+publish() {
+    chmod "$(printf '%o' $((0666 & ~0$(umask))))" -- "$1" && mv -f -T -- "$1" "$2"
+}
+
+# header NAME FILE: the value of the last NAME header in a `curl -D` dump.
+header() { tr -d '\r' <"$2" | sed -n "s/^$1:[[:space:]]*//Ip" | tail -n 1; }
+
+# append_digest HEX FILE: append the 16 bytes of the MD5 written in HEX to FILE.
+append_digest() {
+    local escaped="" k
+    [[ $1 =~ ^[0-9a-f]{32}$ ]] || return 1
+    for ((k = 0; k < 32; k += 2)); do escaped+="\\x${1:k:2}"; done
+    # shellcheck disable=SC2059  # the format is the point: it holds the bytes
+    printf "$escaped" >>"$2"
+}
+
+# multipart_etag DIGESTS PARTS: S3's ETag of a multipart object, from the
+# binary MD5s of its parts: MD5(md5_1 || ... || md5_n) "-" n.
+multipart_etag() {
+    local sum
+    sum=$(md5sum <"$1") && printf '%s-%s' "${sum%% *}" "$2"
+}
+
+say "hpcgate $operation job ${SLURM_JOB_ID:-?} on $(hostname)"

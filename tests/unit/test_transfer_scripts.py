@@ -1,0 +1,132 @@
+"""The transfer jobs' scripts, run by bash right here (no Slurm): cp, mv, rm, tar.
+
+The scripts must survive any path (quotes, ``$(...)``, newlines, leading
+dashes), and print FirecREST's success line exactly when they succeeded.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from hpcgate.server.transfer import scripts
+
+NASTY = 'it\'s $(touch pwned) `x` \n -rf "q"'
+
+
+def run(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run a job script as sbatch would: with bash, in the working directory."""
+    return subprocess.run(
+        ["bash", "-c", script], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / NASTY
+    (root / "sub dir").mkdir(parents=True)
+    (root / "a.txt").write_text("one")
+    (root / "sub dir" / "b.dat").write_text("two")
+    (root / "link").symlink_to("a.txt")
+    return root
+
+
+def test_render_quotes_every_value_and_keeps_directives_first(tmp_path: Path) -> None:
+    script = scripts.cp(["#SBATCH --partition=xfer"], "/a'b", f"/c{NASTY}", dereference=False)
+    lines = script.splitlines()
+    assert lines[:2] == ["#!/bin/bash", "#SBATCH --partition=xfer"]
+    # No executable line comes before the directives end (sbatch stops reading there).
+    assert lines[2].startswith("# hpcgate cp job")
+    result = run(script.replace('"${command[@]}"', 'printf "<%s>" "${command[@]}"'), tmp_path)
+    assert f"<cp><-r><--></a'b></c{NASTY}>" in result.stdout
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cp_copies_a_tree_and_says_so(tree: Path, tmp_path: Path) -> None:
+    target = tmp_path / "copy"
+    result = run(scripts.cp([], str(tree), str(target), dereference=False), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Files were successfully copied." in result.stdout
+    assert (target / "sub dir" / "b.dat").read_text() == "two"
+    assert (target / "link").is_symlink()
+    followed = tmp_path / "followed"
+    assert run(scripts.cp([], str(tree), str(followed), dereference=True), tmp_path).returncode == 0
+    assert not (followed / "link").is_symlink()
+    assert (followed / "link").read_text() == "one"
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_failure_is_said_on_both_logs_and_never_as_success(tmp_path: Path) -> None:
+    result = run(scripts.mv([], str(tmp_path / "missing"), str(tmp_path / "x")), tmp_path)
+    assert result.returncode == 1
+    assert "FAILED: mv exited with status 1" in result.stdout
+    assert "No such file or directory" in result.stderr and "FAILED" in result.stderr
+    assert "successfully" not in result.stdout + result.stderr
+
+
+def test_mv_and_rm(tree: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "-moved"
+    result = run(scripts.mv([], str(tree), str(moved)), tmp_path)
+    assert "Files were successfully moved." in result.stdout
+    assert not tree.exists() and (moved / "a.txt").exists()
+    result = run(scripts.rm([], str(moved)), tmp_path)
+    assert "Files were successfully removed." in result.stdout
+    assert not moved.exists()
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "bzip2", "xz", ""])
+def test_compress_then_extract(tree: Path, tmp_path: Path, compression: str) -> None:
+    archive = tmp_path / "tree.tar"
+    script = scripts.compress(
+        [], str(tree), str(archive), match_pattern=None, dereference=False, compression=compression
+    )
+    result = run(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Files were successfully compressed." in result.stdout
+    with tarfile.open(archive) as opened:
+        assert sorted(opened.getnames()) == sorted(
+            [NASTY, f"{NASTY}/a.txt", f"{NASTY}/link", f"{NASTY}/sub dir", f"{NASTY}/sub dir/b.dat"]
+        )
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run(scripts.extract([], str(archive), str(out), compression), tmp_path)
+    assert "Files were successfully extracted." in result.stdout, result.stderr
+    assert (out / NASTY / "sub dir" / "b.dat").read_text() == "two"
+
+
+def test_compress_with_a_pattern_takes_only_matching_files(tree: Path, tmp_path: Path) -> None:
+    # find's regular expressions match whole paths, and "." no newline: a name without one.
+    named = tree.rename(tmp_path / "it's $(x) -d")
+    archive = tmp_path / "dat.tar"
+    script = scripts.compress(
+        [],
+        str(named),
+        str(archive),
+        match_pattern=".*\\.dat",
+        dereference=False,
+        compression="none",
+    )
+    result = run(script, tmp_path)
+    assert "Files were successfully compressed." in result.stdout, result.stderr
+    with tarfile.open(archive) as opened:
+        assert opened.getnames() == ["it's $(x) -d/sub dir/b.dat"]
+
+
+def test_a_failed_compress_leaves_nothing_at_the_target(tmp_path: Path) -> None:
+    archive = tmp_path / "archive.tar.gz"
+    archive.write_text("previous")
+    script = scripts.compress(
+        [],
+        str(tmp_path / "missing"),
+        str(archive),
+        match_pattern=None,
+        dereference=False,
+        compression="gzip",
+    )
+    result = run(script, tmp_path)
+    assert result.returncode == 1 and "successfully" not in result.stdout
+    assert archive.read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.tar.gz"]
