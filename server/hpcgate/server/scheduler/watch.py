@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
+from prometheus_client import Counter
 
 from hpcgate.server.errors import ServiceError
 from hpcgate.server.scheduler.base import Output
@@ -45,6 +46,15 @@ MAX_FAILED_POLLS = 3
 MAX_QUEUED_EVENTS = 10_000
 # Factor by which the interval grows after a poll that saw no change.
 BACKOFF = 2.0
+
+# Scheduler load of the watches: with one poller per user these grow with
+# users and intervals, not with watchers (make bench reads them).
+POLLS = Counter("hpcgate_scheduler_polls_total", "Job-state polls run for watchers", ["system"])
+POLL_COMMANDS = Counter(
+    "hpcgate_scheduler_commands_total",
+    "Scheduler commands (squeue, sacct) run by the watch pollers",
+    ["system"],
+)
 
 
 @dataclass(frozen=True)
@@ -250,10 +260,12 @@ class _Poller:
         async def counted(argv: Sequence[str], *, stdin: bytes | None = None) -> Output:
             self.commands += 1
             self.hub.commands_run += 1
+            POLL_COMMANDS.labels(self.hub.system).inc()
             return await run(argv, stdin=stdin)
 
         self.polls += 1
         self.hub.polls += 1
+        POLLS.labels(self.hub.system).inc()
         return await self.hub.scheduler.snapshot(counted, self.user, named)
 
     def _publish(
