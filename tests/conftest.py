@@ -8,7 +8,9 @@ processes of a deployment do.
 from __future__ import annotations
 
 import asyncio
+import shlex
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 import uvicorn
+from firecrest.v2 import AsyncFirecrest
 
 from hpcgate.edge import create_app
 from hpcgate.server.app import Running, start
@@ -143,3 +146,35 @@ async def live(
         for system in service.running.runtime.systems.values():
             await system.health.wait_first_run()
         yield LiveService(**vars(service), issuer=issuer, system=SYSTEM)
+
+
+class StaticToken:
+    """pyfirecrest's authorization contract: any object with ``get_access_token()``."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def get_access_token(self) -> str:
+        return self._token
+
+
+@pytest.fixture
+async def client(live: LiveService) -> AsyncIterator[AsyncFirecrest]:
+    """The official pyfirecrest v2 client, unchanged, as alice against the edge."""
+    firecrest = AsyncFirecrest(live.rest_url, StaticToken(live.token("alice")))
+    try:
+        yield firecrest
+    finally:
+        await firecrest.close_session()
+
+
+@pytest.fixture
+async def remote_dir(cluster: Cluster) -> AsyncIterator[str]:
+    """A fresh directory of alice's on the cluster, removed after the test."""
+    path = f"/home/alice/test-{uuid.uuid4().hex[:12]}"
+    async with cluster.connect("alice") as conn:
+        await conn.run(shlex.join(["mkdir", "--", path]), check=True)
+        try:
+            yield path
+        finally:
+            await conn.run(shlex.join(["rm", "-rf", "--", path]), check=True)

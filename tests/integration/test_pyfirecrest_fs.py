@@ -20,30 +20,11 @@ from firecrest import FirecrestException
 from firecrest.v2 import AsyncFirecrest, Firecrest
 
 from cluster_fixture import Cluster
-from conftest import LiveService
+from conftest import LiveService, StaticToken
 
 pytestmark = pytest.mark.asyncio
 
 CONTENT = b"".join(b"line %d\n" % i for i in range(1, 31))
-
-
-class StaticToken:
-    """pyfirecrest's authorization contract: an object with get_access_token()."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def get_access_token(self) -> str:
-        return self._token
-
-
-@pytest.fixture
-async def client(live: LiveService) -> AsyncIterator[AsyncFirecrest]:
-    firecrest = AsyncFirecrest(live.rest_url, StaticToken(live.token("alice")))
-    try:
-        yield firecrest
-    finally:
-        await firecrest.close_session()
 
 
 @pytest.fixture

@@ -9,47 +9,13 @@ from __future__ import annotations
 
 import os
 import shlex
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from firecrest.v2 import AsyncFirecrest
 
 from cluster_fixture import Cluster
-from conftest import LiveService
 from localsite import SYSTEM
-
-
-class StaticToken:
-    """pyfirecrest's authorization object: anything with get_access_token()."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def get_access_token(self) -> str:
-        return self._token
-
-
-@pytest.fixture
-async def client(live: LiveService) -> AsyncIterator[AsyncFirecrest]:
-    firecrest = AsyncFirecrest(live.rest_url, StaticToken(live.token("alice")))
-    try:
-        yield firecrest
-    finally:
-        await firecrest.close_session()
-
-
-@pytest.fixture
-async def remote_dir(cluster: Cluster) -> AsyncIterator[str]:
-    """A fresh directory of alice's, removed after the test."""
-    path = f"/home/alice/pyfirecrest-{uuid.uuid4().hex[:12]}"
-    async with cluster.connect("alice") as conn:
-        await conn.run(shlex.join(["mkdir", "--", path]), check=True)
-        try:
-            yield path
-        finally:
-            await conn.run(shlex.join(["rm", "-rf", "--", path]), check=True)
 
 
 async def test_upload_and_download_below_one_mib(

@@ -22,7 +22,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from cluster_fixture import Cluster
-from conftest import LiveService
+from conftest import LiveService, StaticToken
 from hpcgate.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 JOB_NAME = "a|b c ü"
@@ -484,16 +484,6 @@ async def test_scheduler_down_is_503_through_the_health_gate(
 
 
 # -- the official client -------------------------------------------------------------
-
-
-class StaticToken:
-    """pyfirecrest's authorization object: anything with get_access_token()."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def get_access_token(self) -> str:
-        return self._token
 
 
 async def test_pyfirecrest_runs_unchanged(live: LiveService) -> None:
