@@ -206,6 +206,12 @@ class DataOperationConfig(_Model):
 
     # Largest file that the ops download/upload endpoints move, in bytes.
     max_ops_file_size: int = Field(5 * 1024**2, ge=0)
+    # Downloads of small files by one user go straight to SFTP in a burst of
+    # this many, then at this rate per second; beyond that they are gathered
+    # into one remote tar per batch (0 and 0: always batched). See
+    # hpcgate.server.filesystem.smallreads.
+    direct_read_burst: int = Field(8, ge=0)
+    direct_read_rate: float = Field(200.0, ge=0)
     # Extra scheduler directives for the transfer jobs, one line each
     # ("#SBATCH --partition=xfer"); "{account}" is replaced by the request's
     # account (a request without one is refused then).

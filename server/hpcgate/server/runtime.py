@@ -1,7 +1,8 @@
 """Everything the servicers share at run time, per configured system.
 
 A :class:`SystemRuntime` bundles one system's configuration, its SSH pool,
-its scheduler adapters, its job-watch hub and its health checker. The
+its scheduler adapters, its job-watch hub, its small-file read batcher and
+its health checker. The
 :class:`Runtime` owns them all, starts the checkers, and on shutdown ends the
 watches and closes the pools.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from hpcgate.server.config import Settings, SystemConfig
+from hpcgate.server.filesystem.smallreads import SmallReads
 from hpcgate.server.health.checker import HealthChecker, OnChange
 from hpcgate.server.health.probes import probes_for
 from hpcgate.server.scheduler.base import Output, Run
@@ -38,6 +40,8 @@ class SystemRuntime:
     jobs: SlurmJobs
     # The job pollers feeding WatchJobs, one per user.
     watch: WatchHub
+    # Small-file reads, batched per user under load.
+    reads: SmallReads
     # The S3 staging area of large transfers (None: the system has no S3).
     staging: Staging | None = None
 
@@ -103,7 +107,14 @@ class Runtime:
             )
             staging = Staging(config.name, config.s3) if config.s3 is not None else None
             self.systems[config.name.lower()] = SystemRuntime(
-                config, pool, scheduler, checker, jobs, hub, staging
+                config,
+                pool,
+                scheduler,
+                checker,
+                jobs,
+                hub,
+                SmallReads(pool, config.data_operation),
+                staging,
             )
 
     def system(self, name: str) -> SystemRuntime:
@@ -124,4 +135,5 @@ class Runtime:
         await asyncio.gather(*(s.health.stop() for s in self.systems.values()))
         await asyncio.gather(*(s.staging.close() for s in self.systems.values() if s.staging))
         await asyncio.gather(*(s.watch.close() for s in self.systems.values()))
+        await asyncio.gather(*(s.reads.close() for s in self.systems.values()))
         await self.pools.close()

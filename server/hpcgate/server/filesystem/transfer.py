@@ -25,7 +25,7 @@ import posixpath
 import secrets
 import stat
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -96,6 +96,10 @@ class Written:
     path: str
     size: int
     sha256: str
+
+
+# What a download stream yields: one header, data chunks, one trailer.
+StreamItem = StreamHeader | bytes | StreamTrailer
 
 
 def chunk_size(requested: int) -> int:
@@ -252,9 +256,21 @@ async def _windows(file: asyncssh.SFTPClientFile, offset: int, count: int) -> As
                 await pending
 
 
+def _range(info: FileInfo, path: str, offset: int, length: int | None) -> int:
+    """How many bytes a stream of ``path`` from ``offset`` sends; OUT_OF_RANGE past its end."""
+    if offset > info.size:
+        raise ServiceError(
+            grpc.StatusCode.OUT_OF_RANGE,
+            f"offset: {offset} is beyond the end of {path} ({info.size} bytes)",
+            "OFFSET_OUT_OF_RANGE",
+            fields={"offset": f"beyond the end of the file ({info.size} bytes)"},
+        )
+    return info.size - offset if length is None else min(length, info.size - offset)
+
+
 async def stream_read(
     sftp: asyncssh.SFTPClient, path: str, offset: int, length: int | None, chunk: int
-) -> AsyncIterator[StreamHeader | bytes | StreamTrailer]:
+) -> AsyncIterator[StreamItem]:
     """Stream ``length`` bytes (default: to the end) of ``path`` from ``offset``.
 
     Yields one :class:`StreamHeader`, data chunks of at most ``chunk``
@@ -263,16 +279,8 @@ async def stream_read(
     is sent as it was measured, one that shrinks ends early (the trailer's
     size says how much was sent).
     """
-    attrs = await _stat_regular(sftp, path)
-    info = _info(attrs)
-    if offset > info.size:
-        raise ServiceError(
-            grpc.StatusCode.OUT_OF_RANGE,
-            f"offset: {offset} is beyond the end of {path} ({info.size} bytes)",
-            "OFFSET_OUT_OF_RANGE",
-            fields={"offset": f"beyond the end of the file ({info.size} bytes)"},
-        )
-    count = info.size - offset if length is None else min(length, info.size - offset)
+    info = _info(await _stat_regular(sftp, path))
+    count = _range(info, path, offset, length)
     yield StreamHeader(info, offset, count)
     digest = hashlib.sha256()
     sent = 0
@@ -287,6 +295,18 @@ async def stream_read(
     except asyncssh.SFTPError as error:
         raise sftp_error(error, path) from error
     yield StreamTrailer(digest.hexdigest(), sent)
+
+
+def stream_held(
+    info: FileInfo, data: bytes, path: str, offset: int, length: int | None, chunk: int
+) -> Iterator[StreamItem]:
+    """The items of :func:`stream_read` for a file already read whole (``data``)."""
+    count = _range(info, path, offset, length)
+    yield StreamHeader(info, offset, count)
+    sent = data[offset : offset + count]
+    for start in range(0, len(sent), chunk):
+        yield sent[start : start + chunk]
+    yield StreamTrailer(hashlib.sha256(sent).hexdigest(), len(sent))
 
 
 async def stream_write(

@@ -80,6 +80,20 @@ def _begin(runtime: Runtime, system_name: str, context: Context) -> Call:
     return begin(runtime, system_name, context, "ssh", "filesystem")
 
 
+async def _stream_items(
+    call: Call, path: str, offset: int, length: int | None, chunk: int
+) -> AsyncIterator[transfer.StreamItem]:
+    """A DownloadStream's items: from a read batch if one brought the file, else over SFTP."""
+    async with call.system.reads.claim(call.user, path, call.deadline) as held:
+        if held is not None:
+            for item in transfer.stream_held(held.info, held.data, path, offset, length, chunk):
+                yield item
+            return
+        async with call.system.pool.sftp(call.user, call.deadline) as sftp:
+            async for item in transfer.stream_read(sftp, path, offset, length, chunk):
+                yield item
+
+
 class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
     """Download, Upload, DownloadStream, UploadStream and BulkDownload."""
 
@@ -94,8 +108,11 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         config = call.system.config
         path = check_path(config, "path", request.path)
         limit = config.data_operation.max_ops_file_size
-        async with call.system.pool.sftp(call.user, call.deadline) as sftp:
-            data = await transfer.read_small(sftp, path, limit)
+        async with call.system.reads.claim(call.user, path, call.deadline) as held:
+            if held is not None:
+                return httpbody_pb2.HttpBody(content_type=OCTET_STREAM, data=held.data)
+            async with call.system.pool.sftp(call.user, call.deadline) as sftp:
+                data = await transfer.read_small(sftp, path, limit)
         return httpbody_pb2.HttpBody(content_type=OCTET_STREAM, data=data)
 
     async def Upload(
@@ -124,24 +141,21 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         if length is not None and length < 0:
             raise invalid_argument("length", "must not be negative")
         chunk = transfer.chunk_size(request.chunk_size)
-        async with call.system.pool.sftp(call.user, call.deadline) as sftp:
-            async for item in transfer.stream_read(sftp, path, request.offset, length, chunk):
-                if isinstance(item, bytes):
-                    yield filesystem_pb2.DownloadStreamResponse(chunk=item)
-                elif isinstance(item, transfer.StreamHeader):
-                    header = filesystem_pb2.DownloadStreamHeader(
-                        size=item.info.size,
-                        mode=item.info.mode,
-                        mtime=_timestamp(item.info.mtime),
-                        offset=item.offset,
-                        length=item.length,
-                    )
-                    yield filesystem_pb2.DownloadStreamResponse(header=header)
-                else:
-                    trailer = filesystem_pb2.DownloadStreamTrailer(
-                        sha256=item.sha256, size=item.size
-                    )
-                    yield filesystem_pb2.DownloadStreamResponse(trailer=trailer)
+        async for item in _stream_items(call, path, request.offset, length, chunk):
+            if isinstance(item, bytes):
+                yield filesystem_pb2.DownloadStreamResponse(chunk=item)
+            elif isinstance(item, transfer.StreamHeader):
+                header = filesystem_pb2.DownloadStreamHeader(
+                    size=item.info.size,
+                    mode=item.info.mode,
+                    mtime=_timestamp(item.info.mtime),
+                    offset=item.offset,
+                    length=item.length,
+                )
+                yield filesystem_pb2.DownloadStreamResponse(header=header)
+            else:
+                trailer = filesystem_pb2.DownloadStreamTrailer(sha256=item.sha256, size=item.size)
+                yield filesystem_pb2.DownloadStreamResponse(trailer=trailer)
 
     async def UploadStream(
         self,
