@@ -133,10 +133,10 @@ async def test_batched_downloads_answer_exactly_as_direct_ones(
 
     # All at once, three times over, so that the batches hold many files.
     batched = await asyncio.gather(*(_download(batching, p) for p in paths * 3))
-    direct = [await _download(direct, p) for p in paths]
+    reference = [await _download(direct, p) for p in paths]
 
-    assert batched == direct * 3
-    outcomes = dict(zip(paths, direct, strict=True))
+    assert batched == reference * 3
+    outcomes = dict(zip(paths, reference, strict=True))
     for path, data in contents.items():
         if path.endswith(("/secret", "/too-big")):
             continue
@@ -167,8 +167,8 @@ async def test_batched_stream_ranges_match_direct_ones(
         await file.write(data)
     ranges = [(0, None), (100, 1000), (5000, None), (len(data), None), (len(data) + 1, None)]
     batched = await asyncio.gather(*(_stream(batching, path, o, n) for o, n in ranges))
-    direct = [await _stream(direct, path, o, n) for o, n in ranges]
-    assert batched == direct
+    reference = [await _stream(direct, path, o, n) for o, n in ranges]
+    assert batched == reference
     assert batched[1][1] == data[100:1100]
     assert batched[-1][0] == "OUT_OF_RANGE"
 
