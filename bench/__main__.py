@@ -25,6 +25,7 @@ import httpx
 
 from bench import ROOT
 from bench.context import Context, Scenario
+from bench.httpclients import ClientPerConnection
 from bench.measure import Plan, describe
 from bench.model import Figure, Status, fill_ratios
 from bench.procfs import machine
@@ -85,8 +86,9 @@ async def _run(
                 httpx.AsyncClient(
                     base_url=stack.rest_url, headers=stack.headers(), timeout=plan.timeout
                 ) as http,
+                ClientPerConnection(stack.rest_url, stack.headers(), plan.timeout) as rest,
             ):
-                ctx = Context(stack, plan, dataset, ssh, channel, http, sizes)
+                ctx = Context(stack, plan, dataset, ssh, channel, http, rest, sizes)
                 figures = [await memory.server_rss(ctx, "idle")]
                 for name in selected:
                     figures += await _guarded(name, SCENARIOS[name], ctx, notes)

@@ -2,7 +2,8 @@
 
 Clients are shared across scenarios on purpose: a workflow engine keeps one
 gRPC channel and one HTTP client, and a benchmark that opened a new one per
-figure would measure connection set-up instead of the service.
+figure would measure connection set-up instead of the service. Many REST
+requests at once go through :class:`ClientPerConnection` (see there why).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import grpc
 import httpx
 
+from bench.httpclients import ClientPerConnection
 from bench.measure import Plan
 from bench.model import Figure
 from bench.remote import Dataset, Link
@@ -29,6 +31,7 @@ class Context:
     ssh: Link  # one connection as alice: the raw floors
     channel: grpc.aio.Channel  # to the server, authenticated per call
     http: httpx.AsyncClient  # to the edge, with alice's token
+    rest: ClientPerConnection  # to the edge, with alice's token: many requests at once
     sizes: tuple[int, ...]  # file counts of the small-files scenario
 
     @property

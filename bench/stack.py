@@ -44,6 +44,7 @@ class Stack:
     rest_url: str
     metrics_url: str
     echo_target: str
+    http_floor_url: str  # the trivial HTTP server beside the echo (bench/echo.py)
     pids: dict[str, int]  # "server", "edge", "echo"
     system: str = SYSTEM
     _tokens: dict[str, str] = field(default_factory=dict, repr=False)
@@ -91,9 +92,9 @@ def _cluster_info() -> dict[str, Any]:
     return info
 
 
-def _spawn_echo(port: int) -> int:
-    """Start the echo floor (bench/echo.py) in its own session, like the server."""
-    argv = [sys.executable, "-m", "bench.echo", "--port", str(port)]
+def _spawn_echo(port: int, http_port: int) -> int:
+    """Start the floors (bench/echo.py) in their own session, like the server."""
+    argv = [sys.executable, "-m", "bench.echo", "--port", str(port), "--http-port", str(http_port)]
     with (RUN_DIR / "echo.log").open("ab") as log:
         process = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
@@ -127,8 +128,12 @@ async def started() -> AsyncIterator[Stack]:
         devrun.stop_processes(json.loads(pids_file.read_text()))
     issuer, config_path, config = devrun.write_config(cluster, RUN_DIR)
     processes = devrun.spawn_service(config_path, RUN_DIR)
-    echo_port = devrun.free_port()
-    processes["echo"] = {"pid": _spawn_echo(echo_port), "address": f"127.0.0.1:{echo_port}"}
+    echo_port, http_port = devrun.free_port(), devrun.free_port()
+    processes["echo"] = {
+        "pid": _spawn_echo(echo_port, http_port),
+        "address": f"127.0.0.1:{echo_port}",
+        "http": f"http://127.0.0.1:{http_port}",
+    }
     pids_file.write_text(json.dumps(processes, indent=2))
     try:
         rest = processes["edge"]["address"]
@@ -138,6 +143,10 @@ async def started() -> AsyncIterator[Stack]:
         server_log = str(RUN_DIR / "server.log")
         await _wait_grpc_health(processes["server"]["address"], SYSTEM, server_log)
         await _wait_grpc_health(processes["echo"]["address"], "", str(RUN_DIR / "echo.log"))
+        http_floor = processes["echo"]["http"]
+        await asyncio.to_thread(
+            devrun.wait_http, f"{http_floor}/bytes?size=1", READY_TIMEOUT, RUN_DIR / "echo.log"
+        )
         yield Stack(
             cluster=cluster,
             config=config,
@@ -146,6 +155,7 @@ async def started() -> AsyncIterator[Stack]:
             rest_url=rest,
             metrics_url=f"http://{config['server']['metrics_listen']}/metrics",
             echo_target=processes["echo"]["address"],
+            http_floor_url=http_floor,
             pids={name: entry["pid"] for name, entry in processes.items()},
         )
     finally:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bench.model import Figure, Status
+from bench.scenarios.small_files import REST
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ TARGETS = (
     Target(
         "1,000 files over REST: <= 2x SFTP floor",
         "small_files",
-        "REST download (httpx)",
+        REST,
         {"n": 1000},
         "ratio",
         "<=",

@@ -22,14 +22,17 @@ import asyncssh
 import httpx
 
 from bench.context import Context
+from bench.httpclients import CONNECTIONS, ClientPerConnection
 from bench.measure import Stopwatch, check_http, measure, unimplemented_is_not_available
 from bench.model import Figure, WrongBytesError
-from bench.remote import output, small_name, verify
+from bench.remote import SMALL_SIZE, output, small_name, verify
 from bench.stack import Metadata
 from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
 
 SCENARIO = "small_files"
 BASELINE = "SFTP floor"
+REST = f"REST download (httpx, {CONNECTIONS} clients x 1 connection)"
+HTTP_FLOOR = f"REST client floor (httpx, {CONNECTIONS} clients, trivial HTTP server)"
 Fetch = Callable[[list[str]], Awaitable[list[bytes]]]
 
 
@@ -151,6 +154,20 @@ async def _rest(http: httpx.AsyncClient, system: str, path: str) -> bytes:
     return response.content
 
 
+async def _rest_floor(ctx: Context, paths: list[str]) -> float:
+    """The REST client's own cost: the same requests to a server that just answers 1 KB."""
+    size = SMALL_SIZE
+    async with ClientPerConnection(ctx.stack.http_floor_url, {}, ctx.plan.timeout) as floor:
+        watch = Stopwatch()
+        responses = await floor.get_all("/bytes", [{"size": str(size)}] * len(paths))
+        elapsed = watch.elapsed()
+    for response in responses:
+        check_http(response)
+        if len(response.content) != size:
+            raise WrongBytesError(f"HTTP floor: {len(response.content)} bytes, not {size}")
+    return elapsed
+
+
 def _fetchers(ctx: Context) -> dict[str, Fetch]:
     """The ways of fetching files through hpcgate, by figure name."""
     stub = filesystem_pb2_grpc.FilesystemStub(ctx.channel)
@@ -166,6 +183,13 @@ def _fetchers(ctx: Context) -> dict[str, Fetch]:
         return [reply.data for reply in await asyncio.gather(*calls)]
 
     async def rest(paths: list[str]) -> list[bytes]:
+        url = f"/filesystem/{system}/ops/download"
+        responses = await ctx.rest.get_all(url, [{"path": path} for path in paths])
+        for response in responses:
+            check_http(response)
+        return [response.content for response in responses]
+
+    async def rest_one_client(paths: list[str]) -> list[bytes]:
         return list(await asyncio.gather(*(_rest(ctx.http, system, path) for path in paths)))
 
     async def bulk(paths: list[str]) -> list[bytes]:
@@ -174,7 +198,8 @@ def _fetchers(ctx: Context) -> dict[str, Fetch]:
     return {
         "gRPC DownloadStream (1 RPC/file)": stream,
         "gRPC Download (1 RPC/file)": unary,
-        "REST download (httpx)": rest,
+        REST: rest,
+        "REST download (httpx, one client)": rest_one_client,
         "gRPC BulkDownload (1 call)": bulk,
     }
 
@@ -217,7 +242,8 @@ async def _floors(ctx: Context, count: int) -> list[Figure]:
         return elapsed
 
     tar_figure = await measure(figure("tar floor (1 stream)"), ctx.plan, tar_once)
-    return [sftp_figure, cat_figure, tar_figure]
+    http_figure = await measure(figure(HTTP_FLOOR), ctx.plan, lambda: _rest_floor(ctx, paths))
+    return [sftp_figure, cat_figure, tar_figure, http_figure]
 
 
 async def run(ctx: Context) -> list[Figure]:

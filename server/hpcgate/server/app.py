@@ -20,11 +20,11 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from hpcgate.server.auth.interceptor import AuthInterceptor
+from hpcgate.server.auth.interceptor import Authentication
 from hpcgate.server.config import Settings
 from hpcgate.server.health.checker import OnChange
-from hpcgate.server.interceptors import ServiceErrorInterceptor
-from hpcgate.server.observability import ObservabilityInterceptor
+from hpcgate.server.interceptors import Concern, ConcernsInterceptor
+from hpcgate.server.observability import Observability, access_log
 from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.filesystem import FilesystemServicer
 from hpcgate.server.servicers.scheduler import SchedulerServicer
@@ -72,6 +72,7 @@ class Running:
         """Drain and stop: NOT_SERVING first, then in-flight RPCs, then the pools."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.server.shutdown_grace if grace is None else grace)
+        access_log.flush()
         await self.runtime.close()
         if self.metrics is not None:
             self.metrics.shutdown()
@@ -91,16 +92,16 @@ def _health_updater(servicer: health_aio.HealthServicer) -> OnChange:
 
 
 def build_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:  # type: ignore[type-arg]
-    """The interceptor chain, outermost first.
+    """The server's interceptor: observability, then authentication, then error mapping.
 
-    Authentication comes first so that nothing runs for an unauthenticated
-    call; without an ``auth`` section (tests, skeleton) there is none.
+    Authentication comes before the handler so that nothing runs for an
+    unauthenticated call; without an ``auth`` section (tests, skeleton) there
+    is none.
     """
-    chain: list[grpc.aio.ServerInterceptor] = [ObservabilityInterceptor()]  # type: ignore[type-arg]
+    concerns: list[Concern] = [Observability()]
     if settings.auth is not None:
-        chain.append(AuthInterceptor.from_config(settings.auth))
-    chain.append(ServiceErrorInterceptor())
-    return chain
+        concerns.append(Authentication.from_config(settings.auth))
+    return [ConcernsInterceptor(concerns)]
 
 
 def _message_limits(settings: Settings) -> list[tuple[str, int]]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from hpcgate.server.auth.tokens import Identity, TokenValidator, refusal
 from hpcgate.server.config import AuthConfig
 from hpcgate.server.errors import ServiceError, abort
-from hpcgate.server.interceptors import Around, Context, Streaming, Unary, WrappingInterceptor
+from hpcgate.server.interceptors import Around, Context
 from hpcgate.server.observability import current_request
 
 log = logging.getLogger(__name__)
@@ -82,36 +81,29 @@ class _Authenticate(Around):
             request.user = identity.username
         return identity
 
-    async def unary(self, call: Unary, request: Any, context: Context) -> Any:
-        token = _identity.set(await self._identify(context))
-        try:
-            return await call(request, context)
-        finally:
-            _identity.reset(token)
+    async def enter(self, context: Context) -> Token[Identity | None]:
+        return _identity.set(await self._identify(context))
 
-    async def streaming(
-        self, call: Streaming, request: Any, context: Context
-    ) -> AsyncIterator[Any]:
-        token = _identity.set(await self._identify(context))
-        try:
-            async for reply in call(request, context):
-                yield reply
-        finally:
-            # A generator finalised from another context (garbage collection)
-            # cannot reset; that context never saw the identity anyway.
-            with contextlib.suppress(ValueError):
-                _identity.reset(token)
+    def exit(
+        self, state: Token[Identity | None], error: BaseException | None, context: Context
+    ) -> None:
+        # A stream finalised from another context (garbage collection) cannot
+        # reset; that context never saw the identity anyway.
+        with contextlib.suppress(ValueError):
+            _identity.reset(state)
 
 
-class AuthInterceptor(WrappingInterceptor):
-    """Refuses calls without a valid token (UNAUTHENTICATED with the reason)."""
+class Authentication:
+    """Refuses calls without a valid token (UNAUTHENTICATED with the reason).
+
+    A concern of the server's interceptor; public methods are left alone.
+    """
 
     def __init__(self, validator: TokenValidator) -> None:
-        super().__init__()
         self._validator = validator
 
     @classmethod
-    def from_config(cls, auth: AuthConfig) -> AuthInterceptor:
+    def from_config(cls, auth: AuthConfig) -> Authentication:
         return cls(TokenValidator(auth))
 
     def around(self, method: str) -> Around | None:
