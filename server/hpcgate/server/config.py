@@ -210,8 +210,8 @@ class DataOperationConfig(_Model):
     # this many, then at this rate per second; beyond that they are gathered
     # into one remote tar per batch (0 and 0: always batched). See
     # hpcgate.server.filesystem.smallreads.
-    direct_read_burst: int = Field(8, ge=0)
-    direct_read_rate: float = Field(200.0, ge=0)
+    direct_read_burst: int = Field(16, ge=0)
+    direct_read_rate: float = Field(50.0, ge=0)
     # Extra scheduler directives for the transfer jobs, one line each
     # ("#SBATCH --partition=xfer"); "{account}" is replaced by the request's
     # account (a request without one is refused then).

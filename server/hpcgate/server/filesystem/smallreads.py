@@ -59,7 +59,13 @@ from hpcgate.server.ssh.pool import CommandResult, SSHPool
 log = logging.getLogger(__name__)
 
 # Batches of one user running at once.
-MAX_BATCHES = 2
+MAX_BATCHES = 1
+# A batch starts as soon as this many reads are queued, else after
+# GATHER_TIME seconds: every batch costs the cluster a few processes
+# (sshd's session, the shell, timeout, find, tar), so a few milliseconds of
+# waiting that turn ten batches into two save more than they cost.
+FULL_ENOUGH = 64
+GATHER_TIME = 0.002
 # Most files in one batch, and most bytes of their paths (the command line).
 MAX_BATCH_FILES = 256
 MAX_BATCH_PATH_BYTES = 64 * 1024
@@ -117,18 +123,25 @@ class _UserReads:
     queue: Waiters = field(default_factory=dict)
     flush_scheduled: bool = False
 
-    def take_direct(self) -> bool:
-        """Whether a read may go straight to SFTP now (and if so, spend its token)."""
+    def _refill(self) -> None:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
         self.refilled = now
+
+    def take_direct(self) -> bool:
+        """Whether a read may go straight to SFTP now (and if so, spend its token)."""
+        self._refill()
         if self.queue or self.tokens < 1:
             return False
         self.tokens -= 1
         return True
 
-    def idle(self) -> bool:
-        return not (self.direct or self.batches or self.queue or self.flush_scheduled)
+    def forgettable(self) -> bool:
+        """Nothing in flight and the bucket full again: a fresh state would be the same."""
+        if self.direct or self.batches or self.queue or self.flush_scheduled:
+            return False
+        self._refill()
+        return self.tokens >= self.burst
 
 
 class SmallReads:
@@ -159,6 +172,7 @@ class SmallReads:
         """
         state = self._users.get(user)
         if state is None:
+            self._sweep()
             state = self._users[user] = _UserReads(self._burst, self._rate, self._burst)
         held: HeldFile | None = None
         try:
@@ -202,10 +216,15 @@ class SmallReads:
             ) from None
 
     def _schedule_flush(self, user: str, state: _UserReads) -> None:
-        """Start a batch once this turn of the event loop has queued what it will."""
+        """Start a batch soon: at the next turn of the event loop if enough reads
+        are queued, else after :data:`GATHER_TIME` so that more can join."""
         if not state.flush_scheduled and state.batches < MAX_BATCHES:
             state.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush, user, state)
+            loop = asyncio.get_running_loop()
+            if len(state.queue) >= FULL_ENOUGH:
+                loop.call_soon(self._flush, user, state)
+            else:
+                loop.call_later(GATHER_TIME, self._flush, user, state)
 
     def _flush(self, user: str, state: _UserReads) -> None:
         state.flush_scheduled = False
@@ -250,8 +269,15 @@ class SmallReads:
             self._forget_if_idle(user, state)
 
     def _forget_if_idle(self, user: str, state: _UserReads) -> None:
-        if state.idle() and self._users.get(user) is state:
+        if state.forgettable() and self._users.get(user) is state:
             del self._users[user]
+
+    def _sweep(self) -> None:
+        """Drop the states of users who have gone quiet (a user's state outlives their
+        reads until its bucket is full again, so that a busy user's pauses do not
+        hand out a fresh burst)."""
+        for user, state in list(self._users.items()):
+            self._forget_if_idle(user, state)
 
 
 def trusted(result: CommandResult) -> bool:
