@@ -175,8 +175,8 @@ async def test_batched_stream_ranges_match_direct_ones(
 
 def test_only_diagnostics_about_absent_files_are_trusted() -> None:
     absent = (
-        b"find: '/home/alice/missing': No such file or directory\n"
         b'tar: "/home/alice/secret": Cannot open: Permission denied\n'
+        b'tar: "/home/alice/gone": Cannot stat: No such file or directory\n'
         b"tar: Exiting with failure status due to previous errors\n"
     )
     assert smallreads.trusted(CommandResult(0, b"", b""))
@@ -189,3 +189,5 @@ def test_only_diagnostics_about_absent_files_are_trusted() -> None:
         assert not smallreads.trusted(CommandResult(1, b"", bad))
         assert not smallreads.trusted(CommandResult(2, b"", absent + bad))
     assert not smallreads.trusted(CommandResult(124, b"", b""))
+    # Two writers' lines interleaved on one pipe are not understood, so not trusted.
+    assert not smallreads.trusted(CommandResult(2, b"", b"find: tar: " + absent))
