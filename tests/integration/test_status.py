@@ -142,3 +142,15 @@ async def test_required_claims_gate_the_system(
         assert allowed.status_code == 200, allowed.text
         assert denied.status_code == 403
         assert denied.json()["data"]["reason"] == "SYSTEM_ACCESS_DENIED"
+
+
+async def test_a_burst_of_calls_beyond_grpcs_pending_default_all_succeed(live: LiveService) -> None:
+    """3,000 calls at once on one channel: gRPC's default would cancel hundreds of them."""
+    stub = status_pb2_grpc.StatusStub(live.channel)
+    metadata = live.metadata("alice")
+    request = status_pb2.ListSystemsRequest()
+    calls = (stub.ListSystems(request, metadata=metadata) for _ in range(3000))
+    replies = await asyncio.gather(*calls, return_exceptions=True)
+    failures = [reply for reply in replies if isinstance(reply, BaseException)]
+    assert failures == []
+    assert all(isinstance(reply, status_pb2.ListSystemsResponse) for reply in replies)

@@ -104,17 +104,25 @@ def build_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]: 
     return [ConcernsInterceptor(concerns)]
 
 
-def _message_limits(settings: Settings) -> list[tuple[str, int]]:
-    """Room for the largest small upload/download (maxOpsFileSize) in one message."""
+def _channel_options(settings: Settings) -> list[tuple[str, int]]:
+    """Message size limits: room for the largest small upload/download
+    (maxOpsFileSize) in one message. Pending calls: ``server.max_pending_rpcs``
+    (gRPC cancels calls at random beyond its soft limit, all beyond the hard one)."""
     largest = max(s.data_operation.max_ops_file_size for s in settings.systems)
     limit = max(4 * 1024 * 1024, largest + 1024 * 1024)
-    return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    pending = settings.server.max_pending_rpcs
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.server.max_pending_requests", pending),
+        ("grpc.server.max_pending_requests_hard_limit", pending),
+    ]
 
 
 async def start(settings: Settings, listen: str | None = None) -> Running:
     """Build the server for ``settings`` and start it on ``listen`` (host:port)."""
     server = grpc.aio.server(
-        interceptors=build_interceptors(settings), options=_message_limits(settings)
+        interceptors=build_interceptors(settings), options=_channel_options(settings)
     )
     health_servicer = health_aio.HealthServicer()
     runtime = Runtime(settings, on_health_change=_health_updater(health_servicer))

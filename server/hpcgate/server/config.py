@@ -306,6 +306,10 @@ class ServerConfig(_Model):
     metrics_listen: str | None = "127.0.0.1:9464"
     # Seconds that in-flight RPCs get to finish on shutdown.
     shutdown_grace: float = Field(10.0, ge=0)
+    # Calls received but not yet handed to a handler, beyond which gRPC
+    # refuses new ones (CANCELLED). gRPC's own default, 1,000, already
+    # cancels some calls of one client that starts 1,500 downloads at once.
+    max_pending_rpcs: int = Field(20_000, ge=1)
 
 
 class Settings(_Model):
