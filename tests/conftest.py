@@ -11,7 +11,7 @@ import asyncio
 import shlex
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 import uvicorn
+import uvloop
 from firecrest.v2 import AsyncFirecrest
 
 from hpcgate.edge import create_app
@@ -58,6 +59,13 @@ SKELETON_CONFIG: dict[str, Any] = {
         },
     ]
 }
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """uvloop, as ``hpcgate-server`` and ``hpcgate-edge`` run: the tests exercise that loop."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @dataclass

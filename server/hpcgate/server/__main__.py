@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
+
+import uvloop
 
 from hpcgate.server.app import serve
 from hpcgate.server.config import ConfigError, load_config
@@ -24,7 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as error:
         print(f"hpcgate-server: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    asyncio.run(serve(settings, args.listen))
+    # uvloop: the same asyncio API on libuv. grpc.aio runs on any asyncio
+    # loop; on this one a call costs ~10 % less CPU (make bench).
+    uvloop.run(serve(settings, args.listen))
 
 
 if __name__ == "__main__":

@@ -775,6 +775,16 @@ class SSHPool:
             if mapped is None:
                 raise
             raise mapped from error
+        except Exception as error:
+            # asyncssh may fail in odd ways (an AssertionError in its channel
+            # set-up) when the connection closes under a channel being opened;
+            # with the connection gone, that is a lost connection.
+            lost = None
+            if conn.conn.is_closed():
+                lost = self._in_flight_error(pool, conn, ConnectionError(str(error)))
+            if lost is None:
+                raise
+            raise lost from error
         finally:
             pool.release(conn, kind)
 
