@@ -90,8 +90,8 @@ class AccessLog:
     Why not a ``logging.Logger``: py-spy on a server answering ListSystems put
     a quarter of its Python time in ``Logger.info`` for the access line
     (LogRecord, handler lock, formatter, and a write and flush per line). Here
-    a line costs one ``json.dumps``, and the lines of one loop turn go out in
-    one write. The lines keep the shape of the other log lines (time, level,
+    a call queues a tuple; the lines of one loop turn are formatted and go
+    out in one write. The lines keep the shape of the other log lines (time, level,
     logger, message, fields), and the ``hpcgate.access`` logger's level still
     switches them off.
     """
@@ -99,22 +99,22 @@ class AccessLog:
     def __init__(self, stream: TextIO | None = None) -> None:
         """``stream``: where lines go; default the current ``sys.stderr``, as the other logs."""
         self._stream = stream
-        self._lines: list[str] = []
+        self._pending: list[tuple[float, str, dict[str, Any]]] = []
         self._scheduled = False
         self._logger = logging.getLogger(ACCESS_LOGGER)
+        # One encoder for all lines: json.dumps(default=...) builds one per call.
+        self._encode = json.JSONEncoder(default=str).encode
+        self._second = -1
+        self._stamp = ""
 
     def write(self, message: str, **fields: Any) -> None:
-        """Queue one line; it is written when the event loop next turns (at once outside one)."""
+        """Queue one line; it is written when the event loop next turns (at once outside one).
+
+        Formatting waits for the write too, so that a call only pays for a tuple.
+        """
         if not self._logger.isEnabledFor(logging.INFO):
             return
-        entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "level": "INFO",
-            "logger": ACCESS_LOGGER,
-            "message": message,
-            **fields,
-        }
-        self._lines.append(json.dumps(entry, default=str))
+        self._pending.append((time.time(), message, fields))
         if self._scheduled:
             return
         try:
@@ -123,12 +123,33 @@ class AccessLog:
         except RuntimeError:
             self.flush()
 
+    def _time(self, when: float) -> str:
+        """The other log lines' time format, computed once per second."""
+        second = int(when)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(second))
+        return self._stamp
+
     def flush(self) -> None:
         """Write the queued lines now."""
         self._scheduled = False
-        if not self._lines:
+        if not self._pending:
             return
-        lines, self._lines = self._lines, []
+        pending, self._pending = self._pending, []
+        encode = self._encode
+        lines = [
+            encode(
+                {
+                    "time": self._time(when),
+                    "level": "INFO",
+                    "logger": ACCESS_LOGGER,
+                    "message": message,
+                    **fields,
+                }
+            )
+            for when, message, fields in pending
+        ]
         stream = self._stream or sys.stderr
         stream.write("\n".join(lines) + "\n")
         stream.flush()
