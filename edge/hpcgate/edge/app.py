@@ -8,8 +8,9 @@ request id travel as gRPC metadata.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
-import uuid
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,10 @@ from hpcgate.edge.openapi import openapi_document
 from hpcgate.edge.transcode import MAX_FORM_BODY, BadRequestError, build_request
 
 _FORWARDED_HEADERS = ("authorization",)
+# Request ids of requests without x-request-id: a per-process random prefix
+# and a counter (uuid4 per request showed in the edge's profile).
+_ID_PREFIX = os.urandom(6).hex()
+_ids = itertools.count(1)
 NDJSON = "application/x-ndjson"
 # Small downloads and uploads travel in one message; the server enforces the
 # real size limit (maxOpsFileSize), so the channel must not cut them at 4 MiB.
@@ -64,7 +69,7 @@ class Edge:
 
     def _metadata(self, request: Request) -> list[tuple[str, str]]:
         metadata = [(h, request.headers[h]) for h in _FORWARDED_HEADERS if h in request.headers]
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = request.headers.get("x-request-id") or f"{_ID_PREFIX}-{next(_ids)}"
         metadata.append(("x-request-id", request_id))
         return metadata
 
