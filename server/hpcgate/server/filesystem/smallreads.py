@@ -54,7 +54,7 @@ from hpcgate.server.config import DataOperationConfig
 from hpcgate.server.errors import ServiceError
 from hpcgate.server.filesystem.bulk import TAR_ARGV
 from hpcgate.server.filesystem.transfer import FileInfo
-from hpcgate.server.ssh.pool import CommandResult, SSHPool
+from hpcgate.server.ssh.pool import CommandResult, SSHPool, deadline_after
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ MAX_BATCH_PATH_BYTES = 64 * 1024
 # Largest file a batch carries: a batch holds at most
 # MAX_BATCH_FILES * MAX_FILE bytes (16 MiB) in memory.
 MAX_FILE = 64 * 1024
-# Remote time limit of one batch, in seconds.
+# Time limit of one batch (waiting for a channel, then running), in seconds.
 BATCH_TIME_LIMIT = 30.0
 
 # "$1" is the size bound find takes (strictly less than, in bytes); the rest
@@ -254,7 +254,9 @@ class SmallReads:
             result = await self._pool.run(
                 user,
                 ["sh", "-c", _SCRIPT, "sh", str(self._bound), *batch],
-                timeout=BATCH_TIME_LIMIT,
+                # Bounded in the pool's queue too: a batch that finds no free
+                # channel in time gives way, and its reads go to SFTP.
+                deadline=deadline_after(BATCH_TIME_LIMIT),
             )
             files = _archived(result, self._bound)
         except Exception as error:  # every waiter falls back and meets its own error
