@@ -175,7 +175,6 @@ class SmallReads:
         if state is None:
             self._sweep()
             state = self._users[user] = _UserReads(self._burst, self._rate, self._burst)
-        held: HeldFile | None = None
         try:
             if not state.take_direct():
                 held = await self._queued(user, state, path, deadline)
