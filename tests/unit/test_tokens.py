@@ -119,6 +119,16 @@ async def test_valid_token_gives_identity() -> None:
         identity.claims["groups"] = []  # type: ignore[index]
 
 
+async def test_cached_knows_only_tokens_already_verified() -> None:
+    validator = make_validator(FakeFetch(ISSUER))
+    token = ISSUER.token("alice")
+    assert validator.cached(token) is None  # never seen: the caller must await validate()
+    await validator.validate(token)
+    identity = validator.cached(token)
+    assert identity is not None and identity.username == "alice"
+    assert validator.cached(ISSUER.token("bob")) is None
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 async def test_each_bad_token_has_its_reason(case: BadToken) -> None:
     validator = make_validator(FakeFetch(ISSUER))

@@ -88,51 +88,48 @@ def _as_async_stream(behavior: Callable[..., Any]) -> Streaming:
     return run
 
 
-class _Hooks:
-    """The concerns' hooks of one method, in order, and the error mapping innermost."""
+async def _fail(error: Exception, context: Context) -> NoReturn:
+    """Turn what the handler raised into its status (an abort passes as it is)."""
+    if isinstance(error, grpc.aio.AbortError):
+        raise error
+    await abort(context, _as_service_error(error))
 
-    def __init__(self, arounds: Sequence[Around]) -> None:
-        self.arounds = arounds
 
-    async def enter(self, context: Context, entered: list[tuple[Around, Any]]) -> None:
-        for around in self.arounds:
-            entered.append((around, await around.enter(context)))
-
-    @staticmethod
-    async def fail(error: Exception, context: Context) -> NoReturn:
-        """Turn what the handler raised into its status (an abort passes as it is)."""
-        if isinstance(error, grpc.aio.AbortError):
-            raise error
-        await abort(context, _as_service_error(error))
-
-    @staticmethod
-    def exit(
-        entered: list[tuple[Around, Any]], error: BaseException | None, context: Context
-    ) -> None:
-        for around, state in reversed(entered):
-            around.exit(state, error, context)
+def _exit(
+    arounds: Sequence[Around], states: list[Any], error: BaseException | None, context: Context
+) -> None:
+    """The exit hooks of the concerns that entered, innermost first."""
+    for index in range(len(states) - 1, -1, -1):
+        arounds[index].exit(states[index], error, context)
 
 
 def wrap_handler(handler: Handler, arounds: Sequence[Around]) -> Handler:
-    """``handler`` run inside ``arounds``' hooks, any exception turned into a rich status."""
-    hooks = _Hooks(arounds)
+    """``handler`` run inside ``arounds``' hooks, any exception turned into a rich status.
+
+    The hooks are awaited right here, not through a helper coroutine: this
+    wrapper runs on every call, and py-spy on the server at concurrency 64
+    showed each layer of Python per call costing several times what it
+    costs in a tight loop (cold caches between calls).
+    """
+    arounds = tuple(arounds)
     if handler.unary_unary or handler.stream_unary:
         inner = _as_async_unary(cast(Any, handler.unary_unary or handler.stream_unary))
 
         async def unary(request: Any, context: Context) -> Any:
-            entered: list[tuple[Around, Any]] = []
+            states: list[Any] = []
             error: BaseException | None = None
             try:
-                await hooks.enter(context, entered)
+                for around in arounds:
+                    states.append(await around.enter(context))
                 return await inner(request, context)
             except Exception as raised:
                 error = raised
-                await hooks.fail(raised, context)
+                await _fail(raised, context)
             except BaseException as raised:  # cancellation
                 error = raised
                 raise
             finally:
-                hooks.exit(entered, error, context)
+                _exit(arounds, states, error, context)
 
         make = (
             grpc.unary_unary_rpc_method_handler
@@ -144,20 +141,21 @@ def wrap_handler(handler: Handler, arounds: Sequence[Around]) -> Handler:
     inner_stream = _as_async_stream(cast(Any, handler.unary_stream or handler.stream_stream))
 
     async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
-        entered: list[tuple[Around, Any]] = []
+        states: list[Any] = []
         error: BaseException | None = None
         try:
-            await hooks.enter(context, entered)
+            for around in arounds:
+                states.append(await around.enter(context))
             async for reply in inner_stream(request, context):
                 yield reply
         except Exception as raised:
             error = raised
-            await hooks.fail(raised, context)
+            await _fail(raised, context)
         except BaseException as raised:  # cancellation, or the generator closed early
             error = raised
             raise
         finally:
-            hooks.exit(entered, error, context)
+            _exit(arounds, states, error, context)
 
     make = (
         grpc.unary_stream_rpc_method_handler

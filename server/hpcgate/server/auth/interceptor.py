@@ -70,19 +70,18 @@ class _Authenticate(Around):
         self._validator = validator
         self._method = method
 
-    async def _identify(self, context: Context) -> Identity:
+    async def enter(self, context: Context) -> Token[Identity | None]:
+        validator = self._validator
         try:
-            identity = await self._validator.validate(bearer_token(context.invocation_metadata()))
+            token = bearer_token(context.invocation_metadata())
+            identity = validator.cached(token) or await validator.validate(token)
         except ServiceError as error:
             log.info("refused %s: %s (%s)", self._method, error.reason, error.message)
             await abort(context, error)
         request = current_request()
         if request is not None:  # the access log names the user
             request.user = identity.username
-        return identity
-
-    async def enter(self, context: Context) -> Token[Identity | None]:
-        return _identity.set(await self._identify(context))
+        return _identity.set(identity)
 
     def exit(
         self, state: Token[Identity | None], error: BaseException | None, context: Context
