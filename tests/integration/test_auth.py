@@ -26,7 +26,7 @@ from hpcgate.server.auth.interceptor import Authentication, current_identity
 from hpcgate.server.auth.jwks import JwksError, url_fetcher
 from hpcgate.server.auth.tokens import TokenValidator
 from hpcgate.server.config import Settings, parse_config
-from hpcgate.server.interceptors import ConcernsInterceptor
+from hpcgate.server.interceptors import MethodTable
 from hpcgate.v1 import status_pb2, status_pb2_grpc
 
 ISSUER = DevIssuer.generate("key-a")
@@ -178,10 +178,12 @@ async def test_identity_is_visible_to_servicers(tmp_path: Path) -> None:
     ISSUER.write_jwks(path)
     settings = auth_settings(jwks_file=str(path))
     assert settings.auth is not None
-    server = grpc.aio.server(
-        interceptors=[ConcernsInterceptor([Authentication(TokenValidator(settings.auth))])]
-    )
-    server.add_generic_rpc_handlers(
+    server = grpc.aio.server()
+    # Only a generic handler, as hand-written services have: the table
+    # wraps its methods on their first call.
+    table = MethodTable([Authentication(TokenValidator(settings.auth))])
+    table.install(server)
+    table.add_generic_rpc_handlers(
         [
             grpc.method_handlers_generic_handler(
                 "test.Who",

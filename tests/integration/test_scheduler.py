@@ -89,10 +89,21 @@ async def eventually(
 async def finished(
     live: LiveService, user: str, job_id: int, *, steps: bool = False, within: float = 60
 ) -> Any:
-    """The job once it is terminal (and, with ``steps``, its steps are in sacct)."""
+    """The job once it is terminal (and, with ``steps``, its steps are in sacct, ended too).
+
+    sacct lists a step as soon as it starts: the job's end can be recorded
+    before its batch step's, which then still shows exit code 0.
+    """
+
+    def ended(job: Any) -> bool:
+        if job.status.normalized_state not in TERMINAL:
+            return False
+        tasks = [t.status.normalized_state for t in job.tasks]
+        return not steps or (len(tasks) > 0 and all(state in TERMINAL for state in tasks))
+
     return await eventually(
         lambda: get_job(live, user, job_id),
-        lambda j: j.status.normalized_state in TERMINAL and (len(j.tasks) > 0 or not steps),
+        ended,
         within,
         f"job {job_id} ending",
     )

@@ -15,8 +15,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from conftest import SKELETON_CONFIG, Service, serve_asgi
 from hpcgate.edge import create_app
 from hpcgate.edge.bindings import bindings_of, hpcgate_services
-from hpcgate.server.app import build_interceptors
+from hpcgate.server.app import build_concerns
 from hpcgate.server.config import parse_config
+from hpcgate.server.interceptors import MethodTable
 from hpcgate.v1 import status_pb2, status_pb2_grpc, transfer_pb2, transfer_pb2_grpc
 
 REFERENCE = Path(__file__).parents[1] / "data" / "firecrest-v2-openapi-2.5.6.yaml"
@@ -103,10 +104,13 @@ async def test_unimplemented_rpc_is_501_and_unimplemented() -> None:
 
     Every hpcgate RPC is implemented now, so a bare server serves the
     generated base servicer (whose every method raises NotImplementedError)
-    behind the server's own interceptors, with a real edge in front.
+    behind the server's own concerns, with a real edge in front.
     """
-    server = grpc.aio.server(interceptors=build_interceptors(parse_config(SKELETON_CONFIG)))
-    transfer_pb2_grpc.add_TransferServicer_to_server(transfer_pb2_grpc.TransferServicer(), server)
+    server = grpc.aio.server()
+    table = MethodTable(build_concerns(parse_config(SKELETON_CONFIG)))
+    servicer = transfer_pb2_grpc.TransferServicer()
+    transfer_pb2_grpc.add_TransferServicer_to_server(servicer, table.as_server())
+    table.install(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     edge, edge_task, url = await serve_asgi(create_app(f"127.0.0.1:{port}"))

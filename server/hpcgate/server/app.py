@@ -17,13 +17,13 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import start_http_server
 
 from hpcgate.server.auth.interceptor import Authentication
 from hpcgate.server.config import Settings
 from hpcgate.server.health.checker import OnChange
-from hpcgate.server.interceptors import Concern, ConcernsInterceptor
+from hpcgate.server.interceptors import Concern, MethodTable
 from hpcgate.server.observability import Observability, access_log
 from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.filesystem import FilesystemServicer
@@ -91,17 +91,17 @@ def _health_updater(servicer: health_aio.HealthServicer) -> OnChange:
     return update
 
 
-def build_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:  # type: ignore[type-arg]
-    """The server's interceptor: observability, then authentication, then error mapping.
+def build_concerns(settings: Settings) -> list[Concern]:
+    """What runs around every call: observability, then authentication.
 
     Authentication comes before the handler so that nothing runs for an
     unauthenticated call; without an ``auth`` section (tests, skeleton) there
-    is none.
+    is none. Errors become rich statuses innermost (see MethodTable).
     """
     concerns: list[Concern] = [Observability()]
     if settings.auth is not None:
         concerns.append(Authentication.from_config(settings.auth))
-    return [ConcernsInterceptor(concerns)]
+    return concerns
 
 
 def _channel_options(settings: Settings) -> list[tuple[str, int]]:
@@ -121,22 +121,28 @@ def _channel_options(settings: Settings) -> list[tuple[str, int]]:
 
 async def start(settings: Settings, listen: str | None = None) -> Running:
     """Build the server for ``settings`` and start it on ``listen`` (host:port)."""
-    server = grpc.aio.server(
-        interceptors=build_interceptors(settings), options=_channel_options(settings)
-    )
+    server = grpc.aio.server(options=_channel_options(settings))
+    table = MethodTable(build_concerns(settings))
+    methods = table.as_server()
     health_servicer = health_aio.HealthServicer()
     runtime = Runtime(settings, on_health_change=_health_updater(health_servicer))
-    status_pb2_grpc.add_StatusServicer_to_server(StatusServicer(runtime), server)
-    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(runtime), server)
-    filesystem_pb2_grpc.add_FilesystemServicer_to_server(FilesystemServicer(runtime), server)
-    transfer_pb2_grpc.add_TransferServicer_to_server(TransferServicer(runtime), server)
+    status_pb2_grpc.add_StatusServicer_to_server(StatusServicer(runtime), methods)
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(runtime), methods)
+    filesystem_pb2_grpc.add_FilesystemServicer_to_server(FilesystemServicer(runtime), methods)
+    transfer_pb2_grpc.add_TransferServicer_to_server(TransferServicer(runtime), methods)
 
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, methods)
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, SERVING)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    # What reflection.enable_server_reflection does for an aio server (it
+    # tells the kind of server by isinstance, which the table is not).
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        ),
+        methods,
     )
+    table.install(server)
 
     address = listen or settings.server.listen
     port = server.add_insecure_port(address)

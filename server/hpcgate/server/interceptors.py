@@ -1,20 +1,20 @@
-"""The server's interceptor: cross-cutting concerns as hooks around every call.
+"""Cross-cutting concerns as hooks around every call, and the table of methods.
 
-grpc.aio gives an interceptor the method's handler; to act around the call
-(with the servicer context at hand) it must rebuild the handler of the same
-kind with a wrapped behaviour. One :class:`ConcernsInterceptor` does that
-for all concerns at once (observability, authentication: each an
-:class:`Around` with ``enter`` and ``exit`` hooks) and maps errors to rich
-statuses innermost. One wrapper instead of an interceptor per concern: with
-a generator layer per concern, py-spy showed the layers costing as much as
-the DownloadStream handler itself.
+To act around a call (with the servicer context at hand) a wrapper must
+rebuild the method's handler, of the same kind, with a wrapped behaviour.
+:func:`wrap_handler` does that once per method for all concerns at once
+(observability, authentication: each an :class:`Around` with ``enter`` and
+``exit`` hooks) and maps errors to rich statuses innermost. One wrapper
+instead of one per concern: with a generator layer per concern, py-spy
+showed the layers costing as much as the DownloadStream handler itself.
+:class:`MethodTable` holds the wrapped methods and serves them to the server.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeAlias, cast
 
 import grpc
@@ -24,10 +24,12 @@ from hpcgate.server.errors import ServiceError, abort
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
-if TYPE_CHECKING:
-    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]  # generic only in grpc-stubs
+if TYPE_CHECKING:  # generic only in grpc-stubs
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+    GenericHandler: TypeAlias = grpc.GenericRpcHandler[Any, Any]
 else:
     Handler = grpc.RpcMethodHandler
+    GenericHandler = grpc.GenericRpcHandler
 # A handler's behaviour, made async: (request or request iterator, context) -> reply(s).
 Unary = Callable[[Any, Context], Awaitable[Any]]
 Streaming = Callable[[Any, Context], AsyncIterator[Any]]
@@ -179,33 +181,67 @@ def _as_service_error(error: Exception) -> ServiceError:
     )
 
 
-class ConcernsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """The server's one interceptor: runs every call inside its concerns' hooks.
+class MethodTable(GenericHandler):
+    """Every method the server serves, each wrapped once in the concerns' hooks.
 
-    Each concern is asked once per method which hooks it runs there; the
-    wrapped handler is cached, so a call costs a dictionary lookup here.
-    Whatever the handler raises becomes a rich status (a ServiceError its
-    own, NotImplementedError UNIMPLEMENTED, anything else INTERNAL), so every
-    error carries an ErrorInfo reason.
+    Services register into the table as into a server
+    (``add_XServicer_to_server(servicer, table.as_server())``), and the table
+    goes to the server as its one generic handler (:meth:`install`). Why not
+    a ``grpc.aio`` interceptor and the server's own method registration:
+
+    - grpc.aio keeps one pending "request call" per registered method and,
+      each time calls arrive, runs ``asyncio.wait`` over all of them (grpc
+      1.85, ``AioServer._server_main_loop``). With hpcgate's ~45 methods that
+      cost the event-loop thread ~30 us per call, ListSystems' whole budget
+      (py-spy; ``make bench``, throughput). Behind one generic handler the
+      server waits on a single request.
+    - Each method is wrapped once, here, rather than per call by an
+      interceptor pipeline (two coroutines and a lookup per call).
     """
 
     def __init__(self, concerns: Sequence[Concern]) -> None:
         """``concerns`` outermost first: the first one enters first and exits last."""
         self._concerns = tuple(concerns)
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+        self._methods: dict[str, Handler] = {}
+        self._generic: list[GenericHandler] = []
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED itself
-            return handler
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
+        """Add ``service``'s methods (what generated ``add_*_to_server`` functions call)."""
+        for name, handler in handlers.items():
+            method = f"/{service}/{name}"
+            self._methods[method] = self._wrap(method, handler)
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[GenericHandler]) -> None:
+        """Add handlers that resolve methods themselves; asked for methods not in the table.
+
+        Generated code adds every service both ways; a service added only
+        this way is wrapped on its first call and then found in the table.
+        """
+        self._generic.extend(handler for handler in handlers if handler is not self)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is None or cached[0] is not handler:
-            arounds = [a for c in self._concerns if (a := c.around(method)) is not None]
-            cached = (handler, wrap_handler(handler, arounds))
-            self._wrapped[method] = cached
-        return cached[1]
+        handler = self._methods.get(method)
+        if handler is not None:
+            return handler
+        for generic in self._generic:
+            found = generic.service(handler_call_details)
+            if found is not None:
+                handler = self._methods[method] = self._wrap(method, found)
+                return handler
+        return None  # unknown method: gRPC answers UNIMPLEMENTED itself
+
+    def as_server(self) -> grpc.aio.Server:
+        """The table where generated ``add_*_to_server(servicer, server)`` wants a server.
+
+        Those functions call only the two ``add_*`` methods above.
+        """
+        return cast(grpc.aio.Server, self)
+
+    def install(self, server: grpc.aio.Server) -> None:
+        """Serve the table's methods on ``server`` (before it starts)."""
+        server.add_generic_rpc_handlers((self,))
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        arounds = [a for c in self._concerns if (a := c.around(method)) is not None]
+        return wrap_handler(handler, arounds)
