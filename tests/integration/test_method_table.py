@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 import pytest
 
-from hpcgate.server.interceptors import Around, Context, MethodTable
+from hpcgate.server.interceptors import Around, Context, Metadata, MethodTable
 from hpcgate.v1 import status_pb2, status_pb2_grpc
 
 
@@ -21,7 +21,7 @@ class Recorder:
         events = self.events
 
         class _Note(Around):
-            async def enter(self, context: Context) -> Any:
+            async def enter(self, context: Context, metadata: Metadata) -> Any:
                 events.append(("enter", method))
 
             def exit(self, state: Any, error: BaseException | None, context: Context) -> None:

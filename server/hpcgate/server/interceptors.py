@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # generic only in grpc-stubs
 else:
     Handler = grpc.RpcMethodHandler
     GenericHandler = grpc.GenericRpcHandler
+Metadata = Iterable[tuple[str, Any]]  # a call's invocation metadata: (key, value) pairs
 # A handler's behaviour, made async: (request or request iterator, context) -> reply(s).
 Unary = Callable[[Any, Context], Awaitable[Any]]
 Streaming = Callable[[Any, Context], AsyncIterator[Any]]
@@ -43,8 +44,12 @@ class Around:
     one generator, not one per concern.
     """
 
-    async def enter(self, context: Context) -> Any:
-        """Before the handler; may abort the call. Returns the state :meth:`exit` gets."""
+    async def enter(self, context: Context, metadata: Metadata) -> Any:
+        """Before the handler; may abort the call. Returns the state :meth:`exit` gets.
+
+        ``metadata`` is the call's invocation metadata, read once for all
+        concerns (each read builds it anew from gRPC's C structures).
+        """
         return None
 
     def exit(self, state: Any, error: BaseException | None, context: Context) -> None:
@@ -121,8 +126,9 @@ def wrap_handler(handler: Handler, arounds: Sequence[Around]) -> Handler:
             states: list[Any] = []
             error: BaseException | None = None
             try:
+                metadata = context.invocation_metadata() or ()
                 for around in arounds:
-                    states.append(await around.enter(context))
+                    states.append(await around.enter(context, metadata))
                 return await inner(request, context)
             except Exception as raised:
                 error = raised
@@ -146,8 +152,9 @@ def wrap_handler(handler: Handler, arounds: Sequence[Around]) -> Handler:
         states: list[Any] = []
         error: BaseException | None = None
         try:
+            metadata = context.invocation_metadata() or ()
             for around in arounds:
-                states.append(await around.enter(context))
+                states.append(await around.enter(context, metadata))
             async for reply in inner_stream(request, context):
                 yield reply
         except Exception as raised:

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import grpc
 
 from hpcgate.server.errors import ServiceError
-from hpcgate.server.interceptors import Around, Context
+from hpcgate.server.interceptors import Around, Context, Metadata
 from hpcgate.server.rpc_metrics import RPC_METRICS
 
 ACCESS_LOGGER = "hpcgate.access"
@@ -75,9 +75,9 @@ def _code(error: BaseException | None, context: Context) -> grpc.StatusCode:
 _quote = json.encoder.encode_basestring_ascii  # json's own (C) string escaper
 
 
-def _request_id(context: Context) -> str:
+def _request_id(metadata: Metadata) -> str:
     """The caller's ``x-request-id`` (the edge sends one), else a fresh id."""
-    for key, value in context.invocation_metadata() or ():
+    for key, value in metadata:
         if key == "x-request-id":
             return str(value)
     return f"{_ID_PREFIX}-{next(_ids)}"
@@ -186,8 +186,10 @@ class _Observe(Around):
         self.method = method
         self._stats = RPC_METRICS.method(method)
 
-    async def enter(self, context: Context) -> tuple[RequestInfo, contextvars.Token[Any], float]:
-        info = RequestInfo(_request_id(context), self.method)
+    async def enter(
+        self, context: Context, metadata: Metadata
+    ) -> tuple[RequestInfo, contextvars.Token[Any], float]:
+        info = RequestInfo(_request_id(metadata), self.method)
         return info, _current.set(info), time.perf_counter()
 
     def exit(

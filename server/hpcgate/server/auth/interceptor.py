@@ -16,7 +16,7 @@ from typing import Any
 from hpcgate.server.auth.tokens import Identity, TokenValidator, refusal
 from hpcgate.server.config import AuthConfig
 from hpcgate.server.errors import ServiceError, abort
-from hpcgate.server.interceptors import Around, Context
+from hpcgate.server.interceptors import Around, Context, Metadata
 from hpcgate.server.observability import current_request
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,10 @@ class _Authenticate(Around):
         self._validator = validator
         self._method = method
 
-    async def enter(self, context: Context) -> Token[Identity | None]:
+    async def enter(self, context: Context, metadata: Metadata) -> Token[Identity | None]:
         validator = self._validator
         try:
-            token = bearer_token(context.invocation_metadata())
+            token = bearer_token(metadata)
             identity = validator.cached(token) or await validator.validate(token)
         except ServiceError as error:
             log.info("refused %s: %s (%s)", self._method, error.reason, error.message)
