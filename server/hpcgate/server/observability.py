@@ -13,7 +13,6 @@ log line and go to the same stream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import itertools
 import json
@@ -60,16 +59,19 @@ def current_request() -> RequestInfo | None:
     return _current.get()
 
 
-def _code(error: BaseException | None, context: Context) -> grpc.StatusCode:
-    if error is None:
-        code = context.code() if hasattr(context, "code") else None
-        return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
-    if isinstance(error, ServiceError):
-        return error.code
-    if isinstance(error, asyncio.CancelledError):
-        return grpc.StatusCode.CANCELLED
+_NAMES = {code: code.name for code in grpc.StatusCode}  # Enum.name is a property call
+
+
+def _code(error: BaseException | None, context: Context) -> str:
+    """The name of the status the call ended with."""
     code = context.code() if hasattr(context, "code") else None
-    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+    if error is None:
+        return "OK" if code is None else _NAMES.get(code, "OK")
+    if isinstance(error, ServiceError):
+        return error.code.name
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"
+    return "UNKNOWN" if code is None else _NAMES.get(code, "UNKNOWN")
 
 
 _quote = json.encoder.encode_basestring_ascii  # json's own (C) string escaper
@@ -186,27 +188,21 @@ class _Observe(Around):
         self.method = method
         self._stats = RPC_METRICS.method(method)
 
-    async def enter(
-        self, context: Context, metadata: Metadata
-    ) -> tuple[RequestInfo, contextvars.Token[Any], float]:
+    async def enter(self, context: Context, metadata: Metadata) -> tuple[RequestInfo, float]:
         info = RequestInfo(_request_id(metadata), self.method)
-        return info, _current.set(info), time.perf_counter()
+        # Not reset on exit: grpc.aio runs every call in a task of its own,
+        # whose copy of the context ends with the call.
+        _current.set(info)
+        return info, time.perf_counter()
 
     def exit(
-        self,
-        state: tuple[RequestInfo, contextvars.Token[Any], float],
-        error: BaseException | None,
-        context: Context,
+        self, state: tuple[RequestInfo, float], error: BaseException | None, context: Context
     ) -> None:
-        info, token, started = state
+        info, started = state
         elapsed = time.perf_counter() - started
-        code = _code(error, context).name
+        code = _code(error, context)
         self._stats.record(code, elapsed)
         access_log.rpc(info.request_id, info.user, self.method, code, elapsed)
-        # A stream finalised from another context (garbage collection) cannot
-        # reset; that context never saw the request anyway.
-        with contextlib.suppress(ValueError):
-            _current.reset(token)
 
 
 class Observability:

@@ -8,9 +8,8 @@ and to everything it awaits, through :func:`current_identity`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from typing import Any
 
 from hpcgate.server.auth.tokens import Identity, TokenValidator, refusal
@@ -70,7 +69,7 @@ class _Authenticate(Around):
         self._validator = validator
         self._method = method
 
-    async def enter(self, context: Context, metadata: Metadata) -> Token[Identity | None]:
+    async def enter(self, context: Context, metadata: Metadata) -> None:
         validator = self._validator
         try:
             token = bearer_token(metadata)
@@ -81,15 +80,9 @@ class _Authenticate(Around):
         request = current_request()
         if request is not None:  # the access log names the user
             request.user = identity.username
-        return _identity.set(identity)
-
-    def exit(
-        self, state: Token[Identity | None], error: BaseException | None, context: Context
-    ) -> None:
-        # A stream finalised from another context (garbage collection) cannot
-        # reset; that context never saw the identity anyway.
-        with contextlib.suppress(ValueError):
-            _identity.reset(state)
+        # Not reset on exit: grpc.aio runs every call in a task of its own,
+        # whose copy of the context ends with the call.
+        _identity.set(identity)
 
 
 class Authentication:

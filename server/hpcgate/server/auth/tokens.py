@@ -119,23 +119,30 @@ class TokenValidator:
         identity = await self._verify(token)
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             del self._verified[next(iter(self._verified))]  # the oldest entry
-        self._verified[token] = (self._clock() + VERIFIED_CACHE_TTL, self._keys.current, identity)
+        # Good without another look until the cache entry ages out or the
+        # token comes within min_remaining_lifetime of its expiry, whichever
+        # is first; past that the full check decides (and says why).
+        exp = identity.claims["exp"]  # a number: _verify checked it
+        lifetime = exp + self._auth.leeway - self._auth.min_remaining_lifetime
+        fresh_until = min(self._clock() + VERIFIED_CACHE_TTL, lifetime)
+        self._verified[token] = (fresh_until, self._keys.current, identity)
         return identity
 
     def cached(self, token: str) -> Identity | None:
         """The caller of a token verified recently (no I/O, no await); None when not cached.
 
-        Raises ServiceError when the token has since come too close to
-        expiry. The server's interceptor tries this first: almost every call
-        carries a token seen before, and a plain call costs less than a coroutine.
+        None too once the entry is stale: older than the cache's TTL, verified
+        with a key set since replaced, or the token now too close to expiry
+        (:meth:`validate` then refuses it with the reason). The server's
+        interceptor tries this first: almost every call carries a token seen
+        before, and this costs a dictionary lookup and a clock read.
         """
         cached = self._verified.get(token)
         if cached is None:
             return None
-        until, keys, identity = cached
-        if until > self._clock() and keys is self._keys.current:
+        fresh_until, keys, identity = cached
+        if self._clock() < fresh_until and keys is self._keys.current:
             self._keys.refresh_if_stale()  # an old key set is still refetched
-            self._check_lifetime(identity.claims)  # time passes; exp is re-checked
             return identity
         del self._verified[token]
         return None
