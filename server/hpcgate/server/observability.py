@@ -68,7 +68,7 @@ def _code(error: BaseException | None, context: Context) -> str:
     if error is None:
         return "OK" if code is None else _NAMES.get(code, "OK")
     if isinstance(error, ServiceError):
-        return error.code.name
+        return _NAMES[error.code]
     if isinstance(error, asyncio.CancelledError):
         return "CANCELLED"
     return "UNKNOWN" if code is None else _NAMES.get(code, "UNKNOWN")
@@ -116,21 +116,18 @@ class AccessLog:
 
         Formatting waits for the write too, so that a call only pays for a tuple.
         """
-        if not self._logger.isEnabledFor(logging.INFO):
-            return
-        self._pending.append((time.time(), message, fields))
-        if len(self._pending) >= FLUSH_LINES:
-            self.flush()
-        elif self._timer is None:
-            self._schedule()
+        self._queue(message, fields)
 
     def rpc(
         self, request_id: str, user: str | None, method: str, code: str, seconds: float
     ) -> None:
         """Queue the line of one finished RPC (the hot path: a tuple, formatted at the flush)."""
+        self._queue("rpc", (request_id, user, method, code, seconds))
+
+    def _queue(self, message: str, fields: Any) -> None:
         if not self._logger.isEnabledFor(logging.INFO):
             return
-        self._pending.append((time.time(), "rpc", (request_id, user, method, code, seconds)))
+        self._pending.append((time.time(), message, fields))
         if len(self._pending) >= FLUSH_LINES:
             self.flush()
         elif self._timer is None:
