@@ -100,8 +100,13 @@ def build_concerns(settings: Settings) -> list[Concern]:
     """
     concerns: list[Concern] = [Observability()]
     if settings.auth is not None:
-        concerns.append(Authentication.from_config(settings.auth))
+        account = settings.credentials.service_account
+        concerns.append(Authentication.from_config(settings.auth, account))
     return concerns
+
+
+# Received metadata (headers) per call, bytes: twice the largest token limit.
+METADATA_LIMIT = 256 * 1024
 
 
 def _channel_options(settings: Settings) -> list[tuple[str, int]]:
@@ -116,6 +121,10 @@ def _channel_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", limit),
         ("grpc.server.max_pending_requests", pending),
         ("grpc.server.max_pending_requests_hard_limit", pending),
+        # gRPC's 8 KiB default would refuse a large token with transport text;
+        # above auth.max_token_bytes the server refuses it itself (TOKEN_TOO_LARGE).
+        ("grpc.max_metadata_size", METADATA_LIMIT),
+        ("grpc.absolute_max_metadata_size", METADATA_LIMIT),
     ]
 
 

@@ -242,7 +242,12 @@ class SystemConfig(_Model):
 
 
 class AuthConfig(_Model):
-    """Validation of the callers' OIDC bearer tokens."""
+    """Validation of the callers' OIDC bearer tokens.
+
+    The signing keys come from ``jwks_file``, from ``jwks_url``, or, when
+    neither is given, from the ``jwks_uri`` of the issuer's discovery
+    document (``{issuer}/.well-known/openid-configuration``).
+    """
 
     jwks_file: Path | None = None
     jwks_url: str | None = None
@@ -259,6 +264,14 @@ class AuthConfig(_Model):
     jwks_max_age: float = Field(3600.0, gt=0)
     # Tolerated clock skew (seconds) when checking exp, nbf and iat.
     leeway: float = Field(0.0, ge=0, le=300)
+    # Tokens valid for longer than this (seconds; exp - iat, or exp - now
+    # without iat) are refused: a stolen long-lived token is a standing key.
+    max_token_lifetime: float = Field(86400.0, gt=0)
+    # Bearer tokens longer than this (bytes) are refused before any parsing.
+    max_token_bytes: int = Field(16384, ge=1024, le=131072)
+    # Accounts no token may act as (besides credentials.service_account,
+    # which is always refused).
+    denied_users: list[str] = ["root"]
 
     @field_validator("algorithms")
     @classmethod
@@ -270,8 +283,10 @@ class AuthConfig(_Model):
 
     @model_validator(mode="after")
     def _one_key_source(self) -> AuthConfig:
-        if (self.jwks_file is None) == (self.jwks_url is None):
-            raise ValueError("give exactly one of jwks_file, jwks_url")
+        if self.jwks_file is not None and self.jwks_url is not None:
+            raise ValueError("give at most one of jwks_file, jwks_url")
+        if self.jwks_file is None and self.jwks_url is None and self.issuer is None:
+            raise ValueError("give jwks_file, jwks_url, or issuer (keys from its discovery)")
         return self
 
 

@@ -95,8 +95,9 @@ class Authentication:
         self._validator = validator
 
     @classmethod
-    def from_config(cls, auth: AuthConfig) -> Authentication:
-        return cls(TokenValidator(auth))
+    def from_config(cls, auth: AuthConfig, service_account: str | None = None) -> Authentication:
+        """``service_account``: the health checker's account, which no token may name."""
+        return cls(TokenValidator(auth, service_account=service_account))
 
     def around(self, method: str) -> Around | None:
         return None if is_public(method) else _Authenticate(self._validator, method)

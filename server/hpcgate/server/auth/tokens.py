@@ -12,6 +12,7 @@ an SSH principal). Each refusal has its own ``ErrorInfo`` reason:
 reason                         the token ...
 =============================  ==============================================
 TOKEN_MISSING                  is not there (no ``authorization`` metadata)
+TOKEN_TOO_LARGE                is longer than ``max_token_bytes``
 TOKEN_MALFORMED                is not a JWT, not ``Bearer``, or has no ``exp``
 TOKEN_ALGORITHM_NOT_ALLOWED    uses an algorithm off the allow-list, or one
                                its key is not for
@@ -22,14 +23,21 @@ TOKEN_NOT_YET_VALID            is before ``nbf`` (or ``iat``)
 TOKEN_WRONG_ISSUER             has another or no ``iss``
 TOKEN_WRONG_AUDIENCE           has another or no ``aud``
 TOKEN_LIFETIME_TOO_SHORT       expires sooner than ``min_remaining_lifetime``
+TOKEN_LIFETIME_TOO_LONG        is valid for longer than ``max_token_lifetime``
 TOKEN_NO_USERNAME              lacks the username claim (or it is empty)
 TOKEN_BAD_USERNAME             has a username that is not a safe user name
 JWKS_UNAVAILABLE (UNAVAILABLE) cannot be checked: no signing keys loaded
 =============================  ==============================================
+
+A valid token may still name an account that no caller may act as; those are
+refused with PERMISSION_DENIED: ``TOKEN_SERVICE_ACCOUNT`` for the health
+checker's ``service_account`` (whose SSH identity the server holds) and
+``TOKEN_USER_DENIED`` for the accounts in ``denied_users`` (``root``).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -58,6 +66,14 @@ class Identity:
 
     username: str
     claims: Mapping[str, Any]
+
+
+def _seconds(value: float) -> float:
+    """A JSON number as a float; ints beyond a float's range (10**400) become infinite."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def refusal(reason: str, message: str) -> ServiceError:
@@ -91,9 +107,12 @@ class TokenValidator:
         auth: AuthConfig,
         keys: JwksSource | None = None,
         *,
+        service_account: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._auth = auth
+        self._service_account = service_account
+        self._denied = frozenset(auth.denied_users)
         self._keys = keys if keys is not None else JwksSource.from_config(auth)
         self._algorithms = frozenset(auth.algorithms)
         self._clock = clock
@@ -113,6 +132,12 @@ class TokenValidator:
         """
         if not token:
             raise refusal("TOKEN_MISSING", "a bearer token is required")
+        if len(token) > self._auth.max_token_bytes:
+            raise refusal(
+                "TOKEN_TOO_LARGE",
+                f"the bearer token has {len(token)} bytes; at most "
+                f"{self._auth.max_token_bytes} are accepted",
+            )
         identity = self.cached(token)
         if identity is not None:
             return identity
@@ -171,7 +196,9 @@ class TokenValidator:
             )
         claims = self._decode(token, key, alg)
         self._check_lifetime(claims)
-        return Identity(self._username(claims), MappingProxyType(claims))
+        username = self._username(claims)
+        self._check_account(username)
+        return Identity(username, MappingProxyType(claims))
 
     def _header(self, token: str) -> tuple[str, str | None]:
         """The token's ``alg`` (checked against the allow-list) and ``kid``."""
@@ -239,13 +266,40 @@ class TokenValidator:
         # pyjwt accepts anything int() takes, such as "1700000000"; RFC 7519 says a number.
         if not isinstance(exp, int | float) or isinstance(exp, bool):
             raise refusal("TOKEN_MALFORMED", "the token's 'exp' claim is not a number")
+        now = self._clock()
+        # The lifetime the issuer granted (exp - iat); without iat, what is
+        # left of it. Checked first, so that nothing later meets an absurd exp.
+        iat = claims.get("iat", now)
+        if not isinstance(iat, int | float) or isinstance(iat, bool):
+            raise refusal("TOKEN_MALFORMED", "the token's 'iat' claim is not a number")
+        maximum = self._auth.max_token_lifetime
+        if _seconds(exp) - _seconds(iat) > maximum + self._auth.leeway:
+            raise refusal(
+                "TOKEN_LIFETIME_TOO_LONG",
+                f"the token is valid for more than {maximum:.0f} s, the longest accepted",
+            )
         minimum = self._auth.min_remaining_lifetime
-        remaining = exp - self._clock()
+        remaining = exp - now
         if remaining + self._auth.leeway < minimum:
             raise refusal(
                 "TOKEN_LIFETIME_TOO_SHORT",
                 f"the token expires in {max(remaining, 0):.0f} s; at least {minimum:.0f} s "
                 "are required: get a fresh token",
+            )
+
+    def _check_account(self, username: str) -> None:
+        """PERMISSION_DENIED for the service account and the denied accounts."""
+        if username == self._service_account:
+            raise ServiceError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"user {username!r} is the service's own account; no token may act as it",
+                "TOKEN_SERVICE_ACCOUNT",
+            )
+        if username in self._denied:
+            raise ServiceError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"user {username!r} may not use this service",
+                "TOKEN_USER_DENIED",
             )
 
     def _username(self, claims: Mapping[str, Any]) -> str:
