@@ -14,13 +14,21 @@ from hpcgate.server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER
 SYSTEM = "cluster"
 
 
-def local_config(cluster: dict[str, Any], jwks_file: Path) -> dict[str, Any]:
-    """The server configuration for the loopback cluster."""
+def local_config(
+    cluster: dict[str, Any], jwks_file: Path | None = None, issuer: str | None = None
+) -> dict[str, Any]:
+    """The server configuration for the loopback cluster.
+
+    Tokens are those of the development issuer whose keys are in
+    ``jwks_file``, or, given ``issuer``, those of that OIDC provider
+    (dev/oidc.py), whose keys the server finds through its discovery document.
+    """
     ssh, s3 = cluster["ssh"], cluster["s3"]
+    keys = {"issuer": issuer} if issuer is not None else {"jwks_file": str(jwks_file)}
     return {
         "auth": {
-            "jwks_file": str(jwks_file),
             "issuer": DEV_ISSUER,
+            **keys,
             "audience": DEV_AUDIENCE,
             "username_claim": "preferred_username",
             "algorithms": ["RS256"],

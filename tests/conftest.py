@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import shlex
 import socket
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,7 @@ from hpcgate.server.app import Running, start
 from hpcgate.server.auth.devkeys import DevIssuer
 from hpcgate.server.config import Settings, parse_config
 from localsite import SYSTEM, local_config
+from oidc import Provider
 
 if TYPE_CHECKING:  # imported by pytest as a plugin; importing it here first would
     from cluster_fixture import Cluster  # stop pytest from rewriting its asserts
@@ -154,6 +157,55 @@ async def live(
         for system in service.running.runtime.systems.values():
             await system.health.wait_first_run()
         yield LiveService(**vars(service), issuer=issuer, system=SYSTEM)
+
+
+# Short enough that a test outlives a token, long enough for a few calls per token.
+OIDC_TEST_LIFETIME = 20
+
+
+@pytest.fixture(scope="session")
+def oidc() -> Iterator[Provider]:
+    """The local OIDC provider (dev/oidc.py) on loopback, issuing 20-second tokens.
+
+    It runs in a thread of its own, as a separate process would: pyfirecrest's
+    ClientCredentialsAuth fetches tokens with blocking ``requests`` even in its
+    async client, which would otherwise stall the loop serving the provider.
+    """
+    port = free_port()
+    provider = Provider.create(f"http://127.0.0.1:{port}", lifetime=OIDC_TEST_LIFETIME)
+    config = uvicorn.Config(provider.app, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="oidc-provider", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the OIDC provider did not start")
+        time.sleep(0.01)
+    try:
+        yield provider
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+# How soon a server trusting the provider refetches its keys for an unknown kid.
+OIDC_REFRESH_INTERVAL = 1.0
+
+
+@pytest.fixture(scope="session")
+async def oidc_live(cluster: Cluster, oidc: Provider) -> AsyncIterator[Service]:
+    """Server and edge on the loopback cluster trusting the local OIDC provider.
+
+    Configured as a production site is: only the issuer, whose discovery
+    document names the JWKS.
+    """
+    config = local_config(cluster.raw, issuer=oidc.issuer)
+    config["auth"]["jwks_refresh_interval"] = OIDC_REFRESH_INTERVAL
+    config["systems"][0]["probing"] = {"interval": 2, "timeout": 5}
+    async for service in start_service(parse_config(config)):
+        for system in service.running.runtime.systems.values():
+            await system.health.wait_first_run()
+        yield service
 
 
 class StaticToken:

@@ -1,4 +1,4 @@
-"""The token signing keys: a JWKS read from a file or a URL, cached.
+"""The token signing keys: a JWKS read from a file, a URL or the issuer's discovery, cached.
 
 Validation must not wait on I/O, so the key set is kept in memory and parsed
 keys are cached. It is fetched again only when needed:
@@ -126,20 +126,62 @@ def file_fetcher(path: Path) -> Fetch:
     return fetch
 
 
+async def _get(url: str, timeout_s: float) -> bytes:
+    """The body of an HTTP GET of ``url`` (at most MAX_JWKS_BYTES); JwksError if none."""
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client:
+            response = await client.get(url, headers={"accept": "application/json"})
+    except httpx.HTTPError as error:
+        raise JwksError(f"cannot fetch {url}: {error}") from None
+    if response.status_code != 200:
+        raise JwksError(f"cannot fetch {url}: HTTP {response.status_code}")
+    if len(response.content) > MAX_JWKS_BYTES:
+        raise JwksError(f"{url} sent more than {MAX_JWKS_BYTES} bytes")
+    return response.content
+
+
 def url_fetcher(url: str, timeout: float = FETCH_TIMEOUT) -> Fetch:
     """Fetch with an HTTP GET (a client per fetch: fetches are rare)."""
 
     async def fetch() -> bytes:
-        try:
-            async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
-                response = await client.get(url, headers={"accept": "application/json"})
-        except httpx.HTTPError as error:
-            raise JwksError(f"cannot fetch {url}: {error}") from None
-        if response.status_code != 200:
-            raise JwksError(f"cannot fetch {url}: HTTP {response.status_code}")
-        if len(response.content) > MAX_JWKS_BYTES:
-            raise JwksError(f"{url} sent more than {MAX_JWKS_BYTES} bytes")
-        return response.content
+        return await _get(url, timeout)
+
+    return fetch
+
+
+def discovery_url(issuer: str) -> str:
+    """Where OpenID Connect Discovery 1.0 puts ``issuer``'s provider metadata."""
+    return issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+def jwks_uri_of(metadata: bytes, issuer: str) -> str:
+    """The ``jwks_uri`` of a discovery document, which must be ``issuer``'s own."""
+    try:
+        document = json.loads(metadata)
+    except ValueError as error:
+        raise JwksError(f"the discovery document is not JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise JwksError("the discovery document is not a JSON object")
+    # Discovery 1.0 section 4.3: the issuer in the document must be the one
+    # asked for exactly; otherwise another provider's keys would be trusted.
+    if document.get("issuer") != issuer:
+        raise JwksError(f"the discovery document names issuer {document.get('issuer')!r}")
+    uri = document.get("jwks_uri")
+    if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
+        raise JwksError("the discovery document has no http(s) 'jwks_uri'")
+    return uri
+
+
+def discovery_fetcher(issuer: str, timeout: float = FETCH_TIMEOUT) -> Fetch:
+    """Fetch the JWKS that ``issuer``'s discovery document names.
+
+    The document is read again on every fetch (fetches are rare), so a
+    provider that moves its ``jwks_uri`` is followed without a restart.
+    """
+    url = discovery_url(issuer)
+
+    async def fetch() -> bytes:
+        return await _get(jwks_uri_of(await _get(url, timeout), issuer), timeout)
 
     return fetch
 
@@ -173,9 +215,11 @@ class JwksSource:
     def from_config(cls, auth: AuthConfig) -> JwksSource:
         if auth.jwks_file is not None:
             fetch, name = file_fetcher(auth.jwks_file), str(auth.jwks_file)
-        else:
-            assert auth.jwks_url is not None  # the config allows exactly one source
+        elif auth.jwks_url is not None:
             fetch, name = url_fetcher(auth.jwks_url), auth.jwks_url
+        else:
+            assert auth.issuer is not None  # the config gives a key source or an issuer
+            fetch, name = discovery_fetcher(auth.issuer), discovery_url(auth.issuer)
         return cls(
             fetch,
             refresh_interval=auth.jwks_refresh_interval,
