@@ -84,9 +84,8 @@ async def test_tokens_are_refreshed_during_a_long_run(oidc: Provider, oidc_live:
         while time.monotonic() - started < OIDC_TEST_LIFETIME + 5:
             systems = await client.systems()
             assert [system["name"] for system in systems] == [SYSTEM]
-            token = (
-                auth.get_access_token()
-            )  # the token that call carried (reused until near expiry)
+            # The token that call carried (pyfirecrest reuses it until near its expiry).
+            token = auth.get_access_token()
             if token not in tokens:
                 tokens.append(token)
             await asyncio.sleep(1)
