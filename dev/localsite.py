@@ -24,7 +24,11 @@ def local_config(
     (dev/oidc.py), whose keys the server finds through its discovery document.
     """
     ssh, s3 = cluster["ssh"], cluster["s3"]
-    keys = {"issuer": issuer} if issuer is not None else {"jwks_file": str(jwks_file)}
+    keys: dict[str, Any] = {"jwks_file": str(jwks_file)}
+    if issuer is not None:
+        # An unknown kid (the provider rotated, SIGHUP) refetches within 10 s,
+        # not a site's 5 minutes: one provider on loopback, and a developer waiting.
+        keys = {"issuer": issuer, "jwks_refresh_interval": 10}
     return {
         "auth": {
             "issuer": DEV_ISSUER,

@@ -1,11 +1,14 @@
 """``make run`` / ``make stop``: the service on the local loopback cluster.
 
-``start`` starts the cluster (dev/cluster/cluster.py), writes a server
-configuration for it, starts the gRPC server and the REST edge as background
-processes, mints bearer tokens for alice and bob, prints how to call the
-service, and writes the same facts to ``.hpcgate/dev.json``. It is
-idempotent: what already runs is reused. ``stop`` stops the server and edge
-it started (by pid); ``make stop`` then stops the cluster.
+``start`` starts the cluster (dev/cluster/cluster.py), a local OIDC provider
+(dev/oidc.py), writes a server configuration that trusts that provider (keys
+by discovery, as a site's), starts the gRPC server and the REST edge as
+background processes, mints 24-hour bearer tokens for alice and bob with the
+provider's key, prints how to call the service (static tokens, or
+pyfirecrest's ClientCredentialsAuth against the provider), and writes the
+same facts to ``.hpcgate/dev.json``. It is idempotent: what already runs is
+reused. ``stop`` stops the provider, server and edge it started (by pid);
+``make stop`` then stops the cluster.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import yaml
 
 from hpcgate.server.auth.devkeys import DevIssuer
 from localsite import SYSTEM, local_config
+from oidc import TOKEN_LIFETIME, Provider
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".hpcgate"
@@ -75,20 +79,39 @@ def _spawn(name: str, argv: list[str], run_dir: Path = RUN) -> int:
 
 
 def write_config(cluster: dict[str, Any], run_dir: Path) -> tuple[DevIssuer, Path, dict[str, Any]]:
-    """Write the server configuration for ``cluster`` into ``run_dir``.
+    """Write a server configuration for ``cluster`` trusting a development key (``make bench``).
 
     Returns the token issuer (its key is kept in ``run_dir``), the config
-    file and its content. The metrics port is a free one, so several
-    services (``make run``, ``make bench``) can run side by side.
+    file and its content.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     issuer = DevIssuer.load_or_create(run_dir / "jwt-signing-key.pem")
     issuer.write_jwks(run_dir / "jwks.json")
-    config_path = run_dir / "hpcgate.yaml"
-    config = local_config(cluster, run_dir / "jwks.json")
-    config["server"] = {"metrics_listen": f"127.0.0.1:{free_port()}"}
-    config_path.write_text(yaml.safe_dump(config))
+    config_path, config = _write_server_config(
+        local_config(cluster, run_dir / "jwks.json"), run_dir
+    )
     return issuer, config_path, config
+
+
+def _write_server_config(config: dict[str, Any], run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """``config`` with a metrics port as ``run_dir/hpcgate.yaml``.
+
+    The metrics port is a free one, so several services (``make run``,
+    ``make bench``) can run side by side.
+    """
+    config["server"] = {"metrics_listen": f"127.0.0.1:{free_port()}"}
+    config_path = run_dir / "hpcgate.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    return config_path, config
+
+
+def spawn_oidc(run_dir: Path) -> dict[str, Any]:
+    """Start the local OIDC provider on a free port; its clients and keys stay in ``run_dir``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [sys.executable, str(ROOT / "dev" / "oidc.py"), "--state", str(run_dir)]
+    argv += ["--port", str(port)]
+    return {"pid": _spawn("oidc", argv, run_dir), "address": f"http://127.0.0.1:{port}"}
 
 
 def spawn_service(config_path: Path, run_dir: Path) -> dict[str, Any]:
@@ -139,21 +162,30 @@ def wait_http(url: str, timeout: float, log: Path) -> None:
 
 def start() -> dict[str, Any]:
     cluster = start_cluster()
-    issuer, config_path, config = write_config(cluster, RUN)
+    config_path = RUN / "hpcgate.yaml"
 
     pids = _pids()
-    if not all(_alive(pids.get(name, {}).get("pid", -1)) for name in ("server", "edge")):
+    if not all(_alive(pids.get(name, {}).get("pid", -1)) for name in ("oidc", "server", "edge")):
         stop_service()
-        pids = spawn_service(config_path, RUN)
+        # The provider first: its address is the issuer the server trusts.
+        pids = {"oidc": spawn_oidc(RUN)}
+        issuer = pids["oidc"]["address"]
+        wait_http(f"{issuer}/.well-known/openid-configuration", 30, RUN / "oidc.log")
+        config_path, _ = _write_server_config(local_config(cluster, issuer=issuer), RUN)
+        pids.update(spawn_service(config_path, RUN))
         (RUN / "pids.json").write_text(json.dumps(pids, indent=2))
+    config = yaml.safe_load(config_path.read_text())
     rest = pids["edge"]["address"]
     wait_http(f"{rest}/status/liveness/", 30, RUN / "edge.log")
+    # The provider's clients and keys, as the running provider keeps them.
+    provider = Provider.load_or_create(pids["oidc"]["address"], RUN / "oidc.json")
 
     facts = {
         "grpc": pids["server"]["address"],
         "rest": rest,
         "system": SYSTEM,
-        "tokens": {user: issuer.token(user, lifetime=24 * 3600) for user in ("alice", "bob")},
+        "tokens": {user: provider.token(user, lifetime=24 * 3600) for user in ("alice", "bob")},
+        "oidc": provider.facts(),
         "ssh": {
             "host": cluster["ssh"]["host"],
             "port": cluster["ssh"]["port"],
@@ -175,6 +207,8 @@ def stop_service() -> None:
 
 def _banner(facts: dict[str, Any]) -> str:
     rest, system, alice = facts["rest"], facts["system"], facts["tokens"]["alice"]
+    oidc = facts["oidc"]
+    alice_client, bob_client = oidc["clients"]["alice"], oidc["clients"]["bob"]
     return f"""
 hpcgate is running on the local cluster.
 
@@ -185,6 +219,11 @@ hpcgate is running on the local cluster.
 Tokens (valid 24 h):
   ALICE={alice}
   BOB={facts["tokens"]["bob"]}
+
+OIDC provider {oidc["issuer"]} (client credentials, tokens valid {TOKEN_LIFETIME // 60} min):
+  token URL  {oidc["token_url"]}
+  alice      client_id={alice_client["client_id"]} client_secret={alice_client["client_secret"]}
+  bob        client_id={bob_client["client_id"]} client_secret={bob_client["client_secret"]}
 
 Try:
   curl -H "Authorization: Bearer $ALICE" {rest}/status/systems
@@ -197,6 +236,16 @@ with grpc.insecure_channel(dev["grpc"]) as channel:
     stub = status_pb2_grpc.StatusStub(channel)
     auth = [("authorization", "Bearer " + dev["tokens"]["alice"])]
     print(stub.ListSystems(status_pb2.ListSystemsRequest(), metadata=auth))
+PY
+  .venv/bin/python - <<'PY'
+import json
+from firecrest import ClientCredentialsAuth
+from firecrest.v2 import Firecrest
+dev = json.load(open(".hpcgate/dev.json"))
+alice = dev["oidc"]["clients"]["alice"]
+auth = ClientCredentialsAuth(alice["client_id"], alice["client_secret"], dev["oidc"]["token_url"])
+client = Firecrest(firecrest_url=dev["rest"], authorization=auth)
+print(client.list_files(dev["system"], "/home/alice"))
 PY
 
 The same facts are in .hpcgate/dev.json. Stop everything with: make stop
