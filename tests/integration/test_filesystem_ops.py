@@ -384,7 +384,7 @@ async def test_checksum_file_type_and_stat(
 
     reply = await fs.rest("GET", "checksum", params={"path": path})
     assert reply.json() == {
-        "output": {"algorithm": "SHA-256", "checksum": hashlib.sha256(data).hexdigest()}
+        "output": {"algorithm": "SHA256", "checksum": hashlib.sha256(data).hexdigest()}
     }
     assert_error(await fs.rest("GET", "checksum", params={"path": workdir}), 400, "Is a directory")
     missing = await fs.rest("GET", "checksum", params={"path": f"{workdir}/nope"})

@@ -61,7 +61,7 @@ async def test_reading_calls(client: AsyncFirecrest, live: LiveService, workdir:
     assert skipped["content"] == "line 29\nline 30\n"
 
     checksum = await client.checksum(system, path)
-    assert checksum == {"algorithm": "SHA-256", "checksum": hashlib.sha256(CONTENT).hexdigest()}
+    assert checksum == {"algorithm": "SHA256", "checksum": hashlib.sha256(CONTENT).hexdigest()}
     assert await client.file_type(system, path) == "ASCII text"
     st = await client.stat(system, path)
     assert stat.S_ISREG(st["mode"]) and st["size"] == len(CONTENT)

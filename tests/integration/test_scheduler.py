@@ -395,7 +395,9 @@ async def test_unknown_job_is_404(
         headers=live.headers("alice"),
     )
     assert response.status_code == 404, response.text
-    assert response.json()["data"]["reason"] == "JOB_NOT_FOUND"
+    body = response.json()
+    assert body["message"] == "Job not found."  # FirecREST's words, which clients match on
+    assert body["data"]["reason"] == "JOB_NOT_FOUND"
 
 
 @pytest.mark.parametrize(
