@@ -207,11 +207,12 @@ async def test_ls_entries_have_firecrest_fields(
         "group": group,
         "permissions": "rw-r-----",
         "lastModified": "2023-11-14T22:13:20Z",
-        "size": 60,
+        "size": "60",  # a string, as in FirecREST
+        "linkTarget": None,  # always sent, null for a file that is no link
     }
     assert files["link"]["type"] == "l" and files["link"]["linkTarget"] == "f.txt"
     assert files["broken"]["linkTarget"] == "/nowhere"
-    assert files["sub"]["type"] == "d" and "linkTarget" not in files["sub"]
+    assert files["sub"]["type"] == "d" and files["sub"]["linkTarget"] is None
 
     hidden = by_name(await fs.ls(workdir, showHidden="true"))
     assert ".hidden" in hidden and "." not in hidden and ".." not in hidden
@@ -223,8 +224,8 @@ async def test_ls_entries_have_firecrest_fields(
     assert recursive == ["broken", "f.txt", "link", "sub", "sub/inner"]
 
     followed = by_name(await fs.ls(workdir, dereference="true"))
-    assert followed["link"]["type"] == "-" and followed["link"]["size"] == 60
-    assert "linkTarget" not in followed["link"]
+    assert followed["link"]["type"] == "-" and followed["link"]["size"] == "60"
+    assert followed["link"]["linkTarget"] is None
     assert followed["broken"]["type"] == "l"  # nothing to follow: listed as itself
 
     # gRPC gives the same listing.
@@ -288,7 +289,8 @@ async def test_ls_of_5000_entries(
             "group": group,
             "permissions": stat.filemode(int(mode, 8))[1:],
             "lastModified": iso(float(mtime)),
-            "size": int(size),
+            "size": size,
+            "linkTarget": None,
         }
     assert len(expected) == 5000
 

@@ -128,7 +128,7 @@ class FileChecksum(_message.Message):
     ALGORITHM_FIELD_NUMBER: _builtins.int
     CHECKSUM_FIELD_NUMBER: _builtins.int
     algorithm: _builtins.str
-    """Checksum algorithm; always "SHA-256"."""
+    """Checksum algorithm; always "SHA256" (FirecREST's name for SHA-256)."""
     checksum: _builtins.str
     """Checksum, hexadecimal."""
     def __init__(
