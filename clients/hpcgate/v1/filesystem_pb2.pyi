@@ -361,8 +361,9 @@ class TailRequest(_message.Message):
     lines: _builtins.int
     """The output will be the last NUM lines of each file."""
     skip_heading: _builtins.bool
-    """The output will be the whole file, without the first NUM bytes/lines of
-    each file. NUM should be specified in the respective argument through
+    """The output will be the file from byte/line NUM on, as `tail
+    --bytes=+NUM` / `--lines=+NUM` (counted from 1: the first NUM-1 are
+    skipped). NUM should be specified in the respective argument through
     `bytes` or `lines`.
     """
     def __init__(

@@ -400,12 +400,17 @@ async def head_range(
 async def tail_range(
     read: ReadAt, size: int, nbytes: int | None, lines: int | None, skip: bool
 ) -> tuple[int, int]:
-    """The byte range ``tail`` prints: the last N bytes/lines, or all but the first N."""
+    """The byte range ``tail`` prints: the last N bytes/lines, or from the N-th on (``skip``).
+
+    With ``skip`` it is ``tail --bytes=+N`` / ``--lines=+N``, as FirecREST runs
+    it: output starts at byte or line N, counted from 1 (so 0 and 1 are the
+    whole file).
+    """
     if nbytes is not None:
-        return (min(nbytes, size) if skip else max(0, size - nbytes)), size
+        return (min(max(nbytes - 1, 0), size) if skip else max(0, size - nbytes)), size
     count = DEFAULT_LINES if lines is None else lines
     if skip:
-        return await forward_cut(read, size, count), size
+        return await forward_cut(read, size, max(count - 1, 0)), size
     return await backward_cut(read, size, count), size
 
 
