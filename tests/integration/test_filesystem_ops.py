@@ -328,7 +328,7 @@ async def test_head_and_tail(fs: Fs, alice: asyncssh.SSHClientConnection, workdi
         ("tail", {"lines": 2}, b"line 19\nline 20\n", "lines", -2, -1),
         ("tail", {"bytes": 4}, b" 20\n", "bytes", -4, -1),
         # As `tail --lines=+18` / `--bytes=+150`: from line 18 or byte 150 on (1-based).
-        ("tail", {"lines": 18, "skipHeading": "true"}, b"line 18\nline 19\nline 20\n", "lines", 18, -1),
+        ("tail", {"lines": 18, "skipHeading": "true"}, LINES[-24:], "lines", 18, -1),
         ("tail", {"bytes": 150, "skipHeading": "true"}, LINES[149:], "bytes", 150, -1),
     ]
     for op, params, content, unit, start, end in cases:

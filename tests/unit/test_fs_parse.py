@@ -196,7 +196,7 @@ COUNTS = [0, 1, 2, 3, 7, 100]
 
 
 def _gnu(tool: str, file: Path, unit: str, count: int, skip: bool) -> bytes:
-    """What GNU head/tail print for FirecREST's command line (``head --lines=-N``, ``tail --lines=+N``)."""
+    """What GNU head/tail print for FirecREST's command lines (``head -N``, ``tail +N``)."""
     if tool == "head":
         arg = f"-{count}" if skip else str(count)
     else:
