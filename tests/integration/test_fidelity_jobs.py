@@ -16,7 +16,7 @@ import httpx
 import pytest
 from firecrest import FirecrestException
 from firecrest.v2 import AsyncFirecrest
-from test_scheduler import finished, script, stub, workdir
+from integration.test_scheduler import finished, script, stub, workdir
 
 from conftest import LiveService, StaticToken
 from hpcgate.v1 import scheduler_pb2
