@@ -12,12 +12,13 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncssh
+import grpc
 import httpx
 import pytest
 
 from cluster_fixture import Cluster
 from conftest import LiveService
-from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
+from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc, options_pb2
 
 pytestmark = pytest.mark.asyncio
 
@@ -87,3 +88,114 @@ async def test_tail_skip_heading_starts_at_n_as_tail_plus_n(
             metadata=live.metadata("alice"),
         )
         assert reply.output.content == expected, (unit, count)
+
+
+# -- size limits ---------------------------------------------------------------------------
+
+TRANSPORT_WORDS = "larger than max"
+
+
+def limit_of(live: LiveService) -> int:
+    return live.settings.systems[0].data_operation.max_ops_file_size
+
+
+@pytest.fixture
+async def roomy(live: LiveService) -> AsyncIterator[filesystem_pb2_grpc.FilesystemStub]:
+    """A gRPC client that accepts replies beyond gRPC's default 4 MiB, as a Download needs."""
+    channel = grpc.aio.insecure_channel(
+        live.grpc_target, options=[("grpc.max_receive_message_length", -1)]
+    )
+    try:
+        yield filesystem_pb2_grpc.FilesystemStub(channel)
+    finally:
+        await channel.close(None)
+
+
+def assert_413(response: httpx.Response, message: str) -> None:
+    """FirecREST's 413 body, with hpcgate's reason, and no gRPC transport text."""
+    assert response.status_code == 413, response.text
+    body = response.json()
+    assert TRANSPORT_WORDS not in response.text
+    assert (body["errorType"], body["message"]) == ("error", message)
+    assert body["data"]["reason"] == "FILE_TOO_LARGE"
+
+
+@pytest.mark.parametrize("kind", ["text", "binary"])
+async def test_a_file_of_exactly_the_limit_can_be_viewed_and_downloaded(
+    live: LiveService,
+    rest: httpx.AsyncClient,
+    roomy: filesystem_pb2_grpc.FilesystemStub,
+    alice: asyncssh.SSHClientConnection,
+    workdir: str,
+    kind: str,
+) -> None:
+    limit = limit_of(live)
+    if kind == "text":
+        data = (b"0123456789abcdef" * (limit // 16 + 1))[:limit]
+    else:
+        # Every byte value, many not UTF-8: as text each of those becomes U+FFFD,
+        # three bytes, so the reply is far larger than the file.
+        data = (bytes(range(256)) * (limit // 256 + 1))[:limit]
+    path = f"{workdir}/exact.{kind}"
+    await put(alice, path, data)
+    text = data.decode("utf-8", "replace")
+
+    viewed = await rest.get("/view", params={"path": path})
+    assert viewed.status_code == 200, viewed.text[:500]
+    assert viewed.json()["output"] == text
+    downloaded = await rest.get("/download", params={"path": path})
+    assert downloaded.status_code == 200, downloaded.text[:500]
+    assert downloaded.content == data
+
+    metadata = live.metadata("alice")
+    view = await roomy.View(
+        filesystem_pb2.ViewRequest(system_name=live.system, path=path), metadata=metadata
+    )
+    assert view.output == text
+    download = await roomy.Download(
+        filesystem_pb2.DownloadRequest(system_name=live.system, path=path), metadata=metadata
+    )
+    assert download.data == data
+
+
+async def test_over_the_limit_is_firecrests_413_never_transport_text(
+    live: LiveService,
+    rest: httpx.AsyncClient,
+    roomy: filesystem_pb2_grpc.FilesystemStub,
+    alice: asyncssh.SSHClientConnection,
+    workdir: str,
+) -> None:
+    limit = limit_of(live)
+    # Just over, and far over (beyond what one message of the limit's size holds).
+    for size in (limit + 1, 2 * limit + 2 * 1024 * 1024):
+        response = await rest.post(
+            "/upload", params={"path": workdir}, files={"file": (f"up-{size}", b"u" * size)}
+        )
+        assert_413(response, "File to upload is too large.")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await roomy.Upload(
+            filesystem_pb2.UploadRequest(
+                system_name=live.system,
+                path=workdir,
+                file=options_pb2.UploadedFile(filename="up-grpc", content=b"u" * (limit + 1)),
+            ),
+            metadata=live.metadata("alice"),
+        )
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert caught.value.details() == "File to upload is too large."
+    listing = await alice.run(shlex.join(["ls", "-A", "--", workdir]), check=True)
+    assert listing.stdout == "", "nothing over the limit lands on the cluster"
+
+    path = f"{workdir}/big.bin"
+    await put(alice, path, b"d" * (limit + 1))
+    assert_413(await rest.get("/download", params={"path": path}), "File to download is too large.")
+    head = await rest.get("/head", params={"path": path, "bytes": limit + 1})
+    assert head.status_code == 413 and TRANSPORT_WORDS not in head.text, head.text
+    assert head.json()["data"]["reason"] == "FILE_TOO_LARGE"
+    # As FirecREST: a view larger than the limit is a bad `size` (400), the rest of
+    # the file is reached with `offset`.
+    view = await rest.get("/view", params={"path": path, "size": limit + 1})
+    assert view.status_code == 400, view.text
+    assert view.json()["data"]["fieldViolations"][0]["field"] == "size"
+    tail = await rest.get("/view", params={"path": path, "offset": limit})
+    assert tail.status_code == 200 and tail.json()["output"] == "d"
