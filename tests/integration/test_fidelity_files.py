@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncssh
 import grpc
@@ -88,6 +89,66 @@ async def test_tail_skip_heading_starts_at_n_as_tail_plus_n(
             metadata=live.metadata("alice"),
         )
         assert reply.output.content == expected, (unit, count)
+
+
+# -- JSON types ----------------------------------------------------------------------------
+
+_STR_OR_NULL = (str, type(None))
+# FirecREST's filesystem/ops/models.py, key by key.
+FILE = {
+    "name": str,
+    "type": str,
+    "linkTarget": _STR_OR_NULL,
+    "user": str,
+    "group": str,
+    "permissions": str,
+    "lastModified": str,
+    "size": str,
+}
+CONTENT = {"content": str, "contentType": str, "startPosition": int, "endPosition": int}
+STAT = dict.fromkeys(("mode", "ino", "dev", "nlink", "uid", "gid", "size", "atime", "ctime"), int)
+STAT["mtime"] = int
+
+
+def conforms(obj: dict[str, Any], model: dict[str, Any], where: str) -> None:
+    """Every key of ``model`` is in ``obj`` with its JSON type (bool never counts as int)."""
+    missing = model.keys() - obj.keys()
+    assert not missing, f"{where}: keys left out: {sorted(missing)}"
+    for key, kind in model.items():
+        value = obj[key]
+        assert isinstance(value, kind) and not isinstance(value, bool), (where, key, value)
+
+
+async def test_ops_replies_have_firecrests_keys_and_json_types(
+    rest: httpx.AsyncClient, alice: asyncssh.SSHClientConnection, workdir: str
+) -> None:
+    path = f"{workdir}/lines.txt"
+    await put(alice, path, LINES)
+    await alice.run(shlex.join(["ln", "-s", "lines.txt", f"{workdir}/link"]), check=True)
+
+    listing = (await rest.get("/ls", params={"path": workdir})).json()["output"]
+    for entry in listing:
+        conforms(entry, FILE, "ls")
+    by_name = {e["name"]: e for e in listing}
+    assert by_name["lines.txt"]["size"] == str(len(LINES))
+    assert (by_name["lines.txt"]["linkTarget"], by_name["link"]["linkTarget"]) == (
+        None,
+        "lines.txt",
+    )
+
+    stat = (await rest.get("/stat", params={"path": path})).json()["output"]
+    conforms(stat, STAT, "stat")
+    assert stat["size"] == len(LINES)
+    for op in ("head", "tail"):
+        conforms((await rest.get(f"/{op}", params={"path": path})).json()["output"], CONTENT, op)
+    checksum = (await rest.get("/checksum", params={"path": path})).json()["output"]
+    assert checksum["algorithm"] == "SHA256"  # FirecREST's name, not "SHA-256"
+    assert isinstance((await rest.get("/file", params={"path": path})).json()["output"], str)
+    made = await rest.post("/mkdir", json={"sourcePath": f"{workdir}/d"})
+    assert made.status_code == 201, made.text
+    conforms(made.json()["output"], FILE, "mkdir")
+    changed = await rest.put("/chmod", json={"sourcePath": path, "mode": "640"})
+    conforms(changed.json()["output"], FILE, "chmod")
 
 
 # -- size limits ---------------------------------------------------------------------------
