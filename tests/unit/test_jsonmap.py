@@ -57,3 +57,10 @@ def test_maps_and_well_known_types_keep_protobufs_forms() -> None:
         "healthcheckRuns": {"cluster": "1970-01-01T00:00:00Z"},
         "lastUpdate": 3,
     }
+
+
+def test_fields_of_other_union_kinds_stay_out() -> None:
+    s3 = status_pb2.DataTransferConfig(service_type="s3", name="store", ttl=0)
+    assert to_json(s3) == {"serviceType": "s3", "name": "store", "ttl": 0}
+    health = status_pb2.ServiceHealth(service_type="ssh", healthy=True)
+    assert "path" not in to_json(health) and to_json(health)["latency"] is None

@@ -65,6 +65,7 @@ class JsonOptions(_message.Message):
 
     AS_STRING_FIELD_NUMBER: _builtins.int
     NULL_WHEN_EMPTY_FIELD_NUMBER: _builtins.int
+    OMIT_WHEN_EMPTY_FIELD_NUMBER: _builtins.int
     as_string: _builtins.bool
     """Write this integer field as a JSON string: FirecREST types it `str`
     (job ids, sizes in directory listings).
@@ -73,15 +74,21 @@ class JsonOptions(_message.Message):
     """Write this repeated field as null when it is empty: FirecREST's model
     has None there, not an empty list.
     """
+    omit_when_empty: _builtins.bool
+    """Leave this field out when it is unset or empty: it belongs to only some
+    kinds of a FirecREST union (told apart by another field), and the other
+    kinds have no such key.
+    """
     def __init__(
         self,
         *,
         as_string: _builtins.bool = ...,
         null_when_empty: _builtins.bool = ...,
+        omit_when_empty: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_string", b"as_string", "null_when_empty", b"null_when_empty"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_string", b"as_string", "null_when_empty", b"null_when_empty", "omit_when_empty", b"omit_when_empty"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

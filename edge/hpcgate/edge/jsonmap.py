@@ -11,6 +11,8 @@ descriptor:
 - writes fields marked ``(hpcgate.v1.json).as_string`` as strings;
 - writes an unset field with presence (``optional``, or a message) as null,
   and an empty repeated field marked ``null_when_empty`` as null;
+- leaves out a field marked ``omit_when_empty`` that is unset or empty (a
+  field of only some kinds of a FirecREST union);
 - leaves out nulls within a message marked ``(hpcgate.v1.json_message).omit_null``
   (FirecREST's ``response_model_exclude_none``).
 
@@ -56,8 +58,9 @@ class FieldPlan:
     nested: descriptor.Descriptor | None  # message type of the value (or of a map's values)
     is_map: bool
     is_list: bool
-    null_when_unset: bool  # has presence and is not in a real oneof
+    null_when_unset: bool  # has presence, is not in a real oneof, is not omit_when_empty
     null_when_empty: bool
+    omit_when_empty: bool
 
 
 def json_options(field: FD) -> options_pb2.JsonOptions:
@@ -96,14 +99,18 @@ def _field_plan(field: FD) -> FieldPlan:
     entry = field.message_type
     is_map = entry is not None and entry.GetOptions().map_entry
     valued = entry.fields_by_name["value"] if entry is not None and is_map else field
+    options = json_options(field)
     return FieldPlan(
         key=field.json_name,
         scalar=scalar_of(valued),
         nested=valued.message_type,
         is_map=is_map,
         is_list=bool(field.is_repeated) and not is_map,
-        null_when_unset=field.has_presence and not in_real_oneof(field),
-        null_when_empty=bool(field.is_repeated) and json_options(field).null_when_empty,
+        null_when_unset=(
+            field.has_presence and not in_real_oneof(field) and not options.omit_when_empty
+        ),
+        null_when_empty=bool(field.is_repeated) and options.null_when_empty,
+        omit_when_empty=options.omit_when_empty,
     )
 
 
@@ -140,6 +147,8 @@ def _fix(desc: descriptor.Descriptor, data: dict[str, Any], omit: bool) -> dict[
         value = data[key]
         if plan.is_map:
             data[key] = {k: _value(plan, v, omit) for k, v in value.items()}
+        elif plan.omit_when_empty and plan.is_list and not value:
+            del data[key]  # (an unset scalar or message is not in data at all)
         elif plan.is_list:
             if plan.null_when_empty and not value:
                 if omit:
