@@ -253,8 +253,11 @@ async def test_over_the_limit_is_firecrests_413_never_transport_text(
     head = await rest.get("/head", params={"path": path, "bytes": limit + 1})
     assert head.status_code == 413 and TRANSPORT_WORDS not in head.text, head.text
     assert head.json()["data"]["reason"] == "FILE_TOO_LARGE"
-    # As FirecREST: a view larger than the limit is a bad `size` (400), the rest of
-    # the file is reached with `offset`.
+    # As FirecREST: the view of a file beyond the limit is 413, asking for more than
+    # the limit is a bad `size` (400); `size` and `offset` reach every part of it.
+    view = await rest.get("/view", params={"path": path})
+    assert view.status_code == 413 and TRANSPORT_WORDS not in view.text, view.text
+    assert view.json()["data"]["reason"] == "FILE_TOO_LARGE"
     view = await rest.get("/view", params={"path": path, "size": limit + 1})
     assert view.status_code == 400, view.text
     assert view.json()["data"]["fieldViolations"][0]["field"] == "size"

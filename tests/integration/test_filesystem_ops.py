@@ -871,7 +871,9 @@ async def test_size_limit(strict: Fs, alice: asyncssh.SSHClientConnection, workd
     path = f"{workdir}/big.txt"
     await put(alice, path, b"0123456789" * 300)
     view = await strict.rest("GET", "view", params={"path": path})
-    assert view.json() == {"output": "0123456789" * 100}  # the first maxOpsFileSize bytes
+    assert_error(view, 413, "more than the limit of 1000")  # as FirecREST, never cut silently
+    view = await strict.rest("GET", "view", params={"path": path, "size": 1000})
+    assert view.json() == {"output": "0123456789" * 100}  # maxOpsFileSize bytes at most
     too_much = await strict.rest("GET", "view", params={"path": path, "size": 1001})
     assert_error(too_much, 400, "size")
     head = await strict.rest("GET", "head", params={"path": path, "bytes": 2000})

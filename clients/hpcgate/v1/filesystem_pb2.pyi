@@ -430,7 +430,9 @@ class ViewRequest(_message.Message):
     """File path."""
     size: _builtins.int
     """Value, in bytes, of the size of data to be retrieved from the file.
-    Default and maximum: the configured limit (5242880 in FirecREST).
+    At most the configured limit (5242880 in FirecREST). Unset means the
+    rest of the file, which must then be within the limit
+    (RESOURCE_EXHAUSTED, HTTP 413, otherwise).
     """
     offset: _builtins.int
     """Value in bytes of the offset. Default 0."""
