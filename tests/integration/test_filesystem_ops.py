@@ -207,11 +207,12 @@ async def test_ls_entries_have_firecrest_fields(
         "group": group,
         "permissions": "rw-r-----",
         "lastModified": "2023-11-14T22:13:20Z",
-        "size": 60,
+        "size": "60",  # a string, as in FirecREST
+        "linkTarget": None,  # always sent, null for a file that is no link
     }
     assert files["link"]["type"] == "l" and files["link"]["linkTarget"] == "f.txt"
     assert files["broken"]["linkTarget"] == "/nowhere"
-    assert files["sub"]["type"] == "d" and "linkTarget" not in files["sub"]
+    assert files["sub"]["type"] == "d" and files["sub"]["linkTarget"] is None
 
     hidden = by_name(await fs.ls(workdir, showHidden="true"))
     assert ".hidden" in hidden and "." not in hidden and ".." not in hidden
@@ -223,8 +224,8 @@ async def test_ls_entries_have_firecrest_fields(
     assert recursive == ["broken", "f.txt", "link", "sub", "sub/inner"]
 
     followed = by_name(await fs.ls(workdir, dereference="true"))
-    assert followed["link"]["type"] == "-" and followed["link"]["size"] == 60
-    assert "linkTarget" not in followed["link"]
+    assert followed["link"]["type"] == "-" and followed["link"]["size"] == "60"
+    assert followed["link"]["linkTarget"] is None
     assert followed["broken"]["type"] == "l"  # nothing to follow: listed as itself
 
     # gRPC gives the same listing.
@@ -288,7 +289,8 @@ async def test_ls_of_5000_entries(
             "group": group,
             "permissions": stat.filemode(int(mode, 8))[1:],
             "lastModified": iso(float(mtime)),
-            "size": int(size),
+            "size": size,
+            "linkTarget": None,
         }
     assert len(expected) == 5000
 
@@ -325,8 +327,9 @@ async def test_head_and_tail(fs: Fs, alice: asyncssh.SSHClientConnection, workdi
         ("tail", {}, b"".join(LINES.splitlines(True)[10:]), "lines", -10, -1),
         ("tail", {"lines": 2}, b"line 19\nline 20\n", "lines", -2, -1),
         ("tail", {"bytes": 4}, b" 20\n", "bytes", -4, -1),
-        ("tail", {"lines": 18, "skipHeading": "true"}, b"line 19\nline 20\n", "lines", 18, -1),
-        ("tail", {"bytes": 150, "skipHeading": "true"}, LINES[150:], "bytes", 150, -1),
+        # As `tail --lines=+18` / `--bytes=+150`: from line 18 or byte 150 on (1-based).
+        ("tail", {"lines": 18, "skipHeading": "true"}, LINES[-24:], "lines", 18, -1),
+        ("tail", {"bytes": 150, "skipHeading": "true"}, LINES[149:], "bytes", 150, -1),
     ]
     for op, params, content, unit, start, end in cases:
         reply = await fs.rest("GET", op, params={"path": path, **params})
@@ -384,7 +387,7 @@ async def test_checksum_file_type_and_stat(
 
     reply = await fs.rest("GET", "checksum", params={"path": path})
     assert reply.json() == {
-        "output": {"algorithm": "SHA-256", "checksum": hashlib.sha256(data).hexdigest()}
+        "output": {"algorithm": "SHA256", "checksum": hashlib.sha256(data).hexdigest()}
     }
     assert_error(await fs.rest("GET", "checksum", params={"path": workdir}), 400, "Is a directory")
     missing = await fs.rest("GET", "checksum", params={"path": f"{workdir}/nope"})
@@ -868,7 +871,9 @@ async def test_size_limit(strict: Fs, alice: asyncssh.SSHClientConnection, workd
     path = f"{workdir}/big.txt"
     await put(alice, path, b"0123456789" * 300)
     view = await strict.rest("GET", "view", params={"path": path})
-    assert view.json() == {"output": "0123456789" * 100}  # the first maxOpsFileSize bytes
+    assert_error(view, 413, "more than the limit of 1000")  # as FirecREST, never cut silently
+    view = await strict.rest("GET", "view", params={"path": path, "size": 1000})
+    assert view.json() == {"output": "0123456789" * 100}  # maxOpsFileSize bytes at most
     too_much = await strict.rest("GET", "view", params={"path": path, "size": 1001})
     assert_error(too_much, 400, "size")
     head = await strict.rest("GET", "head", params={"path": path, "bytes": 2000})

@@ -178,7 +178,7 @@ async def test_name_with_bar_space_unicode_round_trips(
     )
     assert response.status_code == 200, response.text
     listed = {j["jobId"]: j for j in response.json()["jobs"]}
-    assert listed[job_id]["name"] == JOB_NAME
+    assert listed[str(job_id)]["name"] == JOB_NAME
     # Once finished the record comes from sacct (merged): the name still survives.
     done = await finished(live, "alice", job_id)
     assert done.name == JOB_NAME
@@ -281,7 +281,7 @@ async def test_script_path_and_streams(
     )
     assert response.status_code == 201, response.text
     job_id = response.json()["jobId"]
-    assert isinstance(job_id, int)
+    assert isinstance(job_id, str)  # FirecREST's type
     metadata = await rest.get(
         f"/compute/{live.system}/jobs/{job_id}/metadata", headers=live.headers("alice")
     )
@@ -291,7 +291,7 @@ async def test_script_path_and_streams(
     assert entry["script"] == "#!/bin/bash\ncat; echo done\n"
     assert entry["standardInput"] == stdin
     assert entry["standardOutput"] == stdout
-    await finished(live, "alice", job_id)
+    await finished(live, "alice", int(job_id))
     output = await ssh_output(cluster, "alice", f"cat '{stdout}'; rm -f '{stdout}' {stdin} {path}")
     assert output == "hello\ndone\n"
 
@@ -395,7 +395,9 @@ async def test_unknown_job_is_404(
         headers=live.headers("alice"),
     )
     assert response.status_code == 404, response.text
-    assert response.json()["data"]["reason"] == "JOB_NOT_FOUND"
+    body = response.json()
+    assert body["message"] == "Job not found."  # FirecREST's words, which clients match on
+    assert body["data"]["reason"] == "JOB_NOT_FOUND"
 
 
 @pytest.mark.parametrize(
@@ -511,16 +513,16 @@ async def test_pyfirecrest_runs_unchanged(live: LiveService) -> None:
             account="proj2",
         )
         job_id = submitted["jobId"]
-        info = await client.job_info(live.system, str(job_id))
+        info = await client.job_info(live.system, job_id)
         assert info[0]["jobId"] == job_id
         assert info[0]["account"] == "proj2"
         assert info[0]["status"]["state"] in {"PENDING", "RUNNING"}
         listed = await client.job_info(live.system, time_window="1h")
         assert job_id in [j["jobId"] for j in listed]
-        metadata = await client.job_metadata(live.system, str(job_id))
+        metadata = await client.job_metadata(live.system, job_id)
         assert metadata[0]["script"] == body
-        await client.cancel_job(live.system, str(job_id))
-        job = await finished(live, "alice", job_id)
+        await client.cancel_job(live.system, job_id)
+        job = await finished(live, "alice", int(job_id))
         assert job.status.normalized_state == scheduler_pb2.JOB_STATE_CANCELLED
     finally:
         await client.close_session()

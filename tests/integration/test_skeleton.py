@@ -41,13 +41,15 @@ async def test_list_systems_same_over_grpc_and_rest(skeleton: Service) -> None:
         response = await client.get("/status/systems")
     assert response.status_code == 200
     body = response.json()
-    # FirecREST's JSON shape: camelCase names, defaults written out.
+    # FirecREST's JSON shape: camelCase names, defaults written out, unset optionals null.
     daint = body["systems"][0]
     assert daint["name"] == "daint"
     assert daint["ssh"] == {
         "host": "daint.example.org",
         "port": 2222,
         "maxClients": 4,
+        "proxyHost": None,
+        "proxyPort": None,
         "timeout": {
             "connection": 10,
             "login": 10,

@@ -160,12 +160,15 @@ async def complete(client: httpx.AsyncClient, directives: dict[str, Any], etags:
 
 
 async def watch(
-    service: LiveService, job_id: int, user: str = "alice"
+    service: LiveService, job_id: int | str, user: str = "alice"
 ) -> list[transfer_pb2.TransferStatus]:
-    """Every state WatchTransfer sends for the transfer, until it ends."""
+    """Every state WatchTransfer sends for the transfer, until it ends.
+
+    ``job_id`` may be REST's string (FirecREST's type) or gRPC's number.
+    """
     stub = transfer_pb2_grpc.TransferStub(service.channel)
     call = stub.WatchTransfer(
-        transfer_pb2.WatchTransferRequest(system_name=SYSTEM, job_id=job_id),
+        transfer_pb2.WatchTransferRequest(system_name=SYSTEM, job_id=int(job_id)),
         metadata=service.metadata(user),
         timeout=120,
     )
@@ -173,11 +176,11 @@ async def watch(
 
 
 async def get(
-    service: LiveService, job_id: int, user: str = "alice"
+    service: LiveService, job_id: int | str, user: str = "alice"
 ) -> transfer_pb2.TransferStatus:
     stub = transfer_pb2_grpc.TransferStub(service.channel)
     reply = await stub.GetTransfer(
-        transfer_pb2.GetTransferRequest(system_name=SYSTEM, job_id=job_id),
+        transfer_pb2.GetTransferRequest(system_name=SYSTEM, job_id=int(job_id)),
         metadata=service.metadata(user),
     )
     return reply.transfer
@@ -271,10 +274,11 @@ async def test_watch_follows_an_upload_from_client_to_file(xfer: LiveService, wo
     target = f"{workdir}/watched.bin"
     reply = await start_upload(xfer, target, len(data))
     job_id = reply["transferJob"]["jobId"]
+    assert isinstance(job_id, str)  # FirecREST's type
     directives = reply["transferDirectives"]
     stub = transfer_pb2_grpc.TransferStub(xfer.channel)
     call = stub.WatchTransfer(
-        transfer_pb2.WatchTransferRequest(system_name=SYSTEM, job_id=job_id),
+        transfer_pb2.WatchTransferRequest(system_name=SYSTEM, job_id=int(job_id)),
         metadata=xfer.metadata("alice"),
         timeout=120,
     )

@@ -350,7 +350,7 @@ async def test_rest_watch_as_sse_and_ndjson(
     assert events[0]["eventType"] == "JOB_EVENT_TYPE_INITIAL"
     assert events[-1]["job"]["status"]["state"] == "COMPLETED"
     assert events[-1]["job"]["status"]["normalizedState"] == "JOB_STATE_COMPLETED"
-    assert {e["job"]["jobId"] for e in events} == {job_id}  # a JSON number
+    assert {e["job"]["jobId"] for e in events} == {str(job_id)}  # a string, as in FirecREST
 
 
 async def test_rest_watch_errors_and_disconnects(live: LiveService) -> None:

@@ -196,11 +196,11 @@ COUNTS = [0, 1, 2, 3, 7, 100]
 
 
 def _gnu(tool: str, file: Path, unit: str, count: int, skip: bool) -> bytes:
-    """What GNU head/tail print, with ops' meaning of skip (exactly ``count`` skipped)."""
+    """What GNU head/tail print for FirecREST's command lines (``head -N``, ``tail +N``)."""
     if tool == "head":
         arg = f"-{count}" if skip else str(count)
     else:
-        arg = f"+{count + 1}" if skip else str(count)
+        arg = f"+{count}" if skip else str(count)
     option = "--bytes" if unit == "bytes" else "--lines"
     return subprocess.run(
         [tool, f"{option}={arg}", "--", str(file)], check=True, capture_output=True

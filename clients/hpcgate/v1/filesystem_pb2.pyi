@@ -128,7 +128,7 @@ class FileChecksum(_message.Message):
     ALGORITHM_FIELD_NUMBER: _builtins.int
     CHECKSUM_FIELD_NUMBER: _builtins.int
     algorithm: _builtins.str
-    """Checksum algorithm; always "SHA-256"."""
+    """Checksum algorithm; always "SHA256" (FirecREST's name for SHA-256)."""
     checksum: _builtins.str
     """Checksum, hexadecimal."""
     def __init__(
@@ -361,8 +361,9 @@ class TailRequest(_message.Message):
     lines: _builtins.int
     """The output will be the last NUM lines of each file."""
     skip_heading: _builtins.bool
-    """The output will be the whole file, without the first NUM bytes/lines of
-    each file. NUM should be specified in the respective argument through
+    """The output will be the file from byte/line NUM on, as `tail
+    --bytes=+NUM` / `--lines=+NUM` (counted from 1: the first NUM-1 are
+    skipped). NUM should be specified in the respective argument through
     `bytes` or `lines`.
     """
     def __init__(
@@ -429,7 +430,9 @@ class ViewRequest(_message.Message):
     """File path."""
     size: _builtins.int
     """Value, in bytes, of the size of data to be retrieved from the file.
-    Default and maximum: the configured limit (5242880 in FirecREST).
+    At most the configured limit (5242880 in FirecREST). Unset means the
+    rest of the file, which must then be within the limit
+    (RESOURCE_EXHAUSTED, HTTP 413, otherwise).
     """
     offset: _builtins.int
     """Value in bytes of the offset. Default 0."""

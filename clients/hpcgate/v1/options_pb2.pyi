@@ -54,6 +54,71 @@ class RestOptions(_message.Message):
 Global___RestOptions: _TypeAlias = RestOptions  # noqa: Y015
 
 @_typing.final
+class JsonOptions(_message.Message):
+    """JsonOptions say how the REST edge writes one field where FirecREST's JSON
+    differs from protobuf's JSON mapping. Without them the edge writes every
+    field: 64-bit integers as numbers, and an unset field with presence
+    (`optional`, or a message) as null, as FirecREST's models do.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AS_STRING_FIELD_NUMBER: _builtins.int
+    NULL_WHEN_EMPTY_FIELD_NUMBER: _builtins.int
+    OMIT_WHEN_EMPTY_FIELD_NUMBER: _builtins.int
+    as_string: _builtins.bool
+    """Write this integer field as a JSON string: FirecREST types it `str`
+    (job ids, sizes in directory listings).
+    """
+    null_when_empty: _builtins.bool
+    """Write this repeated field as null when it is empty: FirecREST's model
+    has None there, not an empty list.
+    """
+    omit_when_empty: _builtins.bool
+    """Leave this field out when it is unset or empty: it belongs to only some
+    kinds of a FirecREST union (told apart by another field), and the other
+    kinds have no such key.
+    """
+    def __init__(
+        self,
+        *,
+        as_string: _builtins.bool = ...,
+        null_when_empty: _builtins.bool = ...,
+        omit_when_empty: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_string", b"as_string", "null_when_empty", b"null_when_empty", "omit_when_empty", b"omit_when_empty"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JsonOptions: _TypeAlias = JsonOptions  # noqa: Y015
+
+@_typing.final
+class JsonMessageOptions(_message.Message):
+    """JsonMessageOptions say how the REST edge writes a whole message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OMIT_NULL_FIELD_NUMBER: _builtins.int
+    omit_null: _builtins.bool
+    """Leave out null fields, in this message and in every message within it
+    (FirecREST's `response_model_exclude_none`).
+    """
+    def __init__(
+        self,
+        *,
+        omit_null: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["omit_null", b"omit_null"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JsonMessageOptions: _TypeAlias = JsonMessageOptions  # noqa: Y015
+
+@_typing.final
 class UploadedFile(_message.Message):
     """UploadedFile is one file part of a multipart/form-data request."""
 
@@ -84,5 +149,11 @@ class UploadedFile(_message.Message):
 Global___UploadedFile: _TypeAlias = UploadedFile  # noqa: Y015
 
 REST_FIELD_NUMBER: _builtins.int
+JSON_FIELD_NUMBER: _builtins.int
+JSON_MESSAGE_FIELD_NUMBER: _builtins.int
 rest: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___RestOptions]
 """REST presentation of the method, read by the edge."""
+json: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___JsonOptions]
+"""JSON presentation of the field, read by the edge."""
+json_message: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, Global___JsonMessageOptions]
+"""JSON presentation of the message, read by the edge."""

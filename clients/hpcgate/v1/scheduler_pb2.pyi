@@ -278,9 +278,7 @@ class SubmitJobResponse(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
-    """Id of the submitted job (a JSON number; FirecREST types it as a
-    string).
-    """
+    """Id of the submitted job (a JSON string, as in FirecREST)."""
     def __init__(
         self,
         *,
@@ -617,7 +615,7 @@ class JobModel(_message.Message):
     WORKING_DIRECTORY_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
-    """Job id (a JSON number; FirecREST types it as a string)."""
+    """Job id (a JSON string, as in FirecREST)."""
     name: _builtins.str
     """Job name."""
     account: _builtins.str
@@ -867,7 +865,7 @@ class JobMetadataModel(_message.Message):
     STANDARD_OUTPUT_FIELD_NUMBER: _builtins.int
     STANDARD_ERROR_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
-    """Job id (a JSON number; FirecREST types it as a string)."""
+    """Job id (a JSON string, as in FirecREST)."""
     script: _builtins.str
     """The job's batch script."""
     standard_input: _builtins.str

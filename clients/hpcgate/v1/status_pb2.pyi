@@ -790,7 +790,7 @@ class DataTransferConfig(_message.Message):
     """DataTransferConfig is the data transfer service configuration: the union
     of FirecREST's S3DataTransfer, WormholeDataTransfer and
     StreamerDataTransfer, told apart by `serviceType`. Fields of the other
-    kinds are absent. S3 credentials and the private URL (write-only in
+    kinds are absent (and so are unset ones: FirecREST's s3 `tenant` null). S3 credentials and the private URL (write-only in
     FirecREST) are never sent.
     """
 

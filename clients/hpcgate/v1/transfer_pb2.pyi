@@ -140,7 +140,7 @@ class TransferJob(_message.Message):
     WORKING_DIRECTORY_FIELD_NUMBER: _builtins.int
     LOGS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
-    """Scheduler job id."""
+    """Scheduler job id (a JSON string, as in FirecREST)."""
     system: _builtins.str
     """System the job runs on."""
     working_directory: _builtins.str
@@ -249,6 +249,7 @@ class TransferDirectives(_message.Message):
     def parts_upload_urls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """s3 (upload): presigned URLs to upload the parts of the file, in part
         order (part 1 first); each part but the last has `maxPartSize` bytes.
+        Null (left out) when there are none, as in FirecREST.
         """
 
     def __init__(
@@ -331,7 +332,9 @@ Global___TransferUploadRequest: _TypeAlias = TransferUploadRequest  # noqa: Y015
 
 @_typing.final
 class TransferUploadResponse(_message.Message):
-    """TransferUploadResponse says where to upload and which job finishes it."""
+    """TransferUploadResponse says where to upload and which job finishes it.
+    Its JSON leaves out null fields, as FirecREST's does.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -402,7 +405,7 @@ Global___TransferDownloadRequest: _TypeAlias = TransferDownloadRequest  # noqa: 
 @_typing.final
 class TransferDownloadResponse(_message.Message):
     """TransferDownloadResponse says which job stages the file and where to get
-    it.
+    it. Its JSON leaves out null fields, as FirecREST's does.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -33,12 +33,13 @@ _FORWARDED_HEADERS = ("authorization",)
 _ID_PREFIX = os.urandom(6).hex()
 _ids = itertools.count(1)
 NDJSON = "application/x-ndjson"
-# Small downloads and uploads travel in one message; the server enforces the
-# real size limit (maxOpsFileSize), so the channel must not cut them at 4 MiB.
-MAX_MESSAGE = 256 * 1024 * 1024
+# Small downloads, views and uploads travel in one message. The server
+# enforces the size limit (maxOpsFileSize, a text reply up to three times
+# that) and the edge bounds the upload bodies it reads (max_form_body), so the
+# channel to the edge's own server cuts nothing itself (-1: no limit).
 CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
 ]
 SSE = "text/event-stream"
 

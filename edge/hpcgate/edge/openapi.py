@@ -13,6 +13,7 @@ from typing import Any
 from google.protobuf import descriptor, descriptor_pb2
 
 from hpcgate.edge.bindings import Binding
+from hpcgate.edge.jsonmap import Scalar, scalar_of
 from hpcgate.v1 import DESCRIPTOR_SET
 
 FD = descriptor.FieldDescriptor
@@ -181,6 +182,8 @@ class _Schemas:
             return self.ref(field.message_type)
         if field.enum_type is not None:
             return self.ref(field.enum_type)
+        if scalar_of(field) is Scalar.STRING:  # an integer FirecREST types as a string
+            return {"type": "string", "pattern": "^[0-9]+$"}
         return dict(_SCALARS[field.type])
 
     def message(

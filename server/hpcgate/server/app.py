@@ -107,18 +107,33 @@ def build_concerns(settings: Settings) -> list[Concern]:
 
 # Received metadata (headers) per call, bytes: twice the largest token limit.
 METADATA_LIMIT = 256 * 1024
+# Room for a message's framing beside its payload.
+MESSAGE_HEADROOM = 1024 * 1024
+# The largest upload body the REST edge forwards by default (its --max-upload).
+EDGE_UPLOAD_BODY = 64 * 1024 * 1024
+# A text reply (view, head, tail) of N bytes read can take 3 N bytes of UTF-8:
+# each byte that is not UTF-8 becomes U+FFFD.
+TEXT_EXPANSION = 3
 
 
 def _channel_options(settings: Settings) -> list[tuple[str, int]]:
-    """Message size limits: room for the largest small upload/download
-    (maxOpsFileSize) in one message. Pending calls: ``server.max_pending_rpcs``
-    (gRPC cancels calls at random beyond its soft limit, all beyond the hard one)."""
+    """Message size limits, and how many calls may wait.
+
+    The limits sit above everything the servicers let through, so that a
+    size limit is always the servicer's FILE_TOO_LARGE (HTTP 413 with its
+    reason), never gRPC's "message larger than max": a request up to what
+    the edge forwards reaches the Upload servicer, which checks
+    ``max_ops_file_size``; a reply holds at most ``max_ops_file_size`` bytes,
+    or three times that as text. Pending calls: ``server.max_pending_rpcs``
+    (gRPC cancels calls at random beyond its soft limit, all beyond the hard one).
+    """
     largest = max(s.data_operation.max_ops_file_size for s in settings.systems)
-    limit = max(4 * 1024 * 1024, largest + 1024 * 1024)
+    receive = max(EDGE_UPLOAD_BODY, largest) + MESSAGE_HEADROOM
+    send = max(4 * 1024 * 1024, TEXT_EXPANSION * largest + MESSAGE_HEADROOM)
     pending = settings.server.max_pending_rpcs
     return [
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", receive),
+        ("grpc.max_send_message_length", send),
         ("grpc.server.max_pending_requests", pending),
         ("grpc.server.max_pending_requests_hard_limit", pending),
         # gRPC's 8 KiB default would refuse a large token with transport text;

@@ -400,12 +400,17 @@ async def head_range(
 async def tail_range(
     read: ReadAt, size: int, nbytes: int | None, lines: int | None, skip: bool
 ) -> tuple[int, int]:
-    """The byte range ``tail`` prints: the last N bytes/lines, or all but the first N."""
+    """The byte range ``tail`` prints: the last N bytes/lines, or from the N-th on (``skip``).
+
+    With ``skip`` it is ``tail --bytes=+N`` / ``--lines=+N``, as FirecREST runs
+    it: output starts at byte or line N, counted from 1 (so 0 and 1 are the
+    whole file).
+    """
     if nbytes is not None:
-        return (min(nbytes, size) if skip else max(0, size - nbytes)), size
+        return (min(max(nbytes - 1, 0), size) if skip else max(0, size - nbytes)), size
     count = DEFAULT_LINES if lines is None else lines
     if skip:
-        return await forward_cut(read, size, count), size
+        return await forward_cut(read, size, max(count - 1, 0)), size
     return await backward_cut(read, size, count), size
 
 
@@ -504,19 +509,23 @@ async def tail(
 
 
 async def view(remote: Remote, path: str, offset: int | None, size: int | None, limit: int) -> str:
-    """Up to ``size`` bytes (default and most: ``limit``) from ``offset`` on, as text."""
+    """Up to ``size`` bytes (at most ``limit``) from ``offset`` on, as text.
+
+    Without ``size``, the rest of the file, which must be at most ``limit``
+    bytes (else RESOURCE_EXHAUSTED, as FirecREST's 413): a silently cut
+    view would look like the whole file.
+    """
     offset = 0 if offset is None else offset
-    size = limit if size is None else size
     if offset < 0:
         raise invalid_argument("offset", f"must be 0 or more, got {offset}")
-    if size <= 0:
+    if size is not None and size <= 0:
         raise invalid_argument("size", f"must be greater than 0, got {size}")
-    if size > limit:
+    if size is not None and size > limit:
         raise invalid_argument("size", f"must be at most {limit} bytes, got {size}")
 
     async def range_of(read: ReadAt, file_size: int) -> tuple[int, int]:
         start = min(offset, file_size)
-        return start, min(file_size, start + size)
+        return start, file_size if size is None else min(file_size, start + size)
 
     content, _ = await _read_range(remote, path, range_of, limit)
     return content

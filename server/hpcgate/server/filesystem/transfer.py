@@ -141,11 +141,14 @@ def temp_name(target: str) -> str:
     return posixpath.join(directory, f".{stem}{suffix}")
 
 
-def _too_large(path: str, size: int, limit: int) -> ServiceError:
+def _too_large(what: str, path: str, size: int, limit: int) -> ServiceError:
+    """FirecREST's 413 for a direct ``what`` ("download", "upload") over the limit.
+
+    The message is FirecREST's own; the figures go in the details.
+    """
     return ServiceError(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"{path}: file size {size} exceeds the limit of {limit} bytes for direct transfer"
-        " (use the streaming RPCs or a transfer job)",
+        f"File to {what} is too large.",
         "FILE_TOO_LARGE",
         metadata={"path": path, "size": str(size), "limit": str(limit)},
     )
@@ -209,7 +212,7 @@ async def read_small(sftp: asyncssh.SFTPClient, path: str, limit: int) -> bytes:
     attrs = await _stat_regular(sftp, path)
     size = attrs.size or 0
     if size > limit:
-        raise _too_large(path, size, limit)
+        raise _too_large("download", path, size, limit)
     try:
         async with sftp.open(path, "rb", block_size=_block_size(sftp, size)) as file:
             return b"".join([block async for block in _windows(file, 0, size)])
@@ -220,7 +223,7 @@ async def read_small(sftp: asyncssh.SFTPClient, path: str, limit: int) -> bytes:
 async def write_small(sftp: asyncssh.SFTPClient, target: str, content: bytes, limit: int) -> None:
     """Write ``content`` to ``target`` atomically, replacing an existing file (as FirecREST)."""
     if len(content) > limit:
-        raise _too_large(target, len(content), limit)
+        raise _too_large("upload", target, len(content), limit)
     async with AtomicWrite(sftp, target, overwrite=True) as out:
         await out.write(content)
         await out.commit()

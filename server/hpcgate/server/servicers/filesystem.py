@@ -22,6 +22,9 @@ from hpcgate.v1 import filesystem_pb2
 
 # The health checker's services a filesystem operation needs.
 NEEDS = ("ssh", "filesystem")
+# How FirecREST names sha256sum's algorithm on the wire (its command's key, not
+# the "SHA-256" default of its model).
+CHECKSUM_ALGORITHM = "SHA256"
 
 
 def _file(entry: ops.FileEntry) -> filesystem_pb2.File:
@@ -150,7 +153,7 @@ class FilesystemServicer(FilesystemStreams):
         call, remote = self._ops_call(request.system_name, context)
         digest = await ops.checksum(remote, _path(call, "path", request.path))
         return filesystem_pb2.ChecksumResponse(
-            output=filesystem_pb2.FileChecksum(algorithm="SHA-256", checksum=digest)
+            output=filesystem_pb2.FileChecksum(algorithm=CHECKSUM_ALGORITHM, checksum=digest)
         )
 
     async def FileType(

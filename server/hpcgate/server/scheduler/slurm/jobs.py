@@ -76,8 +76,15 @@ def _unreachable(message: str) -> ServiceError | None:
     return None
 
 
+# FirecREST's exact words for an unknown job: clients match on them (pyfirecrest's
+# wait_for_job, executors that retry until a job shows up). The id goes in the details.
+JOB_NOT_FOUND = "Job not found."
+
+
 def _not_found(job_id: int) -> ServiceError:
-    return _error(grpc.StatusCode.NOT_FOUND, f"job {job_id} not found", "JOB_NOT_FOUND")
+    return ServiceError(
+        grpc.StatusCode.NOT_FOUND, JOB_NOT_FOUND, "JOB_NOT_FOUND", metadata={"jobId": str(job_id)}
+    )
 
 
 def sbatch_argv(job: JobDescription) -> list[str]:
