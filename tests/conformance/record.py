@@ -35,9 +35,16 @@ from conformance import drive, scenario
 from cluster_fixture import mint_user_key
 
 USER = "alice"
+SETUP = (
+    "FirecREST v2 from source by /work/shared/tools/firecrest-v2/run.sh on the loopback cluster"
+    " (one system, SSHStaticKeys, no S3, health probes off), with its command_execution and"
+    " scheduler timeouts raised from 5 and 10 s to 30 s, which the shared machine overran"
+)
 
 
-async def record(base_url: str, dev: dict[str, Any], commit: str, date: str) -> dict[str, Any]:
+async def record(
+    base_url: str, dev: dict[str, Any], commit: str, date: str, setup: str
+) -> dict[str, Any]:
     """Build the fixtures, drive FirecREST, clean up; the record as a JSON document."""
     ssh = dev["ssh"]
     key = mint_user_key(asyncssh.read_private_key(ssh["ca_key"]), USER)
@@ -61,6 +68,7 @@ async def record(base_url: str, dev: dict[str, Any], commit: str, date: str) -> 
     return {
         "firecrest": {"repository": "https://github.com/eth-cscs/firecrest-v2", "commit": commit},
         "recorded": date,
+        "setup": setup,
         "user": USER,
         "system": dev["system"],
         "operations": [
@@ -83,12 +91,13 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path, help="where to write the record")
     parser.add_argument("--firecrest-commit", required=True, help="the commit FirecREST runs from")
     parser.add_argument("--dev-json", type=Path, default=Path(".hpcgate/dev.json"))
+    parser.add_argument("--setup", default=SETUP, help="how FirecREST was run, for the record")
     parser.add_argument(
         "--date", default=datetime.datetime.now(datetime.UTC).date().isoformat(), help="YYYY-MM-DD"
     )
     args = parser.parse_args()
     dev = json.loads(args.dev_json.read_text())
-    doc = asyncio.run(record(args.base_url, dev, args.firecrest_commit, args.date))
+    doc = asyncio.run(record(args.base_url, dev, args.firecrest_commit, args.date, args.setup))
     args.out.write_text(dump(doc))
     print(f"{len(doc['operations'])} operations recorded in {args.out}")
 
