@@ -30,7 +30,7 @@ VOLATILE_KEYS = frozenset(
         "elapsed", "limit", "start", "end", "submission", "suspended", "eligible", "lastUpdate",
         # identities and sizes that depend on the machine
         "ino", "dev", "uid", "gid", "id", "nlink", "size", "port", "priority",
-        "cpuLoad", "freeMemory", "allocMemory", "allocCpus", "idleCpus",
+        "cpuLoad", "freeMemory", "allocMemory", "allocCpus", "idleCpus", "hostname",
         "checksum",
     }
 )  # fmt: skip
