@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,17 +205,35 @@ def _is_json_object(response: httpx.Response) -> bool:
     ) and response.content.startswith(b"{")
 
 
-async def job_state(client: httpx.AsyncClient, ctx: Context, job_id: str, token: str) -> str:
-    """The state of one job as the service reports it ("" if it cannot say)."""
+async def job_state(
+    client: httpx.AsyncClient, ctx: Context, job_id: str, token: str
+) -> tuple[str, int]:
+    """One job's state as the service reports it ("" if it cannot say), and its number of tasks."""
     response = await client.get(
         f"/compute/{ctx.system}/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}
     )
     if response.status_code != 200:
-        return ""
+        return "", 0
     jobs = response.json().get("jobs") or []
-    status = (jobs[0].get("status") or {}) if jobs else {}
+    if not jobs:
+        return "", 0
+    status = jobs[0].get("status") or {}
     # FirecREST says "CANCELLED by 1001": the first word is the state.
-    return str(status.get("state") or "").partition(" ")[0]
+    state = str(status.get("state") or "").partition(" ")[0]
+    return state, len(jobs[0].get("tasks") or [])
+
+
+def running_with_tasks(state: str, tasks: int) -> bool:
+    """Running and known to Slurm's accounting (its batch step listed), or already over.
+
+    squeue reports a job running before slurmdbd has its steps: a job listed
+    in between would show no tasks on one side and some on the other.
+    """
+    return state in TERMINAL_STATES or (state == "RUNNING" and tasks > 0)
+
+
+def finished(state: str, tasks: int) -> bool:
+    return state in TERMINAL_STATES
 
 
 async def wait_for(
@@ -223,19 +241,15 @@ async def wait_for(
     ctx: Context,
     job_id: str,
     token: str,
-    states: Iterable[str],
+    done: Callable[[str, int], bool],
     *,
     attempts: int = 120,
-) -> str:
-    """Poll until the job is in one of ``states`` (or give up after ``attempts`` half-seconds)."""
-    wanted = frozenset(states)
-    state = ""
+) -> None:
+    """Poll until ``done(state, tasks)`` holds for the job, or ``attempts`` half-seconds passed."""
     for _ in range(attempts):
-        state = await job_state(client, ctx, job_id, token)
-        if state in wanted:
-            break
+        if done(*await job_state(client, ctx, job_id, token)):
+            return
         await asyncio.sleep(0.5)
-    return state
 
 
 async def run(
@@ -255,8 +269,8 @@ async def run(
     responses: dict[str, dict[str, Any]] = {}
     for op in operations:
         if op.wait_running and ctx.job_id:
-            await wait_for(client, ctx, ctx.job_id, token, {"RUNNING"} | TERMINAL_STATES)
+            await wait_for(client, ctx, ctx.job_id, token, running_with_tasks)
         responses[op.name] = await send(client, op, ctx, token, retries=retries)
     for job in ctx.transfer_jobs:
-        await wait_for(client, ctx, job, token, TERMINAL_STATES)
+        await wait_for(client, ctx, job, token, finished)
     return responses

@@ -11,7 +11,8 @@ then::
 It builds the fixture tree in a fresh directory of alice's over SSH (a
 certificate signed by the cluster's CA named in ``.hpcgate/dev.json``), sends
 every operation as alice with the dev token, stores the normalised answers,
-and removes the tree again. The same inputs give the same record.
+and removes the tree again. Made again, the record differs only where the
+cluster's load decides (a node's state, IDLE or MIXED).
 """
 
 from __future__ import annotations
@@ -48,23 +49,27 @@ async def record(
     """Build the fixtures, drive FirecREST, clean up; the record as a JSON document."""
     ssh = dev["ssh"]
     key = mint_user_key(asyncssh.read_private_key(ssh["ca_key"]), USER)
+
+    async def on_cluster(command: str) -> None:
+        # A connection per command: the run takes a while, and nothing needs one held open.
+        async with asyncssh.connect(
+            ssh["host"],
+            ssh["port"],
+            username=USER,
+            client_keys=[key],
+            known_hosts=ssh["known_hosts"],
+            agent_path=None,
+            config=None,
+        ) as conn:
+            await conn.run(command, check=True)
+
     ctx = drive.Context.fresh(dev["system"], USER)
-    scratch = ctx.scratch
-    async with asyncssh.connect(
-        ssh["host"],
-        ssh["port"],
-        username=USER,
-        client_keys=[key],
-        known_hosts=ssh["known_hosts"],
-        agent_path=None,
-        config=None,
-    ) as conn:
-        await conn.run(scenario.setup_script(scratch), check=True)
-        try:
-            async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
-                responses = await drive.run(client, ctx, dev["tokens"][USER], retries=3)
-        finally:
-            await conn.run(scenario.cleanup_script([scratch, *ctx.stray_files]), check=True)
+    await on_cluster(scenario.setup_script(ctx.scratch))
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+            responses = await drive.run(client, ctx, dev["tokens"][USER], retries=3)
+    finally:
+        await on_cluster(scenario.cleanup_script([ctx.scratch, *ctx.stray_files]))
     return {
         "firecrest": {"repository": "https://github.com/eth-cscs/firecrest-v2", "commit": commit},
         "recorded": date,

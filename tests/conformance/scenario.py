@@ -110,8 +110,8 @@ OPERATIONS: list[Operation] = [
     _op("job_submit_no_job", "POST", JOBS, json={}),
     # By name, this run's job alone. Unfiltered, FirecREST fails (500) once the user has any
     # job whose name holds a "|" (its sacct output is "|"-separated), as other tests submit.
-    # Waits for the job to run first, so that the list, job, metadata and attach see the
-    # same state each time.
+    # Waits for the job to run (and Slurm to account its batch step), so that the list, job,
+    # metadata and attach see the same state each time.
     _op("jobs_list", "GET", JOBS, query={"name": "conformance-{run}"}, wait_running=True),
     _op("job_get", "GET", JOBS + "/{jobId}"),
     _op("job_metadata", "GET", JOBS + "/{jobId}/metadata"),

@@ -71,14 +71,17 @@ def _not_allowed(name: str, found: list[str]) -> list[str]:
 async def answers(live: LiveService, cluster: Cluster) -> dict[str, dict[str, Any]]:
     """hpcgate's normalised answers to every operation, on a fresh fixture tree of alice's."""
     ctx = drive.Context.fresh(live.system, "alice")
-    scratch = ctx.scratch
-    async with cluster.connect("alice") as conn:
-        await conn.run(scenario.setup_script(scratch), check=True)
-        try:
-            async with httpx.AsyncClient(base_url=live.rest_url, timeout=60) as client:
-                return await drive.run(client, ctx, live.token("alice"))
-        finally:
-            await conn.run(scenario.cleanup_script([scratch, *ctx.stray_files]), check=True)
+
+    async def on_cluster(command: str) -> None:
+        async with cluster.connect("alice") as conn:
+            await conn.run(command, check=True)
+
+    await on_cluster(scenario.setup_script(ctx.scratch))
+    try:
+        async with httpx.AsyncClient(base_url=live.rest_url, timeout=60) as client:
+            return await drive.run(client, ctx, live.token("alice"))
+    finally:
+        await on_cluster(scenario.cleanup_script([ctx.scratch, *ctx.stray_files]))
 
 
 def test_record_matches_scenario() -> None:
