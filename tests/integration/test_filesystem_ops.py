@@ -347,7 +347,7 @@ async def test_head_and_tail(fs: Fs, alice: asyncssh.SSHClientConnection, workdi
     assert tail.output.content == "20\n"
 
     both = await fs.rest("GET", "head", params={"path": path, "bytes": 1, "lines": 1})
-    assert_error(both, 400, "only one of `bytes` or `lines`")
+    assert_error(both, 400, "Only one of `bytes` or `lines` can be specified.")
     assert_error(await fs.rest("GET", "tail", params={"path": workdir}), 400, "Is a directory")
     missing = await fs.rest("GET", "head", params={"path": f"{workdir}/nope"})
     assert_error(missing, 404, "No such file or directory")

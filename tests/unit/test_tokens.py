@@ -423,7 +423,8 @@ def test_resolve_system() -> None:
         resolve_system(settings, "eiger")
     error = caught.value
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "SYSTEM_NOT_FOUND")
-    assert "'eiger'" in error.message
+    assert error.message == "System not found"  # FirecREST's words; the name in the details
+    assert error.metadata == {"system": "eiger", "systems": "Daint"}
 
 
 async def test_verified_tokens_are_cached_but_their_lifetime_is_rechecked() -> None:

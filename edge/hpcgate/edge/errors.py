@@ -60,12 +60,21 @@ def _details(metadata: Any) -> dict[str, Any]:
     return data
 
 
-def error_body(message: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """FirecREST's ApiResponseError."""
-    body: dict[str, Any] = {"errorType": "error", "message": message}
-    if data:
-        body["data"] = data
-    return body
+def error_body(
+    message: str, data: dict[str, Any] | None = None, user: str | None = None
+) -> dict[str, Any]:
+    """FirecREST's ApiResponseError, with all its keys: FirecREST writes the unknown ones as null.
+
+    ``user`` is the authenticated caller, as in ``F7T-AuthUsername`` (null before
+    authentication). hpcgate has no cause chain to send (``causedBy``).
+    """
+    return {
+        "errorType": "error",
+        "message": message,
+        "causedBy": None,
+        "data": data or None,
+        "user": user,
+    }
 
 
 def status_response(code: grpc.StatusCode, details: str | None, trailers: Any) -> JSONResponse:

@@ -12,11 +12,13 @@ def resolve_system(settings: Settings, name: str) -> SystemConfig:
     """The system called ``name`` (case-insensitive); NOT_FOUND (SYSTEM_NOT_FOUND) if none."""
     system = settings.system(name)
     if system is None:
+        # FirecREST's words, which clients match on; which name and which systems go in
+        # the details.
         known = ", ".join(s.name for s in settings.systems)
         raise ServiceError(
             grpc.StatusCode.NOT_FOUND,
-            f"system {name!r} is not configured (systems: {known})",
+            "System not found",
             "SYSTEM_NOT_FOUND",
-            metadata={"system": name},
+            metadata={"system": name, "systems": known},
         )
     return system

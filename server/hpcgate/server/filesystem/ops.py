@@ -416,7 +416,11 @@ async def tail_range(
 
 def check_counts(nbytes: int | None, lines: int | None, skip: bool, skip_field: str) -> None:
     if nbytes is not None and lines is not None:
-        raise invalid_argument("bytes", "only one of `bytes` or `lines` can be specified")
+        # FirecREST's words, which name the fields themselves (so no "bytes: " before them).
+        words = "Only one of `bytes` or `lines` can be specified."
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT, words, "INVALID_ARGUMENT", fields={"bytes": words}
+        )
     for name, value in (("bytes", nbytes), ("lines", lines)):
         if value is not None and value < 0:
             raise invalid_argument(name, f"must not be negative, got {value}")
