@@ -1,0 +1,82 @@
+"""Faults injected into the shared loopback cluster, always undone.
+
+The cluster serves every test at once, so each fault is short and restored
+in a ``finally``: a paused daemon gets SIGCONT, a stopped one is started
+again by ``cluster.py start`` (idempotent: it starts only what is down),
+and the context waits until the cluster reports every part running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+from cluster_fixture import CLUSTER_SCRIPT
+
+
+def _cluster(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(CLUSTER_SCRIPT), *args], capture_output=True, text=True, check=False
+    )
+
+
+def cluster_pid(part: str) -> int:
+    """The pid of one of the cluster's daemons (``sshd``, ``slurmctld``, ``mariadbd`` ...)."""
+    return int(json.loads(_cluster("info").stdout)["pids"][part])
+
+
+def cluster_whole() -> bool:
+    """Whether ``cluster.py status`` reports every part running."""
+    return _cluster("status").returncode == 0
+
+
+async def eventually(check: Callable[[], bool], within: float, what: str) -> None:
+    """Wait until ``check()`` holds, polling; fail naming ``what`` after ``within`` s."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within:.1f} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """SIGSTOP ``pid`` for the block (the daemon hangs: connections open, no answers)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _gone(pids: list[int], within: float) -> None:
+    deadline = time.monotonic() + within
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def stopped(*parts: str) -> Iterator[None]:
+    """SIGTERM the cluster's ``parts`` for the block, then start them again."""
+    pids = [cluster_pid(part) for part in parts]
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        _gone(pids, 30)
+        yield
+    finally:
+        started = _cluster("start")
+        if started.returncode != 0 or not cluster_whole():
+            raise AssertionError(f"the cluster did not come back: {started.stderr[-2000:]}")
