@@ -16,9 +16,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 from cluster_fixture import CLUSTER_SCRIPT
+
+T = TypeVar("T")
 
 
 def _cluster(*args: str) -> subprocess.CompletedProcess[str]:
@@ -30,6 +33,11 @@ def _cluster(*args: str) -> subprocess.CompletedProcess[str]:
 def cluster_pid(part: str) -> int:
     """The pid of one of the cluster's daemons (``sshd``, ``slurmctld``, ``mariadbd`` ...)."""
     return int(json.loads(_cluster("info").stdout)["pids"][part])
+
+
+def running(part: str) -> bool:
+    """Whether the cluster reports ``part`` running (a paused daemon counts as running)."""
+    return bool(json.loads(_cluster("info").stdout)["running"][part])
 
 
 def cluster_whole() -> bool:
@@ -80,3 +88,18 @@ def stopped(*parts: str) -> Iterator[None]:
         started = _cluster("start")
         if started.returncode != 0 or not cluster_whole():
             raise AssertionError(f"the cluster did not come back: {started.stderr[-2000:]}")
+
+
+async def while_stopped(part: str, call: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
+    """``await call()`` while ``part`` is stopped.
+
+    Other sessions' ``cluster.py start`` restarts whatever is down, so a call
+    that finds ``part`` back up afterwards did not see the fault: it is
+    repeated with a fresh stop.
+    """
+    for _ in range(attempts):
+        with stopped(part):
+            result = await call()
+            if not running(part):
+                return result
+    raise AssertionError(f"{part} was restarted by someone else during every attempt")
