@@ -107,7 +107,9 @@ class Runtime:
                 config.scheduler.poll_min_interval,
                 config.scheduler.poll_max_interval,
             )
-            staging = Staging(config.name, config.s3) if config.s3 is not None else None
+            staging = None
+            if config.s3 is not None:
+                staging = Staging(config.name, config.s3, gate=partial(checker.require, "s3"))
             self.systems[config.name.lower()] = SystemRuntime(
                 config,
                 pool,
