@@ -75,19 +75,40 @@ def _gone(pids: list[int], within: float) -> None:
             time.sleep(0.05)
 
 
+def _with_children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [pid, *(int(child) for child in found.stdout.split())]
+
+
 @contextlib.contextmanager
 def stopped(*parts: str) -> Iterator[None]:
-    """SIGTERM the cluster's ``parts`` for the block, then start them again."""
-    pids = [cluster_pid(part) for part in parts]
+    """SIGTERM the cluster's ``parts`` for the block, then start them again.
+
+    sshd goes with its sessions (each one a child process): every connection
+    to it drops, as when the daemon really goes away.
+    """
+    pids = [
+        pid
+        for part in parts
+        for pid in (_with_children(cluster_pid(part)) if part == "sshd" else [cluster_pid(part)])
+    ]
     try:
         for pid in pids:
             os.kill(pid, signal.SIGTERM)
         _gone(pids, 30)
         yield
     finally:
+        _restart()
+
+
+def _restart(attempts: int = 3) -> None:
+    """``cluster.py start`` until the cluster is whole (another session may start it too)."""
+    for _ in range(attempts):
         started = _cluster("start")
-        if started.returncode != 0 or not cluster_whole():
-            raise AssertionError(f"the cluster did not come back: {started.stderr[-2000:]}")
+        if started.returncode == 0 and cluster_whole():
+            return
+        time.sleep(2)
+    raise AssertionError(f"the cluster did not come back: {started.stderr[-2000:]}")
 
 
 async def while_stopped(part: str, call: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
