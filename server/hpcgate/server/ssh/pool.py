@@ -943,10 +943,7 @@ class SSHPool:
 
         The message names the system, never its address: that goes to the log.
         """
-        log.warning(
-            "ssh login to %s (%s:%s) as %s failed: %r",
-            self.name, self.ssh.host, self.ssh.port, user, error,
-        )  # fmt: skip
+        log.info("ssh login to %s:%s failed: %r", self.ssh.host, self.ssh.port, error)
         if isinstance(error, asyncssh.HostKeyNotVerifiable):
             return _unavailable(
                 f"SSH host key mismatch: the host key of {self.name} is not the one"
