@@ -150,6 +150,9 @@ def _status(state: JobState, exit_code: int | None = None) -> JobStatus:
         ("download", JobState.RUNNING, None, ObjectState.UPLOADING, Phase.RUNNING),
         ("download", JobState.COMPLETED, 0, ObjectState.COMPLETE, Phase.SUCCEEDED),
         ("download", JobState.TIMEOUT, None, ObjectState.ABSENT, Phase.FAILED),
+        # The object is gone (aborted, or S3 lost it) while the job waits: failed.
+        ("upload", JobState.RUNNING, None, ObjectState.ABSENT, Phase.FAILED),
+        ("download", JobState.PENDING, None, ObjectState.ABSENT, Phase.FAILED),
         ("cp", JobState.PENDING, None, None, Phase.QUEUED),
         ("cp", JobState.RUNNING, None, None, Phase.RUNNING),
         ("cp", JobState.COMPLETED, 0, None, Phase.SUCCEEDED),

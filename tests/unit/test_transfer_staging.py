@@ -29,7 +29,7 @@ from hpcgate.server.scheduler.jobmodels import JobDescription
 from hpcgate.server.transfer import scripts, service
 from hpcgate.server.transfer.jobs import Submitter
 from hpcgate.server.transfer.s3 import part_count, plan_parts
-from hpcgate.server.transfer.staging import ObjectState, Staging, UploadPlan
+from hpcgate.server.transfer.staging import Lost, ObjectState, Staging, UploadPlan
 
 MIB = 1024 * 1024
 PART = 5 * MIB
@@ -111,6 +111,7 @@ def ingress(plan: UploadPlan, target: Path, give_up_at: int | None = None) -> st
         head_url=plan.head_url,
         get_url=plan.get_url,
         abort_url=plan.abort_url,
+        parts_url=plan.parts_url,
     )
 
 
@@ -271,7 +272,9 @@ async def test_records_link_jobs_to_their_transfers(endpoint: str) -> None:
     await staging.link(plan.manifest, 4242)
     assert await staging.find("erin", 4242) == plan.manifest
     assert await staging.find("erin", 4243) is None
-    assert await staging.find("frank", 4242) is None  # another user's bucket (none yet)
+    # Not erin's record: frank's own bucket, which does not exist (a transfer of
+    # his would have made it, so a job of his naming one is lost).
+    assert isinstance(await staging.find("frank", 4242), Lost)
     view = await staging.inspect(plan.manifest)
     assert view.state is ObjectState.UPLOADING and view.parts_uploaded == 0
 
@@ -381,3 +384,63 @@ async def test_a_refused_submission_aborts_its_upload(endpoint: str) -> None:
     assert fake.commands[0][:2] == ["sh", "-c"]  # the target was checked first
     uploads = staging.clients.private.list_multipart_uploads(Bucket="hpcgate-ivan")
     assert uploads.get("Uploads", []) == []
+
+
+def _empty_and_delete(staging: Staging, bucket: str) -> None:
+    """What a store that lost its state shows: no uploads, no objects, no bucket."""
+    client = staging.clients.private
+    for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    for item in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+        client.delete_object(Bucket=bucket, Key=item["Key"])
+    client.delete_bucket(Bucket=bucket)
+
+
+async def test_ingress_gives_up_within_seconds_when_the_bucket_is_gone(
+    endpoint: str, tmp_path: Path
+) -> None:
+    """Without the check it would wait for the client until its deadline (an hour)."""
+    staging = staging_for(endpoint, bucket_prefix="lost")
+    target = tmp_path / "never.bin"
+    plan = await staging.open_upload("erin", str(target), 10, PART)
+    await staging.link(plan.manifest, 41)
+    assert await staging.find("erin", 41) == plan.manifest
+    _empty_and_delete(staging, plan.manifest.bucket)
+    result = bash(ingress(plan, target, give_up_at=int(time.time()) + 3600))
+    assert result.returncode == 1
+    assert "the upload is gone from S3" in result.stdout, result.stdout
+    assert os.listdir(tmp_path) == []
+    lost = await staging.find("erin", 41)
+    assert isinstance(lost, Lost) and "is gone from S3" in lost.reason
+
+
+async def test_ingress_gives_up_when_its_upload_was_aborted(endpoint: str, tmp_path: Path) -> None:
+    staging = staging_for(endpoint)
+    plan = await staging.open_upload("erin", str(tmp_path / "x"), 10, PART)
+    assert await staging.abort(plan.manifest)
+    result = bash(ingress(plan, tmp_path / "x", give_up_at=int(time.time()) + 3600))
+    assert result.returncode == 1 and "the upload is gone from S3" in result.stdout
+
+
+async def test_a_lost_record_beside_the_job_link_is_lost(endpoint: str) -> None:
+    staging = staging_for(endpoint)
+    plan = await staging.open_upload("erin", "/data/y", 10, PART)
+    await staging.link(plan.manifest, 42)
+    client = staging.clients.private
+    client.delete_object(
+        Bucket=plan.manifest.bucket, Key=f".hpcgate/objects/{plan.manifest.transfer_id}.json"
+    )
+    assert isinstance(await staging.find("erin", 42), Lost)
+    assert await staging.find("erin", 43) is None  # no link: not a staged transfer
+
+
+async def test_s3_down_is_unavailable_without_the_endpoint(endpoint: str) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there
+    staging = staging_for(f"http://127.0.0.1:{port}")
+    with pytest.raises(ServiceError) as caught:
+        await staging.find("erin", 1)
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.reason == "S3_UNAVAILABLE"
+    assert "127.0.0.1" not in caught.value.message and str(port) not in caught.value.message

@@ -80,6 +80,17 @@ class SSHPoolLimits(_Model):
     # connection's single SFTP channel (one session whatever their number),
     # so this bound is about queueing on that channel, not about MaxSessions.
     max_sftp_requests: int = Field(64, ge=1, le=4096)
+    # Scheduler commands one user may run at once (default: half of
+    # max_connections x max_channels). The user's other channels stay free for
+    # filesystem calls, so a hung slurmctld or slurmdbd cannot block them.
+    max_scheduler_commands: int | None = Field(None, ge=1)
+
+    @property
+    def scheduler_commands(self) -> int:
+        """The cap on one user's concurrent scheduler commands."""
+        if self.max_scheduler_commands is not None:
+            return self.max_scheduler_commands
+        return max(1, self.max_connections * self.max_channels // 2)
 
 
 class SSHConfig(_Model):
@@ -116,6 +127,10 @@ class SchedulerConfig(_Model):
     # `poll_max_interval` while nothing does.
     poll_min_interval: float = Field(0.5, gt=0)
     poll_max_interval: float = Field(5.0, gt=0)
+    # Seconds a scheduler command may run (at most ssh.timeouts.command), and
+    # a scheduler command waits at most for its place when the user's
+    # max_scheduler_commands are all in flight: a hung daemon answers 503 then.
+    command_timeout: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")
     def _poll_bounds(self) -> SchedulerConfig:

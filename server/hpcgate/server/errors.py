@@ -8,6 +8,7 @@ edge renders both into FirecREST's error body.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, NoReturn, cast
 
@@ -17,6 +18,18 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 DOMAIN = "hpcgate.dev"
+
+# Addresses of the processes behind the server, as backends print them in
+# their errors: URLs, "host:port" (Slurm's "host:localhost:6819" too) and
+# bare IPv4 addresses. A host must hold a letter, so "12:30" stays.
+_ADDRESS = re.compile(
+    r"\b[a-z][a-z0-9+.-]*://[^\s\"'<>]+"
+    r"|(?:\bhost:)?"
+    r"(?:\[[0-9a-f:.]+\]|\b(?:\d{1,3}\.){3}\d{1,3}|\b[a-z0-9.-]*[a-z][a-z0-9.-]*)"
+    r":\d{1,5}\b(?!\.)"
+    r"|\b(?:\d{1,3}\.){3}\d{1,3}\b",
+    re.IGNORECASE,
+)
 
 
 class ServiceError(Exception):
@@ -41,6 +54,15 @@ class ServiceError(Exception):
         self.reason = reason
         self.fields = dict(fields or {})
         self.metadata = dict(metadata or {})
+
+
+def redact_addresses(text: str) -> str:
+    """``text`` with every network address replaced by ``<address>``.
+
+    Error bodies name what failed, never where the server's backends live
+    (an S3 endpoint, slurmdbd's port, a gRPC peer).
+    """
+    return _ADDRESS.sub("<address>", text)
 
 
 def invalid_argument(field: str, message: str, reason: str = "INVALID_ARGUMENT") -> ServiceError:

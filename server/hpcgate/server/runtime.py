@@ -46,15 +46,15 @@ class SystemRuntime:
     staging: Staging | None = None
 
     def runner(self, user: str, deadline: float | None = None) -> Run:
-        """Run commands as ``user`` over the user's pooled connection."""
+        """Run scheduler commands as ``user`` (in the user's scheduler share of the pool)."""
         run: Callable[[Sequence[str]], Awaitable[Output]] = partial(
-            self.pool.run, user, deadline=deadline
+            self.pool.run, user, deadline=deadline, scheduler=True
         )
         return run
 
     def job_runner(self, user: str, deadline: float | None = None) -> RunWithInput:
         """Like :meth:`runner`, but the commands may take stdin (sbatch reads the script)."""
-        run: RunWithInput = partial(self.pool.run, user, deadline=deadline)
+        run: RunWithInput = partial(self.pool.run, user, deadline=deadline, scheduler=True)
         return run
 
 
@@ -66,7 +66,9 @@ def _poll_runner(pool: SSHPool, timeout: float) -> RunnerFactory:
     """
 
     def runner(user: str) -> RunWithInput:
-        run: RunWithInput = partial(pool.run, user, deadline=deadline_after(timeout))
+        run: RunWithInput = partial(
+            pool.run, user, deadline=deadline_after(timeout), scheduler=True
+        )
         return run
 
     return runner
@@ -105,7 +107,9 @@ class Runtime:
                 config.scheduler.poll_min_interval,
                 config.scheduler.poll_max_interval,
             )
-            staging = Staging(config.name, config.s3) if config.s3 is not None else None
+            staging = None
+            if config.s3 is not None:
+                staging = Staging(config.name, config.s3, gate=partial(checker.require, "s3"))
             self.systems[config.name.lower()] = SystemRuntime(
                 config,
                 pool,

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import grpc
 
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ServiceError, redact_addresses
 from hpcgate.server.health.probes import Probe
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,12 @@ OnChange = Callable[[str, dict[str, bool]], Awaitable[None]]
 
 
 def _describe(error: BaseException) -> str:
+    """What a probe found, for /status/systems and 503 bodies: never a backend's address."""
     if isinstance(error, ServiceError):
-        return error.message
+        return redact_addresses(error.message)
     if isinstance(error, TimeoutError):
         return "probe timed out"
-    return str(error) or type(error).__name__
+    return redact_addresses(str(error)) or type(error).__name__
 
 
 class HealthChecker:

@@ -42,6 +42,13 @@ How capacity is handed out:
   its channel still does not close, the connection takes no new work and is
   closed once its other requests finish.
 
+Scheduler commands (``run(..., scheduler=True)``) take a place in the user's
+scheduler share first (:mod:`.shares`, ``pool.max_scheduler_commands``), so
+however many hang, the user's other channels stay free for filesystem calls;
+they run for at most ``scheduler.command_timeout``, and running out of it is
+UNAVAILABLE (``SCHEDULER_TIMEOUT``: the scheduler did not answer), not the
+caller's deadline.
+
 Deadlines are absolute ``time.monotonic()`` values (see :func:`deadline_after`).
 """
 
@@ -51,24 +58,27 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import shlex
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 import asyncssh
 import grpc
 
 from hpcgate.server.config import Settings, SSHConfig, SSHPoolLimits, SystemConfig
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ServiceError, redact_addresses
 from hpcgate.server.ssh.credentials import (
     CredentialProvider,
     build_credential_provider,
     check_username,
 )
 from hpcgate.server.ssh.metrics import PoolMetrics
+from hpcgate.server.ssh.shares import Share
 
 log = logging.getLogger(__name__)
 
@@ -601,6 +611,11 @@ class SSHPool:
         self.timeouts = system.ssh.timeouts
         self.metrics = PoolMetrics(system.name)
         self.closed = False
+        self.scheduler_timeout = min(system.scheduler.command_timeout, self.timeouts.command)
+        # Scheduler commands hold at most this share of each user's channels.
+        self.scheduler_share = Share(
+            system.name, "scheduler", self.limits.scheduler_commands, self.scheduler_timeout
+        )
         self._credentials = credentials
         self._users: dict[str, _UserPool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -642,7 +657,8 @@ class SSHPool:
                 if conn.conn.is_closed():
                     raise
                 raise _unavailable(
-                    f"cannot start SFTP on {self.name}: {error}", "SSH_SFTP_UNAVAILABLE"
+                    f"cannot start SFTP on {self.name}: {_describe(error)}",
+                    "SSH_SFTP_UNAVAILABLE",
                 ) from error
             yield client
 
@@ -654,6 +670,7 @@ class SSHPool:
         stdin: bytes | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 -- the remote command's limit
         deadline: float | None = None,
+        scheduler: bool = False,
     ) -> CommandResult:
         """Run ``argv`` as ``user`` and collect its exit status and output.
 
@@ -662,18 +679,39 @@ class SSHPool:
         ``timeouts.command``, cut to the deadline), so a runaway command is
         killed on the cluster, not just abandoned. Raises DEADLINE_EXCEEDED
         (``COMMAND_TIMEOUT``) when it ran out of time.
+
+        A ``scheduler`` command counts against the user's scheduler share and
+        runs for ``scheduler.command_timeout`` at most; when that runs out (not
+        the deadline), the scheduler is the one not answering: UNAVAILABLE.
         """
         if not argv:
             raise ValueError("argv must name a command")
         budget = self.timeouts.command if timeout is None else timeout
+        if not scheduler:
+            return await self._run(user, argv, stdin, budget, deadline, None)
+        budget = min(budget, self.scheduler_timeout)
+        async with self.scheduler_share.hold(user, deadline):
+            return await self._run(user, argv, stdin, budget, deadline, "scheduler")
+
+    async def _run(
+        self,
+        user: str,
+        argv: Sequence[str],
+        stdin: bytes | None,
+        budget: float,
+        deadline: float | None,
+        service: str | None,
+    ) -> CommandResult:
+        """Reserve an exec slot and run ``argv`` within ``budget`` (cut to the deadline)."""
         async with self._slot(user, _Kind.EXEC, deadline) as conn:
             cut_by_deadline = False
             if deadline is not None and deadline - time.monotonic() < budget:
                 budget = deadline - time.monotonic()
                 cut_by_deadline = True
+            timed_out = partial(_command_timeout, self.name, argv, budget, cut_by_deadline, service)
             if budget < MIN_COMMAND_TIME:
-                raise _command_timeout(argv, budget, cut_by_deadline)
-            return await self._execute(conn, argv, stdin, budget, cut_by_deadline)
+                raise timed_out()
+            return await self._execute(conn, argv, stdin, budget, timed_out)
 
     def stats(self) -> PoolStats:
         """Connections, slots in use and waiters, per user and in total."""
@@ -811,7 +849,7 @@ class SSHPool:
             pool.retire(conn)
             conn.close()
         return _unavailable(
-            f"the SSH connection to {self.name} was lost during the request: {error}",
+            f"the SSH connection to {self.name} was lost during the request: {_describe(error)}",
             "SSH_CONNECTION_LOST",
         )
 
@@ -821,7 +859,7 @@ class SSHPool:
         argv: Sequence[str],
         stdin: bytes | None,
         budget: float,
-        cut_by_deadline: bool,
+        timed_out: Callable[[], ServiceError],
     ) -> CommandResult:
         """Run the wrapped command line on ``conn``'s reserved slot."""
         line = shlex.join(["timeout", f"--kill-after={KILL_AFTER}", f"{budget:.3f}", *argv])
@@ -837,7 +875,7 @@ class SSHPool:
                     process.stdin.write_eof()
                 stdout, stderr = await process.communicate()
         except TimeoutError:
-            raise _command_timeout(argv, budget, cut_by_deadline) from None
+            raise timed_out() from None
         finally:
             await self._finish(conn, process)
         status = process.returncode
@@ -845,7 +883,7 @@ class SSHPool:
             # The channel closed without an exit status: the connection went away.
             raise asyncssh.ConnectionLost("channel closed without an exit status")
         if status in _TIMEOUT_STATUSES and time.monotonic() - started >= budget:
-            raise _command_timeout(argv, budget, cut_by_deadline)
+            raise timed_out()
         return CommandResult(status, bytes(stdout), bytes(stderr))
 
     @staticmethod
@@ -901,12 +939,15 @@ class SSHPool:
         return asyncssh.import_known_hosts("\n".join(lines))
 
     def _connect_error(self, user: str, error: Exception) -> ServiceError:
-        """The ServiceError for a failed login of ``user``."""
-        where = f"{self.ssh.host}:{self.ssh.port}"
+        """The ServiceError for a failed login of ``user``.
+
+        The message names the system, never its address: that goes to the log.
+        """
+        log.info("ssh login to %s:%s failed: %r", self.ssh.host, self.ssh.port, error)
         if isinstance(error, asyncssh.HostKeyNotVerifiable):
             return _unavailable(
-                f"SSH host key mismatch: the host key of {self.name} ({where}) is not the one"
-                f" in known_hosts; refusing to connect ({error.reason})",
+                f"SSH host key mismatch: the host key of {self.name} is not the one"
+                f" in known_hosts; refusing to connect ({redact_addresses(error.reason)})",
                 "SSH_HOST_KEY_MISMATCH",
             )
         if isinstance(error, asyncssh.PermissionDenied):
@@ -916,11 +957,29 @@ class SSHPool:
                 "SSH_AUTH_FAILED",
             )
         if isinstance(error, TimeoutError):
-            return _unavailable(f"timed out connecting to {self.name} ({where})", "SSH_UNREACHABLE")
-        return _unavailable(f"cannot connect to {self.name} ({where}): {error}", "SSH_UNREACHABLE")
+            return _unavailable(f"timed out connecting to {self.name}", "SSH_UNREACHABLE")
+        return _unavailable(f"cannot connect to {self.name}: {_describe(error)}", "SSH_UNREACHABLE")
 
 
-def _command_timeout(argv: Sequence[str], budget: float, cut_by_deadline: bool) -> ServiceError:
+def _describe(error: Exception) -> str:
+    """What went wrong, without the address asyncio's socket errors repeat."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return os.strerror(error.errno)
+    return redact_addresses(str(error)) or type(error).__name__
+
+
+def _command_timeout(
+    system: str, argv: Sequence[str], budget: float, cut_by_deadline: bool, service: str | None
+) -> ServiceError:
+    """DEADLINE_EXCEEDED; UNAVAILABLE when a ``service``'s command ran out of its own time."""
+    if service is not None and not cut_by_deadline:
+        return ServiceError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"{system}: the {service} is not answering: {argv[0]!r} did not finish"
+            f" within {budget:g} s",
+            f"{service.upper()}_TIMEOUT",
+            metadata={"system": system, "service": service},
+        )
     limit = "the request's deadline" if cut_by_deadline else f"its timeout of {budget:g} s"
     return ServiceError(
         grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -26,7 +26,7 @@ from hpcgate.server.config import (
     S3_MAX_PARTS,
     S3Config,
 )
-from hpcgate.server.errors import ServiceError, invalid_argument
+from hpcgate.server.errors import ServiceError, invalid_argument, redact_addresses
 
 MIB = 1024 * 1024
 # S3's rules for bucket names: 3 to 63 of [a-z0-9.-], starting and ending
@@ -149,8 +149,15 @@ def error_code(error: BaseException) -> str | None:
     return str(code) if code is not None else None
 
 
-def unavailable(error: BaseException) -> ServiceError:
-    """The ServiceError for an S3 call that failed: the store is unusable for now."""
+def unavailable(error: BaseException, system: str | None = None) -> ServiceError:
+    """The ServiceError for an S3 call that failed: the store is unusable for now.
+
+    botocore names the endpoint URL in its messages; the body names only the failure.
+    """
+    where = {"system": system} if system else {}
     return ServiceError(
-        grpc.StatusCode.UNAVAILABLE, f"S3: {error}", "S3_UNAVAILABLE", metadata={"service": "s3"}
+        grpc.StatusCode.UNAVAILABLE,
+        f"S3 is not answering: {redact_addresses(str(error)) or type(error).__name__}",
+        "S3_UNAVAILABLE",
+        metadata={**where, "service": "s3"},
     )

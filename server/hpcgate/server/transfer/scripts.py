@@ -123,6 +123,7 @@ def ingress(
     head_url: str,
     get_url: str,
     abort_url: str,
+    parts_url: str,
 ) -> str:
     """The upload job: wait for the client's upload, fetch, verify, rename onto ``target``."""
     variables: dict[str, Value] = {
@@ -134,6 +135,7 @@ def ingress(
         "head_url": head_url,
         "get_url": get_url,
         "abort_url": abort_url,
+        "parts_url": parts_url,
     }
     return render("upload", directives, variables, "ingress.sh")
 

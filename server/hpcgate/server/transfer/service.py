@@ -20,8 +20,9 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import grpc
 
@@ -40,14 +41,17 @@ from hpcgate.server.transfer.jobs import (
 from hpcgate.server.transfer.s3 import plan_parts
 from hpcgate.server.transfer.staging import (
     DownloadPlan,
+    Lost,
     Manifest,
     ObjectState,
     ObjectView,
     Staging,
     UploadPlan,
+    s3_unavailable,
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A download's part URLs travel in its job script, whose size Slurm bounds
 # (4 MB by default): downloads take at most this many parts, larger ones if
@@ -146,6 +150,7 @@ async def upload(
         head_url=plan.head_url,
         get_url=plan.get_url,
         abort_url=plan.abort_url,
+        parts_url=plan.parts_url,
     )
     return await _submit_staged(sub, staging, "upload", script, account, m), plan
 
@@ -294,8 +299,9 @@ def phase_of(operation: str, status: JobStatus, view: ObjectView | None) -> tupl
             f"waiting for the client to upload the parts and complete the upload "
             f"({view.parts_uploaded} parts, {view.bytes_uploaded} bytes so far)"
         )
-    if operation == "upload" and view is not None and view.state is ObjectState.ABSENT:
-        return Phase.RUNNING, "the upload was aborted; the job is about to give up"
+    if view is not None and view.state is ObjectState.ABSENT:
+        # Aborted, expired or lost with the store's state: nothing can finish it.
+        return Phase.FAILED, "the staged object is gone from S3"
     if state in _WAITING:
         return Phase.QUEUED, f"the job is {status.state}"
     if operation == "download" and view is not None and view.state is ObjectState.UPLOADING:
@@ -318,28 +324,85 @@ def _own_transfer(sub: Submitter, jobs: Sequence[Job], job_id: int) -> tuple[Job
     return job, operation
 
 
-async def _manifest(
-    staging: Staging | None, sub: Submitter, operation: str, job_id: int
-) -> Manifest | None:
-    """The staging record of an upload's or download's job (None for other operations)."""
+# What S3 holds of a staged transfer: its manifest, proof that it is lost, or
+# nothing (not a staged transfer).
+Records = Manifest | Lost | None
+
+
+@dataclass(frozen=True)
+class _Lookup:
+    """A transfer's records, or why S3 could not be asked (it is down)."""
+
+    records: Records
+    s3_down: str | None = None
+
+    @property
+    def manifest(self) -> Manifest | None:
+        return self.records if isinstance(self.records, Manifest) else None
+
+
+async def _s3(call: Awaitable[T]) -> tuple[T | None, str | None]:
+    """``await call``, or (None, why) when S3 is not answering: Slurm still knows the job."""
+    try:
+        return await call, None
+    except ServiceError as error:
+        if not s3_unavailable(error):
+            raise
+        return None, error.message
+
+
+async def _lookup(staging: Staging | None, sub: Submitter, operation: str, job_id: int) -> _Lookup:
+    """The staging records of an upload's or download's job (none for other operations)."""
     if staging is None or operation not in ("upload", "download"):
-        return None
-    return await staging.find(sub.user, job_id)
+        return _Lookup(None)
+    found, down = await _s3(staging.find(sub.user, job_id))
+    return _Lookup(found, down)
+
+
+async def _cancel(sub: Submitter, job_id: int) -> str:
+    """Cancel a transfer's job that can no longer succeed; what happened, for the message."""
+    try:
+        await sub.jobs.cancel(sub.run, job_id)
+    except ServiceError as error:
+        log.warning("transfer job %d: cannot cancel it: %s", job_id, error.message)
+        return f"; cancelling its job failed: {error.message}"
+    log.info("transfer job %d cancelled: its staged state is gone from S3", job_id)
+    return "; its job was cancelled"
 
 
 async def describe(
-    sub: Submitter, staging: Staging | None, job: Job, operation: str, manifest: Manifest | None
+    sub: Submitter, staging: Staging | None, job: Job, operation: str, lookup: _Lookup
 ) -> TransferState:
     """The state of the transfer that ``job`` carries out, its object inspected now.
 
     An open multipart upload that nothing can finish any more (its job ended,
-    or its time is up) is aborted on the way.
+    or its time is up) is aborted on the way. A transfer whose bucket, record
+    or object S3 no longer holds has failed, and its job, if it still waits
+    or runs, is cancelled (it would wait for the client until its deadline).
+    While S3 is down, the job's state alone tells the phase.
     """
-    view = None
+    manifest, view, s3_down = lookup.manifest, None, lookup.s3_down
+    running = not job.status.normalized_state.terminal
     if manifest is not None and staging is not None:
-        view = await staging.inspect(manifest)
-        view = await staging.settle(manifest, view, job.status.normalized_state.terminal)
-    phase, message = phase_of(operation, job.status, view)
+        seen, s3_down = await _s3(staging.inspect(manifest))
+        if seen is not None:
+            view = await staging.settle(manifest, seen, not running)
+    if isinstance(lookup.records, Lost):
+        phase, message = Phase.FAILED, f"{lookup.records.reason}: the transfer cannot finish"
+    else:
+        phase, message = phase_of(operation, job.status, view)
+    if phase is Phase.FAILED and running and manifest is not None and staging is not None:
+        if staging.expired(manifest):
+            # Its time is up (settle aborted it): the job gives up by itself now
+            # and says so in its log, as it does whenever a client never completes.
+            phase, message = Phase.RUNNING, "the transfer's time is up; its job is giving up"
+        elif not await staging.stays_absent(manifest):
+            view = await staging.inspect(manifest)  # it was a completion in flight
+            phase, message = phase_of(operation, job.status, view)
+    if phase is Phase.FAILED and running:
+        message += await _cancel(sub, job.job_id)
+    if s3_down is not None:
+        message += f" ({s3_down}: the staged object's state is unknown)"
     url = None
     if (
         staging is not None
@@ -359,8 +422,8 @@ async def describe(
 async def get(sub: Submitter, staging: Staging | None, job_id: int) -> TransferState:
     """The state of the caller's transfer job ``job_id`` (NOT_FOUND for anything else)."""
     job, operation = _own_transfer(sub, await sub.jobs.job(sub.run, job_id), job_id)
-    manifest = await _manifest(staging, sub, operation, job_id)
-    return await describe(sub, staging, job, operation, manifest)
+    lookup = await _lookup(staging, sub, operation, job_id)
+    return await describe(sub, staging, job, operation, lookup)
 
 
 async def watch(
@@ -376,15 +439,19 @@ async def watch(
     Job states come from ``watcher`` (the user's job poller, shared with every
     watch of the user); the object, while it can change without the job
     changing (a client uploading, a job staging), is inspected every
-    ``min_interval`` seconds, backing off to ``max_interval`` while nothing changes.
+    ``min_interval`` seconds, backing off to ``max_interval`` while nothing
+    changes. Records S3 could not be asked for (it was down) are asked for
+    again at each poll.
     """
     baseline = await watcher.baseline()
     job, operation = _own_transfer(sub, list(baseline.jobs.values()), job_id)
-    manifest = await _manifest(staging, sub, operation, job_id)
+    lookup = await _lookup(staging, sub, operation, job_id)
     last: TransferState | None = None
     interval = min_interval
     while True:
-        state = await describe(sub, staging, job, operation, manifest)
+        if lookup.s3_down is not None:
+            lookup = await _lookup(staging, sub, operation, job_id)
+        state = await describe(sub, staging, job, operation, lookup)
         if not state.same_as(last):
             yield state
             last, interval = state, min_interval
@@ -393,7 +460,7 @@ async def watch(
         if state.phase.terminal:
             return
         try:
-            polling = manifest is not None
+            polling = lookup.manifest is not None or lookup.s3_down is not None
             event = await asyncio.wait_for(watcher.next_event(), interval if polling else None)
         except TimeoutError:
             continue

@@ -44,7 +44,13 @@ import grpc
 
 from hpcgate.server.config import S3Config
 from hpcgate.server.errors import ServiceError
-from hpcgate.server.transfer.s3 import S3Clients, bucket_name, error_code, part_count
+from hpcgate.server.transfer.s3 import (
+    S3Clients,
+    bucket_name,
+    error_code,
+    part_count,
+    unavailable,
+)
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -57,6 +63,8 @@ RECORDS = ".hpcgate"
 _STAGED_KEY = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12})/")
 # Seconds past a deadline before the sweep aborts (the job's own abort goes first).
 SWEEP_GRACE = 60.0
+# Pauses (seconds) between the looks that confirm a staged object is gone.
+ABSENT_CONFIRMATION = (0.5, 1.0, 2.0)
 # Errors that mean "there is no such thing (any more)".
 _GONE = {"NoSuchUpload", "NoSuchKey", "NoSuchBucket", "404"}
 
@@ -98,6 +106,13 @@ class Manifest:
 
 
 @dataclass(frozen=True)
+class Lost:
+    """A transfer whose staging records S3 no longer has: it can never finish."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class ObjectView:
     """A staged object as S3 reports it now."""
 
@@ -117,6 +132,8 @@ class UploadPlan:
     head_url: str
     get_url: str
     abort_url: str
+    # The job's check that the multipart upload still exists while it waits.
+    parts_url: str
 
 
 @dataclass(frozen=True)
@@ -144,16 +161,32 @@ def staged_key(path: str) -> str:
     return f"{uuid.uuid4()}/{posixpath.basename(path) or 'file'}"
 
 
+def s3_unavailable(error: ServiceError) -> bool:
+    """Whether ``error`` says S3 is down (a failed call, or the health checker's finding)."""
+    return error.code == grpc.StatusCode.UNAVAILABLE and error.metadata.get("service") == "s3"
+
+
 class Staging:
     """The staging area of one system (its S3 store), shared by every caller."""
 
     def __init__(
-        self, system: str, config: S3Config, clock: Callable[[], float] = time.time
+        self,
+        system: str,
+        config: S3Config,
+        clock: Callable[[], float] = time.time,
+        *,
+        gate: Callable[[], None] | None = None,
     ) -> None:
+        """``gate`` raises UNAVAILABLE while the health checker finds S3 down.
+
+        Without it, a call to a hung store waits out botocore's timeouts and
+        retries (minutes) before it fails.
+        """
         self.system = system
         self.config = config
         self.clients = S3Clients(config)
         self._clock = clock
+        self._gate = gate
         self._ready: set[str] = set()  # buckets known to exist with our lifecycle rule
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -161,18 +194,15 @@ class Staging:
 
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` in a worker thread; S3 failures become UNAVAILABLE (ServiceErrors pass)."""
+        if self._gate is not None:
+            self._gate()
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except ServiceError:
             raise
         except Exception as error:
             if type(error).__module__.startswith(("botocore", "boto3", "urllib3")):
-                raise ServiceError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"S3 ({self.config.endpoint}): {error}",
-                    "S3_UNAVAILABLE",
-                    metadata={"system": self.system, "service": "s3"},
-                ) from error
+                raise unavailable(error, self.system) from error
             raise
 
     def bucket(self, user: str) -> str:
@@ -286,6 +316,7 @@ class Staging:
             head_url=self._presign(private, "head_object", job_expiry, **where),
             get_url=self._presign(private, "get_object", job_expiry, **where),
             abort_url=self._presign(private, "abort_multipart_upload", job_expiry, **upload),
+            parts_url=self._presign(private, "list_parts", job_expiry, **upload),
         )
 
     async def open_upload(self, user: str, path: str, size: int, part_size: int) -> UploadPlan:
@@ -351,48 +382,64 @@ class Staging:
             raise
         return Manifest(**json.loads(body["Body"].read()))
 
-    def _find(self, user: str, job_id: int) -> Manifest | None:
+    def _find(self, user: str, job_id: int) -> Manifest | Lost | None:
         bucket = self.bucket(user)
         try:
             listed = self.clients.private.list_objects_v2(
                 Bucket=bucket, Prefix=_job_index(self.system, job_id), MaxKeys=1
             )
         except Exception as error:
+            if error_code(error) == "NoSuchBucket":
+                self._ready.discard(bucket)
+                return Lost(f"the staging bucket {bucket} is gone from S3")
             if error_code(error) in _GONE:
                 return None
             raise
         for item in listed.get("Contents", []):
-            return self._load(bucket, item["Key"].rsplit("/", 1)[1])
+            manifest = self._load(bucket, item["Key"].rsplit("/", 1)[1])
+            return manifest or Lost("the transfer's record is gone from the staging bucket")
         return None
 
-    async def find(self, user: str, job_id: int) -> Manifest | None:
-        """The manifest of ``user``'s transfer job ``job_id`` (None: not a staged transfer)."""
+    async def find(self, user: str, job_id: int) -> Manifest | Lost | None:
+        """The manifest of ``user``'s transfer job ``job_id``.
+
+        :class:`Lost` when S3 no longer holds what the transfer was staged in
+        (its bucket, or its record beside the job's link); None when there is
+        no link to the job (not a staged transfer, or one S3 never recorded).
+        """
         return await self._call(self._find, user, job_id)
 
     # -- state and cleanup --------------------------------------------------------------------
 
-    def _inspect(self, manifest: Manifest) -> ObjectView:
-        client = self.clients.private
+    def _complete(self, manifest: Manifest) -> ObjectView | None:
+        """The object's view if it exists (the upload is complete), else None."""
         try:
-            head = client.head_object(Bucket=manifest.bucket, Key=manifest.key)
-            return ObjectView(
-                ObjectState.COMPLETE,
-                parts_uploaded=manifest.parts,
-                bytes_uploaded=int(head["ContentLength"]),
-                etag=str(head["ETag"]).strip('"'),
-            )
+            head = self.clients.private.head_object(Bucket=manifest.bucket, Key=manifest.key)
         except Exception as error:
             if error_code(error) not in _GONE:
                 raise
+            return None
+        return ObjectView(
+            ObjectState.COMPLETE,
+            parts_uploaded=manifest.parts,
+            bytes_uploaded=int(head["ContentLength"]),
+            etag=str(head["ETag"]).strip('"'),
+        )
+
+    def _inspect(self, manifest: Manifest) -> ObjectView:
+        complete = self._complete(manifest)
+        if complete is not None:
+            return complete
         try:
-            pages = client.get_paginator("list_parts").paginate(
+            pages = self.clients.private.get_paginator("list_parts").paginate(
                 Bucket=manifest.bucket, Key=manifest.key, UploadId=manifest.upload_id
             )
             parts = [part for page in pages for part in page.get("Parts", [])]
         except Exception as error:
             if error_code(error) not in _GONE:
                 raise
-            return ObjectView(ObjectState.ABSENT)
+            # Completed between the two requests, or really gone: the object tells.
+            return self._complete(manifest) or ObjectView(ObjectState.ABSENT)
         return ObjectView(
             ObjectState.UPLOADING,
             parts_uploaded=len(parts),
@@ -416,11 +463,25 @@ class Staging:
         """Abort the transfer's multipart upload; False if it was no longer open."""
         return await self._call(self._abort, manifest.bucket, manifest.key, manifest.upload_id)
 
+    async def stays_absent(self, manifest: Manifest) -> bool:
+        """Whether the object stays absent over a few seconds.
+
+        A completion in flight shows neither the open upload nor the object
+        for a moment; a transfer is taken as lost only when that lasts.
+        """
+        for pause in ABSENT_CONFIRMATION:
+            await asyncio.sleep(pause)
+            if (await self.inspect(manifest)).state is not ObjectState.ABSENT:
+                return False
+        return True
+
+    def expired(self, manifest: Manifest) -> bool:
+        """Whether the transfer's time is up (its URLs expired or its job gives up)."""
+        return self._clock() >= manifest.deadline
+
     async def settle(self, manifest: Manifest, view: ObjectView, job_ended: bool) -> ObjectView:
         """Abort an open upload that nothing will finish: its job ended or its time is up."""
-        if view.state is ObjectState.UPLOADING and (
-            job_ended or self._clock() >= manifest.deadline
-        ):
+        if view.state is ObjectState.UPLOADING and (job_ended or self.expired(manifest)):
             await self.abort(manifest)
             return ObjectView(ObjectState.ABSENT)
         return view

@@ -14,7 +14,7 @@ from collections.abc import Collection, Sequence
 
 import grpc
 
-from hpcgate.server.errors import ServiceError, invalid_argument
+from hpcgate.server.errors import ServiceError, invalid_argument, redact_addresses
 from hpcgate.server.scheduler.base import Output
 from hpcgate.server.scheduler.jobmodels import (
     TIME_WINDOWS,
@@ -25,7 +25,8 @@ from hpcgate.server.scheduler.jobmodels import (
     RunWithInput,
 )
 from hpcgate.server.scheduler.slurm import jobparse
-from hpcgate.server.scheduler.slurm.status import _UNREACHABLE, _checked
+from hpcgate.server.scheduler.slurm.failures import UNREACHABLE, unavailable
+from hpcgate.server.scheduler.slurm.status import _checked
 
 # Environment variables that sbatch itself reads (or that decide which sbatch
 # runs). They reach the job through --export only, never through sbatch's own
@@ -70,9 +71,14 @@ def _error(code: grpc.StatusCode, message: str, reason: str) -> ServiceError:
     return ServiceError(code, message, reason)
 
 
-def _unreachable(message: str) -> ServiceError | None:
-    if any(word in message for word in _UNREACHABLE):
-        return _error(grpc.StatusCode.UNAVAILABLE, message, "SCHEDULER_UNAVAILABLE")
+def _unreachable(command: str, message: str) -> ServiceError | None:
+    """UNAVAILABLE if sbatch's, srun's or scancel's complaint is slurmctld not answering.
+
+    These commands also fail for the request's sake (a bad partition, a
+    finished job) with the same exit status, so here Slurm's words decide.
+    """
+    if any(word in message for word in UNREACHABLE):
+        return unavailable(command, redact_addresses(message))
     return None
 
 
@@ -125,7 +131,7 @@ def sbatch_argv(job: JobDescription) -> list[str]:
 def _sbatch_error(output: Output) -> ServiceError:
     """The ServiceError for a submission sbatch refused."""
     message = _message(output)
-    unreachable = _unreachable(message)
+    unreachable = _unreachable("sbatch", message)
     if unreachable is not None:
         return unreachable
     if _PERMISSION.search(message):
@@ -227,6 +233,9 @@ class SlurmJobs:
         # Without --verbose, 22.05's scancel says nothing about unknown ids.
         output = await run(["scancel", "--verbose", str(job_id)])
         for problem in jobparse.scancel_errors(output.stderr.decode(errors="replace")):
+            unreachable = _unreachable("scancel", problem)
+            if unreachable is not None:
+                raise unreachable
             if _INVALID_JOB in problem:
                 raise _not_found(job_id)
             if "permission denied" in problem.lower():
@@ -247,7 +256,7 @@ class SlurmJobs:
         message = _message(output)
         if _INVALID_JOB in message:
             raise _not_found(job_id)
-        error = _unreachable(message)
+        error = _unreachable("srun", message)
         if error is None and _NOT_RUNNING.search(message):
             error = _error(
                 grpc.StatusCode.FAILED_PRECONDITION,

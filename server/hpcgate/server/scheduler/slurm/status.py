@@ -11,21 +11,12 @@ from hpcgate.server.errors import ServiceError
 from hpcgate.server.scheduler.base import Output, Run
 from hpcgate.server.scheduler.models import Node, Partition, Reservation, UserInfo
 from hpcgate.server.scheduler.slurm import parse
-
-# Slurm's words for "the controller cannot be reached".
-_UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Connection refused")
+from hpcgate.server.scheduler.slurm.failures import checked
 
 
 def _checked(argv: Sequence[str], output: Output) -> str:
-    """stdout of a command that must succeed; its stderr becomes the error message."""
-    if output.exit_status == 0:
-        return output.stdout.decode(errors="replace")
-    message = output.stderr.decode(errors="replace").strip() or f"exit status {output.exit_status}"
-    if any(word in message for word in _UNREACHABLE):
-        raise ServiceError(grpc.StatusCode.UNAVAILABLE, message, "SCHEDULER_UNAVAILABLE")
-    raise ServiceError(
-        grpc.StatusCode.INTERNAL, f"{argv[0]}: {message}", "SCHEDULER_COMMAND_FAILED"
-    )
+    """stdout of a command that must succeed (see :mod:`.failures` for how failures read)."""
+    return checked(argv, output)
 
 
 async def _run(run: Run, argv: Sequence[str]) -> str:
@@ -37,7 +28,7 @@ class SlurmStatus:
 
     async def ping(self, run: Run) -> None:
         text = await _run(run, ["scontrol", "ping"])
-        if "UP" not in text:
+        if "UP" not in text:  # exits 0 although a backup controller is down
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, text.strip(), "SCHEDULER_UNAVAILABLE")
 
     async def nodes(self, run: Run) -> list[Node]:

@@ -1,9 +1,10 @@
 # --- ingress.sh: from the staging bucket to the cluster (a client's upload) -----
 # Variables: target, size, part_size, parts, give_up_at (epoch seconds),
-# head_url, get_url, abort_url (presigned, private endpoint).
+# head_url, get_url, abort_url, parts_url (presigned, private endpoint).
 #
 # Waits for the client to complete the multipart upload (HEAD, backing off
-# from 1 s), downloads the object in ranges of part_size into a temporary file
+# from 1 s; while the object is missing, the upload's part list must still
+# exist, or the upload is gone and the job gives up at once), downloads the object in ranges of part_size into a temporary file
 # beside the target, checks it against S3's ETag (the MD5 of the parts' MD5s),
 # and only then renames it onto the target. On any failure the target is
 # untouched, and an upload that never completed is aborted.
@@ -25,11 +26,27 @@ tmp=""
 
 say "waiting for the client to upload $size bytes in $parts part(s) and complete the upload"
 delay=1
+gone=0
 while :; do
     code=$(curl -sS -I -o /dev/null -D "$work/head" -w '%{http_code}' "$head_url" 2>>"$work/curl.err")
     case "$code" in
         200) break ;;
-        404 | 000 | 5??) ;; # not complete yet, or the store is away for a moment
+        404)
+            # Not complete yet, unless the multipart upload is gone too (aborted,
+            # its bucket deleted, the store's state lost): then nothing can come.
+            # A completion in flight shows neither for a moment, so only a
+            # loss seen at several checks in a row (over 7 s) counts.
+            listed=$(curl -sS -o /dev/null -w '%{http_code}' "$parts_url" 2>>"$work/curl.err")
+            if [ "$listed" = 404 ]; then
+                gone=$((gone + 1))
+                ((gone < 4)) ||
+                    fail "the upload is gone from S3 (aborted, or its bucket or state lost);" \
+                        "nothing was written to $target"
+            else
+                gone=0
+            fi
+            ;;
+        000 | 5??) ;; # the store is away for a moment
         *)
             fail "S3 answered HTTP $code when asked for the object; nothing was written to $target"
             ;;

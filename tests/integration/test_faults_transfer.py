@@ -1,0 +1,143 @@
+"""Staged transfers that lose S3: they fail with a reason and cancel their job.
+
+A store that loses its state (moto restarted, a bucket deleted by hand) is
+shown by emptying and deleting the bucket of a prefix only this module uses,
+so no other test's transfers are touched. S3 down is moto SIGSTOPped for a
+few seconds (always resumed): a transfer's status then comes from Slurm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from botocore.config import Config
+
+from cluster_fixture import Cluster
+from conftest import LiveService, live_settings, start_service
+from faults import cluster_pid, eventually, paused
+from hpcgate.server.auth.devkeys import DevIssuer
+from hpcgate.v1 import transfer_pb2, transfer_pb2_grpc
+from localsite import SYSTEM, local_config
+
+PREFIX = "faults"
+DIRECTIVES = ["#SBATCH --partition=debug", "#SBATCH --account={account}"]
+
+
+@pytest.fixture(scope="module")
+async def staged(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LiveService]:
+    """Uploads wait an hour for their client; probes every second (S3's included)."""
+    issuer = DevIssuer.generate()
+    jwks: Path = tmp_path_factory.mktemp("staged") / "jwks.json"
+    issuer.write_jwks(jwks)
+    base = local_config(cluster.raw, jwks)["systems"][0]["s3"]
+    settings = live_settings(
+        cluster,
+        jwks,
+        s3={**base, "bucket_prefix": PREFIX, "ingress_timeout": 3600},
+        data_operation={"datatransfer_jobs_directives": DIRECTIVES},
+        probing={"interval": 1, "timeout": 2},
+    )
+    async for service in start_service(settings):
+        await service.running.runtime.system(SYSTEM).health.wait_first_run()
+        yield LiveService(**vars(service), issuer=issuer, system=SYSTEM)
+
+
+def _s3(cluster: Cluster) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=cluster.s3.endpoint,
+        region_name=cluster.s3.region,
+        aws_access_key_id=cluster.s3.access_key,
+        aws_secret_access_key=cluster.s3.secret_key,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+
+
+def _lose_bucket(cluster: Cluster, bucket: str) -> None:
+    """What a store that lost its state shows: no uploads, no objects, no bucket."""
+    s3 = _s3(cluster)
+    for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        s3.delete_object(Bucket=bucket, Key=item["Key"])
+    s3.delete_bucket(Bucket=bucket)
+
+
+async def _upload(service: LiveService) -> int:
+    """An upload of alice's that no client will ever send; its job id."""
+    body = {
+        "path": f"/home/alice/never-{uuid.uuid4().hex[:8]}.bin",
+        "account": "proj1",
+        "transfer_directives": {"file_size": 10, "transfer_method": "s3"},
+    }
+    async with httpx.AsyncClient(base_url=service.rest_url, timeout=60) as client:
+        response = await client.post(
+            f"/filesystem/{SYSTEM}/transfer/upload", json=body, headers=service.headers("alice")
+        )
+    assert response.status_code == 201, response.text
+    return int(response.json()["transferJob"]["jobId"])
+
+
+async def _status(service: LiveService, job_id: int) -> transfer_pb2.TransferStatus:
+    stub = transfer_pb2_grpc.TransferStub(service.channel)
+    reply = await stub.GetTransfer(
+        transfer_pb2.GetTransferRequest(system_name=SYSTEM, job_id=job_id),
+        metadata=service.metadata("alice"),
+        timeout=60,
+    )
+    return reply.transfer
+
+
+async def test_a_transfer_whose_bucket_vanished_fails_and_cancels_its_job(
+    staged: LiveService, cluster: Cluster
+) -> None:
+    job_id = await _upload(staged)
+    before = await _status(staged, job_id)
+    assert before.phase in {
+        transfer_pb2.TRANSFER_PHASE_QUEUED,
+        transfer_pb2.TRANSFER_PHASE_WAITING_FOR_CLIENT,
+    }, before
+    _lose_bucket(cluster, before.object.bucket)
+
+    after = await _status(staged, job_id)
+    assert after.phase == transfer_pb2.TRANSFER_PHASE_FAILED, after
+    assert "gone from S3" in after.message, after.message
+    # The job does not wait out its hour: cancelled here (or given up by itself).
+    deadline = time.monotonic() + 30
+    while (await _status(staged, job_id)).scheduler_state not in {"CANCELLED", "FAILED"}:
+        assert time.monotonic() < deadline, "the transfer's job still waits for its client"
+        await asyncio.sleep(0.2)
+
+
+async def test_a_transfers_status_comes_from_slurm_while_s3_is_down(
+    staged: LiveService,
+) -> None:
+    job_id = await _upload(staged)
+    checker = staged.running.runtime.system(SYSTEM).health
+    try:
+        with paused(cluster_pid("s3")):
+            await eventually(lambda: not checker.by_type().get("s3", True), 10, "s3 unhealthy")
+            state = await _status(staged, job_id)
+        assert state.phase in {
+            transfer_pb2.TRANSFER_PHASE_QUEUED,
+            transfer_pb2.TRANSFER_PHASE_RUNNING,
+        }, state
+        assert state.scheduler_state in {"PENDING", "RUNNING"}, state
+        assert "s3 is unhealthy" in state.message, state.message
+        # Back up, the object is seen again: still waiting for its client.
+        await eventually(lambda: checker.by_type().get("s3", False), 10, "s3 healthy again")
+        again = await _status(staged, job_id)
+        assert again.object.state == transfer_pb2.TRANSFER_OBJECT_STATE_UPLOADING, again
+    finally:
+        async with httpx.AsyncClient(base_url=staged.rest_url, timeout=60) as client:
+            await client.delete(f"/compute/{SYSTEM}/jobs/{job_id}", headers=staged.headers("alice"))
