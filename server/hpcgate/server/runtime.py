@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from hpcgate.server.config import Settings, SystemConfig
+from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.smallreads import SmallReads
 from hpcgate.server.health.checker import HealthChecker, OnChange
 from hpcgate.server.health.probes import probes_for
@@ -113,7 +114,7 @@ class Runtime:
                 checker,
                 jobs,
                 hub,
-                SmallReads(pool, config.data_operation),
+                SmallReads(pool, config.data_operation, Confine.of(config)),
                 staging,
             )
 

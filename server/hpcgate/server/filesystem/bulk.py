@@ -42,6 +42,7 @@ import asyncssh
 import grpc
 
 from hpcgate.server.errors import ServiceError
+from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import command_error, sftp_error
 from hpcgate.server.ssh.pool import KILL_AFTER, CommandResult, SSHPool, retry_channel_open
 
@@ -87,6 +88,23 @@ _TIMED_OUT = (124, 128 + 9)
 _BLOCK = 512
 # `tar: "NAME": MESSAGE` with NAME in C quoting.
 _DIAGNOSTIC = re.compile(rb'^tar: "((?:[^"\\]|\\.)*)": (.*)$')
+# The names arrive on stdin; one `realpath -m` resolves them all, and only
+# those leading inside (the case pattern, $1) reach tar; each other one is
+# named by its position on stderr. No round trip is added, and tar never
+# opens a place outside (what it opens was resolved microseconds before; see
+# confine's docstring on batches). bash for mapfile: the names are NUL-separated.
+_CONFINED_TAR = """
+mapfile -d '' -t asked
+mapfile -d '' -t real < <(printf '%s\\0' "${asked[@]}" | xargs -0r realpath -z -m --)
+for i in "${!asked[@]}"; do
+    case ${real[i]} in
+        PATTERN) printf '%s\\0' "${asked[i]}" ;;
+        *) printf 'hpcgate: outside: %d\\n' "$i" >&2 ;;
+    esac
+done | LC_ALL=C exec_tar
+"""
+_OUTSIDE = re.compile(rb"^hpcgate: outside: (\d+)$")
+OUTSIDE_WORDS = "leads outside the configured filesystems"
 
 
 @dataclass(frozen=True)
@@ -172,13 +190,15 @@ async def bulk_download(
     deadline: float | None,
     selection: NamedFiles | Tree,
     chunk: int,
+    confine: Confine,
 ) -> AsyncIterator[list[BulkEvent]]:
     """Stream the selected files as ``user``, in batches meant for one message each.
 
     A batch carries about ``chunk`` data bytes (many small files, or one
     chunk of a large one); the events of one file are contiguous. Files that
-    cannot be read become :class:`BulkError` events; only a failure of the
-    whole call (unreadable root, tar not runnable, time limit) raises.
+    cannot be read become :class:`BulkError` events, as do those leading
+    outside the filesystems (``confine``); only a failure of the whole call
+    (unreadable or outside root, tar not runnable, time limit) raises.
     """
     if isinstance(selection, NamedFiles):
         if len(selection.paths) > MAX_FILES:
@@ -187,10 +207,12 @@ async def bulk_download(
         unlisted: list[BulkError] = []
     else:
         async with pool.sftp(user, deadline) as sftp:
+            await confine.resolve(sftp, selection.root)
             targets, unlisted = await _walk(sftp, selection)
     if targets:
         async with pool.session(user, deadline) as conn:
-            async for batch in _relay_tar(conn, targets, chunk, _time_limit(deadline)):
+            limit = _time_limit(deadline)
+            async for batch in _relay_tar(conn, targets, chunk, limit, confine):
                 yield batch
     if unlisted:
         last: list[BulkEvent] = [*unlisted]
@@ -268,11 +290,33 @@ async def _listdir(sftp: asyncssh.SFTPClient, path: str) -> list[tuple[str, int]
 # -- the tar relay -----------------------------------------------------------
 
 
+def confined_tar(confine: Confine) -> str:
+    """The bash script running the bulk tar over those stdin names that lead inside."""
+    body = _CONFINED_TAR.replace("PATTERN", confine.case_pattern())
+    return body.replace("exec_tar", shlex.join(TAR_ARGV))
+
+
+def _outside_errors(stderr: bytes, targets: list[_Target]) -> dict[str, str]:
+    """The refusals the script named on stderr, by path."""
+    found = {}
+    for line in stderr.splitlines():
+        match = _OUTSIDE.match(line)
+        if match is not None and int(match.group(1)) < len(targets):
+            path = targets[int(match.group(1))].path
+            found[path] = f"{path}: {OUTSIDE_WORDS}"
+    return found
+
+
 async def _relay_tar(
-    conn: asyncssh.SSHClientConnection, targets: list[_Target], chunk: int, limit: float
+    conn: asyncssh.SSHClientConnection,
+    targets: list[_Target],
+    chunk: int,
+    limit: float,
+    confine: Confine,
 ) -> AsyncIterator[list[BulkEvent]]:
     """Run tar over ``targets`` on ``conn`` and relay its archive as event batches."""
-    line = shlex.join(["timeout", f"--kill-after={KILL_AFTER}", f"{limit:.3f}", *TAR_ARGV])
+    script = ["bash", "-c", confined_tar(confine), "bash"]
+    line = shlex.join(["timeout", f"--kill-after={KILL_AFTER}", f"{limit:.3f}", *script])
     started = time.monotonic()
     process = await retry_channel_open(conn, lambda: conn.create_process(line, encoding=None))
     stderr = asyncio.ensure_future(process.stderr.read())
@@ -297,7 +341,7 @@ async def _relay_tar(
             raise command_error(
                 ["tar"], CommandResult(status if status is not None else -1, b"", diagnostics)
             )
-        relay.finish(_file_errors(diagnostics))
+        relay.finish({**_file_errors(diagnostics), **_outside_errors(diagnostics, targets)})
         for batch in relay.take():
             yield batch
     finally:
@@ -570,6 +614,8 @@ class _TarRelay:
 
 def _code(message: str) -> grpc.StatusCode:
     """The status code of a per-file failure, from the cluster's words."""
+    if message.endswith(OUTSIDE_WORDS):
+        return grpc.StatusCode.INVALID_ARGUMENT
     return command_error(["tar"], CommandResult(2, b"", message.encode())).code
 
 
