@@ -132,14 +132,18 @@ class Confine:
 
     # -- over SFTP ---------------------------------------------------------------
 
-    async def resolve(self, client: asyncssh.SFTPClient, path: str) -> str:
-        """Where ``path`` leads (every link followed), if inside; SFTP errors name ``path``."""
+    async def resolve(self, client: asyncssh.SFTPClient, path: str, asked: str = "") -> str:
+        """Where ``path`` leads (every link followed), if inside; SFTP errors name ``path``.
+
+        A refusal names ``asked`` (default ``path``): the request's path that
+        ``path`` was derived from.
+        """
         await self.learn_roots(client)
         try:
             real = str(await client.realpath(path))
         except asyncssh.SFTPError as error:
             raise sftp_error(error, path) from None
-        return self.check(path, real)
+        return self.check(asked or path, real)
 
     async def resolved_stat(
         self, client: asyncssh.SFTPClient, path: str
@@ -169,7 +173,7 @@ class Confine:
         parent, name = posixpath.split(path)
         if not name:  # "/" itself
             return self.check(path, path)
-        real = posixpath.join(await self.resolve(client, parent or "/"), name)
+        real = posixpath.join(await self.resolve(client, parent or "/", path), name)
         return self.check(path, real)
 
     async def resolve_loose(self, client: asyncssh.SFTPClient, path: str) -> str:
