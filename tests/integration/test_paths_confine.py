@@ -436,7 +436,9 @@ async def test_a_read_batch_leaves_out_links_out(batching: LiveService, trap: Tr
     async def download(path: str) -> bytes | grpc.aio.AioRpcError:
         request = filesystem_pb2.DownloadRequest(system_name=SYSTEM, path=path)
         try:
-            return (await stub.Download(request, metadata=metadata, timeout=30)).data
+            reply = await stub.Download(request, metadata=metadata, timeout=30)
+            data: bytes = reply.data
+            return data
         except grpc.aio.AioRpcError as error:
             return error
 
