@@ -448,3 +448,78 @@ async def test_a_read_batch_leaves_out_links_out(batching: LiveService, trap: Tr
         grpc_refused(outcome)
     assert outcomes[2:] == [b"inside\n"] * 8
     assert _batched() - before >= 8  # the inside reads did come from a batch
+
+
+# -- transfer jobs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "op", "body", "field"),
+    [
+        ("POST", "cp", {"sourcePath": "{secret}", "targetPath": "{work}/copy"}, "sourcePath"),
+        (
+            "POST",
+            "cp",
+            {"sourcePath": "{work}/inside.txt", "targetPath": "{tmplink}/c"},
+            "targetPath",
+        ),
+        (
+            "POST",
+            "mv",
+            {"sourcePath": "{work}/inside.txt", "targetPath": "{tmplink}/m"},
+            "targetPath",
+        ),
+        (
+            "POST",
+            "mv",
+            {"sourcePath": "{tmplink}/secret.txt", "targetPath": "{work}/m"},
+            "sourcePath",
+        ),
+        ("DELETE", "rm", {"path": "{tmplink}/secret.txt"}, "path"),
+        (
+            "POST",
+            "compress",
+            {"sourcePath": "{work}/inside.txt", "targetPath": "{tmplink}/a.tar"},
+            "targetPath",
+        ),
+        ("POST", "extract", {"sourcePath": "{work}/out.tar", "targetPath": "{work}"}, "sourcePath"),
+        (
+            "POST",
+            "extract",
+            {"sourcePath": "{work}/out.tar", "targetPath": "{tmplink}"},
+            "targetPath",
+        ),
+        (
+            "POST",
+            "upload",
+            {
+                "path": "{tmplink}/up",
+                "transferDirectives": {"transferMethod": "s3", "fileSize": 10},
+            },
+            "sourcePath",
+        ),
+        (
+            "POST",
+            "download",
+            {"sourcePath": "{passwd}", "transferDirectives": {"transferMethod": "s3"}},
+            "sourcePath",
+        ),
+    ],
+)
+async def test_a_transfer_job_through_a_link_out_is_refused_before_it_is_submitted(
+    http: httpx.AsyncClient, trap: Trap, method: str, op: str, body: dict[str, Any], field: str
+) -> None:
+    await trap.put(f"{trap.work}/out.tar", _archive(_member("evil", tarfile.SYMTYPE, "/etc")))
+    filled: dict[str, Any] = {"account": "proj1"}
+    if op == "extract":
+        filled["compression"] = "none"
+    for key, value in body.items():
+        form = dict(work=trap.work, tmplink=trap.tmplink, secret=trap.secret, passwd=trap.passwd)
+        filled[key] = value.format(**form) if isinstance(value, str) else value
+    before = await trap.snapshot()
+    if method == "DELETE":
+        reply = await http.request(method, f"transfer/{op}", params=filled)
+    else:
+        reply = await http.request(method, f"transfer/{op}", json=filled)
+    refused(reply, field)
+    assert await trap.snapshot() == before

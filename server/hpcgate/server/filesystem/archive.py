@@ -14,12 +14,16 @@ from __future__ import annotations
 import codecs
 import posixpath
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
 
 from hpcgate.server.errors import ServiceError
+from hpcgate.server.filesystem.confine import Confine
+from hpcgate.server.filesystem.errors import checked, command_error
+from hpcgate.server.scheduler.base import Output
+from hpcgate.server.scheduler.jobmodels import RunWithInput
 
 # "MODE OWNER SIZE DATE TIME REST": REST is the C-quoted name, then for a
 # symbolic link ` -> "TARGET"`, for a hard link ` link to "TARGET"`.
@@ -130,3 +134,55 @@ def judge(
             raise _outside(
                 archive, place.member, f"would land outside the target directory ({real!r})"
             )
+
+
+def tar_failed(argv: Sequence[str], result: Output) -> None:
+    """Raise tar's failure; one the cluster's words do not classify is the archive's fault.
+
+    ("not in gzip format", "This does not look like a tar archive":
+    FAILED_PRECONDITION, HTTP 400, with tar's own message, not an internal error.)
+    """
+    error = command_error(argv, result)
+    if error.code != grpc.StatusCode.INTERNAL:
+        raise error
+    message = result.stderr.decode(errors="replace").strip() or error.message
+    raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message, "TAR_FAILED")
+
+
+# The listing step: the archive opened and checked, the target's real place
+# printed (NUL-terminated), then tar's listing of what fd 3 holds.
+_LIST = """
+exec 3<"$1" || exit 1
+held 3 1
+r=$(realpath -e -- "$2") || exit 1
+inside "$r" 2
+[ -d "$r" ] || { printf '%s: Not a directory\\n' "$2" >&2; exit 1; }
+printf '%s\\0' "$r"
+shift 2
+exec tar "$@" -f - <&3
+"""
+
+
+async def check(
+    run: RunWithInput, confine: Confine, source: str, target: str, flags: Sequence[str]
+) -> None:
+    """Refuse to extract ``source`` into ``target`` if the archive would reach outside.
+
+    Two commands as the caller: tar's listing (archive and target checked
+    where they lead), then one ``realpath -m`` of every place it reaches.
+    """
+    argv = ["sh", "-c", confine.script(_LIST), "tar", source, target, *LIST_OPTIONS, *flags]
+    listed = await run(argv)
+    confine.outcome([source, target], listed.exit_status, listed.stderr)
+    if listed.exit_status != 0:
+        tar_failed(["tar", *argv[1:]], listed)
+    first, _, listing = listed.stdout.partition(b"\0")
+    real_target = first.decode("utf-8", "surrogateescape")
+    reached = places(source, real_target, parse_listing(listing))
+    if not reached:
+        return
+    resolve = ["xargs", "-0r", "realpath", "-z", "-m", "--"]
+    names = b"".join(place.path.encode("utf-8", "surrogateescape") + b"\0" for place in reached)
+    resolved = checked(resolve, await run(resolve, stdin=names))
+    reals = [r.decode("utf-8", "surrogateescape") for r in resolved.split(b"\0")[:-1]]
+    judge(source, real_target, reached, reals, confine.inside)

@@ -47,7 +47,8 @@ import grpc
 
 from hpcgate.server.config import SystemConfig
 from hpcgate.server.errors import ServiceError
-from hpcgate.server.filesystem.errors import sftp_error
+from hpcgate.server.filesystem.errors import checked, sftp_error
+from hpcgate.server.scheduler.jobmodels import RunWithInput
 
 REASON = "PATH_OUTSIDE_FILESYSTEMS"
 # Exit status of a confined shell step whose Nth path (1, 2) leads outside;
@@ -55,6 +56,21 @@ REASON = "PATH_OUTSIDE_FILESYSTEMS"
 OUTSIDE_EXIT = 96
 # Exit status of a step that saw a path change under it (a link appeared).
 CHANGED_EXIT = 95
+# Checks where each argument leads: "F<path>" with every link followed,
+# "E<path>" for the entry itself (its directory resolved, its name kept).
+# A path need not exist (realpath -m): a target is often yet to be made.
+_WHERE = """
+i=0
+for p do
+    i=$((i + 1))
+    q=${p#?}
+    case $p in
+        F*) r=$(realpath -m -- "$q") || exit 1 ;;
+        *) d=${q%/*}; r=$(realpath -m -- "${d:-/}") || exit 1; r=${r%/}/${q##*/} ;;
+    esac
+    inside "$r" "$i"
+done
+"""
 
 
 def _normal(path: str) -> str:
@@ -234,6 +250,19 @@ class Confine:
 
     def script(self, body: str) -> str:
         return self.prelude() + body
+
+    async def check_on_cluster(self, run: RunWithInput, paths: Sequence[tuple[str, bool]]) -> None:
+        """Refuse any of ``paths`` that leads outside, in one command as the caller.
+
+        Each is ``(path, follow)``: ``follow`` judges where it leads, else the
+        entry itself. For work done later (a transfer job, which checks
+        again when it runs): the refusal comes now, naming the field.
+        """
+        args = [("F" if follow else "E") + path for path, follow in paths]
+        argv = ["sh", "-c", self.script(_WHERE), "realpath", *args]
+        result = await run(argv)
+        self.outcome([path for path, _ in paths], result.exit_status, result.stderr)
+        checked(["realpath", *argv[1:]], result)
 
     def ere(self) -> str:
         """An extended regex (grep -E) matching exactly the paths inside."""

@@ -918,19 +918,6 @@ async def rm(remote: Remote, path: str, roots: Sequence[str]) -> None:
 # -- archives --------------------------------------------------------------------------
 
 
-def _tar_failed(argv: Sequence[str], result: CommandResult) -> None:
-    """Raise tar's failure; one the cluster's words do not classify is the archive's fault.
-
-    ("not in gzip format", "This does not look like a tar archive":
-    FAILED_PRECONDITION, HTTP 400, with tar's own message, not an internal error.)
-    """
-    error = command_error(argv, result)
-    if error.code != grpc.StatusCode.INTERNAL:
-        raise error
-    message = result.stderr.decode(errors="replace").strip() or error.message
-    raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message, "TAR_FAILED")
-
-
 async def _tar(
     remote: Remote,
     body: str,
@@ -941,7 +928,7 @@ async def _tar(
     """Run a confined tar step; its failure as :func:`_tar_failed` says."""
     argv, result = await remote.confined_unchecked("tar", body, paths, args, stdin)
     if result.exit_status != 0:
-        _tar_failed(argv, result)
+        archive.tar_failed(argv, result)
 
 
 # The compress step: the source's real parent entered and checked (and, with
@@ -1006,18 +993,6 @@ async def compress(
     await _tar(remote, _COMPRESS, paths, [*args, "list", *flags, *follow], members)
 
 
-# The listing step: the archive opened and checked, the target's real place
-# printed (NUL-terminated), then tar's listing of what fd 3 holds.
-_LIST = """
-exec 3<"$1" || exit 1
-held 3 1
-r=$(realpath -e -- "$2") || exit 1
-inside "$r" 2
-[ -d "$r" ] || { printf '%s: Not a directory\\n' "$2" >&2; exit 1; }
-printf '%s\\0' "$r"
-shift 2
-exec tar "$@" -f - <&3
-"""
 # The extraction step: archive opened and checked, target directory entered
 # and checked, tar extracting there from fd 3.
 _EXTRACT = """
@@ -1039,20 +1014,10 @@ async def extract(remote: Remote, source: str, target: str, compression: str) ->
     filesystems; the places it reaches are resolved in one ``realpath -m``.
     """
     flags = tar_compression(compression)
+
+    async def run(argv: Sequence[str], *, stdin: bytes | None = None) -> CommandResult:
+        return await remote.run_unchecked(argv, stdin)
+
+    await archive.check(run, remote.confine, source, target, flags)
     paths = [source, target]
-    argv, listed = await remote.confined_unchecked(
-        "tar", _LIST, paths, [source, target, *archive.LIST_OPTIONS, *flags]
-    )
-    if listed.exit_status != 0:
-        _tar_failed(argv, listed)
-    first, _, listing = listed.stdout.partition(b"\0")
-    real_target = first.decode("utf-8", "surrogateescape")
-    reached = archive.places(source, real_target, archive.parse_listing(listing))
-    if reached:
-        resolved = await remote.run(
-            ["xargs", "-0r", "realpath", "-z", "-m", "--"],
-            b"".join(place.path.encode("utf-8", "surrogateescape") + b"\0" for place in reached),
-        )
-        reals = [r.decode("utf-8", "surrogateescape") for r in resolved.split(b"\0")[:-1]]
-        archive.judge(source, real_target, reached, reals, remote.confine.inside)
     await _tar(remote, _EXTRACT, paths, [source, target, *flags])

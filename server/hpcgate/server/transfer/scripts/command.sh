@@ -1,4 +1,6 @@
 # --- command.sh: one command (cp, mv, rm, tar -x), its argv quoted above ---------
+confine "${confined[@]}"
+if [ -n "$tree" ]; then confine_tree "$tree"; fi
 say "running:$(printf ' %q' "${command[@]}")"
 "${command[@]}"
 status=$?

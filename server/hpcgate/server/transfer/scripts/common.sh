@@ -51,4 +51,39 @@ multipart_etag() {
     sum=$(md5sum <"$1") && printf '%s-%s' "${sum%% *}" "$2"
 }
 
+# within REAL: whether REAL is one of the roots (array) or below one.
+within() {
+    local root
+    for root in "${roots[@]}"; do
+        root=${root%/}
+        if [[ -z $root || $1 == "$root" || $1 == "$root"/* ]]; then return 0; fi
+    done
+    return 1
+}
+
+# confine ITEM...: fail unless each path leads inside: "F<path>" with every
+# link followed, "E<path>" the entry itself (its directory resolved).
+confine() {
+    local item path real dir
+    for item in "$@"; do
+        path=${item:1}
+        if [[ $item == F* ]]; then
+            real=$(realpath -m -- "$path") || fail "$path: cannot be resolved"
+        else
+            dir=${path%/*}
+            real=$(realpath -m -- "${dir:-/}") || fail "$path: cannot be resolved"
+            real=${real%/}/${path##*/}
+        fi
+        within "$real" || fail "$path leads to $real, not under a configured filesystem"
+    done
+}
+
+# confine_tree PATH: fail unless every place under PATH, links followed, is inside.
+confine_tree() {
+    local real
+    while IFS= read -r -d '' real; do
+        within "$real" || fail "$1: $real is not under a configured filesystem"
+    done < <(find -L "$1" -print0 2>/dev/null | xargs -0r realpath -z -m --)
+}
+
 say "hpcgate $operation job ${SLURM_JOB_ID:-?} on $(hostname)"
