@@ -116,6 +116,22 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class Unreadable:
+    """A directory a recursive listing could not read: its relative name and why."""
+
+    name: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What ``ls`` found: the entries, and (recursive) the directories it could not read."""
+
+    entries: list[FileEntry]
+    unreadable: list[Unreadable] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class FileStat:
     """A file's ``stat``, in ``os.stat_result``'s fields."""
 
@@ -623,6 +639,8 @@ class _Lister:
         self.gate = asyncio.Semaphore(LS_CONCURRENCY)
         # Real paths of the directories listed so far (no loops through links).
         self.visited: set[bytes] = set()
+        # Subdirectories that could not be read (ls -R lists the rest).
+        self.unreadable: list[Unreadable] = []
 
     async def _guarded(self, request: Awaitable[T]) -> T:
         """``request``, with at most LS_CONCURRENCY of them in flight."""
@@ -682,7 +700,11 @@ class _Lister:
         if child_real in self.visited:
             return []
         self.visited.add(child_real)
-        return await self._readdir(child, raw.name + "/", child_real)
+        try:
+            return await self._readdir(child, raw.name + "/", child_real)
+        except asyncssh.SFTPError as error:
+            self.unreadable.append(Unreadable(raw.name, sftp_error(error, raw.name).message))
+            return []
 
     async def _named(self, raws: list[_Raw]) -> list[FileEntry]:
         """Entries with owner names: from longnames, the cache, or one getent."""
@@ -773,12 +795,14 @@ async def ls(
     numeric_uid: bool = False,
     recursive: bool = False,
     dereference: bool = False,
-) -> list[FileEntry]:
+) -> Listing:
     """``ls -l`` of ``path``: a directory's entries (sorted by name), or the file itself.
 
     A link to a directory given as ``path`` is listed as the directory. In a
     recursive listing names are relative to ``path`` ("sub/file"), and
-    directories are listed after their parent's entries, as ``ls -R`` does.
+    directories are listed after their parent's entries, as ``ls -R`` does;
+    a subdirectory that cannot be read is listed as an entry and reported
+    in :attr:`Listing.unreadable`, and the rest of the tree still listed.
     """
     async with remote.sftp(path) as client:
         real, attrs = await asyncio.gather(remote.confine.resolve(client, path), client.lstat(path))
@@ -793,9 +817,10 @@ async def ls(
             else:
                 target = decode_name(await client.readlink(path.encode()))
         if not statmod.S_ISDIR(attrs.permissions or 0):
-            return [await _owned_entry(remote, path, attrs, target, numeric_uid)]
+            return Listing([await _owned_entry(remote, path, attrs, target, numeric_uid)])
         lister = _Lister(remote, client, show_hidden, numeric_uid, recursive, dereference)
-        return await lister.listing(real.encode(), real.encode())
+        entries = await lister.listing(real.encode(), real.encode())
+        return Listing(entries, sorted(lister.unreadable, key=lambda u: u.name))
 
 
 # -- changing ---------------------------------------------------------------------------

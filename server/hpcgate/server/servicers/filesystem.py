@@ -101,7 +101,7 @@ class FilesystemServicer(FilesystemStreams):
         self, request: filesystem_pb2.LsRequest, context: Context
     ) -> filesystem_pb2.LsResponse:
         _, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
-        entries = await ops.ls(
+        listing = await ops.ls(
             remote,
             path,
             show_hidden=request.show_hidden,
@@ -109,7 +109,13 @@ class FilesystemServicer(FilesystemStreams):
             recursive=request.recursive,
             dereference=request.dereference,
         )
-        return filesystem_pb2.LsResponse(output=[_file(e) for e in entries])
+        return filesystem_pb2.LsResponse(
+            output=[_file(e) for e in listing.entries],
+            unreadable=[
+                filesystem_pb2.LsUnreadable(name=u.name, message=u.message)
+                for u in listing.unreadable
+            ],
+        )
 
     async def Head(
         self, request: filesystem_pb2.HeadRequest, context: Context
