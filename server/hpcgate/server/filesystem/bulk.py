@@ -88,12 +88,18 @@ _TIMED_OUT = (124, 128 + 9)
 _BLOCK = 512
 # `tar: "NAME": MESSAGE` with NAME in C quoting.
 _DIAGNOSTIC = re.compile(rb'^tar: "((?:[^"\\]|\\.)*)": (.*)$')
-# The names arrive on stdin; one `realpath -m` resolves them all, and only
-# those leading inside (the case pattern, $1) reach tar; each other one is
-# named by its position on stderr. No round trip is added, and tar never
-# opens a place outside (what it opens was resolved microseconds before; see
-# confine's docstring on batches). bash for mapfile: the names are NUL-separated.
+# The names arrive on stdin twice. The first copy ($1 bytes; head -c reads
+# no further) goes through one `realpath -m` and a count of those leading
+# outside ($2, an ERE): none, the usual case, and tar reads the second copy
+# as it is. Otherwise bash goes name by name (slow: it reads a pipe byte by
+# byte) and names the outside ones by position on stderr. No round trip is
+# added, and tar never opens a place outside (what it opens was resolved
+# moments before; see confine's docstring on batches).
 _CONFINED_TAR = """
+outside=$(head -c "$1" | LC_ALL=C xargs -0r realpath -z -m -- | LC_ALL=C grep -z -c -v -E -e "$2")
+if [ "$outside" = 0 ]; then
+    LC_ALL=C exec TAR
+fi
 mapfile -d '' -t asked
 mapfile -d '' -t real < <(printf '%s\\0' "${asked[@]}" | xargs -0r realpath -z -m --)
 for i in "${!asked[@]}"; do
@@ -101,7 +107,7 @@ for i in "${!asked[@]}"; do
         PATTERN) printf '%s\\0' "${asked[i]}" ;;
         *) printf 'hpcgate: outside: %d\\n' "$i" >&2 ;;
     esac
-done | LC_ALL=C exec_tar
+done | LC_ALL=C TAR
 """
 _OUTSIDE = re.compile(rb"^hpcgate: outside: (\d+)$")
 OUTSIDE_WORDS = "leads outside the configured filesystems"
@@ -292,8 +298,9 @@ async def _listdir(sftp: asyncssh.SFTPClient, path: str) -> list[tuple[str, int]
 
 def confined_tar(confine: Confine) -> str:
     """The bash script running the bulk tar over those stdin names that lead inside."""
-    body = _CONFINED_TAR.replace("PATTERN", confine.case_pattern())
-    return body.replace("exec_tar", shlex.join(TAR_ARGV))
+    # tar first: a root's name might hold "TAR", tar's argv never "PATTERN".
+    body = _CONFINED_TAR.replace("TAR", shlex.join(TAR_ARGV))
+    return body.replace("PATTERN", confine.case_pattern())
 
 
 def _outside_errors(stderr: bytes, targets: list[_Target]) -> dict[str, str]:
@@ -315,13 +322,14 @@ async def _relay_tar(
     confine: Confine,
 ) -> AsyncIterator[list[BulkEvent]]:
     """Run tar over ``targets`` on ``conn`` and relay its archive as event batches."""
-    script = ["bash", "-c", confined_tar(confine), "bash"]
+    names = b"".join(t.path.encode() + b"\0" for t in targets)
+    script = ["bash", "-c", confined_tar(confine), "bash", str(len(names)), confine.ere()]
     line = shlex.join(["timeout", f"--kill-after={KILL_AFTER}", f"{limit:.3f}", *script])
     started = time.monotonic()
     process = await retry_channel_open(conn, lambda: conn.create_process(line, encoding=None))
     stderr = asyncio.ensure_future(process.stderr.read())
     try:
-        process.stdin.write(b"".join(t.path.encode() + b"\0" for t in targets))
+        process.stdin.write(names + names)  # checked, then archived: see _CONFINED_TAR
         process.stdin.write_eof()
         relay = _TarRelay(targets, chunk)
         while data := await process.stdout.read(READ_SIZE):

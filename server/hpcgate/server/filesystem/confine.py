@@ -73,6 +73,10 @@ done
 """
 
 
+# Characters special in a POSIX extended regular expression.
+_ERE_SPECIAL = re.compile(r"[.\[\]()*+?{}|^$\\]")
+
+
 def _normal(path: str) -> str:
     return "/" + posixpath.normpath(path).lstrip("/")
 
@@ -265,8 +269,12 @@ class Confine:
         checked(["realpath", *argv[1:]], result)
 
     def ere(self) -> str:
-        """An extended regex (grep -E) matching exactly the paths inside."""
-        alternatives = [re.escape(r.rstrip("/")) for r in self.roots]
+        """A POSIX extended regex (``grep -E``) matching exactly the paths inside.
+
+        (Not :func:`re.escape`: it also escapes ``-`` and the like, which
+        POSIX leaves undefined and GNU grep warns about on stderr.)
+        """
+        alternatives = [_ERE_SPECIAL.sub(r"\\\g<0>", r.rstrip("/")) for r in self.roots]
         if any(not a for a in alternatives):
             return "^/"
         return "^(" + "|".join(alternatives) + ")(/|$)"

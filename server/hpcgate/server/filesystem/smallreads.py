@@ -76,23 +76,27 @@ MAX_FILE = 64 * 1024
 # Time limit of one batch (waiting for a channel, then running), in seconds.
 BATCH_TIME_LIMIT = 30.0
 
-# "$1" is the size bound find takes (strictly less than, in bytes); the rest
-# are the paths. One `realpath -m` resolves them all and only those leading
-# inside the filesystems (PATTERN) go on; the others are left out silently,
-# so their reads fall back to SFTP, which refuses them naming the field.
-# Absolute paths start with "/", so find never takes one for an option or
-# an expression. find's complaints (missing files) go nowhere: it only
-# filters, and its lines would interleave with tar's on one pipe. (bash:
-# mapfile reads NUL-separated names.)
+# "$1" is the size bound find takes (strictly less than, in bytes), "$2" the
+# ERE of the places inside; the rest are the paths. One `realpath -m` and a
+# count of those leading outside: none, the usual case, and all go on; else
+# only those leading inside do (bash, name by name), and the others fall back
+# to SFTP, which refuses them naming the field. Absolute paths start with
+# "/", so find never takes one for an option or an expression. find's
+# complaints (missing files) go nowhere: it only filters, and its lines would
+# interleave with tar's on one pipe.
 _SCRIPT = """
-n=$1; shift
-mapfile -d '' -t real < <(realpath -z -m -- "$@")
-kept=()
-for i in "${!real[@]}"; do
-    case ${real[i]} in PATTERN) kept+=("${@:i+1:1}") ;; esac
-done
-[ ${#kept[@]} -gt 0 ] || exit 0
-find -H "${kept[@]}" -maxdepth 0 -type f -size "-${n}c" -print0 2>/dev/null | LC_ALL=C TAR
+n=$1 inside=$2
+shift 2
+if [ "$(LC_ALL=C realpath -z -m -- "$@" | LC_ALL=C grep -z -c -v -E -e "$inside")" != 0 ]; then
+    mapfile -d '' -t real < <(realpath -z -m -- "$@")
+    kept=()
+    for i in "${!real[@]}"; do
+        case ${real[i]} in PATTERN) kept+=("${@:i+1:1}") ;; esac
+    done
+    [ ${#kept[@]} -gt 0 ] || exit 0
+    set -- "${kept[@]}"
+fi
+find -H "$@" -maxdepth 0 -type f -size "-${n}c" -print0 2>/dev/null | LC_ALL=C TAR
 """
 # tar diagnostics that only mean "this file is not in the archive".
 _ABSENT = (": Cannot open: ", ": Cannot stat: ")
@@ -265,7 +269,15 @@ class SmallReads:
             self._batches.inc()
             result = await self._pool.run(
                 user,
-                ["bash", "-c", self._script(), "bash", str(self._bound), *batch],
+                [
+                    "bash",
+                    "-c",
+                    self._script(),
+                    "bash",
+                    str(self._bound),
+                    self._confine.ere(),
+                    *batch,
+                ],
                 # Bounded in the pool's queue too: a batch that finds no free
                 # channel in time gives way, and its reads go to SFTP.
                 deadline=deadline_after(BATCH_TIME_LIMIT),
@@ -286,7 +298,8 @@ class SmallReads:
     def _script(self) -> str:
         # Built per batch: the roots' real places are learned on first use.
         pattern = self._confine.case_pattern()
-        return _SCRIPT.replace("PATTERN", pattern).replace("TAR", shlex.join(TAR_ARGV))
+        # tar first: a root's name might hold "TAR", tar's argv never "PATTERN".
+        return _SCRIPT.replace("TAR", shlex.join(TAR_ARGV)).replace("PATTERN", pattern)
 
     def _forget_if_idle(self, user: str, state: _UserReads) -> None:
         if state.forgettable() and self._users.get(user) is state:
