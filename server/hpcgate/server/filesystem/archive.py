@@ -171,6 +171,7 @@ async def check(
     Two commands as the caller: tar's listing (archive and target checked
     where they lead), then one ``realpath -m`` of every place it reaches.
     """
+    await confine.learn_roots_by_command(run)
     argv = ["sh", "-c", confine.script(_LIST), "tar", source, target, *LIST_OPTIONS, *flags]
     listed = await run(argv)
     confine.outcome([source, target], listed.exit_status, listed.stderr)

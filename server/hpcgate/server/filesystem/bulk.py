@@ -211,6 +211,9 @@ async def bulk_download(
             raise _too_many(str(len(selection.paths)))
         targets = [_Target(i, p, posixpath.basename(p)) for i, p in enumerate(selection.paths)]
         unlisted: list[BulkError] = []
+        if not confine.learned:
+            async with pool.sftp(user, deadline) as sftp:
+                await confine.learn_roots(sftp)
     else:
         async with pool.sftp(user, deadline) as sftp:
             await confine.resolve(sftp, selection.root)

@@ -93,7 +93,6 @@ def under(path: str, roots: Iterable[str]) -> bool:
 # Real places of the configured roots, per system, learned on first use
 # (a root that is itself a link, /scratch -> /lus/scratch, leads there).
 _REAL_ROOTS: dict[str, tuple[str, ...]] = {}
-_ROOTS_LOCK = asyncio.Lock()
 
 
 @dataclass(frozen=True)
@@ -139,16 +138,27 @@ class Confine:
 
     async def learn_roots(self, client: asyncssh.SFTPClient) -> None:
         """Learn the real places of the roots once per system (one realpath each)."""
+        # No lock: two first calls at once both learn the same answer.
         if self.system in _REAL_ROOTS:
             return
-        async with _ROOTS_LOCK:
-            if self.system in _REAL_ROOTS:
-                return
-            found = await asyncio.gather(
-                *(client.realpath(root) for root in self.configured), return_exceptions=True
-            )
-            real = {str(r) for r in found if isinstance(r, str)} - set(self.configured)
-            _REAL_ROOTS[self.system] = tuple(sorted(real))
+        found = await asyncio.gather(
+            *(client.realpath(root) for root in self.configured), return_exceptions=True
+        )
+        real = {str(r) for r in found if isinstance(r, str)} - set(self.configured)
+        _REAL_ROOTS[self.system] = tuple(sorted(real))
+
+    @property
+    def learned(self) -> bool:
+        """Whether the real places of the roots are known (see :meth:`learn_roots`)."""
+        return self.system in _REAL_ROOTS
+
+    async def learn_roots_by_command(self, run: RunWithInput) -> None:
+        """:meth:`learn_roots` for callers without SFTP: one ``realpath -z -e`` of the roots."""
+        if self.learned or not self.configured:
+            return
+        result = await run(["realpath", "-z", "-e", "--", *self.configured])
+        found = {r.decode(errors="surrogateescape") for r in result.stdout.split(b"\0") if r}
+        _REAL_ROOTS[self.system] = tuple(sorted(found - set(self.configured)))
 
     # -- over SFTP ---------------------------------------------------------------
 
@@ -262,6 +272,7 @@ class Confine:
         entry itself. For work done later (a transfer job, which checks
         again when it runs): the refusal comes now, naming the field.
         """
+        await self.learn_roots_by_command(run)
         args = [("F" if follow else "E") + path for path, follow in paths]
         argv = ["sh", "-c", self.script(_WHERE), "realpath", *args]
         result = await run(argv)

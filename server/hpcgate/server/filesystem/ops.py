@@ -262,6 +262,9 @@ class Remote:
         step reports (a path of ``paths`` leads outside) is raised; any other
         outcome is returned with the argv, for the caller to judge.
         """
+        if not self.confine.learned:
+            async with self.sftp(paths[0]) as client:
+                await self.confine.learn_roots(client)
         argv = ["sh", "-c", self.confine.script(body), name, *args]
         try:
             result = await self.run_unchecked(argv, stdin)
