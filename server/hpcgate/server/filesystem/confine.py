@@ -176,15 +176,18 @@ class Confine:
         return self.check(asked or path, real)
 
     async def resolved_stat(
-        self, client: asyncssh.SFTPClient, path: str
+        self, client: asyncssh.SFTPClient, path: str, follow: bool = True
     ) -> tuple[str, asyncssh.SFTPAttrs]:
         """Where ``path`` leads (refused if outside) and its attributes, in one round trip.
 
-        The realpath and the stat are pipelined; the refusal wins over the
-        stat's error, so an outside path says so whatever it is.
+        The attributes are those of what it leads to, or with ``follow``
+        false of the name itself (lstat). The realpath and the stat are
+        pipelined; the refusal wins over the stat's error, so an outside
+        path says so whatever it is.
         """
+        looked = client.stat(path) if follow else client.lstat(path)
         real, attrs = await asyncio.gather(
-            self.resolve(client, path), client.stat(path), return_exceptions=True
+            self.resolve(client, path), looked, return_exceptions=True
         )
         if isinstance(real, BaseException):
             raise real

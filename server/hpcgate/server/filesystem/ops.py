@@ -808,7 +808,7 @@ async def ls(
     in :attr:`Listing.unreadable`, and the rest of the tree still listed.
     """
     async with remote.sftp(path) as client:
-        real, attrs = await asyncio.gather(remote.confine.resolve(client, path), client.lstat(path))
+        real, attrs = await remote.confine.resolved_stat(client, path, follow=False)
         target = None
         if statmod.S_ISLNK(attrs.permissions or 0):
             try:
@@ -953,7 +953,7 @@ async def _tar(
     args: Sequence[str],
     stdin: bytes | None = None,
 ) -> None:
-    """Run a confined tar step; its failure as :func:`_tar_failed` says."""
+    """Run a confined tar step; its failure as :func:`.archive.tar_failed` says."""
     argv, result = await remote.confined_unchecked("tar", body, paths, args, stdin)
     if result.exit_status != 0:
         archive.tar_failed(argv, result)
