@@ -196,15 +196,17 @@ async def cp(
     sub: Submitter, source: str, target: str, dereference: bool, account: str | None
 ) -> TransferJob:
     """Copy ``source`` (a file or a tree) to ``target`` in a job."""
+    directives = sub.directives(account)  # bad input is refused before the cluster is asked
     await _two_paths(sub, source, target, follow_source=True)
-    script = scripts.cp(sub.directives(account), source, target, dereference, roots=_roots(sub))
+    script = scripts.cp(directives, source, target, dereference, roots=_roots(sub))
     return await sub.submit("cp", script, account)
 
 
 async def mv(sub: Submitter, source: str, target: str, account: str | None) -> TransferJob:
     """Move ``source`` to ``target`` in a job."""
+    directives = sub.directives(account)
     await _two_paths(sub, source, target, follow_source=False)
-    script = scripts.mv(sub.directives(account), source, target, roots=_roots(sub))
+    script = scripts.mv(directives, source, target, roots=_roots(sub))
     return await sub.submit("mv", script, account)
 
 
@@ -213,10 +215,9 @@ async def rm(sub: Submitter, path: str, account: str | None) -> TransferJob:
     roots = {fs.path.rstrip("/") or "/" for fs in sub.config.filesystems}
     if (path.rstrip("/") or "/") in roots:
         raise invalid_argument("path", f"{path!r} is a filesystem root", "PATH_IS_ROOT")
+    directives = sub.directives(account)
     await _confine(sub, path=path).check_on_cluster(sub.run, [(path, False)])
-    return await sub.submit(
-        "rm", scripts.rm(sub.directives(account), path, roots=_roots(sub)), account
-    )
+    return await sub.submit("rm", scripts.rm(directives, path, roots=_roots(sub)), account)
 
 
 async def compress(
@@ -232,9 +233,11 @@ async def compress(
     """Archive ``source`` into ``target`` in a job (see :func:`.scripts.compress`)."""
     if match_pattern is not None and "\x00" in match_pattern:
         raise invalid_argument("matchPattern", "must not contain NUL")
+    directives = sub.directives(account)
+    tar_compression(compression)  # refused before the cluster is asked
     await _two_paths(sub, source, target, follow_source=False)
     script = scripts.compress(
-        sub.directives(account),
+        directives,
         source,
         target,
         match_pattern=match_pattern,
@@ -253,11 +256,11 @@ async def extract(
     The archive's members are judged now, as the Filesystem service's extract
     does (:func:`.archive.check`); the job checks its paths again when it runs.
     """
+    directives = sub.directives(account)
+    flags = tar_compression(compression)
     confine = _confine(sub, sourcePath=source, targetPath=target)
-    await archive.check(sub.run, confine, source, target, tar_compression(compression))
-    script = scripts.extract(
-        sub.directives(account), source, target, compression, roots=_roots(sub)
-    )
+    await archive.check(sub.run, confine, source, target, flags)
+    script = scripts.extract(directives, source, target, compression, roots=_roots(sub))
     return await sub.submit("extract", script, account)
 
 
