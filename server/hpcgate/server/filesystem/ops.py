@@ -42,6 +42,12 @@ Choices, from those numbers:
   replies) come from :class:`IdNames`: learned from listings, else one
   ``getent`` exec, kept for a few minutes.
 
+Every path is judged where it leads, on the cluster, as the caller
+(:mod:`.confine`): SFTP operations act on the ``realpath`` (pipelined with
+the stat they needed anyway, so no round trip is added), commands run as
+one confined shell step that checks and acts (``stat``, ``file``,
+``checksum``, ``chown``, ``rm -r`` and ``tar`` are such steps).
+
 Every SFTP request is bounded by the command timeout and the RPC's deadline
 (DEADLINE_EXCEEDED past it), as the remote ``timeout`` bounds commands. SFTP
 reads open only regular files: sftp-server is single-threaded, and an open()
