@@ -6,6 +6,7 @@ dashes), and print FirecREST's success line exactly when they succeeded.
 
 from __future__ import annotations
 
+import io
 import subprocess
 import tarfile
 from pathlib import Path
@@ -182,3 +183,54 @@ def test_a_job_refuses_paths_leading_outside_its_roots(tree: Path, tmp_path: Pat
     # With dereference, a link in the tree leading outside stops the whole copy.
     result = run(scripts.cp([], str(inside), str(inside / "c"), True, roots=roots), tmp_path)
     assert result.returncode == 1 and not (inside / "c").exists()
+
+
+def _tar_of(path: Path, *members: tarfile.TarInfo) -> None:
+    with tarfile.open(path, "w") as made:
+        for member in members:
+            made.addfile(member, io.BytesIO(b"x" * member.size))
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    info.size = 1 if kind == tarfile.REGTYPE else 0
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    return info
+
+
+def test_an_extract_job_judges_the_archive_when_it_runs(tmp_path: Path) -> None:
+    inside, outside = tmp_path / "inside", tmp_path / "outside"
+    target = inside / "into"
+    target.mkdir(parents=True)
+    outside.mkdir()
+    (target / "out").symlink_to(outside)  # a link already in the target
+    hostile = {
+        "dotdot": [_member("ok"), _member("../escaped")],
+        "abs-link": [_member("evil", tarfile.SYMTYPE, str(outside))],
+        "rel-link": [_member("d/", tarfile.DIRTYPE), _member("d/l", tarfile.SYMTYPE, "../../..")],
+        "through": [_member("out/dropped")],
+        "quoted": [_member('we"ird\\ \n/../x')],
+    }
+    for name, members in hostile.items():
+        archive = inside / f"{name}.tar"
+        _tar_of(archive, *members)
+        script = scripts.extract([], str(archive), str(target), "none", roots=[str(inside)])
+        result = run(script, tmp_path)
+        assert result.returncode == 1, (name, result.stdout)
+        assert "successfully" not in result.stdout
+        assert sorted(p.name for p in target.iterdir()) == ["out"], name
+        assert list(outside.iterdir()) == [], name
+    odd = 'we"ird\\ é \n name'
+    benign = inside / "benign.tar"
+    _tar_of(
+        benign,
+        _member(odd),
+        _member("d/", tarfile.DIRTYPE),
+        _member("d/l", tarfile.SYMTYPE, f"../{odd}"),
+    )
+    result = run(
+        scripts.extract([], str(benign), str(target), "none", roots=[str(inside)]), tmp_path
+    )
+    assert "Files were successfully extracted." in result.stdout, result.stderr
+    assert (target / "d" / "l").read_text() == "x"

@@ -75,11 +75,14 @@ def command(
     roots: Sequence[str],
     confined: Sequence[str],
     tree: str = "",
+    members_of: Sequence[str] = (),
 ) -> str:
     """A job running ``argv`` that reports :data:`SUCCESS` for ``operation`` when it exits 0.
 
     First it checks the ``confined`` items (:func:`leads`, :func:`entry`)
-    against ``roots``, and with ``tree`` every place under it, links followed.
+    against ``roots``, with ``tree`` every place under it (links followed),
+    and with ``members_of`` (archive, target, tar options) the archive's
+    members, as ``common.sh``'s ``check_archive`` does.
     """
     variables: dict[str, Value] = {
         "command": argv,
@@ -87,6 +90,7 @@ def command(
         "roots": roots,
         "confined": confined,
         "tree": tree,
+        "members_of": members_of,
     }
     return render(operation, directives, variables, "command.sh")
 
@@ -118,7 +122,8 @@ def extract(
     flags = tar_compression(compression)
     argv = ["tar", "-x", *flags, "-f", source, "-C", target]
     confined = [leads(source), leads(target)]
-    return command("extract", directives, argv, roots=roots, confined=confined)
+    members = [source, target, *flags]
+    return command("extract", directives, argv, roots=roots, confined=confined, members_of=members)
 
 
 def compress(
