@@ -22,15 +22,21 @@ How the check and the act are kept together, by transport:
   operation acts on the *resolved* path, whose every component was a real
   directory inside a filesystem when resolved. A link made beforehand (the
   attack of issue 14) is therefore always caught; what remains is a swap of
-  one of those directories for a link within the ~0.3 ms between two
-  requests on the same channel, which needs a process running as a user
-  who may write that directory's parent: someone with a shell as that user,
-  who reaches those files without hpcgate anyway. Closing that too would
-  take a look at sftp-server's ``/proc/self/fd`` after each open (measured:
-  2.6 ms, more than the read itself), so reads stay on the resolved path.
+  one of those directories for a link leading outside within the ~0.3 ms
+  between two requests on the same channel. hpcgate itself makes no such
+  link (symlink and extract refuse them), so that takes a process on the
+  cluster, run by a user who may write that directory's parent, racing the
+  request. Closing that too would take a look at sftp-server's
+  ``/proc/self/fd`` after each open (measured: 2.6 ms, more than the read
+  itself), so reads stay on the resolved path.
 * **Batches** (small-file reads, bulk download): one ``realpath -m`` over
   all paths in the batch's own command drops every path that leads outside
-  before tar opens anything; no round trip is added.
+  before tar opens anything; no round trip is added. tar then opens by
+  path, so the same narrow swap remains as over SFTP (holding an fd per
+  file for tar to read through /proc would not scale to 100,000 files).
+* **Archives**: extract judges tar's listing, then extracts in a second
+  step; an archive rewritten in between by its owner is not judged again
+  (a transfer job judges it again when it runs, see ``common.sh``).
 """
 
 from __future__ import annotations
