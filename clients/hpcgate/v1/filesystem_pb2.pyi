@@ -252,22 +252,57 @@ class LsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     OUTPUT_FIELD_NUMBER: _builtins.int
+    UNREADABLE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def output(self) -> _containers.RepeatedCompositeFieldContainer[Global___File]:
         """The directory's entries."""
+
+    @_builtins.property
+    def unreadable(self) -> _containers.RepeatedCompositeFieldContainer[Global___LsUnreadable]:
+        """In a recursive listing, the directories below `path` that could not be
+        read (their own entries are in `output`, their contents are not), as
+        `ls -R` lists what it can and names the rest on its stderr.
+        """
 
     def __init__(
         self,
         *,
         output: _abc.Iterable[Global___File] | None = ...,
+        unreadable: _abc.Iterable[Global___LsUnreadable] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "unreadable", b"unreadable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LsResponse: _TypeAlias = LsResponse  # noqa: Y015
+
+@_typing.final
+class LsUnreadable(_message.Message):
+    """LsUnreadable is a directory a recursive listing could not read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Its path relative to the listed directory, as in File.name."""
+    message: _builtins.str
+    """Why, in the cluster's words ("Permission denied")."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LsUnreadable: _TypeAlias = LsUnreadable  # noqa: Y015
 
 @_typing.final
 class HeadRequest(_message.Message):

@@ -227,6 +227,12 @@ class DataOperationConfig(_Model):
     # hpcgate.server.filesystem.smallreads.
     direct_read_burst: int = Field(16, ge=0)
     direct_read_rate: float = Field(50.0, ge=0)
+    # Upload temporaries (".<name>.hpcgate-<hex>.part") a dead upload left
+    # are removed once unchanged this long (seconds), by a sweep as each
+    # connected user every part_sweep_interval seconds (0: never). See
+    # hpcgate.server.filesystem.sweep.
+    part_max_age: float = Field(86400.0, gt=0)
+    part_sweep_interval: float = Field(3600.0, ge=0)
     # Extra scheduler directives for the transfer jobs, one line each
     # ("#SBATCH --partition=xfer"); "{account}" is replaced by the request's
     # account (a request without one is refused then).

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from functools import partial
 
 from hpcgate.server.config import Settings, SystemConfig
+from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.smallreads import SmallReads
+from hpcgate.server.filesystem.sweep import PartSweeper
 from hpcgate.server.health.checker import HealthChecker, OnChange
 from hpcgate.server.health.probes import probes_for
 from hpcgate.server.scheduler.base import Output, Run
@@ -44,6 +46,8 @@ class SystemRuntime:
     reads: SmallReads
     # The S3 staging area of large transfers (None: the system has no S3).
     staging: Staging | None = None
+    # Removes the stale temporaries of dead uploads, as each connected user.
+    sweeper: PartSweeper | None = None
 
     def runner(self, user: str, deadline: float | None = None) -> Run:
         """Run scheduler commands as ``user`` (in the user's scheduler share of the pool)."""
@@ -117,8 +121,14 @@ class Runtime:
                 checker,
                 jobs,
                 hub,
-                SmallReads(pool, config.data_operation),
+                SmallReads(pool, config.data_operation, Confine.of(config)),
                 staging,
+                PartSweeper(
+                    pool,
+                    Confine.of(config),
+                    config.data_operation.part_max_age,
+                    config.data_operation.part_sweep_interval,
+                ),
             )
 
     def system(self, name: str) -> SystemRuntime:
@@ -128,6 +138,8 @@ class Runtime:
     def start(self) -> None:
         for system in self.systems.values():
             system.health.start()
+            if system.sweeper is not None:
+                system.sweeper.start()
             if system.staging is not None:
                 system.staging.start()
 
@@ -137,6 +149,7 @@ class Runtime:
         The watches end before the pools close: their pollers use the pools.
         """
         await asyncio.gather(*(s.health.stop() for s in self.systems.values()))
+        await asyncio.gather(*(s.sweeper.stop() for s in self.systems.values() if s.sweeper))
         await asyncio.gather(*(s.staging.close() for s in self.systems.values() if s.staging))
         await asyncio.gather(*(s.watch.close() for s in self.systems.values()))
         await asyncio.gather(*(s.reads.close() for s in self.systems.values()))

@@ -42,6 +42,7 @@ import asyncssh
 import grpc
 
 from hpcgate.server.errors import ServiceError
+from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import command_error, sftp_error
 from hpcgate.server.ssh.pool import KILL_AFTER, CommandResult, SSHPool, retry_channel_open
 
@@ -87,6 +88,29 @@ _TIMED_OUT = (124, 128 + 9)
 _BLOCK = 512
 # `tar: "NAME": MESSAGE` with NAME in C quoting.
 _DIAGNOSTIC = re.compile(rb'^tar: "((?:[^"\\]|\\.)*)": (.*)$')
+# The names arrive on stdin twice. The first copy ($1 bytes; head -c reads
+# no further) goes through one `realpath -m` and a count of those leading
+# outside ($2, an ERE): none, the usual case, and tar reads the second copy
+# as it is. Otherwise bash goes name by name (slow: it reads a pipe byte by
+# byte) and names the outside ones by position on stderr. No round trip is
+# added, and tar never opens a place outside (what it opens was resolved
+# moments before; see confine's docstring on batches).
+_CONFINED_TAR = """
+outside=$(head -c "$1" | LC_ALL=C xargs -0r realpath -z -m -- | LC_ALL=C grep -z -c -v -E -e "$2")
+if [ "$outside" = 0 ]; then
+    LC_ALL=C exec TAR
+fi
+mapfile -d '' -t asked
+mapfile -d '' -t real < <(printf '%s\\0' "${asked[@]}" | xargs -0r realpath -z -m --)
+for i in "${!asked[@]}"; do
+    case ${real[i]} in
+        PATTERN) printf '%s\\0' "${asked[i]}" ;;
+        *) printf 'hpcgate: outside: %d\\n' "$i" >&2 ;;
+    esac
+done | LC_ALL=C TAR
+"""
+_OUTSIDE = re.compile(rb"^hpcgate: outside: (\d+)$")
+OUTSIDE_WORDS = "leads outside the configured filesystems"
 
 
 @dataclass(frozen=True)
@@ -172,25 +196,32 @@ async def bulk_download(
     deadline: float | None,
     selection: NamedFiles | Tree,
     chunk: int,
+    confine: Confine,
 ) -> AsyncIterator[list[BulkEvent]]:
     """Stream the selected files as ``user``, in batches meant for one message each.
 
     A batch carries about ``chunk`` data bytes (many small files, or one
     chunk of a large one); the events of one file are contiguous. Files that
-    cannot be read become :class:`BulkError` events; only a failure of the
-    whole call (unreadable root, tar not runnable, time limit) raises.
+    cannot be read become :class:`BulkError` events, as do those leading
+    outside the filesystems (``confine``); only a failure of the whole call
+    (unreadable or outside root, tar not runnable, time limit) raises.
     """
     if isinstance(selection, NamedFiles):
         if len(selection.paths) > MAX_FILES:
             raise _too_many(str(len(selection.paths)))
         targets = [_Target(i, p, posixpath.basename(p)) for i, p in enumerate(selection.paths)]
         unlisted: list[BulkError] = []
+        if not confine.learned:
+            async with pool.sftp(user, deadline) as sftp:
+                await confine.learn_roots(sftp)
     else:
         async with pool.sftp(user, deadline) as sftp:
+            await confine.resolve(sftp, selection.root)
             targets, unlisted = await _walk(sftp, selection)
     if targets:
         async with pool.session(user, deadline) as conn:
-            async for batch in _relay_tar(conn, targets, chunk, _time_limit(deadline)):
+            limit = _time_limit(deadline)
+            async for batch in _relay_tar(conn, targets, chunk, limit, confine):
                 yield batch
     if unlisted:
         last: list[BulkEvent] = [*unlisted]
@@ -268,16 +299,40 @@ async def _listdir(sftp: asyncssh.SFTPClient, path: str) -> list[tuple[str, int]
 # -- the tar relay -----------------------------------------------------------
 
 
+def confined_tar(confine: Confine) -> str:
+    """The bash script running the bulk tar over those stdin names that lead inside."""
+    # tar first: a root's name might hold "TAR", tar's argv never "PATTERN".
+    body = _CONFINED_TAR.replace("TAR", shlex.join(TAR_ARGV))
+    return body.replace("PATTERN", confine.case_pattern())
+
+
+def _outside_errors(stderr: bytes, targets: list[_Target]) -> dict[str, str]:
+    """The refusals the script named on stderr, by path."""
+    found = {}
+    for line in stderr.splitlines():
+        match = _OUTSIDE.match(line)
+        if match is not None and int(match.group(1)) < len(targets):
+            path = targets[int(match.group(1))].path
+            found[path] = f"{path}: {OUTSIDE_WORDS}"
+    return found
+
+
 async def _relay_tar(
-    conn: asyncssh.SSHClientConnection, targets: list[_Target], chunk: int, limit: float
+    conn: asyncssh.SSHClientConnection,
+    targets: list[_Target],
+    chunk: int,
+    limit: float,
+    confine: Confine,
 ) -> AsyncIterator[list[BulkEvent]]:
     """Run tar over ``targets`` on ``conn`` and relay its archive as event batches."""
-    line = shlex.join(["timeout", f"--kill-after={KILL_AFTER}", f"{limit:.3f}", *TAR_ARGV])
+    names = b"".join(t.path.encode() + b"\0" for t in targets)
+    script = ["bash", "-c", confined_tar(confine), "bash", str(len(names)), confine.ere()]
+    line = shlex.join(["timeout", f"--kill-after={KILL_AFTER}", f"{limit:.3f}", *script])
     started = time.monotonic()
     process = await retry_channel_open(conn, lambda: conn.create_process(line, encoding=None))
     stderr = asyncio.ensure_future(process.stderr.read())
     try:
-        process.stdin.write(b"".join(t.path.encode() + b"\0" for t in targets))
+        process.stdin.write(names + names)  # checked, then archived: see _CONFINED_TAR
         process.stdin.write_eof()
         relay = _TarRelay(targets, chunk)
         while data := await process.stdout.read(READ_SIZE):
@@ -297,7 +352,7 @@ async def _relay_tar(
             raise command_error(
                 ["tar"], CommandResult(status if status is not None else -1, b"", diagnostics)
             )
-        relay.finish(_file_errors(diagnostics))
+        relay.finish({**_file_errors(diagnostics), **_outside_errors(diagnostics, targets)})
         for batch in relay.take():
             yield batch
     finally:
@@ -570,6 +625,8 @@ class _TarRelay:
 
 def _code(message: str) -> grpc.StatusCode:
     """The status code of a per-file failure, from the cluster's words."""
+    if message.endswith(OUTSIDE_WORDS):
+        return grpc.StatusCode.INVALID_ARGUMENT
     return command_error(["tar"], CommandResult(2, b"", message.encode())).code
 
 

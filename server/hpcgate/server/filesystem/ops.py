@@ -42,6 +42,12 @@ Choices, from those numbers:
   replies) come from :class:`IdNames`: learned from listings, else one
   ``getent`` exec, kept for a few minutes.
 
+Every path is judged where it leads, on the cluster, as the caller
+(:mod:`.confine`): SFTP operations act on the ``realpath`` (pipelined with
+the stat they needed anyway, so no round trip is added), commands run as
+one confined shell step that checks and acts (``stat``, ``file``,
+``checksum``, ``chown``, ``rm -r`` and ``tar`` are such steps).
+
 Every SFTP request is bounded by the command timeout and the RPC's deadline
 (DEADLINE_EXCEEDED past it), as the remote ``timeout`` bounds commands. SFTP
 reads open only regular files: sftp-server is single-threaded, and an open()
@@ -64,6 +70,8 @@ import asyncssh
 import grpc
 
 from hpcgate.server.errors import ServiceError, invalid_argument
+from hpcgate.server.filesystem import archive
+from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import checked, command_error, sftp_error
 from hpcgate.server.ssh.pool import CommandResult, SSHPool
 
@@ -111,6 +119,22 @@ class FileEntry:
     permissions: str
     last_modified: int  # seconds since the epoch
     size: int
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A directory a recursive listing could not read: its relative name and why."""
+
+    name: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What ``ls`` found: the entries, and (recursive) the directories it could not read."""
+
+    entries: list[FileEntry]
+    unreadable: list[Unreadable] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -192,6 +216,7 @@ class Remote:
     user: str
     deadline: float | None
     command_timeout: float
+    confine: Confine
     names: IdNames = field(default_factory=IdNames)
 
     def _budget(self) -> float:
@@ -228,6 +253,46 @@ class Remote:
     async def run_unchecked(self, argv: Sequence[str], stdin: bytes | None = None) -> CommandResult:
         """``argv`` run as the caller, whatever its exit status."""
         return await self.pool.run(self.user, argv, stdin=stdin, deadline=self.deadline)
+
+    async def confined_unchecked(
+        self,
+        name: str,
+        body: str,
+        paths: Sequence[str],
+        args: Sequence[str] = (),
+        stdin: bytes | None = None,
+    ) -> tuple[list[str], CommandResult]:
+        """Run the shell step ``body`` (after :meth:`Confine.prelude`) with ``args``.
+
+        ``name`` is the command doing the work, for messages. A refusal the
+        step reports (a path of ``paths`` leads outside) is raised; any other
+        outcome is returned with the argv, for the caller to judge.
+        """
+        if not self.confine.learned:
+            async with self.sftp(paths[0]) as client:
+                await self.confine.learn_roots(client)
+        argv = ["sh", "-c", self.confine.script(body), name, *args]
+        try:
+            result = await self.run_unchecked(argv, stdin)
+        except ServiceError as error:
+            if error.reason == "COMMAND_TIMEOUT":  # name the command, not the shell
+                error.message = error.message.replace("'sh'", repr(name), 1)
+                error.args = (error.message,)
+            raise
+        self.confine.outcome(paths, result.exit_status, result.stderr)
+        return [name, *argv[1:]], result
+
+    async def confined(
+        self,
+        name: str,
+        body: str,
+        paths: Sequence[str],
+        args: Sequence[str] = (),
+        stdin: bytes | None = None,
+    ) -> bytes:
+        """stdout of the confined step ``body``; its mapped error if it fails."""
+        argv, result = await self.confined_unchecked(name, body, paths, args, stdin)
+        return checked(argv, result)
 
 
 # -- pure helpers (parsing, formatting, validation) -------------------------------
@@ -440,9 +505,8 @@ def _too_large(path: str, length: int, limit: int) -> ServiceError:
 # -- reading ------------------------------------------------------------------------
 
 
-async def _regular_size(client: asyncssh.SFTPClient, path: str) -> int:
-    """The size of ``path`` (links followed) if it is a regular file; else an error."""
-    attrs = await client.stat(path)
+def _regular(attrs: asyncssh.SFTPAttrs, path: str) -> int:
+    """The size of a regular file with ``attrs``; else an error about ``path``."""
     mode = attrs.permissions or 0
     if statmod.S_ISDIR(mode):
         raise ServiceError(
@@ -463,11 +527,13 @@ RangeOf = Callable[[ReadAt, int], Awaitable[tuple[int, int]]]
 async def _read_range(remote: Remote, path: str, range_of: RangeOf, limit: int) -> tuple[str, int]:
     """The text of the byte range ``range_of`` picks in ``path`` (and the file size).
 
-    Fails with RESOURCE_EXHAUSTED when the range is longer than ``limit``.
+    The file opened is the resolved one (see :mod:`.confine`). Fails with
+    RESOURCE_EXHAUSTED when the range is longer than ``limit``.
     """
     async with remote.sftp(path) as client:
-        size = await _regular_size(client, path)
-        async with client.open(path, "rb") as handle:
+        real, attrs = await remote.confine.resolved_stat(client, path)
+        size = _regular(attrs, path)
+        async with client.open(real, "rb") as handle:
 
             async def read(offset: int, length: int) -> bytes:
                 data: bytes = await handle.read(length, offset)
@@ -536,29 +602,35 @@ async def view(remote: Remote, path: str, offset: int | None, size: int | None, 
 
 
 async def checksum(remote: Remote, path: str) -> str:
-    """SHA-256 of a regular file, computed on the cluster (``sha256sum``)."""
+    """SHA-256 of a regular file, computed on the cluster (``sha256sum``) from a held fd."""
     async with remote.sftp(path) as client:
-        await _regular_size(client, path)  # a FIFO would hang sha256sum until the timeout
-    return parse_sha256sum(await remote.run(["sha256sum", "--", path]))
+        # A FIFO would hang the open until the timeout.
+        _regular((await remote.confine.resolved_stat(client, path))[1], path)
+    body = 'exec 3<"$1" || exit 1; held 3 1; exec sha256sum <&3'
+    return parse_sha256sum(await remote.confined("sha256sum", body, [path], [path]))
 
 
 async def file_type(remote: Remote, path: str) -> str:
-    """What ``file -b`` says about ``path``.
+    """What ``file -b`` says about ``path`` (a link is described as a link, as file(1) does).
 
     With ``-E`` an unreadable or missing file is an error rather than a
     description; ``file`` prints that error on stdout, so stdout is the message.
     """
-    argv = ["file", "-b", "-E", "--", path]
-    result = await remote.run_unchecked(argv)
+    body = 'at "$1" 1; exec file -b -E -h -- "$b"'
+    argv, result = await remote.confined_unchecked("file", body, [path], [path])
     if result.exit_status != 0:
         raise command_error(argv, replace(result, stderr=result.stdout + result.stderr))
     return result.stdout.decode(errors="replace").strip()
 
 
 async def stat(remote: Remote, path: str, dereference: bool) -> FileStat:
-    """``os.stat_result`` of ``path`` (of the link's target with ``dereference``)."""
-    follow = ["-L"] if dereference else []
-    return parse_stat(await remote.run(["stat", *follow, "-c", STAT_FORMAT, "--", path]))
+    """``os.stat_result`` of ``path`` (of the link's target with ``dereference``).
+
+    The name is stat'ed inside its real directory without following a last
+    link: with ``dereference`` that name is where every link led.
+    """
+    body = f'{"to" if dereference else "at"} "$1" 1; exec stat -c "$2" -- "$b"'
+    return parse_stat(await remote.confined("stat", body, [path], [path, STAT_FORMAT]))
 
 
 # -- listing --------------------------------------------------------------------------
@@ -589,6 +661,8 @@ class _Lister:
         self.gate = asyncio.Semaphore(LS_CONCURRENCY)
         # Real paths of the directories listed so far (no loops through links).
         self.visited: set[bytes] = set()
+        # Subdirectories that could not be read (ls -R lists the rest).
+        self.unreadable: list[Unreadable] = []
 
     async def _guarded(self, request: Awaitable[T]) -> T:
         """``request``, with at most LS_CONCURRENCY of them in flight."""
@@ -625,26 +699,34 @@ class _Lister:
     async def _link(self, path: bytes, raw: _Raw) -> _Raw:
         """A link's target (or, with dereference, the attributes of what it points to)."""
         full = path.rstrip(b"/") + b"/" + raw.base
-        if not self.dereference:
-            target = await self._guarded(self.client.readlink(full))
-            return replace(raw, target=decode_name(target))
-        try:
-            attrs = await self._guarded(self.client.stat(full))
-        except asyncssh.SFTPError:
-            return raw  # a broken link is listed as itself
-        return replace(raw, attrs=attrs, owner=None, via_link=True)
+        if self.dereference:
+            # Followed only where it leads inside: an outside target's attributes
+            # (or, recursively, its contents) are not the caller's to see here.
+            try:
+                real = await self._guarded(self.client.realpath(full))
+                if self.remote.confine.inside(decode_name(real)):
+                    attrs = await self._guarded(self.client.stat(real))
+                    return replace(raw, attrs=attrs, owner=None, via_link=True, real=real)
+            except asyncssh.SFTPError:
+                pass  # a broken link is listed as itself
+        target = await self._guarded(self.client.readlink(full))
+        return replace(raw, target=decode_name(target))
 
     async def _below(self, path: bytes, real: bytes, raw: _Raw) -> list[_Raw]:
         """The listing below the directory ``raw``, unless it was listed already."""
         child = path.rstrip(b"/") + b"/" + raw.base
-        if raw.via_link:
-            child_real = await self._guarded(self.client.realpath(child))
+        if raw.via_link and raw.real is not None:
+            child = child_real = raw.real
         else:
             child_real = real.rstrip(b"/") + b"/" + raw.base
         if child_real in self.visited:
             return []
         self.visited.add(child_real)
-        return await self._readdir(child, raw.name + "/", child_real)
+        try:
+            return await self._readdir(child, raw.name + "/", child_real)
+        except asyncssh.SFTPError as error:
+            self.unreadable.append(Unreadable(raw.name, sftp_error(error, raw.name).message))
+            return []
 
     async def _named(self, raws: list[_Raw]) -> list[FileEntry]:
         """Entries with owner names: from longnames, the cache, or one getent."""
@@ -688,6 +770,7 @@ class _Raw:
     owner: tuple[str, str] | None  # from the longname
     target: str | None = None
     via_link: bool = False  # attrs are the link target's (dereference)
+    real: bytes | None = None  # where a followed link leads
 
     @classmethod
     def of(cls, prefix: str, name: asyncssh.SFTPName) -> _Raw:
@@ -734,19 +817,21 @@ async def ls(
     numeric_uid: bool = False,
     recursive: bool = False,
     dereference: bool = False,
-) -> list[FileEntry]:
+) -> Listing:
     """``ls -l`` of ``path``: a directory's entries (sorted by name), or the file itself.
 
     A link to a directory given as ``path`` is listed as the directory. In a
     recursive listing names are relative to ``path`` ("sub/file"), and
-    directories are listed after their parent's entries, as ``ls -R`` does.
+    directories are listed after their parent's entries, as ``ls -R`` does;
+    a subdirectory that cannot be read is listed as an entry and reported
+    in :attr:`Listing.unreadable`, and the rest of the tree still listed.
     """
     async with remote.sftp(path) as client:
-        attrs = await client.lstat(path)
+        real, attrs = await remote.confine.resolved_stat(client, path, follow=False)
         target = None
         if statmod.S_ISLNK(attrs.permissions or 0):
             try:
-                followed = await client.stat(path)
+                followed = await client.stat(real)
             except asyncssh.SFTPError:
                 followed = None  # a broken link is listed as itself
             if followed is not None and (dereference or statmod.S_ISDIR(followed.permissions or 0)):
@@ -754,10 +839,10 @@ async def ls(
             else:
                 target = decode_name(await client.readlink(path.encode()))
         if not statmod.S_ISDIR(attrs.permissions or 0):
-            return [await _owned_entry(remote, path, attrs, target, numeric_uid)]
+            return Listing([await _owned_entry(remote, path, attrs, target, numeric_uid)])
         lister = _Lister(remote, client, show_hidden, numeric_uid, recursive, dereference)
-        real = await client.realpath(path.encode()) if dereference and recursive else path.encode()
-        return await lister.listing(path.encode(), real)
+        entries = await lister.listing(real.encode(), real.encode())
+        return Listing(entries, sorted(lister.unreadable, key=lambda u: u.name))
 
 
 # -- changing ---------------------------------------------------------------------------
@@ -767,14 +852,15 @@ async def chmod(remote: Remote, path: str, mode: str) -> FileEntry:
     """Set the permission bits of ``path`` (of a link's target, as chmod(1) does)."""
     bits = parse_mode(mode)
     async with remote.sftp(path) as client:
-        await client.chmod(path, bits)
+        await client.chmod(await remote.confine.resolve(client, path), bits)
         return await _single_entry(remote, client, path)
 
 
 async def chown(remote: Remote, path: str, owner: str, group: str) -> FileEntry:
     """``chown OWNER:GROUP`` as the caller: the cluster decides whether it may."""
     spec = owner_spec(owner, group)
-    await remote.run(["chown", "--", spec, path])
+    # Where the path leads, entered and changed there without following a last link.
+    await remote.confined("chown", 'to "$2" 1; exec chown -h -- "$1" "$b"', [path], [spec, path])
     async with remote.sftp(path) as client:
         return await _single_entry(remote, client, path)
 
@@ -846,15 +932,17 @@ async def _mkdir(client: asyncssh.SFTPClient, path: str, parent: bool) -> None:
 async def mkdir(remote: Remote, path: str, parent: bool) -> FileEntry:
     """Create a directory (and its missing parents with ``parent``)."""
     async with remote.sftp(path) as client:
-        await _mkdir(client, path, parent)
+        await _mkdir(client, await remote.confine.resolve_loose(client, path), parent)
         return await _single_entry(remote, client, path)
 
 
 async def symlink(remote: Remote, target: str, link: str) -> FileEntry:
-    """Create ``link`` pointing at ``target`` (which need not exist)."""
+    """Create ``link`` pointing at ``target`` (which need not exist, but must lead inside)."""
     async with remote.sftp(link) as client:
-        async with _creating(client, link):
-            await client.symlink(target, link)
+        real_link = await remote.confine.resolve_entry(client, link)
+        await remote.confine.resolve_loose(client, target)
+        async with _creating(client, real_link):
+            await client.symlink(target, real_link)
         return await _single_entry(remote, client, link)
 
 
@@ -866,30 +954,54 @@ async def rm(remote: Remote, path: str, roots: Sequence[str]) -> None:
     if path.rstrip("/") in {r.rstrip("/") or "/" for r in roots}:
         raise invalid_argument("path", f"{path!r} is a filesystem root", "PATH_IS_ROOT")
     async with remote.sftp(path) as client:
-        attrs = await client.lstat(path)
+        real = await remote.confine.resolve_entry(client, path)
+        attrs = await client.lstat(real)
         if not statmod.S_ISDIR(attrs.permissions or 0):
-            await client.remove(path)
+            await client.remove(real)
             return
-    await remote.run(["rm", "-r", "--", path])
+    await remote.confined("rm", 'at "$1" 1; exec rm -r -- "$b"', [path], [path])
 
 
 # -- archives --------------------------------------------------------------------------
 
 
-async def _tar(remote: Remote, argv: Sequence[str], stdin: bytes | None = None) -> None:
-    """Run tar; a failure the cluster's words do not classify is the archive's fault.
+async def _tar(
+    remote: Remote,
+    body: str,
+    paths: Sequence[str],
+    args: Sequence[str],
+    stdin: bytes | None = None,
+) -> None:
+    """Run a confined tar step; its failure as :func:`.archive.tar_failed` says."""
+    argv, result = await remote.confined_unchecked("tar", body, paths, args, stdin)
+    if result.exit_status != 0:
+        archive.tar_failed(argv, result)
 
-    ("not in gzip format", "This does not look like a tar archive":
-    FAILED_PRECONDITION, HTTP 400, with tar's own message, not an internal error.)
-    """
-    result = await remote.run_unchecked(argv, stdin)
-    if result.exit_status == 0:
-        return
-    error = command_error(argv, result)
-    if error.code != grpc.StatusCode.INTERNAL:
-        raise error
-    message = result.stderr.decode(errors="replace").strip() or error.message
-    raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message, "TAR_FAILED")
+
+# The compress step: the source's real parent entered and checked (and, with
+# dereference, every place tar would follow to), then the archive opened and
+# checked, then tar run there on the bare name. $1 source, $2 target, $3
+# dereference (0/1), $4 the ERE of the places inside, $5 "tree" or "list"
+# (names on stdin); the rest are tar's options.
+_COMPRESS = r"""
+at "$1" 1
+if [ "$3" = 1 ]; then
+    far=$(find -L "$b" -print0 2>/dev/null | xargs -0r realpath -z -m -- \
+        | grep -z -v -m 1 -E -e "$4" | tr -d '\000')
+    [ -z "$far" ] || inside "$far" 1
+fi
+t=$(realpath -m -- "$2") || exit 1
+inside "$t" 2
+[ -L "$t" ] && exit 95
+exec 4>"$t" || exit 1
+held 4 2
+mode=$5
+shift 5
+if [ "$mode" = tree ]; then
+    exec tar -c "$@" -f - -- "$b" >&4
+fi
+exec tar -c "$@" -f - --null --verbatim-files-from --no-recursion -T - >&4
+"""
 
 
 async def compress(
@@ -906,15 +1018,18 @@ async def compress(
     With ``match_pattern`` only regular files whose absolute path matches it
     (``find -regex``, emacs syntax, whole path) are archived: ``find`` lists
     them, and tar reads the list (NUL-separated, verbatim) from its stdin.
+    Source, target and (with ``dereference``) every place tar would follow
+    a link to must be inside the filesystems; else nothing is written.
     """
     flags = tar_compression(compression)
     async with remote.sftp(source) as client:
         await client.lstat(source)  # a missing source is NOT_FOUND, not an empty archive
-    parent, base = posixpath.split(source)
+    base = posixpath.basename(source)
     follow = ["--dereference"] if dereference else []
-    tar = ["tar", "-c", *flags, *follow, "-f", target, "-C", parent or "/"]
+    args = [source, target, "1" if dereference else "0", remote.confine.ere()]
+    paths = [source, target]
     if not match_pattern:
-        await _tar(remote, [*tar, "--", base])
+        await _tar(remote, _COMPRESS, paths, [*args, "tree", *flags, *follow])
         return
     find = ["find", *(["-L"] if dereference else []), source, "-type", "f"]
     listed = await remote.run([*find, "-regex", match_pattern, "-printf", "%P\\0"])
@@ -922,12 +1037,34 @@ async def compress(
         (f"{base}/".encode() + rel if rel else base.encode()) + b"\0"
         for rel in listed.split(b"\0")[:-1]
     )
-    await _tar(
-        remote, [*tar, "--null", "--verbatim-files-from", "--no-recursion", "-T", "-"], members
-    )
+    await _tar(remote, _COMPRESS, paths, [*args, "list", *flags, *follow], members)
+
+
+# The extraction step: archive opened and checked, target directory entered
+# and checked, tar extracting there from fd 3.
+_EXTRACT = """
+exec 3<"$1" || exit 1
+held 3 1
+to "$2" 2
+cd -P -- "$b" || exit 1
+inside "$PWD" 2
+shift 2
+exec tar -x "$@" -f - <&3
+"""
 
 
 async def extract(remote: Remote, source: str, target: str, compression: str) -> None:
-    """``tar -x`` of the archive ``source`` into the existing directory ``target``."""
+    """``tar -x`` of the archive ``source`` into the existing directory ``target``.
+
+    tar's own listing is judged first (:mod:`.archive`): no member may land
+    outside the target, and no link it makes may lead outside the
+    filesystems; the places it reaches are resolved in one ``realpath -m``.
+    """
     flags = tar_compression(compression)
-    await _tar(remote, ["tar", "-x", *flags, "-f", source, "-C", target])
+
+    async def run(argv: Sequence[str], *, stdin: bytes | None = None) -> CommandResult:
+        return await remote.run_unchecked(argv, stdin)
+
+    await archive.check(run, remote.confine, source, target, flags)
+    paths = [source, target]
+    await _tar(remote, _EXTRACT, paths, [source, target, *flags])

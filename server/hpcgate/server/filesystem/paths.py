@@ -1,8 +1,10 @@
-"""The path policy: absolute, no NUL, under a configured filesystem.
+"""The path policy by text: absolute, no NUL, under a configured filesystem.
 
 Checked before anything reaches the cluster, so a bad path changes nothing.
-The check is lexical (after normalising ``..`` and ``//``); what a user may
-read or write inside the filesystems is the cluster's own permissions' call.
+This check is lexical (after normalising ``..`` and ``//``); where a path
+leads through links is checked on the cluster, as the user, by
+:mod:`hpcgate.server.filesystem.confine`. What a user may read or write
+inside the filesystems is the cluster's own permissions' call.
 """
 
 from __future__ import annotations

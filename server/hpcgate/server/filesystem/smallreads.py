@@ -53,6 +53,7 @@ from prometheus_client import Counter
 from hpcgate.server.config import DataOperationConfig
 from hpcgate.server.errors import ServiceError
 from hpcgate.server.filesystem.bulk import TAR_ARGV
+from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.transfer import FileInfo
 from hpcgate.server.ssh.pool import CommandResult, SSHPool, deadline_after
 
@@ -75,14 +76,28 @@ MAX_FILE = 64 * 1024
 # Time limit of one batch (waiting for a channel, then running), in seconds.
 BATCH_TIME_LIMIT = 30.0
 
-# "$1" is the size bound find takes (strictly less than, in bytes); the rest
-# are the paths. Absolute paths start with "/", so find never takes one for
-# an option or an expression. find's complaints (missing files) go nowhere:
-# it only filters, and its lines would interleave with tar's on one pipe.
-_SCRIPT = (
-    'n=$1; shift; find -H "$@" -maxdepth 0 -type f -size "-${n}c" -print0 2>/dev/null'
-    " | LC_ALL=C " + shlex.join(TAR_ARGV)
-)
+# "$1" is the size bound find takes (strictly less than, in bytes), "$2" the
+# ERE of the places inside; the rest are the paths. One `realpath -m` and a
+# count of those leading outside: none, the usual case, and all go on; else
+# only those leading inside do (bash, name by name), and the others fall back
+# to SFTP, which refuses them naming the field. Absolute paths start with
+# "/", so find never takes one for an option or an expression. find's
+# complaints (missing files) go nowhere: it only filters, and its lines would
+# interleave with tar's on one pipe.
+_SCRIPT = """
+n=$1 inside=$2
+shift 2
+if [ "$(LC_ALL=C realpath -z -m -- "$@" | LC_ALL=C grep -z -c -v -E -e "$inside")" != 0 ]; then
+    mapfile -d '' -t real < <(realpath -z -m -- "$@")
+    kept=()
+    for i in "${!real[@]}"; do
+        case ${real[i]} in PATTERN) kept+=("${@:i+1:1}") ;; esac
+    done
+    [ ${#kept[@]} -gt 0 ] || exit 0
+    set -- "${kept[@]}"
+fi
+find -H "$@" -maxdepth 0 -type f -size "-${n}c" -print0 2>/dev/null | LC_ALL=C TAR
+"""
 # tar diagnostics that only mean "this file is not in the archive".
 _ABSENT = (": Cannot open: ", ": Cannot stat: ")
 _TAR_GAVE_UP = "tar: Exiting with failure status due to previous errors"
@@ -148,9 +163,11 @@ class _UserReads:
 class SmallReads:
     """The small-file reads of one system, batched per user under load (see the module doc)."""
 
-    def __init__(self, pool: SSHPool, limits: DataOperationConfig) -> None:
-        """``limits``: the largest file a read may return, and the direct reads' burst and rate."""
+    def __init__(self, pool: SSHPool, limits: DataOperationConfig, confine: Confine) -> None:
+        """``limits``: the largest file a read may return, and the direct reads' burst and rate;
+        ``confine``: the system's filesystems, outside which a batch reads nothing."""
         self._pool = pool
+        self._confine = confine
         self._bound = min(MAX_FILE, limits.max_ops_file_size) + 1
         self._burst = limits.direct_read_burst
         self._rate = limits.direct_read_rate
@@ -252,7 +269,15 @@ class SmallReads:
             self._batches.inc()
             result = await self._pool.run(
                 user,
-                ["sh", "-c", _SCRIPT, "sh", str(self._bound), *batch],
+                [
+                    "bash",
+                    "-c",
+                    self._script(),
+                    "bash",
+                    str(self._bound),
+                    self._confine.ere(),
+                    *batch,
+                ],
                 # Bounded in the pool's queue too: a batch that finds no free
                 # channel in time gives way, and its reads go to SFTP.
                 deadline=deadline_after(BATCH_TIME_LIMIT),
@@ -269,6 +294,12 @@ class SmallReads:
             if state.queue:
                 self._schedule_flush(user, state)
             self._forget_if_idle(user, state)
+
+    def _script(self) -> str:
+        # Built per batch: the roots' real places are learned on first use.
+        pattern = self._confine.case_pattern()
+        # tar first: a root's name might hold "TAR", tar's argv never "PATTERN".
+        return _SCRIPT.replace("TAR", shlex.join(TAR_ARGV)).replace("PATTERN", pattern)
 
     def _forget_if_idle(self, user: str, state: _UserReads) -> None:
         if state.forgettable() and self._users.get(user) is state:
@@ -302,6 +333,8 @@ def _archived(result: CommandResult, bound: int) -> dict[str, HeldFile]:
         return {}
     files: dict[str, HeldFile] = {}
     archive_bytes = result.stdout
+    if not archive_bytes:
+        return files  # nothing in the batch was inside and readable
     try:
         with tarfile.open(fileobj=io.BytesIO(archive_bytes), mode="r:") as archive:
             for member in archive:

@@ -33,6 +33,7 @@ import asyncssh
 import grpc
 
 from hpcgate.server.errors import ServiceError, invalid_argument
+from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import sftp_error
 
 # Longest file name (one path component) Linux filesystems take, in bytes.
@@ -158,16 +159,15 @@ def _data_loss(message: str, reason: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.DATA_LOSS, message, reason)
 
 
-async def _stat_regular(sftp: asyncssh.SFTPClient, path: str) -> asyncssh.SFTPAttrs:
-    """The attributes of ``path`` (links followed), which must be a regular file.
+async def _stat_regular(
+    sftp: asyncssh.SFTPClient, confine: Confine, path: str
+) -> tuple[str, asyncssh.SFTPAttrs]:
+    """Where ``path`` leads (which must be inside) and its attributes (a regular file's).
 
     Checked before opening: opening a FIFO would block the user's whole SFTP
-    channel until a writer appears.
+    channel until a writer appears. The caller opens the resolved path.
     """
-    try:
-        attrs = await sftp.stat(path)
-    except asyncssh.SFTPError as error:
-        raise sftp_error(error, path) from error
+    real, attrs = await confine.resolved_stat(sftp, path)
     mode = attrs.permissions or 0
     if stat.S_ISDIR(mode):
         raise sftp_error(asyncssh.SFTPFileIsADirectory("Is a directory"), path)
@@ -178,7 +178,7 @@ async def _stat_regular(sftp: asyncssh.SFTPClient, path: str) -> asyncssh.SFTPAt
             "NOT_A_REGULAR_FILE",
             metadata={"path": path},
         )
-    return attrs
+    return real, attrs
 
 
 def _info(attrs: asyncssh.SFTPAttrs) -> FileInfo:
@@ -198,7 +198,7 @@ def _block_size(sftp: asyncssh.SFTPClient, count: int) -> int:
     return 0 if count <= sftp.limits.max_read_len else -1
 
 
-async def read_small(sftp: asyncssh.SFTPClient, path: str, limit: int) -> bytes:
+async def read_small(sftp: asyncssh.SFTPClient, confine: Confine, path: str, limit: int) -> bytes:
     """The content of the regular file ``path``, at most ``limit`` bytes.
 
     A larger file is RESOURCE_EXHAUSTED. As in :func:`stream_read`, the size
@@ -209,22 +209,28 @@ async def read_small(sftp: asyncssh.SFTPClient, path: str, limit: int) -> bytes:
     parallel requests of the server's block size, twenty and more for the
     default limit, nearly all of them past the end of the file.
     """
-    attrs = await _stat_regular(sftp, path)
+    real, attrs = await _stat_regular(sftp, confine, path)
     size = attrs.size or 0
     if size > limit:
         raise _too_large("download", path, size, limit)
     try:
-        async with sftp.open(path, "rb", block_size=_block_size(sftp, size)) as file:
+        async with sftp.open(real, "rb", block_size=_block_size(sftp, size)) as file:
             return b"".join([block async for block in _windows(file, 0, size)])
     except asyncssh.SFTPError as error:
         raise sftp_error(error, path) from error
 
 
-async def write_small(sftp: asyncssh.SFTPClient, target: str, content: bytes, limit: int) -> None:
-    """Write ``content`` to ``target`` atomically, replacing an existing file (as FirecREST)."""
+async def write_small(
+    sftp: asyncssh.SFTPClient, confine: Confine, target: str, content: bytes, limit: int
+) -> None:
+    """Write ``content`` to ``target`` atomically, replacing an existing file (as FirecREST).
+
+    The file is written in the real directory of ``target``, which must be inside.
+    """
     if len(content) > limit:
         raise _too_large("upload", target, len(content), limit)
-    async with AtomicWrite(sftp, target, overwrite=True) as out:
+    real = await confine.resolve_entry(sftp, target)
+    async with AtomicWrite(sftp, real, overwrite=True, shown=target) as out:
         await out.write(content)
         await out.commit()
 
@@ -272,7 +278,12 @@ def _range(info: FileInfo, path: str, offset: int, length: int | None) -> int:
 
 
 async def stream_read(
-    sftp: asyncssh.SFTPClient, path: str, offset: int, length: int | None, chunk: int
+    sftp: asyncssh.SFTPClient,
+    confine: Confine,
+    path: str,
+    offset: int,
+    length: int | None,
+    chunk: int,
 ) -> AsyncIterator[StreamItem]:
     """Stream ``length`` bytes (default: to the end) of ``path`` from ``offset``.
 
@@ -282,13 +293,14 @@ async def stream_read(
     is sent as it was measured, one that shrinks ends early (the trailer's
     size says how much was sent).
     """
-    info = _info(await _stat_regular(sftp, path))
+    real, attrs = await _stat_regular(sftp, confine, path)
+    info = _info(attrs)
     count = _range(info, path, offset, length)
     yield StreamHeader(info, offset, count)
     digest = hashlib.sha256()
     sent = 0
     try:
-        async with sftp.open(path, "rb", block_size=_block_size(sftp, count)) as file:
+        async with sftp.open(real, "rb", block_size=_block_size(sftp, count)) as file:
             async for block in _windows(file, offset, count):
                 digest.update(block)
                 for start in range(0, len(block), chunk):
@@ -314,6 +326,7 @@ def stream_held(
 
 async def stream_write(
     sftp: asyncssh.SFTPClient,
+    confine: Confine,
     target: str,
     parts: AsyncIterator[bytes | Digest],
     *,
@@ -331,7 +344,10 @@ async def stream_write(
     digest = hashlib.sha256()
     received = 0
     claimed: str | None = None
-    async with AtomicWrite(sftp, target, overwrite=overwrite, mode=mode, size=size) as out:
+    real = await confine.resolve_entry(sftp, target)
+    async with AtomicWrite(
+        sftp, real, overwrite=overwrite, mode=mode, size=size, shown=target
+    ) as out:
         async for part in parts:
             if claimed is not None:
                 raise invalid_argument("trailer", "must be the last message", "UPLOAD_MALFORMED")
@@ -393,6 +409,7 @@ class AtomicWrite:
     ``mode`` sets the permission bits; by default a replaced file keeps its
     bits and a new one gets the user's umask default. ``size``, when known,
     is checked against the free space of the target's filesystem up front.
+    ``shown`` is the target's name in error messages (default: ``target``).
     """
 
     def __init__(
@@ -403,9 +420,12 @@ class AtomicWrite:
         overwrite: bool = False,
         mode: int | None = None,
         size: int | None = None,
+        shown: str | None = None,
     ) -> None:
         self._sftp = sftp
         self.target = target
+        # The name errors give: the caller's path, not the resolved one.
+        self.shown = shown or target
         self._overwrite = overwrite
         self._mode = mode
         self._size = size
@@ -420,9 +440,9 @@ class AtomicWrite:
         existing = await _lstat(self._sftp, self.target)
         if existing is not None:
             if stat.S_ISDIR(existing.permissions or 0):
-                raise sftp_error(asyncssh.SFTPFileIsADirectory("Is a directory"), self.target)
+                raise sftp_error(asyncssh.SFTPFileIsADirectory("Is a directory"), self.shown)
             if not self._overwrite:
-                raise _exists(self.target)
+                raise _exists(self.shown)
         await self._check_space()
         mode = self._mode
         if mode is None and existing is not None and stat.S_ISREG(existing.permissions or 0):
@@ -435,7 +455,7 @@ class AtomicWrite:
         except asyncssh.SFTPError as error:
             await self._abandon()
             # The message names the target: the temporary name means nothing to the caller.
-            raise sftp_error(error, self.target) from error
+            raise sftp_error(error, self.shown) from error
         except BaseException:
             await self._abandon()  # cancelled: the open may have created the file already
             raise
@@ -467,10 +487,10 @@ class AtomicWrite:
         if vfs.blocks and self._size > free:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self.target}: No space left on device ({self._size} bytes announced,"
+                f"{self.shown}: No space left on device ({self._size} bytes announced,"
                 f" {free} free)",
                 "NO_SPACE",
-                metadata={"path": self.target},
+                metadata={"path": self.shown},
             )
 
     async def write(self, data: bytes) -> None:
@@ -495,7 +515,7 @@ class AtomicWrite:
         try:
             await self._writes[0]
         except asyncssh.SFTPError as error:
-            raise sftp_error(error, self.target) from error
+            raise sftp_error(error, self.shown) from error
         self._writes.popleft()
 
     async def commit(self) -> None:
@@ -508,7 +528,7 @@ class AtomicWrite:
         try:
             await file.close()
         except asyncssh.SFTPError as error:
-            raise sftp_error(error, self.target) from error
+            raise sftp_error(error, self.shown) from error
         try:
             if self._overwrite:
                 await self._sftp.posix_rename(self.temp, self.target)
@@ -522,10 +542,10 @@ class AtomicWrite:
         """Why the rename failed, in the cluster's words where SFTP v3 only says "Failure"."""
         existing = await _lstat(self._sftp, self.target)
         if existing is not None and stat.S_ISDIR(existing.permissions or 0):
-            return sftp_error(asyncssh.SFTPFileIsADirectory("Is a directory"), self.target)
+            return sftp_error(asyncssh.SFTPFileIsADirectory("Is a directory"), self.shown)
         if existing is not None and not self._overwrite:
-            return _exists(self.target)
-        return sftp_error(error, self.target)
+            return _exists(self.shown)
+        return sftp_error(error, self.shown)
 
     async def _discard(self) -> None:
         """Stop the writes, close and remove the temporary file; never raises."""

@@ -13,6 +13,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from hpcgate.server.filesystem import ops
+from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.paths import check_path
 from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.common import Call, begin
@@ -76,43 +77,56 @@ class FilesystemServicer(FilesystemStreams):
         # uid/gid -> name per system, shared by every caller of that system.
         self._names = {key: ops.IdNames() for key in runtime.systems}
 
-    def _ops_call(self, system_name: str, context: Context) -> tuple[Call, ops.Remote]:
-        """The call (system, user, deadline) and how its domain code reaches the cluster.
+    def _ops_call(
+        self, system_name: str, context: Context, **paths: str
+    ) -> tuple[Call, ops.Remote, list[str]]:
+        """The call (system, user, deadline), how its domain code reaches the cluster,
+        and its ``paths`` (field name -> value) checked by text, in order.
 
+        The Remote's confinement knows which field named which path, so a
+        path found on the cluster to lead outside is refused naming its field.
         (Not ``_begin``: FilesystemStreams has one with another signature.)
         """
         call = begin(self._runtime, system_name, context, *NEEDS)
         config = call.system.config
+        checked = {field: _path(call, field, value) for field, value in paths.items()}
         remote = ops.Remote(
             pool=call.system.pool,
             user=call.user,
             deadline=call.deadline,
             command_timeout=config.ssh.timeouts.command,
+            confine=Confine.of(config, {path: field for field, path in checked.items()}),
             names=self._names.setdefault(config.name.lower(), ops.IdNames()),
         )
-        return call, remote
+        return call, remote, list(checked.values())
 
     async def Ls(
         self, request: filesystem_pb2.LsRequest, context: Context
     ) -> filesystem_pb2.LsResponse:
-        call, remote = self._ops_call(request.system_name, context)
-        entries = await ops.ls(
+        _, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
+        listing = await ops.ls(
             remote,
-            _path(call, "path", request.path),
+            path,
             show_hidden=request.show_hidden,
             numeric_uid=request.numeric_uid,
             recursive=request.recursive,
             dereference=request.dereference,
         )
-        return filesystem_pb2.LsResponse(output=[_file(e) for e in entries])
+        return filesystem_pb2.LsResponse(
+            output=[_file(e) for e in listing.entries],
+            unreadable=[
+                filesystem_pb2.LsUnreadable(name=u.name, message=u.message)
+                for u in listing.unreadable
+            ],
+        )
 
     async def Head(
         self, request: filesystem_pb2.HeadRequest, context: Context
     ) -> filesystem_pb2.HeadResponse:
-        call, remote = self._ops_call(request.system_name, context)
+        call, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
         content = await ops.head(
             remote,
-            _path(call, "path", request.path),
+            path,
             _optional(request, "bytes"),
             _optional(request, "lines"),
             request.skip_trailing,
@@ -123,10 +137,10 @@ class FilesystemServicer(FilesystemStreams):
     async def Tail(
         self, request: filesystem_pb2.TailRequest, context: Context
     ) -> filesystem_pb2.TailResponse:
-        call, remote = self._ops_call(request.system_name, context)
+        call, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
         content = await ops.tail(
             remote,
-            _path(call, "path", request.path),
+            path,
             _optional(request, "bytes"),
             _optional(request, "lines"),
             request.skip_heading,
@@ -137,10 +151,10 @@ class FilesystemServicer(FilesystemStreams):
     async def View(
         self, request: filesystem_pb2.ViewRequest, context: Context
     ) -> filesystem_pb2.ViewResponse:
-        call, remote = self._ops_call(request.system_name, context)
+        call, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
         text = await ops.view(
             remote,
-            _path(call, "path", request.path),
+            path,
             _optional(request, "offset"),
             _optional(request, "size"),
             _limit(call),
@@ -150,8 +164,8 @@ class FilesystemServicer(FilesystemStreams):
     async def Checksum(
         self, request: filesystem_pb2.ChecksumRequest, context: Context
     ) -> filesystem_pb2.ChecksumResponse:
-        call, remote = self._ops_call(request.system_name, context)
-        digest = await ops.checksum(remote, _path(call, "path", request.path))
+        _, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
+        digest = await ops.checksum(remote, path)
         return filesystem_pb2.ChecksumResponse(
             output=filesystem_pb2.FileChecksum(algorithm=CHECKSUM_ALGORITHM, checksum=digest)
         )
@@ -159,15 +173,15 @@ class FilesystemServicer(FilesystemStreams):
     async def FileType(
         self, request: filesystem_pb2.FileTypeRequest, context: Context
     ) -> filesystem_pb2.FileTypeResponse:
-        call, remote = self._ops_call(request.system_name, context)
-        kind = await ops.file_type(remote, _path(call, "path", request.path))
+        _, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
+        kind = await ops.file_type(remote, path)
         return filesystem_pb2.FileTypeResponse(output=kind)
 
     async def Stat(
         self, request: filesystem_pb2.StatRequest, context: Context
     ) -> filesystem_pb2.StatResponse:
-        call, remote = self._ops_call(request.system_name, context)
-        result = await ops.stat(remote, _path(call, "path", request.path), request.dereference)
+        _, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
+        result = await ops.stat(remote, path, request.dereference)
         return filesystem_pb2.StatResponse(
             output=filesystem_pb2.FileStat(
                 mode=result.mode,
@@ -186,41 +200,37 @@ class FilesystemServicer(FilesystemStreams):
     async def Chmod(
         self, request: filesystem_pb2.ChmodRequest, context: Context
     ) -> filesystem_pb2.ChmodResponse:
-        call, remote = self._ops_call(request.system_name, context)
-        path = _path(call, "sourcePath", request.path)
+        _, remote, (path,) = self._ops_call(request.system_name, context, sourcePath=request.path)
         entry = await ops.chmod(remote, path, request.mode)
         return filesystem_pb2.ChmodResponse(output=_file(entry))
 
     async def Chown(
         self, request: filesystem_pb2.ChownRequest, context: Context
     ) -> filesystem_pb2.ChownResponse:
-        call, remote = self._ops_call(request.system_name, context)
-        path = _path(call, "sourcePath", request.path)
+        _, remote, (path,) = self._ops_call(request.system_name, context, sourcePath=request.path)
         entry = await ops.chown(remote, path, request.owner, request.group)
         return filesystem_pb2.ChownResponse(output=_file(entry))
 
     async def Mkdir(
         self, request: filesystem_pb2.MkdirRequest, context: Context
     ) -> filesystem_pb2.MkdirResponse:
-        call, remote = self._ops_call(request.system_name, context)
-        path = _path(call, "sourcePath", request.path)
+        _, remote, (path,) = self._ops_call(request.system_name, context, sourcePath=request.path)
         entry = await ops.mkdir(remote, path, request.parent)
         return filesystem_pb2.MkdirResponse(output=_file(entry))
 
     async def Symlink(
         self, request: filesystem_pb2.SymlinkRequest, context: Context
     ) -> filesystem_pb2.SymlinkResponse:
-        call, remote = self._ops_call(request.system_name, context)
-        target = _path(call, "sourcePath", request.path)
-        link = _path(call, "linkPath", request.link_path)
+        _, remote, (target, link) = self._ops_call(
+            request.system_name, context, sourcePath=request.path, linkPath=request.link_path
+        )
         entry = await ops.symlink(remote, target, link)
         return filesystem_pb2.SymlinkResponse(output=_file(entry))
 
     async def Rm(
         self, request: filesystem_pb2.RmRequest, context: Context
     ) -> filesystem_pb2.RmResponse:
-        call, remote = self._ops_call(request.system_name, context)
-        path = _path(call, "path", request.path)
+        call, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
         roots = [fs.path for fs in call.system.config.filesystems]
         await ops.rm(remote, path, roots)
         return filesystem_pb2.RmResponse()
@@ -228,9 +238,12 @@ class FilesystemServicer(FilesystemStreams):
     async def Compress(
         self, request: filesystem_pb2.CompressRequest, context: Context
     ) -> filesystem_pb2.CompressResponse:
-        call, remote = self._ops_call(request.system_name, context)
-        source = _path(call, "sourcePath", request.source_path)
-        target = _path(call, "targetPath", request.target_path)
+        _, remote, (source, target) = self._ops_call(
+            request.system_name,
+            context,
+            sourcePath=request.source_path,
+            targetPath=request.target_path,
+        )
         await ops.compress(
             remote,
             source,
@@ -244,8 +257,11 @@ class FilesystemServicer(FilesystemStreams):
     async def Extract(
         self, request: filesystem_pb2.ExtractRequest, context: Context
     ) -> filesystem_pb2.ExtractResponse:
-        call, remote = self._ops_call(request.system_name, context)
-        source = _path(call, "sourcePath", request.source_path)
-        target = _path(call, "targetPath", request.target_path)
+        _, remote, (source, target) = self._ops_call(
+            request.system_name,
+            context,
+            sourcePath=request.source_path,
+            targetPath=request.target_path,
+        )
         await ops.extract(remote, source, target, request.compression)
         return filesystem_pb2.ExtractResponse()

@@ -16,6 +16,7 @@ from google.protobuf import timestamp_pb2
 
 from hpcgate.server.errors import invalid_argument
 from hpcgate.server.filesystem import bulk, transfer
+from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.paths import check_path
 from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.common import Call, begin
@@ -90,7 +91,8 @@ async def _stream_items(
                 yield item
             return
         async with call.system.pool.sftp(call.user, call.deadline) as sftp:
-            async for item in transfer.stream_read(sftp, path, offset, length, chunk):
+            confine = Confine.of(call.system.config, {path: "path"})
+            async for item in transfer.stream_read(sftp, confine, path, offset, length, chunk):
                 yield item
 
 
@@ -112,7 +114,8 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
             if held is not None:
                 return httpbody_pb2.HttpBody(content_type=OCTET_STREAM, data=held.data)
             async with call.system.pool.sftp(call.user, call.deadline) as sftp:
-                data = await transfer.read_small(sftp, path, limit)
+                confine = Confine.of(config, {path: "path"})
+                data = await transfer.read_small(sftp, confine, path, limit)
         return httpbody_pb2.HttpBody(content_type=OCTET_STREAM, data=data)
 
     async def Upload(
@@ -126,7 +129,8 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         target = check_path(config, "path", posixpath.join(directory, name))
         limit = config.data_operation.max_ops_file_size
         async with call.system.pool.sftp(call.user, call.deadline) as sftp:
-            await transfer.write_small(sftp, target, request.file.content, limit)
+            confine = Confine.of(config, {target: "path"})
+            await transfer.write_small(sftp, confine, target, request.file.content, limit)
         return filesystem_pb2.UploadResponse()
 
     async def DownloadStream(
@@ -180,6 +184,7 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         async with call.system.pool.sftp(call.user, call.deadline) as sftp:
             written = await transfer.stream_write(
                 sftp,
+                Confine.of(call.system.config, {path: "header.path"}),
                 path,
                 _upload_parts(request_iterator),
                 size=size,
@@ -216,6 +221,13 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         else:
             raise invalid_argument("selection", "give either files or tree")
         chunk = transfer.chunk_size(request.chunk_size)
-        batches = bulk.bulk_download(call.system.pool, call.user, call.deadline, selection, chunk)
+        if isinstance(selection, bulk.Tree):
+            fields = {selection.root: "tree.root"}
+        else:
+            fields = {path: f"files.paths[{i}]" for i, path in enumerate(selection.paths)}
+        confine = Confine.of(config, fields)
+        batches = bulk.bulk_download(
+            call.system.pool, call.user, call.deadline, selection, chunk, confine
+        )
         async for batch in batches:
             yield filesystem_pb2.BulkDownloadResponse(entries=[_bulk_entry(e) for e in batch])

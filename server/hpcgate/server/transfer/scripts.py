@@ -6,6 +6,11 @@ element), then ``scripts/common.sh`` and the operation's body. The bodies
 are static files: no request value is ever pasted into code, so a path or
 a URL can hold any character. Command lines are argv arrays built here and
 run as ``"${command[@]}"``.
+
+Before a job acts it checks, in ``common.sh``'s ``confine``, that each of
+its paths leads (links followed, where the operation follows them) under
+one of the system's ``roots``, as the server checked when it was submitted:
+a link may have appeared since.
 """
 
 from __future__ import annotations
@@ -52,32 +57,73 @@ def render(
     return "\n".join(lines) + "\n" + _body("common.sh") + _body(body)
 
 
-def command(operation: str, directives: Sequence[str], argv: Sequence[str]) -> str:
-    """A job running ``argv`` that reports :data:`SUCCESS` for ``operation`` when it exits 0."""
-    return render(
-        operation, directives, {"command": argv, "success": SUCCESS[operation]}, "command.sh"
-    )
+def leads(path: str) -> str:
+    """A ``confined`` item: where ``path`` leads, every link followed, must be inside."""
+    return "F" + path
 
 
-def cp(directives: Sequence[str], source: str, target: str, dereference: bool) -> str:
+def entry(path: str) -> str:
+    """A ``confined`` item: the entry ``path`` itself (its directory resolved) must be inside."""
+    return "E" + path
+
+
+def command(
+    operation: str,
+    directives: Sequence[str],
+    argv: Sequence[str],
+    *,
+    roots: Sequence[str],
+    confined: Sequence[str],
+    tree: str = "",
+    members_of: Sequence[str] = (),
+) -> str:
+    """A job running ``argv`` that reports :data:`SUCCESS` for ``operation`` when it exits 0.
+
+    First it checks the ``confined`` items (:func:`leads`, :func:`entry`)
+    against ``roots``, with ``tree`` every place under it (links followed),
+    and with ``members_of`` (archive, target, tar options) the archive's
+    members, as ``common.sh``'s ``check_archive`` does.
+    """
+    variables: dict[str, Value] = {
+        "command": argv,
+        "success": SUCCESS[operation],
+        "roots": roots,
+        "confined": confined,
+        "tree": tree,
+        "members_of": members_of,
+    }
+    return render(operation, directives, variables, "command.sh")
+
+
+def cp(
+    directives: Sequence[str], source: str, target: str, dereference: bool, *, roots: Sequence[str]
+) -> str:
     """``cp -r`` (``-L`` with ``dereference``: follow every symbolic link)."""
     follow = ["-L"] if dereference else []
-    return command("cp", directives, ["cp", "-r", *follow, "--", source, target])
+    argv = ["cp", "-r", *follow, "--", source, target]
+    confined = [leads(source), leads(target)]
+    tree = source if dereference else ""
+    return command("cp", directives, argv, roots=roots, confined=confined, tree=tree)
 
 
-def mv(directives: Sequence[str], source: str, target: str) -> str:
-    return command("mv", directives, ["mv", "--", source, target])
+def mv(directives: Sequence[str], source: str, target: str, *, roots: Sequence[str]) -> str:
+    argv = ["mv", "--", source, target]
+    return command("mv", directives, argv, roots=roots, confined=[entry(source), leads(target)])
 
 
-def rm(directives: Sequence[str], path: str) -> str:
-    return command("rm", directives, ["rm", "-r", "--", path])
+def rm(directives: Sequence[str], path: str, *, roots: Sequence[str]) -> str:
+    return command("rm", directives, ["rm", "-r", "--", path], roots=roots, confined=[entry(path)])
 
 
-def extract(directives: Sequence[str], source: str, target: str, compression: str) -> str:
+def extract(
+    directives: Sequence[str], source: str, target: str, compression: str, *, roots: Sequence[str]
+) -> str:
     """``tar -x`` of ``source`` into the directory ``target``."""
     flags = tar_compression(compression)
     argv = ["tar", "-x", *flags, "-f", source, "-C", target]
-    return command("extract", directives, argv)
+    confined = [leads(source), leads(target)]
+    members = [source, target, *flags]
+    return command("extract", directives, argv, roots=roots, confined=confined, members_of=members)
 
 
 def compress(
@@ -88,6 +134,7 @@ def compress(
     match_pattern: str | None,
     dereference: bool,
     compression: str,
+    roots: Sequence[str],
 ) -> str:
     """``tar -c`` of ``source`` into ``target``, members named from source's parent.
 
@@ -108,6 +155,9 @@ def compress(
         "pattern": match_pattern or "",
         "find_command": find if match_pattern else [],
         "success": SUCCESS["compress"],
+        "roots": roots,
+        "confined": [entry(source), leads(target)],
+        "tree": source if dereference else "",
     }
     return render("compress", directives, variables, "compress.sh")
 

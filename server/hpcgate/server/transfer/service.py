@@ -27,7 +27,10 @@ from typing import TypeVar
 import grpc
 
 from hpcgate.server.errors import ServiceError, invalid_argument
+from hpcgate.server.filesystem import archive
+from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import command_error
+from hpcgate.server.filesystem.ops import tar_compression
 from hpcgate.server.scheduler.jobmodels import Job, JobState, JobStatus
 from hpcgate.server.scheduler.watch import Subscription
 from hpcgate.server.transfer import scripts
@@ -137,6 +140,7 @@ async def upload(
     """Open an upload of ``size`` bytes to ``path`` and submit the job that ingests it."""
     directives = sub.directives(account)
     part_size = plan_parts(size, staging.config.max_part_size, UPLOAD_SIZE_FIELD)
+    await _confine(sub, sourcePath=path).check_on_cluster(sub.run, [(path, False)])
     await _check_target(sub, path)
     plan = await staging.open_upload(sub.user, path, size, part_size)
     m = plan.manifest
@@ -160,6 +164,7 @@ async def download(
 ) -> tuple[TransferJob, DownloadPlan]:
     """Submit the job that stages the file at ``path``; the plan holds the client's URL."""
     directives = sub.directives(account)
+    await _confine(sub, sourcePath=path).check_on_cluster(sub.run, [(path, True)])
     size = await _source_size(sub, path)
     part_size = plan_parts(size, staging.config.max_part_size, "sourcePath", MAX_DOWNLOAD_PARTS)
     plan = await staging.open_download(sub.user, path, size, part_size)
@@ -177,17 +182,37 @@ async def download(
     return await _submit_staged(sub, staging, "download", script, account, m), plan
 
 
+def _confine(sub: Submitter, **fields: str) -> Confine:
+    """The system's confinement, knowing which field (keyword) named which path (value)."""
+    return Confine.of(sub.config, {path: field for field, path in fields.items()})
+
+
+def _roots(sub: Submitter) -> list[str]:
+    return list(Confine.of(sub.config).roots)
+
+
+async def _two_paths(sub: Submitter, source: str, target: str, follow_source: bool) -> None:
+    """Refuse now a source or target leading outside (the job checks again when it runs)."""
+    confine = _confine(sub, sourcePath=source, targetPath=target)
+    await confine.check_on_cluster(sub.run, [(source, follow_source), (target, True)])
+
+
 async def cp(
     sub: Submitter, source: str, target: str, dereference: bool, account: str | None
 ) -> TransferJob:
     """Copy ``source`` (a file or a tree) to ``target`` in a job."""
-    script = scripts.cp(sub.directives(account), source, target, dereference)
+    directives = sub.directives(account)  # bad input is refused before the cluster is asked
+    await _two_paths(sub, source, target, follow_source=True)
+    script = scripts.cp(directives, source, target, dereference, roots=_roots(sub))
     return await sub.submit("cp", script, account)
 
 
 async def mv(sub: Submitter, source: str, target: str, account: str | None) -> TransferJob:
     """Move ``source`` to ``target`` in a job."""
-    return await sub.submit("mv", scripts.mv(sub.directives(account), source, target), account)
+    directives = sub.directives(account)
+    await _two_paths(sub, source, target, follow_source=False)
+    script = scripts.mv(directives, source, target, roots=_roots(sub))
+    return await sub.submit("mv", script, account)
 
 
 async def rm(sub: Submitter, path: str, account: str | None) -> TransferJob:
@@ -195,7 +220,9 @@ async def rm(sub: Submitter, path: str, account: str | None) -> TransferJob:
     roots = {fs.path.rstrip("/") or "/" for fs in sub.config.filesystems}
     if (path.rstrip("/") or "/") in roots:
         raise invalid_argument("path", f"{path!r} is a filesystem root", "PATH_IS_ROOT")
-    return await sub.submit("rm", scripts.rm(sub.directives(account), path), account)
+    directives = sub.directives(account)
+    await _confine(sub, path=path).check_on_cluster(sub.run, [(path, False)])
+    return await sub.submit("rm", scripts.rm(directives, path, roots=_roots(sub)), account)
 
 
 async def compress(
@@ -211,13 +238,17 @@ async def compress(
     """Archive ``source`` into ``target`` in a job (see :func:`.scripts.compress`)."""
     if match_pattern is not None and "\x00" in match_pattern:
         raise invalid_argument("matchPattern", "must not contain NUL")
+    directives = sub.directives(account)
+    tar_compression(compression)  # refused before the cluster is asked
+    await _two_paths(sub, source, target, follow_source=False)
     script = scripts.compress(
-        sub.directives(account),
+        directives,
         source,
         target,
         match_pattern=match_pattern,
         dereference=dereference,
         compression=compression,
+        roots=_roots(sub),
     )
     return await sub.submit("compress", script, account)
 
@@ -225,8 +256,16 @@ async def compress(
 async def extract(
     sub: Submitter, source: str, target: str, compression: str, account: str | None
 ) -> TransferJob:
-    """Extract the archive ``source`` into the directory ``target`` in a job."""
-    script = scripts.extract(sub.directives(account), source, target, compression)
+    """Extract the archive ``source`` into the directory ``target`` in a job.
+
+    The archive's members are judged now, as the Filesystem service's extract
+    does (:func:`.archive.check`); the job checks its paths again when it runs.
+    """
+    directives = sub.directives(account)
+    flags = tar_compression(compression)
+    confine = _confine(sub, sourcePath=source, targetPath=target)
+    await archive.check(sub.run, confine, source, target, flags)
+    script = scripts.extract(directives, source, target, compression, roots=_roots(sub))
     return await sub.submit("extract", script, account)
 
 

@@ -1,4 +1,7 @@
 # --- command.sh: one command (cp, mv, rm, tar -x), its argv quoted above ---------
+confine "${confined[@]}"
+if [ -n "$tree" ]; then confine_tree "$tree"; fi
+if [ ${#members_of[@]} -gt 0 ]; then check_archive "${members_of[@]}"; fi
 say "running:$(printf ' %q' "${command[@]}")"
 "${command[@]}"
 status=$?

@@ -51,4 +51,98 @@ multipart_etag() {
     sum=$(md5sum <"$1") && printf '%s-%s' "${sum%% *}" "$2"
 }
 
+# within REAL: whether REAL is one of the roots (array) or below one.
+within() {
+    local root
+    for root in "${roots[@]}"; do
+        root=${root%/}
+        if [[ -z $root || $1 == "$root" || $1 == "$root"/* ]]; then return 0; fi
+    done
+    return 1
+}
+
+# confine ITEM...: fail unless each path leads inside: "F<path>" with every
+# link followed, "E<path>" the entry itself (its directory resolved).
+confine() {
+    local item path real dir
+    for item in "$@"; do
+        path=${item:1}
+        if [[ $item == F* ]]; then
+            real=$(realpath -m -- "$path") || fail "$path: cannot be resolved"
+        else
+            dir=${path%/*}
+            real=$(realpath -m -- "${dir:-/}") || fail "$path: cannot be resolved"
+            real=${real%/}/${path##*/}
+        fi
+        within "$real" || fail "$path leads to $real, not under a configured filesystem"
+    done
+}
+
+# confine_tree PATH: fail unless every place under PATH, links followed, is inside.
+confine_tree() {
+    local real
+    while IFS= read -r -d '' real; do
+        within "$real" || fail "$1: $real is not under a configured filesystem"
+    done < <(find -L "$1" -print0 2>/dev/null | xargs -0r realpath -z -m --)
+}
+
+# unquote TEXT: a C-quoted name of tar's listing (no quotes around) as it is.
+unquote() {
+    local text=$1
+    if [[ $text != *\\* ]]; then
+        unquoted=$text
+        return
+    fi
+    # tar writes \ooo for octal bytes; printf %b wants \0ooo. \" is a quote.
+    text=${text//\\\"/\"}
+    text=$(sed -E 's/\\([0-7]{3})/\\0\1/g' <<<"$text")
+    printf -v unquoted '%b' "$text"
+}
+
+# check_archive ARCHIVE TARGET TAR_OPTION...: fail unless, by tar's own
+# listing, no member lands outside TARGET (a "../" in its name, or a
+# directory of TARGET that is a link leading elsewhere) and no link it
+# makes leads outside the roots. The server judged the same at submission;
+# the archive may have been replaced since. Unparseable lines fail it.
+check_archive() {
+    local archive=$1 target=$2 real line name link dir
+    shift 2
+    real=$(realpath -e -- "$target") || fail "$target: cannot be resolved"
+    local -A dirs=()
+    local -a places=() kinds=()
+    local pattern='^(.)[^ ]* +[^ ]+ +[^ ]+ +[^ ]+ +[^ ]+ +"((\\.|[^\\"])*)"( -> "((\\.|[^\\"])*)"| link to "((\\.|[^\\"])*)")?$'
+    while IFS= read -r line; do
+        [[ $line =~ $pattern ]] || fail "$archive: cannot read tar's listing: $line"
+        unquote "${BASH_REMATCH[2]}"
+        name=${unquoted#/}
+        name=${name#/}
+        [[ /$name/ == */../* ]] && fail "$archive: member $name would land outside $target"
+        dir=${name%/}
+        dir=${dir%/*}
+        [[ $dir == "${name%/}" ]] && dir=""
+        if [[ -z ${dirs[x$dir]:-} ]]; then
+            dirs[x$dir]=1
+            places+=("$real/$dir")
+            kinds+=(dir)
+        fi
+        if [[ ${BASH_REMATCH[1]} == l ]]; then
+            unquote "${BASH_REMATCH[5]}"
+            link=$unquoted
+            [[ $link == /* ]] || link=$real/$dir/$link
+            places+=("$link")
+            kinds+=(link)
+        fi
+    done < <(tar -t -v --quoting-style=c --numeric-owner "$@" -f "$archive" || echo "tar failed")
+    local -a reals=()
+    mapfile -d '' -t reals < <(printf '%s\0' "${places[@]}" | xargs -0r realpath -z -m --)
+    local i
+    for i in "${!places[@]}"; do
+        if [[ ${kinds[i]} == link ]]; then
+            within "${reals[i]}" || fail "$archive: a link would lead outside the configured filesystems: ${reals[i]}"
+        elif [[ ${reals[i]} != "$real" && ${reals[i]} != "$real"/* ]]; then
+            fail "$archive: members would land outside $target: ${reals[i]}"
+        fi
+    done
+}
+
 say "hpcgate $operation job ${SLURM_JOB_ID:-?} on $(hostname)"

@@ -5,6 +5,8 @@ tmp=""
 on_exit() { if [ -n "${tmp:-}" ]; then rm -f -- "$tmp"; fi; }
 
 [ -e "$source" ] || [ -L "$source" ] || fail "$source: No such file or directory"
+confine "${confined[@]}"
+if [ -n "$tree" ]; then confine_tree "$tree"; fi
 tmp=$(beside "$target") || fail "cannot create a file beside $target"
 if [ -z "$pattern" ]; then
     say "archiving $source into $target"

@@ -1,0 +1,314 @@
+"""Where a path leads, checked on the cluster as the user: inside the configured filesystems.
+
+:func:`~hpcgate.server.filesystem.paths.check_path` judges a path's text;
+a link in it (``/home/alice/x/link -> /etc/passwd``) leads elsewhere. So
+every operation also resolves its path on the cluster, as the caller,
+following links, and refuses a place outside every configured filesystem
+(or the real place of one, should a root itself be a link) with
+PATH_OUTSIDE_FILESYSTEMS naming the request field.
+
+How the check and the act are kept together, by transport:
+
+* **Commands** (stat, file, checksum, chown, rm -r, tar): one shell step
+  checks and acts. Either it opens the file first and checks what the open
+  reached (``exec 3<"$p"``, then ``readlink /proc/self/fd/3``) and reads
+  from fd 3, or it enters the real directory (``cd -P``), checks ``$PWD``,
+  and acts on the bare name there with a command that does not follow a
+  last link (``stat`` without ``-L``, ``chown -h``, ``rm``). A link swapped
+  in after the check is never followed: the fd and the cwd are held.
+* **SFTP** (reads, uploads, mkdir, symlink, chmod, ls): SFTP v3, all that
+  OpenSSH speaks, has no openat, no O_NOFOLLOW and no way from a handle to
+  its path or inode. So the path is resolved with ``realpath`` and the
+  operation acts on the *resolved* path, whose every component was a real
+  directory inside a filesystem when resolved. A link made beforehand (the
+  attack of issue 14) is therefore always caught; what remains is a swap of
+  one of those directories for a link leading outside within the ~0.3 ms
+  between two requests on the same channel. hpcgate itself makes no such
+  link (symlink and extract refuse them), so that takes a process on the
+  cluster, run by a user who may write that directory's parent, racing the
+  request. Closing that too would take a look at sftp-server's
+  ``/proc/self/fd`` after each open (measured: 2.6 ms, more than the read
+  itself), so reads stay on the resolved path.
+* **Batches** (small-file reads, bulk download): one ``realpath -m`` over
+  all paths in the batch's own command drops every path that leads outside
+  before tar opens anything; no round trip is added. tar then opens by
+  path, so the same narrow swap remains as over SFTP (holding an fd per
+  file for tar to read through /proc would not scale to 100,000 files).
+* **Archives**: extract judges tar's listing, then extracts in a second
+  step; an archive rewritten in between by its owner is not judged again
+  (a transfer job judges it again when it runs, see ``common.sh``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import posixpath
+import re
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import asyncssh
+import grpc
+
+from hpcgate.server.config import SystemConfig
+from hpcgate.server.errors import ServiceError
+from hpcgate.server.filesystem.errors import checked, sftp_error
+from hpcgate.server.scheduler.jobmodels import RunWithInput
+
+REASON = "PATH_OUTSIDE_FILESYSTEMS"
+# Exit status of a confined shell step whose Nth path (1, 2) leads outside;
+# the real place is the last line of its stderr.
+OUTSIDE_EXIT = 96
+# Exit status of a step that saw a path change under it (a link appeared).
+CHANGED_EXIT = 95
+# Checks where each argument leads: "F<path>" with every link followed,
+# "E<path>" for the entry itself (its directory resolved, its name kept).
+# A path need not exist (realpath -m): a target is often yet to be made.
+_WHERE = """
+i=0
+for p do
+    i=$((i + 1))
+    q=${p#?}
+    case $p in
+        F*) r=$(realpath -m -- "$q") || exit 1 ;;
+        *) d=${q%/*}; r=$(realpath -m -- "${d:-/}") || exit 1; r=${r%/}/${q##*/} ;;
+    esac
+    inside "$r" "$i"
+done
+"""
+
+
+# Characters special in a POSIX extended regular expression.
+_ERE_SPECIAL = re.compile(r"[.\[\]()*+?{}|^$\\]")
+
+
+def _normal(path: str) -> str:
+    return "/" + posixpath.normpath(path).lstrip("/")
+
+
+def under(path: str, roots: Iterable[str]) -> bool:
+    """Whether the absolute ``path`` is one of ``roots`` or below one (by text)."""
+    for root in roots:
+        base = root.rstrip("/")
+        if not base or path == base or path.startswith(base + "/"):
+            return True
+    return False
+
+
+# Real places of the configured roots, per system, learned on first use
+# (a root that is itself a link, /scratch -> /lus/scratch, leads there).
+_REAL_ROOTS: dict[str, tuple[str, ...]] = {}
+
+
+@dataclass(frozen=True)
+class Confine:
+    """One call's confinement: the system's roots, and which field named which path."""
+
+    system: str
+    configured: tuple[str, ...]
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, config: SystemConfig, fields: Mapping[str, str] | None = None) -> Confine:
+        """The confinement of ``config``'s filesystems; ``fields`` maps checked paths to fields."""
+        roots = tuple(_normal(fs.path) for fs in config.filesystems)
+        return cls(config.name.lower(), roots, dict(fields or {}))
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """The configured roots and, once learned, their real places."""
+        return self.configured + _REAL_ROOTS.get(self.system, ())
+
+    def inside(self, real: str) -> bool:
+        return under(real, self.roots)
+
+    def refusal(self, path: str, real: str) -> ServiceError:
+        """PATH_OUTSIDE_FILESYSTEMS for ``path`` (which leads to ``real``), naming its field."""
+        name = self.fields.get(path, "path")
+        where = ", ".join(self.configured) or "none configured"
+        message = f"{path!r} leads to {real!r}, not under a configured filesystem ({where})"
+        return ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{name}: {message}",
+            REASON,
+            fields={name: message},
+            metadata={"path": path},
+        )
+
+    def check(self, path: str, real: str) -> str:
+        """``real`` if it is inside; else the refusal of ``path``."""
+        if not self.inside(real):
+            raise self.refusal(path, real)
+        return real
+
+    async def learn_roots(self, client: asyncssh.SFTPClient) -> None:
+        """Learn the real places of the roots once per system (one realpath each)."""
+        # No lock: two first calls at once both learn the same answer.
+        if self.system in _REAL_ROOTS:
+            return
+        found = await asyncio.gather(
+            *(client.realpath(root) for root in self.configured), return_exceptions=True
+        )
+        real = {str(r) for r in found if isinstance(r, str)} - set(self.configured)
+        _REAL_ROOTS[self.system] = tuple(sorted(real))
+
+    @property
+    def learned(self) -> bool:
+        """Whether the real places of the roots are known (see :meth:`learn_roots`)."""
+        return self.system in _REAL_ROOTS
+
+    async def learn_roots_by_command(self, run: RunWithInput) -> None:
+        """:meth:`learn_roots` for callers without SFTP: one ``realpath -z -e`` of the roots."""
+        if self.learned or not self.configured:
+            return
+        result = await run(["realpath", "-z", "-e", "--", *self.configured])
+        found = {r.decode(errors="surrogateescape") for r in result.stdout.split(b"\0") if r}
+        _REAL_ROOTS[self.system] = tuple(sorted(found - set(self.configured)))
+
+    # -- over SFTP ---------------------------------------------------------------
+
+    async def resolve(self, client: asyncssh.SFTPClient, path: str, asked: str = "") -> str:
+        """Where ``path`` leads (every link followed), if inside; SFTP errors name ``path``.
+
+        A refusal names ``asked`` (default ``path``): the request's path that
+        ``path`` was derived from.
+        """
+        await self.learn_roots(client)
+        try:
+            real = str(await client.realpath(path))
+        except asyncssh.SFTPError as error:
+            raise sftp_error(error, path) from None
+        return self.check(asked or path, real)
+
+    async def resolved_stat(
+        self, client: asyncssh.SFTPClient, path: str, follow: bool = True
+    ) -> tuple[str, asyncssh.SFTPAttrs]:
+        """Where ``path`` leads (refused if outside) and its attributes, in one round trip.
+
+        The attributes are those of what it leads to, or with ``follow``
+        false of the name itself (lstat). The realpath and the stat are
+        pipelined; the refusal wins over the stat's error, so an outside
+        path says so whatever it is.
+        """
+        looked = client.stat(path) if follow else client.lstat(path)
+        real, attrs = await asyncio.gather(
+            self.resolve(client, path), looked, return_exceptions=True
+        )
+        if isinstance(real, BaseException):
+            raise real
+        if isinstance(attrs, asyncssh.SFTPError):
+            raise sftp_error(attrs, path) from None
+        if isinstance(attrs, BaseException):
+            raise attrs
+        return real, attrs
+
+    async def resolve_entry(self, client: asyncssh.SFTPClient, path: str) -> str:
+        """Where the entry ``path`` itself lives: its directory resolved, its name kept.
+
+        For operations on a name rather than on what it leads to: creating
+        it, removing it, renaming onto it.
+        """
+        parent, name = posixpath.split(path)
+        if not name:  # "/" itself
+            return self.check(path, path)
+        real = posixpath.join(await self.resolve(client, parent or "/", path), name)
+        return self.check(path, real)
+
+    async def resolve_loose(self, client: asyncssh.SFTPClient, path: str) -> str:
+        """Where ``path`` would lead once created: its deepest existing ancestor resolved.
+
+        (``realpath -m``; OpenSSH's realpath already allows a missing last name.)
+        """
+        await self.learn_roots(client)
+        rest: list[str] = []
+        current = path
+        while True:
+            try:
+                real = str(await client.realpath(current))
+                break
+            except asyncssh.SFTPNoSuchFile:
+                current, name = posixpath.split(current)
+                rest.insert(0, name)
+                if current == "/":
+                    real = "/"
+                    break
+            except asyncssh.SFTPError as error:
+                raise sftp_error(error, path) from None
+        return self.check(path, _normal(posixpath.join(real, *rest)))
+
+    # -- in shell steps ----------------------------------------------------------
+
+    def case_pattern(self) -> str:
+        """A ``case`` pattern matching the roots and everything below them, quoted."""
+        patterns = []
+        for root in self.roots:
+            base = root.rstrip("/")
+            if not base:
+                return "/*"
+            quoted = shlex.quote(base)
+            patterns += [quoted, f"{quoted}/*"]
+        return "|".join(patterns) or "''"
+
+    def prelude(self) -> str:
+        """Shell functions for a confined step (POSIX sh; see the module docstring).
+
+        ``inside REAL N``: go on if REAL is inside, else exit OUTSIDE_EXIT+N
+        with REAL on stderr. ``at PATH N``: enter the real directory holding
+        PATH's last name (links above it followed) and check it; sets ``b``
+        to the name. ``to PATH N``: the same for where PATH leads (every link
+        followed). ``held FD N``: check where the open fd FD leads.
+        """
+        return (
+            f"inside() {{ case $1 in {self.case_pattern()}) return 0;; esac;"
+            f' printf "%s\\n" "$1" >&2; exit $(({OUTSIDE_EXIT} + $2)); }}\n'
+            # dash's cd does not say why it failed; stat of "dir/." says it in the
+            # system's words (Permission denied, No such file, Not a directory).
+            "at() { d=${1%/*}; b=${1##*/}; d=${d:-/};"
+            ' cd -P -- "$d" 2>/dev/null || { stat -c "" -- "$d/." >/dev/null; exit 1; };'
+            ' inside "${PWD%/}/$b" "$2"; }\n'
+            'to() { r=$(realpath -e -- "$1") || exit 1; at "$r" "$2"; }\n'
+            'held() { r=$(readlink -e "/proc/self/fd/$1") || exit 1; inside "$r" "$2"; }\n'
+        )
+
+    def script(self, body: str) -> str:
+        return self.prelude() + body
+
+    async def check_on_cluster(self, run: RunWithInput, paths: Sequence[tuple[str, bool]]) -> None:
+        """Refuse any of ``paths`` that leads outside, in one command as the caller.
+
+        Each is ``(path, follow)``: ``follow`` judges where it leads, else the
+        entry itself. For work done later (a transfer job, which checks
+        again when it runs): the refusal comes now, naming the field.
+        """
+        await self.learn_roots_by_command(run)
+        args = [("F" if follow else "E") + path for path, follow in paths]
+        argv = ["sh", "-c", self.script(_WHERE), "realpath", *args]
+        result = await run(argv)
+        self.outcome([path for path, _ in paths], result.exit_status, result.stderr)
+        checked(["realpath", *argv[1:]], result)
+
+    def ere(self) -> str:
+        """A POSIX extended regex (``grep -E``) matching exactly the paths inside.
+
+        (Not :func:`re.escape`: it also escapes ``-`` and the like, which
+        POSIX leaves undefined and GNU grep warns about on stderr.)
+        """
+        alternatives = [_ERE_SPECIAL.sub(r"\\\g<0>", r.rstrip("/")) for r in self.roots]
+        if any(not a for a in alternatives):
+            return "^/"
+        return "^(" + "|".join(alternatives) + ")(/|$)"
+
+    def outcome(self, paths: Sequence[str], exit_status: int, stderr: bytes) -> None:
+        """Raise the refusal a confined step reported by its exit status, if it did."""
+        index = exit_status - OUTSIDE_EXIT - 1
+        if 0 <= index < len(paths):
+            lines = stderr.decode(errors="replace").strip().splitlines()
+            raise self.refusal(paths[index], lines[-1] if lines else "?")
+        if exit_status == CHANGED_EXIT:
+            raise ServiceError(
+                grpc.StatusCode.ABORTED,
+                f"{paths[0]}: changed while the operation ran (a link appeared); try again",
+                "PATH_CHANGED",
+                metadata={"path": paths[0]},
+            )
