@@ -34,6 +34,18 @@ def main(argv: list[str] | None = None) -> None:
         help="longest pause within a request body, in seconds",
     )
     parser.add_argument(
+        "--body-min-rate",
+        type=float,
+        default=defaults.min_rate,
+        help="slowest average rate of a request body, in bytes per second",
+    )
+    parser.add_argument(
+        "--body-grace",
+        type=float,
+        default=defaults.grace,
+        help="seconds before --body-min-rate applies",
+    )
+    parser.add_argument(
         "--header-timeout",
         type=float,
         default=serving.header_timeout,
@@ -46,7 +58,13 @@ def main(argv: list[str] | None = None) -> None:
         help="on SIGTERM, seconds that in-flight requests get to finish",
     )
     args = parser.parse_args(argv)
-    limits = BodyLimits(json=args.max_json, upload=args.max_upload, idle=args.body_idle_timeout)
+    limits = BodyLimits(
+        json=args.max_json,
+        upload=args.max_upload,
+        idle=args.body_idle_timeout,
+        min_rate=args.body_min_rate,
+        grace=args.body_grace,
+    )
     app = create_app(args.server, timeout=args.timeout, limits=limits)
     options = ServeOptions(
         host=args.host,

@@ -6,8 +6,8 @@ request id travel as gRPC metadata.
 
 A request passes, in this order: the token's shape (:mod:`.guard`; 401
 before anything else, so an anonymous bad request is 401, not 400), the
-declared body length (413), the server's verdict on the token when the
-route reads a body (so no anonymous body is ever read), the body itself,
+server's verdict on the token when the route reads a body (so no anonymous
+body is ever read), the declared body length (413), the body itself,
 read within the route's limit and in time (:mod:`.body`), then the request
 message (400) and the call.
 """
@@ -160,9 +160,9 @@ class Edge:
                 )
         reads_body = bool(binding.body or binding.rest.multipart_file_field)
         try:
-            check_declared(request, body_limit(binding, self.limits) or self.limits.json)
             if token is not None and (reads_body or binding.server_streaming):
                 set_username(request.scope, await self.verifier.username(token))
+            check_declared(request, body_limit(binding, self.limits) or self.limits.json)
             rpc_request = await build_request(binding, request, self.limits)
         except BodyError as error:
             return bad_request_response(str(error), None, error.status, error.reason, close=True)
