@@ -69,6 +69,15 @@ USERNAME_METADATA = "hpcgate-username"
 _VERIFY_PATH = "/hpcgate.v1.Status/ListSystems"
 VERIFY_TIMEOUT = 10.0
 SHUTTING_DOWN = "SHUTTING_DOWN"
+# Codes of calls that ended before, or without, the server's authentication.
+_NOT_AUTHENTICATED = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
 _ALL_VERBS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -148,6 +157,16 @@ class Edge:
         await call
         return _username(await call.trailing_metadata())
 
+    async def _name_caller(self, request: Request, token: str) -> None:
+        """Name the caller of a call that failed after authentication (F7T-AuthUsername).
+
+        A failed call's trailing metadata holds its status details, not the
+        username, so the verifier supplies it (cached; an RPC at most once
+        per token and ``ttl``, and only on errors).
+        """
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            set_username(request.scope, await self.verifier.username(token))
+
     async def handle(self, binding: Binding, request: Request) -> Response:
         with_body = has_body(request)
         token: str | None = None
@@ -189,8 +208,8 @@ class Edge:
         try:
             reply = await call
         except grpc.aio.AioRpcError as error:
-            if token is not None:
-                set_username(request.scope, self.verifier.known(token) or "")
+            if token is not None and error.code() not in _NOT_AUTHENTICATED:
+                await self._name_caller(request, token)
             return rpc_error_response(error)
         username = _username(await call.trailing_metadata())
         if token is not None and username:
