@@ -98,13 +98,3 @@ def test_attachment_quoting() -> None:
     header = attachment('a"b\\c\r\nd.txt')
     assert "\r" not in header and "\n" not in header
     assert header.startswith("attachment; filename=\"a_b_c__d.txt\"; filename*=UTF-8''")
-
-
-async def test_a_verb_a_route_does_not_bind_is_405(live: LiveService) -> None:
-    async with httpx.AsyncClient(base_url=live.rest_url, headers=live.headers("alice")) as client:
-        watch = await client.delete(f"/compute/{live.system}/jobs/watch")
-        systems = await client.post("/status/systems", json={})
-    assert watch.status_code == 405, watch.text
-    assert watch.headers["allow"] == "GET"
-    assert watch.json()["data"]["reason"] == "METHOD_NOT_ALLOWED"
-    assert systems.status_code == 405

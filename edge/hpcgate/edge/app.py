@@ -182,7 +182,7 @@ class Edge:
             if token is not None and (reads_body or binding.server_streaming):
                 set_username(request.scope, await self.verifier.username(token))
             check_declared(request, body_limit(binding, self.limits) or self.limits.json)
-            rpc_request = await build_request(binding, request, self.limits)
+            built = await build_request(binding, request, self.limits)
         except BodyError as error:
             return bad_request_response(str(error), None, error.status, error.reason, close=True)
         except grpc.aio.AioRpcError as error:  # the server refused the token
@@ -201,16 +201,17 @@ class Edge:
                 except grpc.aio.AioRpcError as refusal:
                     return rpc_error_response(refusal)
             return bad_request_response(str(error), error.field, error.status_code)
+        rpc_request, spelled = built.message, built.spelled
         metadata = self._metadata(request)
         if binding.server_streaming:
-            return await self._stream(binding, rpc_request, metadata, request)
+            return await self._stream(binding, rpc_request, metadata, request, spelled)
         call = self._call(binding)(rpc_request, metadata=metadata, timeout=self.timeout)
         try:
             reply = await call
         except grpc.aio.AioRpcError as error:
             if token is not None and error.code() not in _NOT_AUTHENTICATED:
                 await self._name_caller(request, token)
-            return rpc_error_response(error)
+            return rpc_error_response(error, spelled)
         username = _username(await call.trailing_metadata())
         if token is not None and username:
             self.verifier.remember(token, username)
@@ -245,6 +246,7 @@ class Edge:
         rpc_request: message.Message,
         metadata: Sequence[tuple[str, str]],
         request: Request,
+        spelled: dict[str, str],
     ) -> Response:
         """A server-streaming RPC as Server-Sent Events, or NDJSON when asked for."""
         if self.draining:
@@ -260,11 +262,14 @@ class Edge:
             if call.done() and await call.code() != grpc.StatusCode.OK:
                 self._streams.discard(call)
                 return status_response(
-                    await call.code(), await call.details(), await call.trailing_metadata()
+                    await call.code(),
+                    await call.details(),
+                    await call.trailing_metadata(),
+                    spelled,
                 )
         except grpc.aio.AioRpcError as error:
             self._streams.discard(call)
-            return rpc_error_response(error)
+            return rpc_error_response(error, spelled)
         ndjson = NDJSON in request.headers.get("accept", "")
 
         def item(kind: str, data: dict[str, Any]) -> bytes:

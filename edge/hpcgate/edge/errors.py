@@ -15,6 +15,7 @@ table by code (:data:`TRANSPORT_ERRORS`) instead of passing the text on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,19 +114,43 @@ def error_body(message: str, data: dict[str, Any] | None = None) -> dict[str, An
     return body
 
 
-def status_response(code: grpc.StatusCode, details: str | None, trailers: Any) -> JSONResponse:
+def _respell(message: str, data: dict[str, Any], spelled: Mapping[str, str]) -> str:
+    """Field violations (and the message's leading field) named as the client spelled them.
+
+    The server names a field by its JSON name (``sourcePath``); a client that
+    sent the proto name (``path``, which the edge accepts as well) must read
+    the name it sent.
+    """
+    for violation in data.get("fieldViolations", ()):
+        name = spelled.get(violation["field"])
+        if name is not None:
+            if message.startswith(violation["field"] + ":"):
+                message = name + message[len(violation["field"]) :]
+            violation["field"] = name
+    return message
+
+
+def status_response(
+    code: grpc.StatusCode,
+    details: str | None,
+    trailers: Any,
+    spelled: Mapping[str, str] | None = None,
+) -> JSONResponse:
     """The HTTP reply for an RPC that ended with ``code``.
 
     The server's own statuses keep their message and details; the gRPC
     library's get the edge's words for their code (see the module doc).
+    ``spelled`` maps JSON names to the other spelling a client used.
     """
     data = _details(trailers)
     if data is None:
         known = TRANSPORT_ERRORS.get(code, _TRANSPORT_DEFAULT)
         body = error_body(known.message, {"reason": known.reason})
         return JSONResponse(body, known.http_status)
-    body = error_body(details or code.name, data)
-    return JSONResponse(body, HTTP_STATUS.get(code, 500))
+    message = details or code.name
+    if spelled:
+        message = _respell(message, data, spelled)
+    return JSONResponse(error_body(message, data), HTTP_STATUS.get(code, 500))
 
 
 def stream_error_body(code: grpc.StatusCode, details: str | None, trailers: Any) -> dict[str, Any]:
@@ -137,9 +162,11 @@ def stream_error_body(code: grpc.StatusCode, details: str | None, trailers: Any)
     return {**error_body(details or code.name, data), "code": code.name}
 
 
-def rpc_error_response(error: grpc.aio.AioRpcError) -> JSONResponse:
+def rpc_error_response(
+    error: grpc.aio.AioRpcError, spelled: Mapping[str, str] | None = None
+) -> JSONResponse:
     """The HTTP reply for a failed RPC."""
-    return status_response(error.code(), error.details(), error.trailing_metadata())
+    return status_response(error.code(), error.details(), error.trailing_metadata(), spelled)
 
 
 # Reasons of the refusals the edge makes itself, by HTTP status.

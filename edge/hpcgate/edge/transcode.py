@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, cast
 
 from google.protobuf import descriptor, json_format, message
@@ -83,14 +84,20 @@ def _is_repeated(field: descriptor.FieldDescriptor) -> bool:
     return bool(field.is_repeated)
 
 
+# Well-known types whose JSON form is one string ("30s", an RFC 3339 time,
+# "a,b"), so that a query parameter can carry them too.
+_STRING_FORMS = frozenset(
+    {"google.protobuf.Duration", "google.protobuf.Timestamp", "google.protobuf.FieldMask"}
+)
+
+
 def _is_wrapper(field: descriptor.FieldDescriptor) -> bool:
-    """google.protobuf.*Value wrappers take a scalar in JSON, so also in a query."""
+    """Message fields whose JSON form is a scalar, so also a query value: the
+    google.protobuf.*Value wrappers and the string-form well-known types."""
     msg = field.message_type
-    return (
-        msg is not None
-        and msg.full_name.startswith("google.protobuf.")
-        and msg.name.endswith("Value")
-    )
+    if msg is None or not msg.full_name.startswith("google.protobuf."):
+        return False
+    return msg.name.endswith("Value") or msg.full_name in _STRING_FORMS
 
 
 def query_to_dict(binding: Binding, query: Mapping[str, list[str]]) -> dict[str, Any]:
@@ -219,7 +226,28 @@ def body_limit(binding: Binding, limits: BodyLimits) -> int:
     return limits.json if binding.body else 0
 
 
-async def build_request(binding: Binding, request: Request, limits: BodyLimits) -> message.Message:
+@dataclass(frozen=True)
+class Built:
+    """A request message, and the JSON names its client spelled otherwise.
+
+    ``spelled`` maps a JSON name to the key the client used (``sourcePath``:
+    ``path``), so that errors name the field as the client knows it.
+    """
+
+    message: message.Message
+    spelled: dict[str, str]
+
+
+def _spellings(desc: descriptor.Descriptor, keys: Iterable[str]) -> dict[str, str]:
+    spelled: dict[str, str] = {}
+    for key in keys:
+        field = _field(desc, key)
+        if field is not None and field.json_name != key:
+            spelled[field.json_name] = key
+    return spelled
+
+
+async def build_request(binding: Binding, request: Request, limits: BodyLimits) -> Built:
     """The RPC's request message for ``request``; raises BadRequestError naming the field.
 
     The body is read within ``limits`` (BodyError when it breaks them). A
@@ -232,10 +260,11 @@ async def build_request(binding: Binding, request: Request, limits: BodyLimits) 
     query: dict[str, list[str]] = {}
     for key, value in request.query_params.multi_items():
         query.setdefault(key, []).append(value)
+    spelled = _spellings(binding.method.input_type, [*data, *query]) if data or query else {}
     data.update(query_to_dict(binding, query))
     for name in binding.path_fields:
         data[name] = request.path_params[name]
     _parse(data, target)
     if binding.rest.multipart_file_field:
         await _form_file(binding, request, target, limits)
-    return target
+    return Built(target, spelled)
