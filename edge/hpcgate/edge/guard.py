@@ -148,7 +148,13 @@ class TokenVerifier:
         key = self._key(token)
         pending = self._pending.get(key)
         if pending is not None:
-            return await asyncio.shield(pending)
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not pending.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this request itself was cancelled
+                return await self.username(token)  # the first asker went away: ask anew
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
         try:
