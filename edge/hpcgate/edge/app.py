@@ -21,7 +21,7 @@ import itertools
 import json
 import os
 import posixpath
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -45,7 +45,7 @@ from hpcgate.edge.guard import TokenRefusedError, TokenVerifier, bearer_token
 from hpcgate.edge.headers import ResponseHeaders, attachment, set_username
 from hpcgate.edge.jsonmap import to_json
 from hpcgate.edge.openapi import openapi_document
-from hpcgate.edge.transcode import BadRequestError, body_limit, build_request
+from hpcgate.edge.transcode import BadRequestError, Built, body_limit, build_request
 from hpcgate.v1 import status_pb2
 
 _FORWARDED_HEADERS = ("authorization",)
@@ -157,66 +157,66 @@ class Edge:
         await call
         return _username(await call.trailing_metadata())
 
-    async def _name_caller(self, request: Request, token: str) -> None:
-        """Name the caller of a call that failed after authentication (F7T-AuthUsername).
-
-        A failed call's trailing metadata holds its status details, not the
-        username, so the verifier supplies it (cached; an RPC at most once
-        per token and ``ttl``, and only on errors).
-        """
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            set_username(request.scope, await self.verifier.username(token))
+    async def _judge(self, request: Request, token: str) -> None:
+        """Have the server judge ``token`` (cached) and name the caller; raises its refusal."""
+        set_username(request.scope, await self.verifier.username(token))
 
     async def handle(self, binding: Binding, request: Request) -> Response:
         with_body = has_body(request)
         token: str | None = None
-        if not binding.rest.public:
-            try:
-                token = bearer_token(request.headers)
-            except TokenRefusedError as refused:
-                return bad_request_response(
-                    str(refused), None, refused.status, refused.reason, close=with_body
-                )
-        reads_body = bool(binding.body or binding.rest.multipart_file_field)
         try:
-            if token is not None and (reads_body or binding.server_streaming):
-                set_username(request.scope, await self.verifier.username(token))
+            if not binding.rest.public:
+                token = bearer_token(request.headers)
+            if token is not None and (binding.reads_body or binding.server_streaming):
+                await self._judge(request, token)
             check_declared(request, body_limit(binding, self.limits) or self.limits.json)
             built = await build_request(binding, request, self.limits)
-        except BodyError as error:
-            return bad_request_response(str(error), None, error.status, error.reason, close=True)
+        except TokenRefusedError as refused:
+            return bad_request_response(
+                str(refused), None, refused.status, refused.reason, close=with_body
+            )
         except grpc.aio.AioRpcError as error:  # the server refused the token
             response = rpc_error_response(error)
             if with_body:
                 response.headers["connection"] = "close"
             return response
+        except BodyError as error:
+            return bad_request_response(str(error), None, error.status, error.reason, close=True)
         except ClientDisconnect:
             return Response(status_code=499)
         except BadRequestError as error:
-            if token is not None and self.verifier.known(token) is None:
+            if token is not None:
                 # An anonymous caller learns nothing of the request's shape:
                 # the token is judged first (401 before 400).
                 try:
-                    set_username(request.scope, await self.verifier.username(token))
+                    await self._judge(request, token)
                 except grpc.aio.AioRpcError as refusal:
                     return rpc_error_response(refusal)
             return bad_request_response(str(error), error.field, error.status_code)
-        rpc_request, spelled = built.message, built.spelled
-        metadata = self._metadata(request)
         if binding.server_streaming:
-            return await self._stream(binding, rpc_request, metadata, request, spelled)
-        call = self._call(binding)(rpc_request, metadata=metadata, timeout=self.timeout)
+            return await self._stream(binding, built, request)
+        return await self._unary(binding, built, request, token)
+
+    async def _unary(
+        self, binding: Binding, built: Built, request: Request, token: str | None
+    ) -> Response:
+        """One unary call; the caller's name comes back in its trailing metadata."""
+        metadata = self._metadata(request)
+        call = self._call(binding)(built.message, metadata=metadata, timeout=self.timeout)
         try:
             reply = await call
         except grpc.aio.AioRpcError as error:
             if token is not None and error.code() not in _NOT_AUTHENTICATED:
-                await self._name_caller(request, token)
-            return rpc_error_response(error, spelled)
+                # A failed call's trailing metadata is its status details, not
+                # the username: the verifier names the caller (cached).
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await self._judge(request, token)
+            return rpc_error_response(error, built.spelled)
         username = _username(await call.trailing_metadata())
         if token is not None and username:
             self.verifier.remember(token, username)
             set_username(request.scope, username)
-        return self._reply(binding, reply, rpc_request)
+        return self._reply(binding, reply, built.message)
 
     def _reply(
         self, binding: Binding, reply: message.Message, rpc_request: message.Message
@@ -240,20 +240,14 @@ class Edge:
             return JSONResponse(value, binding.success_code)
         return JSONResponse(to_json(reply), binding.success_code)
 
-    async def _stream(
-        self,
-        binding: Binding,
-        rpc_request: message.Message,
-        metadata: Sequence[tuple[str, str]],
-        request: Request,
-        spelled: dict[str, str],
-    ) -> Response:
+    async def _stream(self, binding: Binding, built: Built, request: Request) -> Response:
         """A server-streaming RPC as Server-Sent Events, or NDJSON when asked for."""
         if self.draining:
             return bad_request_response(
                 "the edge is shutting down", None, 503, SHUTTING_DOWN, close=True
             )
-        call = self._call(binding)(rpc_request, metadata=metadata)
+        spelled = built.spelled
+        call = self._call(binding)(built.message, metadata=self._metadata(request))
         self._streams.add(call)
         # Wait for the server to accept the call (headers), so that an
         # immediate error still gets its own HTTP status instead of a 200 stream.
