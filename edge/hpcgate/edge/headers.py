@@ -23,9 +23,12 @@ from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# The FirecREST v2 API level hpcgate implements: the OpenAPI document it
-# follows (tests/data/firecrest-v2-openapi-2.5.6.yaml).
-FIRECREST_API_VERSION = "2.5.6"
+# The FirecREST v2 API level hpcgate implements. The OpenAPI document it
+# follows is 2.5.6's, but hpcgate also serves the job-list filters `name`
+# and `time_window` of later FirecREST (master), which pyfirecrest enables
+# only from 2.6.0 on: with "2.5.6" its job_info(time_window=...) refuses to
+# run. 2.6.0 is the highest level pyfirecrest's feature checks know.
+FIRECREST_API_VERSION = "2.6.0"
 _USERNAME = "hpcgate.username"
 
 
