@@ -554,9 +554,10 @@ async def test_bad_input_is_400_naming_the_field(
         ("POST", upload, up(-1), "transferDirectives.fileSize"),
         ("POST", upload, up(None), "transferDirectives.fileSize"),
         ("POST", upload, up(transfer_method="wormhole"), "transferDirectives.transferMethod"),
-        ("POST", upload, up(path="/etc/passwd"), "sourcePath"),
-        ("POST", upload, up(path="relative/file"), "sourcePath"),
-        ("POST", upload, up(path=workdir), "sourcePath"),  # a directory
+        # The body says "path" (the proto name of sourcePath): errors name it so.
+        ("POST", upload, up(path="/etc/passwd"), "path"),
+        ("POST", upload, up(path="relative/file"), "path"),
+        ("POST", upload, up(path=workdir), "path"),  # a directory
         ("POST", upload, up(account=None), "account"),  # the directives need {account}
         ("POST", upload, up(account="proj1\n#SBATCH --uid=0"), "account"),
         ("POST", "/transfer/download", {"sourcePath": workdir, "account": ACCOUNT}, "sourcePath"),

@@ -29,6 +29,7 @@ class RestOptions(_message.Message):
 
     SUCCESS_CODE_FIELD_NUMBER: _builtins.int
     MULTIPART_FILE_FIELD_FIELD_NUMBER: _builtins.int
+    PUBLIC_FIELD_NUMBER: _builtins.int
     success_code: _builtins.int
     """HTTP status of a successful reply. FirecREST answers 201 when something
     is created and 204 for actions without a body; 0 means 200. With 204 the
@@ -39,15 +40,21 @@ class RestOptions(_message.Message):
     the request as multipart/form-data and fills that field from the form
     part of the same name; the other fields come from the path and query.
     """
+    public: _builtins.bool
+    """The RPC needs no bearer token (liveness). The edge then asks for none,
+    and the OpenAPI document says so; the server's list of public methods
+    (hpcgate.server.auth.interceptor) names the same RPCs.
+    """
     def __init__(
         self,
         *,
         success_code: _builtins.int = ...,
         multipart_file_field: _builtins.str = ...,
+        public: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["multipart_file_field", b"multipart_file_field", "success_code", b"success_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["multipart_file_field", b"multipart_file_field", "public", b"public", "success_code", b"success_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

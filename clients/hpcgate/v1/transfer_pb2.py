@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from hpcgate.v1 import options_pb2 as hpcgate_dot_v1_dot_options__pb2
 from hpcgate.v1 import scheduler_pb2 as hpcgate_dot_v1_dot_scheduler__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19hpcgate/v1/transfer.proto\x12\nhpcgate.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hpcgate/v1/options.proto\x1a\x1ahpcgate/v1/scheduler.proto\"8\n\x0fTransferJobLogs\x12\x12\n\noutput_log\x18\x01 \x01(\t\x12\x11\n\terror_log\x18\x02 \x01(\t\"{\n\x0bTransferJob\x12\x16\n\x06job_id\x18\x01 \x01(\rB\x06\xca\xf3\x18\x02\x08\x01\x12\x0e\n\x06system\x18\x02 \x01(\t\x12\x19\n\x11working_directory\x18\x03 \x01(\t\x12)\n\x04logs\x18\x04 \x01(\x0b\x32\x1b.hpcgate.v1.TransferJobLogs\"\x87\x01\n\x18TransferDirectivesParams\x12\x17\n\x0ftransfer_method\x18\x01 \x01(\t\x12\x16\n\tfile_size\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x1a\n\rwormhole_code\x18\x03 \x01(\tH\x01\x88\x01\x01\x42\x0c\n\n_file_sizeB\x10\n\x0e_wormhole_code\"\xbc\x02\n\x12TransferDirectives\x12\x17\n\x0ftransfer_method\x18\x01 \x01(\t\x12\x19\n\x0c\x64ownload_url\x18\x02 \x01(\tH\x00\x88\x01\x01\x12!\n\x11parts_upload_urls\x18\x03 \x03(\tB\x06\xca\xf3\x18\x02\x10\x01\x12 \n\x13\x63omplete_upload_url\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x1a\n\rmax_part_size\x18\x05 \x01(\rH\x02\x88\x01\x01\x12\x18\n\x0b\x63oordinates\x18\x06 \x01(\tH\x03\x88\x01\x01\x12\x1a\n\rwormhole_code\x18\x07 \x01(\tH\x04\x88\x01\x01\x42\x0f\n\r_download_urlB\x16\n\x14_complete_upload_urlB\x10\n\x0e_max_part_sizeB\x0e\n\x0c_coordinatesB\x10\n\x0e_wormhole_code\"\xab\x01\n\x15TransferUploadRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x18\n\x04path\x18\x02 \x01(\tR\nsourcePath\x12\x14\n\x07\x61\x63\x63ount\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x41\n\x13transfer_directives\x18\x04 \x01(\x0b\x32$.hpcgate.v1.TransferDirectivesParamsB\n\n\x08_account\"\x8c\x01\n\x16TransferUploadResponse\x12-\n\x0ctransfer_job\x18\x01 \x01(\x0b\x32\x17.hpcgate.v1.TransferJob\x12;\n\x13transfer_directives\x18\x02 \x01(\x0b\x32\x1e.hpcgate.v1.TransferDirectives:\x06\xd2\xf3\x18\x02\x08\x01\"\xa8\x01\n\x17TransferDownloadRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x13\n\x0bsource_path\x18\x02 \x01(\t\x12\x14\n\x07\x61\x63\x63ount\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x41\n\x13transfer_directives\x18\x04 \x01(\x0b\x32$.hpcgate.v1.TransferDirectivesParamsB\n\n\x08_account\"\x8e\x01\n\x18TransferDownloadResponse\x12-\n\x0ctransfer_job\x18\x01 \x01(\x0b\x32\x17.hpcgate.v1.TransferJob\x12;\n\x13transfer_directives\x18\x02 \x01(\x0b\x32\x1e.hpcgate.v1.TransferDirectives:\x06\xd2\xf3\x18\x02\x08\x01\"\x89\x01\n\x11TransferCpRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x13\n\x0bsource_path\x18\x02 \x01(\t\x12\x13\n\x0btarget_path\x18\x03 \x01(\t\x12\x14\n\x07\x61\x63\x63ount\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x0b\x64\x65reference\x18\x05 \x01(\x08\x42\n\n\x08_account\"C\n\x12TransferCpResponse\x12-\n\x0ctransfer_job\x18\x01 \x01(\x0b\x32\x17.hpcgate.v1.TransferJob\"t\n\x11TransferMvRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x13\n\x0bsource_path\x18\x02 \x01(\t\x12\x13\n\x0btarget_path\x18\x03 \x01(\t\x12\x14\n\x07\x61\x63\x63ount\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_account\"C\n\x12TransferMvResponse\x12-\n\x0ctransfer_job\x18\x01 \x01(\x0b\x32\x17.hpcgate.v1.TransferJob\"X\n\x11TransferRmRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x14\n\x07\x61\x63\x63ount\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_account\"C\n\x12TransferRmResponse\x12-\n\x0ctransfer_job\x18\x01 \x01(\x0b\x32\x17.hpcgate.v1.TransferJob\"\xd2\x01\n\x17TransferCompressRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x13\n\x0bsource_path\x18\x02 \x01(\t\x12\x13\n\x0btarget_path\x18\x03 \x01(\t\x12\x14\n\x07\x61\x63\x63ount\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\rmatch_pattern\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x0b\x64\x65reference\x18\x06 \x01(\x08\x12\x13\n\x0b\x63ompression\x18\x07 \x01(\tB\n\n\x08_accountB\x10\n\x0e_match_pattern\"I\n\x18TransferCompressResponse\x12-\n\x0ctransfer_job\x18\x01 \x01(\x0b\x32\x17.hpcgate.v1.TransferJob\"\x8e\x01\n\x16TransferExtractRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x13\n\x0bsource_path\x18\x02 \x01(\t\x12\x13\n\x0btarget_path\x18\x03 \x01(\t\x12\x14\n\x07\x61\x63\x63ount\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x0b\x63ompression\x18\x05 \x01(\tB\n\n\x08_account\"H\n\x17TransferExtractResponse\x12-\n\x0ctransfer_job\x18\x01 \x01(\x0b\x32\x17.hpcgate.v1.TransferJob\"9\n\x12GetTransferRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\r\"C\n\x13GetTransferResponse\x12,\n\x08transfer\x18\x01 \x01(\x0b\x32\x1a.hpcgate.v1.TransferStatus\";\n\x14WatchTransferRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\r\"u\n\x15WatchTransferResponse\x12.\n\nevent_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08transfer\x18\x02 \x01(\x0b\x32\x1a.hpcgate.v1.TransferStatus\"\xde\x02\n\x0eTransferStatus\x12-\n\x0ctransfer_job\x18\x01 \x01(\x0b\x32\x17.hpcgate.v1.TransferJob\x12\x11\n\toperation\x18\x02 \x01(\t\x12(\n\x05phase\x18\x03 \x01(\x0e\x32\x19.hpcgate.v1.TransferPhase\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\'\n\tjob_state\x18\x05 \x01(\x0e\x32\x14.hpcgate.v1.JobState\x12\x17\n\x0fscheduler_state\x18\x06 \x01(\t\x12\x16\n\texit_code\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12*\n\x06object\x18\x08 \x01(\x0b\x32\x1a.hpcgate.v1.TransferObject\x12;\n\x13transfer_directives\x18\t \x01(\x0b\x32\x1e.hpcgate.v1.TransferDirectivesB\x0c\n\n_exit_code\"\x87\x02\n\x0eTransferObject\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x1f.hpcgate.v1.TransferObjectState\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x11\n\tpart_size\x18\x05 \x01(\x03\x12\r\n\x05parts\x18\x06 \x01(\r\x12\x16\n\x0eparts_uploaded\x18\x07 \x01(\r\x12\x16\n\x0e\x62ytes_uploaded\x18\x08 \x01(\x03\x12\x11\n\x04\x65tag\x18\t \x01(\tH\x00\x88\x01\x01\x12,\n\x08\x64\x65\x61\x64line\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x07\n\x05_etag*\xc6\x01\n\rTransferPhase\x12\x1e\n\x1aTRANSFER_PHASE_UNSPECIFIED\x10\x00\x12\x19\n\x15TRANSFER_PHASE_QUEUED\x10\x01\x12%\n!TRANSFER_PHASE_WAITING_FOR_CLIENT\x10\x02\x12\x1a\n\x16TRANSFER_PHASE_RUNNING\x10\x03\x12\x1c\n\x18TRANSFER_PHASE_SUCCEEDED\x10\x04\x12\x19\n\x15TRANSFER_PHASE_FAILED\x10\x05*\xa7\x01\n\x13TransferObjectState\x12%\n!TRANSFER_OBJECT_STATE_UNSPECIFIED\x10\x00\x12#\n\x1fTRANSFER_OBJECT_STATE_UPLOADING\x10\x01\x12\"\n\x1eTRANSFER_OBJECT_STATE_COMPLETE\x10\x02\x12 \n\x1cTRANSFER_OBJECT_STATE_ABSENT\x10\x03\x32\xe4\t\n\x08Transfer\x12\x8c\x01\n\x06Upload\x12!.hpcgate.v1.TransferUploadRequest\x1a\".hpcgate.v1.TransferUploadResponse\";\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02.\")/filesystem/{system_name}/transfer/upload:\x01*\x12\x94\x01\n\x08\x44ownload\x12#.hpcgate.v1.TransferDownloadRequest\x1a$.hpcgate.v1.TransferDownloadResponse\"=\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02\x30\"+/filesystem/{system_name}/transfer/download:\x01*\x12|\n\x02\x43p\x12\x1d.hpcgate.v1.TransferCpRequest\x1a\x1e.hpcgate.v1.TransferCpResponse\"7\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02*\"%/filesystem/{system_name}/transfer/cp:\x01*\x12|\n\x02Mv\x12\x1d.hpcgate.v1.TransferMvRequest\x1a\x1e.hpcgate.v1.TransferMvResponse\"7\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02*\"%/filesystem/{system_name}/transfer/mv:\x01*\x12r\n\x02Rm\x12\x1d.hpcgate.v1.TransferRmRequest\x1a\x1e.hpcgate.v1.TransferRmResponse\"-\x82\xd3\xe4\x93\x02\'*%/filesystem/{system_name}/transfer/rm\x12\x94\x01\n\x08\x43ompress\x12#.hpcgate.v1.TransferCompressRequest\x1a$.hpcgate.v1.TransferCompressResponse\"=\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02\x30\"+/filesystem/{system_name}/transfer/compress:\x01*\x12\x90\x01\n\x07\x45xtract\x12\".hpcgate.v1.TransferExtractRequest\x1a#.hpcgate.v1.TransferExtractResponse\"<\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02/\"*/filesystem/{system_name}/transfer/extract:\x01*\x12\x83\x01\n\x0bGetTransfer\x12\x1e.hpcgate.v1.GetTransferRequest\x1a\x1f.hpcgate.v1.GetTransferResponse\"3\x82\xd3\xe4\x93\x02-\x12+/filesystem/{system_name}/transfer/{job_id}\x12\x91\x01\n\rWatchTransfer\x12 .hpcgate.v1.WatchTransferRequest\x1a!.hpcgate.v1.WatchTransferResponse\"9\x82\xd3\xe4\x93\x02\x33\x12\x31/filesystem/{system_name}/transfer/{job_id}/watch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19hpcgate/v1/transfer.proto\x12\nhpcgate.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hpcgate/v1/options.proto\x1a\x1ahpcgate/v1/scheduler.proto\"8\n\x0fTransferJobLogs\x12\x12\n\noutput_log\x18\x01 \x01(\t\x12\x11\n\terror_log\x18\x02 \x01(\t\"{\n\x0bTransferJob\x12\x16\n\x06job_id\x18\x01 \x01(\rB\x06\xca\xf3\x18\x02\x08\x01\x12\x0e\n\x06system\x18\x02 \x01(\t\x12\x19\n\x11working_directory\x18\x03 \x01(\t\x12)\n\x04logs\x18\x04 \x01(\x0b\x32\x1b.hpcgate.v1.TransferJobLogs\"\x87\x01\n\x18TransferDirectivesParams\x12\x17\n\x0ftransfer_method\x18\x01 \x01(\t\x12\x16\n\tfile_size\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x1a\n\rwormhole_code\x18\x03 \x01(\tH\x01\x88\x01\x01\x42\x0c\n\n_file_sizeB\x10\n\x0e_wormhole_code\"\xbc\x02\n\x12TransferDirectives\x12\x17\n\x0ftransfer_method\x18\x01 \x01(\t\x12\x19\n\x0c\x64ownload_url\x18\x02 \x01(\tH\x00\x88\x01\x01\x12!\n\x11parts_upload_urls\x18\x03 \x03(\tB\x06\xca\xf3\x18\x02\x10\x01\x12 \n\x13\x63omplete_upload_url\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x1a\n\rmax_part_size\x18\x05 \x01(\rH\x02\x88\x01\x01\x12\x18\n\x0b\x63oordinates\x18\x06 \x01(\tH\x03\x88\x01\x01\x12\x1a\n\rwormhole_code\x18\x07 \x01(\tH\x04\x88\x01\x01\x42\x0f\n\r_download_urlB\x16\n\x14_complete_upload_urlB\x10\n\x0e_max_part_sizeB\x0e\n\x0c_coordinatesB\x10\n\x0e_wormhole_code\"\xb1\x01\n\x15TransferUploadRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x1e\n\x04path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\nsourcePath\x12\x14\n\x07\x61\x63\x63ount\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x41\n\x13transfer_directives\x18\x04 \x01(\x0b\x32$.hpcgate.v1.TransferDirectivesParamsB\n\n\x08_account\"\x8c\x01\n\x16TransferUploadResponse\x12-\n\x0ctransfer_job\x18\x01 \x01(\x0b\x32\x17.hpcgate.v1.TransferJob\x12;\n\x13transfer_directives\x18\x02 \x01(\x0b\x32\x1e.hpcgate.v1.TransferDirectives:\x06\xd2\xf3\x18\x02\x08\x01\"\xae\x01\n\x17TransferDownloadRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x19\n\x0bsource_path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x07\x61\x63\x63ount\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x41\n\x13transfer_directives\x18\x04 \x01(\x0b\x32$.hpcgate.v1.TransferDirectivesParamsB\n\n\x08_account\"\x8e\x01\n\x18TransferDownloadResponse\x12-\n\x0ctransfer_job\x18\x01 \x01(\x0b\x32\x17.hpcgate.v1.TransferJob\x12;\n\x13transfer_directives\x18\x02 \x01(\x0b\x32\x1e.hpcgate.v1.TransferDirectives:\x06\xd2\xf3\x18\x02\x08\x01\"\x95\x01\n\x11TransferCpRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x19\n\x0bsource_path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0btarget_path\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x07\x61\x63\x63ount\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x0b\x64\x65reference\x18\x05 \x01(\x08\x42\n\n\x08_account\"C\n\x12TransferCpResponse\x12-\n\x0ctransfer_job\x18\x01 \x01(\x0b\x32\x17.hpcgate.v1.TransferJob\"\x80\x01\n\x11TransferMvRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x19\n\x0bsource_path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0btarget_path\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x07\x61\x63\x63ount\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_account\"C\n\x12TransferMvResponse\x12-\n\x0ctransfer_job\x18\x01 \x01(\x0b\x32\x17.hpcgate.v1.TransferJob\"^\n\x11TransferRmRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x12\n\x04path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x07\x61\x63\x63ount\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_account\"C\n\x12TransferRmResponse\x12-\n\x0ctransfer_job\x18\x01 \x01(\x0b\x32\x17.hpcgate.v1.TransferJob\"\xde\x01\n\x17TransferCompressRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x19\n\x0bsource_path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0btarget_path\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x07\x61\x63\x63ount\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\rmatch_pattern\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x0b\x64\x65reference\x18\x06 \x01(\x08\x12\x13\n\x0b\x63ompression\x18\x07 \x01(\tB\n\n\x08_accountB\x10\n\x0e_match_pattern\"I\n\x18TransferCompressResponse\x12-\n\x0ctransfer_job\x18\x01 \x01(\x0b\x32\x17.hpcgate.v1.TransferJob\"\x9a\x01\n\x16TransferExtractRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x19\n\x0bsource_path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0btarget_path\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x07\x61\x63\x63ount\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x0b\x63ompression\x18\x05 \x01(\tB\n\n\x08_account\"H\n\x17TransferExtractResponse\x12-\n\x0ctransfer_job\x18\x01 \x01(\x0b\x32\x17.hpcgate.v1.TransferJob\"?\n\x12GetTransferRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x14\n\x06job_id\x18\x02 \x01(\rB\x04\xe2\x41\x01\x02\"C\n\x13GetTransferResponse\x12,\n\x08transfer\x18\x01 \x01(\x0b\x32\x1a.hpcgate.v1.TransferStatus\"A\n\x14WatchTransferRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x14\n\x06job_id\x18\x02 \x01(\rB\x04\xe2\x41\x01\x02\"u\n\x15WatchTransferResponse\x12.\n\nevent_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08transfer\x18\x02 \x01(\x0b\x32\x1a.hpcgate.v1.TransferStatus\"\xde\x02\n\x0eTransferStatus\x12-\n\x0ctransfer_job\x18\x01 \x01(\x0b\x32\x17.hpcgate.v1.TransferJob\x12\x11\n\toperation\x18\x02 \x01(\t\x12(\n\x05phase\x18\x03 \x01(\x0e\x32\x19.hpcgate.v1.TransferPhase\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\'\n\tjob_state\x18\x05 \x01(\x0e\x32\x14.hpcgate.v1.JobState\x12\x17\n\x0fscheduler_state\x18\x06 \x01(\t\x12\x16\n\texit_code\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12*\n\x06object\x18\x08 \x01(\x0b\x32\x1a.hpcgate.v1.TransferObject\x12;\n\x13transfer_directives\x18\t \x01(\x0b\x32\x1e.hpcgate.v1.TransferDirectivesB\x0c\n\n_exit_code\"\x87\x02\n\x0eTransferObject\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x1f.hpcgate.v1.TransferObjectState\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x11\n\tpart_size\x18\x05 \x01(\x03\x12\r\n\x05parts\x18\x06 \x01(\r\x12\x16\n\x0eparts_uploaded\x18\x07 \x01(\r\x12\x16\n\x0e\x62ytes_uploaded\x18\x08 \x01(\x03\x12\x11\n\x04\x65tag\x18\t \x01(\tH\x00\x88\x01\x01\x12,\n\x08\x64\x65\x61\x64line\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x07\n\x05_etag*\xc6\x01\n\rTransferPhase\x12\x1e\n\x1aTRANSFER_PHASE_UNSPECIFIED\x10\x00\x12\x19\n\x15TRANSFER_PHASE_QUEUED\x10\x01\x12%\n!TRANSFER_PHASE_WAITING_FOR_CLIENT\x10\x02\x12\x1a\n\x16TRANSFER_PHASE_RUNNING\x10\x03\x12\x1c\n\x18TRANSFER_PHASE_SUCCEEDED\x10\x04\x12\x19\n\x15TRANSFER_PHASE_FAILED\x10\x05*\xa7\x01\n\x13TransferObjectState\x12%\n!TRANSFER_OBJECT_STATE_UNSPECIFIED\x10\x00\x12#\n\x1fTRANSFER_OBJECT_STATE_UPLOADING\x10\x01\x12\"\n\x1eTRANSFER_OBJECT_STATE_COMPLETE\x10\x02\x12 \n\x1cTRANSFER_OBJECT_STATE_ABSENT\x10\x03\x32\xe4\t\n\x08Transfer\x12\x8c\x01\n\x06Upload\x12!.hpcgate.v1.TransferUploadRequest\x1a\".hpcgate.v1.TransferUploadResponse\";\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02.\")/filesystem/{system_name}/transfer/upload:\x01*\x12\x94\x01\n\x08\x44ownload\x12#.hpcgate.v1.TransferDownloadRequest\x1a$.hpcgate.v1.TransferDownloadResponse\"=\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02\x30\"+/filesystem/{system_name}/transfer/download:\x01*\x12|\n\x02\x43p\x12\x1d.hpcgate.v1.TransferCpRequest\x1a\x1e.hpcgate.v1.TransferCpResponse\"7\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02*\"%/filesystem/{system_name}/transfer/cp:\x01*\x12|\n\x02Mv\x12\x1d.hpcgate.v1.TransferMvRequest\x1a\x1e.hpcgate.v1.TransferMvResponse\"7\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02*\"%/filesystem/{system_name}/transfer/mv:\x01*\x12r\n\x02Rm\x12\x1d.hpcgate.v1.TransferRmRequest\x1a\x1e.hpcgate.v1.TransferRmResponse\"-\x82\xd3\xe4\x93\x02\'*%/filesystem/{system_name}/transfer/rm\x12\x94\x01\n\x08\x43ompress\x12#.hpcgate.v1.TransferCompressRequest\x1a$.hpcgate.v1.TransferCompressResponse\"=\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02\x30\"+/filesystem/{system_name}/transfer/compress:\x01*\x12\x90\x01\n\x07\x45xtract\x12\".hpcgate.v1.TransferExtractRequest\x1a#.hpcgate.v1.TransferExtractResponse\"<\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02/\"*/filesystem/{system_name}/transfer/extract:\x01*\x12\x83\x01\n\x0bGetTransfer\x12\x1e.hpcgate.v1.GetTransferRequest\x1a\x1f.hpcgate.v1.GetTransferResponse\"3\x82\xd3\xe4\x93\x02-\x12+/filesystem/{system_name}/transfer/{job_id}\x12\x91\x01\n\rWatchTransfer\x12 .hpcgate.v1.WatchTransferRequest\x1a!.hpcgate.v1.WatchTransferResponse\"9\x82\xd3\xe4\x93\x02\x33\x12\x31/filesystem/{system_name}/transfer/{job_id}/watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,10 +40,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRANSFERJOB'].fields_by_name['job_id']._serialized_options = b'\312\363\030\002\010\001'
   _globals['_TRANSFERDIRECTIVES'].fields_by_name['parts_upload_urls']._loaded_options = None
   _globals['_TRANSFERDIRECTIVES'].fields_by_name['parts_upload_urls']._serialized_options = b'\312\363\030\002\020\001'
+  _globals['_TRANSFERUPLOADREQUEST'].fields_by_name['path']._loaded_options = None
+  _globals['_TRANSFERUPLOADREQUEST'].fields_by_name['path']._serialized_options = b'\342A\001\002'
   _globals['_TRANSFERUPLOADRESPONSE']._loaded_options = None
   _globals['_TRANSFERUPLOADRESPONSE']._serialized_options = b'\322\363\030\002\010\001'
+  _globals['_TRANSFERDOWNLOADREQUEST'].fields_by_name['source_path']._loaded_options = None
+  _globals['_TRANSFERDOWNLOADREQUEST'].fields_by_name['source_path']._serialized_options = b'\342A\001\002'
   _globals['_TRANSFERDOWNLOADRESPONSE']._loaded_options = None
   _globals['_TRANSFERDOWNLOADRESPONSE']._serialized_options = b'\322\363\030\002\010\001'
+  _globals['_TRANSFERCPREQUEST'].fields_by_name['source_path']._loaded_options = None
+  _globals['_TRANSFERCPREQUEST'].fields_by_name['source_path']._serialized_options = b'\342A\001\002'
+  _globals['_TRANSFERCPREQUEST'].fields_by_name['target_path']._loaded_options = None
+  _globals['_TRANSFERCPREQUEST'].fields_by_name['target_path']._serialized_options = b'\342A\001\002'
+  _globals['_TRANSFERMVREQUEST'].fields_by_name['source_path']._loaded_options = None
+  _globals['_TRANSFERMVREQUEST'].fields_by_name['source_path']._serialized_options = b'\342A\001\002'
+  _globals['_TRANSFERMVREQUEST'].fields_by_name['target_path']._loaded_options = None
+  _globals['_TRANSFERMVREQUEST'].fields_by_name['target_path']._serialized_options = b'\342A\001\002'
+  _globals['_TRANSFERRMREQUEST'].fields_by_name['path']._loaded_options = None
+  _globals['_TRANSFERRMREQUEST'].fields_by_name['path']._serialized_options = b'\342A\001\002'
+  _globals['_TRANSFERCOMPRESSREQUEST'].fields_by_name['source_path']._loaded_options = None
+  _globals['_TRANSFERCOMPRESSREQUEST'].fields_by_name['source_path']._serialized_options = b'\342A\001\002'
+  _globals['_TRANSFERCOMPRESSREQUEST'].fields_by_name['target_path']._loaded_options = None
+  _globals['_TRANSFERCOMPRESSREQUEST'].fields_by_name['target_path']._serialized_options = b'\342A\001\002'
+  _globals['_TRANSFEREXTRACTREQUEST'].fields_by_name['source_path']._loaded_options = None
+  _globals['_TRANSFEREXTRACTREQUEST'].fields_by_name['source_path']._serialized_options = b'\342A\001\002'
+  _globals['_TRANSFEREXTRACTREQUEST'].fields_by_name['target_path']._loaded_options = None
+  _globals['_TRANSFEREXTRACTREQUEST'].fields_by_name['target_path']._serialized_options = b'\342A\001\002'
+  _globals['_GETTRANSFERREQUEST'].fields_by_name['job_id']._loaded_options = None
+  _globals['_GETTRANSFERREQUEST'].fields_by_name['job_id']._serialized_options = b'\342A\001\002'
+  _globals['_WATCHTRANSFERREQUEST'].fields_by_name['job_id']._loaded_options = None
+  _globals['_WATCHTRANSFERREQUEST'].fields_by_name['job_id']._serialized_options = b'\342A\001\002'
   _globals['_TRANSFER'].methods_by_name['Upload']._loaded_options = None
   _globals['_TRANSFER'].methods_by_name['Upload']._serialized_options = b'\302\363\030\003\010\311\001\202\323\344\223\002.\")/filesystem/{system_name}/transfer/upload:\001*'
   _globals['_TRANSFER'].methods_by_name['Download']._loaded_options = None
@@ -61,58 +88,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRANSFER'].methods_by_name['GetTransfer']._serialized_options = b'\202\323\344\223\002-\022+/filesystem/{system_name}/transfer/{job_id}'
   _globals['_TRANSFER'].methods_by_name['WatchTransfer']._loaded_options = None
   _globals['_TRANSFER'].methods_by_name['WatchTransfer']._serialized_options = b'\202\323\344\223\0023\0221/filesystem/{system_name}/transfer/{job_id}/watch'
-  _globals['_TRANSFERPHASE']._serialized_start=3421
-  _globals['_TRANSFERPHASE']._serialized_end=3619
-  _globals['_TRANSFEROBJECTSTATE']._serialized_start=3622
-  _globals['_TRANSFEROBJECTSTATE']._serialized_end=3789
-  _globals['_TRANSFERJOBLOGS']._serialized_start=158
-  _globals['_TRANSFERJOBLOGS']._serialized_end=214
-  _globals['_TRANSFERJOB']._serialized_start=216
-  _globals['_TRANSFERJOB']._serialized_end=339
-  _globals['_TRANSFERDIRECTIVESPARAMS']._serialized_start=342
-  _globals['_TRANSFERDIRECTIVESPARAMS']._serialized_end=477
-  _globals['_TRANSFERDIRECTIVES']._serialized_start=480
-  _globals['_TRANSFERDIRECTIVES']._serialized_end=796
-  _globals['_TRANSFERUPLOADREQUEST']._serialized_start=799
-  _globals['_TRANSFERUPLOADREQUEST']._serialized_end=970
-  _globals['_TRANSFERUPLOADRESPONSE']._serialized_start=973
-  _globals['_TRANSFERUPLOADRESPONSE']._serialized_end=1113
-  _globals['_TRANSFERDOWNLOADREQUEST']._serialized_start=1116
-  _globals['_TRANSFERDOWNLOADREQUEST']._serialized_end=1284
-  _globals['_TRANSFERDOWNLOADRESPONSE']._serialized_start=1287
-  _globals['_TRANSFERDOWNLOADRESPONSE']._serialized_end=1429
-  _globals['_TRANSFERCPREQUEST']._serialized_start=1432
-  _globals['_TRANSFERCPREQUEST']._serialized_end=1569
-  _globals['_TRANSFERCPRESPONSE']._serialized_start=1571
-  _globals['_TRANSFERCPRESPONSE']._serialized_end=1638
-  _globals['_TRANSFERMVREQUEST']._serialized_start=1640
-  _globals['_TRANSFERMVREQUEST']._serialized_end=1756
-  _globals['_TRANSFERMVRESPONSE']._serialized_start=1758
-  _globals['_TRANSFERMVRESPONSE']._serialized_end=1825
-  _globals['_TRANSFERRMREQUEST']._serialized_start=1827
-  _globals['_TRANSFERRMREQUEST']._serialized_end=1915
-  _globals['_TRANSFERRMRESPONSE']._serialized_start=1917
-  _globals['_TRANSFERRMRESPONSE']._serialized_end=1984
-  _globals['_TRANSFERCOMPRESSREQUEST']._serialized_start=1987
-  _globals['_TRANSFERCOMPRESSREQUEST']._serialized_end=2197
-  _globals['_TRANSFERCOMPRESSRESPONSE']._serialized_start=2199
-  _globals['_TRANSFERCOMPRESSRESPONSE']._serialized_end=2272
-  _globals['_TRANSFEREXTRACTREQUEST']._serialized_start=2275
-  _globals['_TRANSFEREXTRACTREQUEST']._serialized_end=2417
-  _globals['_TRANSFEREXTRACTRESPONSE']._serialized_start=2419
-  _globals['_TRANSFEREXTRACTRESPONSE']._serialized_end=2491
-  _globals['_GETTRANSFERREQUEST']._serialized_start=2493
-  _globals['_GETTRANSFERREQUEST']._serialized_end=2550
-  _globals['_GETTRANSFERRESPONSE']._serialized_start=2552
-  _globals['_GETTRANSFERRESPONSE']._serialized_end=2619
-  _globals['_WATCHTRANSFERREQUEST']._serialized_start=2621
-  _globals['_WATCHTRANSFERREQUEST']._serialized_end=2680
-  _globals['_WATCHTRANSFERRESPONSE']._serialized_start=2682
-  _globals['_WATCHTRANSFERRESPONSE']._serialized_end=2799
-  _globals['_TRANSFERSTATUS']._serialized_start=2802
-  _globals['_TRANSFERSTATUS']._serialized_end=3152
-  _globals['_TRANSFEROBJECT']._serialized_start=3155
-  _globals['_TRANSFEROBJECT']._serialized_end=3418
-  _globals['_TRANSFER']._serialized_start=3792
-  _globals['_TRANSFER']._serialized_end=5044
+  _globals['_TRANSFERPHASE']._serialized_start=3533
+  _globals['_TRANSFERPHASE']._serialized_end=3731
+  _globals['_TRANSFEROBJECTSTATE']._serialized_start=3734
+  _globals['_TRANSFEROBJECTSTATE']._serialized_end=3901
+  _globals['_TRANSFERJOBLOGS']._serialized_start=191
+  _globals['_TRANSFERJOBLOGS']._serialized_end=247
+  _globals['_TRANSFERJOB']._serialized_start=249
+  _globals['_TRANSFERJOB']._serialized_end=372
+  _globals['_TRANSFERDIRECTIVESPARAMS']._serialized_start=375
+  _globals['_TRANSFERDIRECTIVESPARAMS']._serialized_end=510
+  _globals['_TRANSFERDIRECTIVES']._serialized_start=513
+  _globals['_TRANSFERDIRECTIVES']._serialized_end=829
+  _globals['_TRANSFERUPLOADREQUEST']._serialized_start=832
+  _globals['_TRANSFERUPLOADREQUEST']._serialized_end=1009
+  _globals['_TRANSFERUPLOADRESPONSE']._serialized_start=1012
+  _globals['_TRANSFERUPLOADRESPONSE']._serialized_end=1152
+  _globals['_TRANSFERDOWNLOADREQUEST']._serialized_start=1155
+  _globals['_TRANSFERDOWNLOADREQUEST']._serialized_end=1329
+  _globals['_TRANSFERDOWNLOADRESPONSE']._serialized_start=1332
+  _globals['_TRANSFERDOWNLOADRESPONSE']._serialized_end=1474
+  _globals['_TRANSFERCPREQUEST']._serialized_start=1477
+  _globals['_TRANSFERCPREQUEST']._serialized_end=1626
+  _globals['_TRANSFERCPRESPONSE']._serialized_start=1628
+  _globals['_TRANSFERCPRESPONSE']._serialized_end=1695
+  _globals['_TRANSFERMVREQUEST']._serialized_start=1698
+  _globals['_TRANSFERMVREQUEST']._serialized_end=1826
+  _globals['_TRANSFERMVRESPONSE']._serialized_start=1828
+  _globals['_TRANSFERMVRESPONSE']._serialized_end=1895
+  _globals['_TRANSFERRMREQUEST']._serialized_start=1897
+  _globals['_TRANSFERRMREQUEST']._serialized_end=1991
+  _globals['_TRANSFERRMRESPONSE']._serialized_start=1993
+  _globals['_TRANSFERRMRESPONSE']._serialized_end=2060
+  _globals['_TRANSFERCOMPRESSREQUEST']._serialized_start=2063
+  _globals['_TRANSFERCOMPRESSREQUEST']._serialized_end=2285
+  _globals['_TRANSFERCOMPRESSRESPONSE']._serialized_start=2287
+  _globals['_TRANSFERCOMPRESSRESPONSE']._serialized_end=2360
+  _globals['_TRANSFEREXTRACTREQUEST']._serialized_start=2363
+  _globals['_TRANSFEREXTRACTREQUEST']._serialized_end=2517
+  _globals['_TRANSFEREXTRACTRESPONSE']._serialized_start=2519
+  _globals['_TRANSFEREXTRACTRESPONSE']._serialized_end=2591
+  _globals['_GETTRANSFERREQUEST']._serialized_start=2593
+  _globals['_GETTRANSFERREQUEST']._serialized_end=2656
+  _globals['_GETTRANSFERRESPONSE']._serialized_start=2658
+  _globals['_GETTRANSFERRESPONSE']._serialized_end=2725
+  _globals['_WATCHTRANSFERREQUEST']._serialized_start=2727
+  _globals['_WATCHTRANSFERREQUEST']._serialized_end=2792
+  _globals['_WATCHTRANSFERRESPONSE']._serialized_start=2794
+  _globals['_WATCHTRANSFERRESPONSE']._serialized_end=2911
+  _globals['_TRANSFERSTATUS']._serialized_start=2914
+  _globals['_TRANSFERSTATUS']._serialized_end=3264
+  _globals['_TRANSFEROBJECT']._serialized_start=3267
+  _globals['_TRANSFEROBJECT']._serialized_end=3530
+  _globals['_TRANSFER']._serialized_start=3904
+  _globals['_TRANSFER']._serialized_end=5156
 # @@protoc_insertion_point(module_scope)

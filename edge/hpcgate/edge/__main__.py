@@ -4,39 +4,75 @@ from __future__ import annotations
 
 import argparse
 
-import uvicorn
-
 from hpcgate.edge.app import create_app
-from hpcgate.edge.transcode import MAX_FORM_BODY
+from hpcgate.edge.body import BodyLimits
+from hpcgate.edge.serve import EdgeServer, ServeOptions, edge_config
 
 
 def main(argv: list[str] | None = None) -> None:
+    defaults, serving = BodyLimits(), ServeOptions()
     parser = argparse.ArgumentParser(prog="hpcgate-edge", description=__doc__)
     parser.add_argument("--server", default="127.0.0.1:50051", help="gRPC server, host:port")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument("--host", default=serving.host, help="address to listen on")
+    parser.add_argument("--port", type=int, default=serving.port, help="port to listen on")
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="deadline of unary calls, in seconds"
     )
     parser.add_argument(
         "--max-upload",
         type=int,
-        default=MAX_FORM_BODY,
+        default=defaults.upload,
         help="largest multipart upload body the edge reads, in bytes",
     )
+    parser.add_argument(
+        "--max-json", type=int, default=defaults.json, help="largest JSON body, in bytes"
+    )
+    parser.add_argument(
+        "--body-idle-timeout",
+        type=float,
+        default=defaults.idle,
+        help="longest pause within a request body, in seconds",
+    )
+    parser.add_argument(
+        "--body-min-rate",
+        type=float,
+        default=defaults.min_rate,
+        help="slowest average rate of a request body, in bytes per second",
+    )
+    parser.add_argument(
+        "--body-grace",
+        type=float,
+        default=defaults.grace,
+        help="seconds before --body-min-rate applies",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=serving.header_timeout,
+        help="time a client has to send a request's headers, in seconds",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=serving.shutdown_grace,
+        help="on SIGTERM, seconds that in-flight requests get to finish",
+    )
     args = parser.parse_args(argv)
-    app = create_app(args.server, timeout=args.timeout, max_form_body=args.max_upload)
-    # httptools (C) parses HTTP/1.1 at a fraction of h11's CPU per request;
-    # uvloop runs the loop (the server's too; the tests run on it).
-    uvicorn.run(
-        app,
+    limits = BodyLimits(
+        json=args.max_json,
+        upload=args.max_upload,
+        idle=args.body_idle_timeout,
+        min_rate=args.body_min_rate,
+        grace=args.body_grace,
+    )
+    app = create_app(args.server, timeout=args.timeout, limits=limits)
+    options = ServeOptions(
         host=args.host,
         port=args.port,
-        log_level="warning",
-        access_log=False,
-        http="httptools",
-        loop="uvloop",
+        header_timeout=args.header_timeout,
+        shutdown_grace=args.shutdown_grace,
     )
+    EdgeServer(edge_config(app, options), on_shutdown=app.edge.drain).run()
 
 
 if __name__ == "__main__":

@@ -3,29 +3,50 @@
 Routes come from :mod:`hpcgate.edge.bindings`; each request becomes one gRPC
 call on a channel opened in the app's lifespan. ``Authorization`` and a
 request id travel as gRPC metadata.
+
+A request passes, in this order: the token's shape (:mod:`.guard`; 401
+before anything else, so an anonymous bad request is 401, not 400), the
+server's verdict on the token when the route reads a body (so no anonymous
+body is ever read), the declared body length (413), the body itself,
+read within the route's limit and in time (:mod:`.body`), then the request
+message (400) and the call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import posixpath
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import message
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from hpcgate.edge.bindings import Binding, bindings_of, hpcgate_services
-from hpcgate.edge.errors import bad_request_response, rpc_error_response, status_response
+from hpcgate.edge.body import BodyError, BodyLimits, check_declared, has_body
+from hpcgate.edge.errors import (
+    bad_request_response,
+    error_body,
+    rpc_error_response,
+    status_response,
+    stream_error_body,
+)
+from hpcgate.edge.guard import TokenRefusedError, TokenVerifier, bearer_token
+from hpcgate.edge.headers import ResponseHeaders, attachment, set_username
 from hpcgate.edge.jsonmap import to_json
 from hpcgate.edge.openapi import openapi_document
-from hpcgate.edge.transcode import MAX_FORM_BODY, BadRequestError, build_request
+from hpcgate.edge.transcode import BadRequestError, Built, body_limit, build_request
+from hpcgate.v1 import status_pb2
 
 _FORWARDED_HEADERS = ("authorization",)
 # Request ids of requests without x-request-id: a per-process random prefix
@@ -42,19 +63,46 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
 ]
 SSE = "text/event-stream"
+# Trailing metadata in which the server names the authenticated caller.
+USERNAME_METADATA = "hpcgate-username"
+# The call that asks the server about a token: authenticated, and cheap for
+# the server (it caches the reply).
+_VERIFY_PATH = "/hpcgate.v1.Status/ListSystems"
+VERIFY_TIMEOUT = 10.0
+SHUTTING_DOWN = "SHUTTING_DOWN"
+# Codes of calls that ended before, or without, the server's authentication.
+_NOT_AUTHENTICATED = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+_ALL_VERBS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def _username(metadata: Any) -> str:
+    for key, value in metadata or ():
+        if key == USERNAME_METADATA and isinstance(value, str):
+            return value
+    return ""
 
 
 class Edge:
     """Holds the gRPC channel and serves every binding through it."""
 
-    def __init__(self, target: str, timeout: float, max_form_body: int) -> None:
+    def __init__(self, target: str, timeout: float, limits: BodyLimits) -> None:
         self.target = target
         self.timeout = timeout
-        self.max_form_body = max_form_body
+        self.limits = limits
         self.channel: grpc.aio.Channel | None = None
         # One multi-callable per RPC path, built on first use: building one
         # per request costs more than a small RPC's own work in the edge.
         self._callables: dict[str, Any] = {}
+        self.verifier = TokenVerifier(self._verify)
+        self.draining = False
+        self._streams: set[grpc.aio.UnaryStreamCall[Any, Any]] = set()
 
     def open(self) -> None:
         """Open the channel to the server (the app's lifespan starts)."""
@@ -68,50 +116,124 @@ class Edge:
         if channel is not None:
             await channel.close(None)
 
+    def drain(self) -> None:
+        """Shutdown begins: end every open stream (with an ``end`` event), refuse new ones."""
+        self.draining = True
+        for call in list(self._streams):
+            call.cancel()
+
     def _metadata(self, request: Request) -> list[tuple[str, str]]:
         metadata = [(h, request.headers[h]) for h in _FORWARDED_HEADERS if h in request.headers]
         request_id = request.headers.get("x-request-id") or f"{_ID_PREFIX}-{next(_ids)}"
         metadata.append(("x-request-id", request_id))
         return metadata
 
-    def _call(self, binding: Binding) -> Any:
-        """The multi-callable of ``binding``'s RPC on the current channel (cached)."""
-        callable_ = self._callables.get(binding.rpc_path)
+    def _callable(self, path: str, streaming: bool, deserialize: Callable[[bytes], Any]) -> Any:
+        """The multi-callable of the RPC at ``path`` on the current channel (cached)."""
+        callable_ = self._callables.get(path)
         if callable_ is None:
-            assert self.channel is not None, "the edge's lifespan has not started"
-            factory = (
-                self.channel.unary_stream if binding.server_streaming else self.channel.unary_unary
-            )
+            if self.channel is None:  # an app driven without its lifespan (ASGI test transport)
+                self.open()
+            assert self.channel is not None
+            factory = self.channel.unary_stream if streaming else self.channel.unary_unary
             callable_ = factory(
-                binding.rpc_path,
-                request_serializer=_serialize,
-                response_deserializer=binding.response_class.FromString,
+                path, request_serializer=_serialize, response_deserializer=deserialize
             )
-            self._callables[binding.rpc_path] = callable_
+            self._callables[path] = callable_
         return callable_
 
-    async def handle(self, binding: Binding, request: Request) -> Response:
-        try:
-            rpc_request = await build_request(binding, request, max_form_body=self.max_form_body)
-        except BadRequestError as error:
-            return bad_request_response(str(error), error.field, error.status_code)
-        metadata = self._metadata(request)
-        if binding.server_streaming:
-            return await self._stream(binding, rpc_request, metadata, request)
-        try:
-            reply = await self._call(binding)(rpc_request, metadata=metadata, timeout=self.timeout)
-        except grpc.aio.AioRpcError as error:
-            return rpc_error_response(error)
-        return self._reply(binding, reply)
+    def _call(self, binding: Binding) -> Any:
+        return self._callable(
+            binding.rpc_path, binding.server_streaming, binding.response_class.FromString
+        )
 
-    def _reply(self, binding: Binding, reply: message.Message) -> Response:
+    async def _verify(self, token: str) -> str:
+        """Ask the server about ``token``: the username it accepts it for, or its refusal."""
+        verify = self._callable(_VERIFY_PATH, False, status_pb2.ListSystemsResponse.FromString)
+        call = verify(
+            status_pb2.ListSystemsRequest(),
+            metadata=[("authorization", f"Bearer {token}")],
+            timeout=VERIFY_TIMEOUT,
+        )
+        await call
+        return _username(await call.trailing_metadata())
+
+    async def _judge(self, request: Request, token: str) -> None:
+        """Have the server judge ``token`` (cached) and name the caller; raises its refusal."""
+        set_username(request.scope, await self.verifier.username(token))
+
+    async def handle(self, binding: Binding, request: Request) -> Response:
+        with_body = has_body(request)
+        token: str | None = None
+        try:
+            if not binding.rest.public:
+                token = bearer_token(request.headers)
+            if token is not None and (binding.reads_body or binding.server_streaming):
+                await self._judge(request, token)
+            check_declared(request, body_limit(binding, self.limits) or self.limits.json)
+            built = await build_request(binding, request, self.limits)
+        except TokenRefusedError as refused:
+            return bad_request_response(
+                str(refused), None, refused.status, refused.reason, close=with_body
+            )
+        except grpc.aio.AioRpcError as error:  # the server refused the token
+            response = rpc_error_response(error)
+            if with_body:
+                response.headers["connection"] = "close"
+            return response
+        except BodyError as error:
+            return bad_request_response(str(error), None, error.status, error.reason, close=True)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        except BadRequestError as error:
+            if token is not None:
+                # An anonymous caller learns nothing of the request's shape:
+                # the token is judged first (401 before 400).
+                try:
+                    await self._judge(request, token)
+                except grpc.aio.AioRpcError as refusal:
+                    return rpc_error_response(refusal)
+            return bad_request_response(str(error), error.field, error.status_code)
+        if binding.server_streaming:
+            return await self._stream(binding, built, request)
+        return await self._unary(binding, built, request, token)
+
+    async def _unary(
+        self, binding: Binding, built: Built, request: Request, token: str | None
+    ) -> Response:
+        """One unary call; the caller's name comes back in its trailing metadata."""
+        metadata = self._metadata(request)
+        call = self._call(binding)(built.message, metadata=metadata, timeout=self.timeout)
+        try:
+            reply = await call
+        except grpc.aio.AioRpcError as error:
+            if token is not None and error.code() not in _NOT_AUTHENTICATED:
+                # A failed call's trailing metadata is its status details, not
+                # the username: the verifier names the caller (cached).
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await self._judge(request, token)
+            return rpc_error_response(error, built.spelled)
+        username = _username(await call.trailing_metadata())
+        if token is not None and username:
+            self.verifier.remember(token, username)
+            set_username(request.scope, username)
+        return self._reply(binding, reply, built.message)
+
+    def _reply(
+        self, binding: Binding, reply: message.Message, rpc_request: message.Message
+    ) -> Response:
         if binding.raw_response:
             body = reply
-            return Response(
+            response = Response(
                 getattr(body, "data", b""),
                 binding.success_code,
                 media_type=getattr(body, "content_type", "") or "application/octet-stream",
             )
+            path = getattr(rpc_request, "path", "")
+            name = posixpath.basename(path) if isinstance(path, str) else ""
+            if name:
+                response.headers["content-disposition"] = attachment(name)
+            return response
         if binding.success_code == 204:
             return Response(status_code=204)
         if binding.response_body:
@@ -119,38 +241,59 @@ class Edge:
             return JSONResponse(value, binding.success_code)
         return JSONResponse(to_json(reply), binding.success_code)
 
-    async def _stream(
-        self,
-        binding: Binding,
-        rpc_request: message.Message,
-        metadata: Sequence[tuple[str, str]],
-        request: Request,
-    ) -> Response:
+    async def _stream(self, binding: Binding, built: Built, request: Request) -> Response:
         """A server-streaming RPC as Server-Sent Events, or NDJSON when asked for."""
-        call = self._call(binding)(rpc_request, metadata=metadata)
+        if self.draining:
+            return bad_request_response(
+                "the edge is shutting down", None, 503, SHUTTING_DOWN, close=True
+            )
+        spelled = built.spelled
+        call = self._call(binding)(built.message, metadata=self._metadata(request))
+        self._streams.add(call)
         # Wait for the server to accept the call (headers), so that an
         # immediate error still gets its own HTTP status instead of a 200 stream.
         try:
             await call.initial_metadata()
             if call.done() and await call.code() != grpc.StatusCode.OK:
+                self._streams.discard(call)
                 return status_response(
-                    await call.code(), await call.details(), await call.trailing_metadata()
+                    await call.code(),
+                    await call.details(),
+                    await call.trailing_metadata(),
+                    spelled,
                 )
         except grpc.aio.AioRpcError as error:
-            return rpc_error_response(error)
+            self._streams.discard(call)
+            return rpc_error_response(error, spelled)
         ndjson = NDJSON in request.headers.get("accept", "")
+
+        def item(kind: str, data: dict[str, Any]) -> bytes:
+            text = json.dumps(data, separators=(",", ":"))
+            if ndjson:
+                return (text + "\n").encode()
+            return (f"event: {kind}\ndata: {text}\n\n" if kind else f"data: {text}\n\n").encode()
 
         async def events() -> AsyncIterator[bytes]:
             try:
                 async for reply in call:
-                    text = json.dumps(to_json(reply), separators=(",", ":"))
-                    yield (text + "\n" if ndjson else f"data: {text}\n\n").encode()
-            except grpc.aio.AioRpcError as error:
-                body = json.dumps(
-                    {"errorType": "error", "message": error.details(), "code": error.code().name}
+                    yield item("", to_json(reply))
+            except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
+                ended_by_drain = self.draining and (
+                    isinstance(error, asyncio.CancelledError)
+                    or error.code() == grpc.StatusCode.CANCELLED
                 )
-                yield (body + "\n" if ndjson else f"event: error\ndata: {body}\n\n").encode()
+                if ended_by_drain:
+                    end = error_body("the edge is shutting down", {"reason": SHUTTING_DOWN})
+                    yield item("end", {"event": "end", **end} if ndjson else end)
+                elif isinstance(error, asyncio.CancelledError):
+                    raise
+                else:
+                    body = stream_error_body(
+                        error.code(), error.details(), error.trailing_metadata()
+                    )
+                    yield item("error", body)
             finally:
+                self._streams.discard(call)
                 call.cancel()  # the HTTP client went away, or the stream ended
 
         return StreamingResponse(
@@ -163,33 +306,68 @@ def _serialize(request: message.Message) -> bytes:
 
 
 def _endpoint(edge: Edge, by_verb: dict[str, Binding]) -> Callable[[Request], Awaitable[Response]]:
+    allowed = ", ".join(sorted(by_verb))
+
     async def endpoint(request: Request) -> Response:
-        return await edge.handle(by_verb[request.method], request)
+        binding = by_verb.get(request.method)
+        if binding is None:
+            # The most specific template that matches the path decides: a
+            # verb it does not bind is 405, not a match of a less specific
+            # template (DELETE .../jobs/watch is not a job named "watch").
+            response = bad_request_response(
+                f"method {request.method} is not allowed here (allowed: {allowed})",
+                None,
+                405,
+                "METHOD_NOT_ALLOWED",
+                close=has_body(request),
+            )
+            response.headers["allow"] = allowed
+            return response
+        return await edge.handle(binding, request)
 
     return endpoint
 
 
+class EdgeApp:
+    """The edge's ASGI application (headers on every response), and its :class:`Edge`."""
+
+    def __init__(self, app: ASGIApp, edge: Edge) -> None:
+        self.edge = edge
+        self._app = ResponseHeaders(app)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._app(scope, receive, send)
+
+
 def create_app(
-    target: str, timeout: float = 300.0, max_form_body: int = MAX_FORM_BODY
-) -> Starlette:
+    target: str,
+    timeout: float = 300.0,
+    max_form_body: int | None = None,
+    limits: BodyLimits | None = None,
+) -> EdgeApp:
     """The edge for the gRPC server at ``target`` (``host:port``).
 
-    ``max_form_body`` bounds what the edge reads of a multipart upload.
+    ``limits`` bound what the edge reads of a body, and how patiently;
+    ``max_form_body`` overrides their upload limit (multipart bodies).
     """
-    edge = Edge(target, timeout, max_form_body)
+    limits = limits or BodyLimits()
+    if max_form_body is not None:
+        limits = dataclasses.replace(limits, upload=max_form_body)
+    edge = Edge(target, timeout, limits)
     bindings = bindings_of(hpcgate_services())
     by_path: dict[str, dict[str, Binding]] = {}
     for binding in bindings:  # already sorted, most specific first
         by_path.setdefault(binding.route_path, {})[binding.verb] = binding
+    # Every verb reaches the endpoint, which answers 405 itself.
     routes = [
-        Route(path, _endpoint(edge, verbs), methods=list(verbs)) for path, verbs in by_path.items()
+        Route(path, _endpoint(edge, verbs), methods=_ALL_VERBS) for path, verbs in by_path.items()
     ]
     document = openapi_document(bindings)
 
     async def openapi(_: Request) -> Response:
         return JSONResponse(document)
 
-    routes.append(Route("/openapi.json", openapi, methods=["GET"]))
+    routes.insert(0, Route("/openapi.json", openapi, methods=["GET"]))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -199,4 +377,4 @@ def create_app(
         finally:
             await edge.close()
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    return EdgeApp(Starlette(routes=routes, lifespan=lifespan), edge)

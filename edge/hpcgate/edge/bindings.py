@@ -87,6 +87,11 @@ class Binding:
         return self.method.output_type.full_name == "google.api.HttpBody"
 
     @property
+    def reads_body(self) -> bool:
+        """Whether the route reads a request body (JSON or a multipart form)."""
+        return bool(self.body or self.rest.multipart_file_field)
+
+    @property
     def success_code(self) -> int:
         return self.rest.success_code or 200
 

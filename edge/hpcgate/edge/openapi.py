@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from google.api import field_behavior_pb2
 from google.protobuf import descriptor, descriptor_pb2
 
 from hpcgate.edge.bindings import Binding
@@ -69,6 +70,32 @@ _ERROR_SCHEMA: dict[str, Any] = {
         "causedBy": {"type": ["array", "null"], "items": {"type": "string"}},
     },
 }
+
+
+_UNSIGNED = {FD.TYPE_UINT32, FD.TYPE_FIXED32, FD.TYPE_UINT64, FD.TYPE_FIXED64}
+
+
+def is_required(field: descriptor.FieldDescriptor) -> bool:
+    """Whether the contract marks ``field`` ``(google.api.field_behavior) = REQUIRED``."""
+    behaviors = field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
+    return field_behavior_pb2.REQUIRED in behaviors
+
+
+def _not_default(field: descriptor.FieldDescriptor, schema: dict[str, Any]) -> None:
+    """Narrow the schema of a required scalar without presence to values other than its default.
+
+    Such a field cannot tell "absent" from the default (0, ""), so REQUIRED
+    means "not the default" (AIP-203), which is what the server checks: job
+    id 0 and an empty path are refused.
+    """
+    if field.is_repeated or field.has_presence or field.message_type is not None:
+        return
+    if field.type == FD.TYPE_STRING:
+        schema["minLength"] = 1
+    elif field.type in _UNSIGNED:
+        schema["minimum"] = 1
+    elif schema.get("type") == "integer":
+        schema["not"] = {"const": 0}
 
 
 def _clean(comment: str) -> str:
@@ -171,6 +198,8 @@ class _Schemas:
             schema = {"type": "array", "items": self._single(field)}
         else:
             schema = self._single(field)
+        if is_required(field):
+            _not_default(field, schema)
         text = comments().get(field.full_name)
         if text:
             # OpenAPI 3.1 (JSON Schema 2020-12) allows siblings of $ref.
@@ -189,8 +218,12 @@ class _Schemas:
     def message(
         self, desc: descriptor.Descriptor, exclude: frozenset[str] = frozenset()
     ) -> dict[str, Any]:
-        properties = {f.json_name: self.field(f) for f in desc.fields if f.name not in exclude}
+        fields = [f for f in desc.fields if f.name not in exclude]
+        properties = {f.json_name: self.field(f) for f in fields}
         schema: dict[str, Any] = {"type": "object", "properties": properties}
+        required = [f.json_name for f in fields if is_required(f)]
+        if required:
+            schema["required"] = required
         text = comments().get(desc.full_name)
         if text:
             schema["description"] = text
@@ -203,7 +236,7 @@ def _parameter(schemas: _Schemas, field: descriptor.FieldDescriptor, where: str)
     return {
         "name": field.name if where == "path" else field.json_name,
         "in": where,
-        "required": where == "path",
+        "required": where == "path" or is_required(field),
         "description": description,
         "schema": schema,
     }

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, cast
 
 from google.protobuf import descriptor, json_format, message
@@ -20,6 +21,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from hpcgate.edge.bindings import Binding
+from hpcgate.edge.body import BodyLimits, bounded_stream, read_body
 from hpcgate.v1 import options_pb2
 
 _TRUE = {"true", "1", "yes", "on", ""}  # a bare `?recursive` means true, as in FastAPI
@@ -28,7 +30,7 @@ _FALSE = {"false", "0", "no", "off"}
 # Largest multipart/form-data body the edge reads, in bytes. Each system's
 # own limit (``max_ops_file_size``) is the server's to enforce; this bound
 # only stops a huge body before it fills the edge's memory or disk.
-MAX_FORM_BODY = 64 * 1024 * 1024
+MAX_FORM_BODY = BodyLimits.upload
 
 # HTML's multipart/form-data encoding (which browsers and httpx, hence
 # pyfirecrest, follow) sends '"', CR and LF in a file name as %22, %0D, %0A.
@@ -44,12 +46,6 @@ class BadRequestError(Exception):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
-
-
-class PayloadTooLargeError(BadRequestError):
-    """The request body is larger than the edge reads."""
-
-    status_code = 413
 
 
 def _field(desc: descriptor.Descriptor, key: str) -> descriptor.FieldDescriptor | None:
@@ -88,14 +84,20 @@ def _is_repeated(field: descriptor.FieldDescriptor) -> bool:
     return bool(field.is_repeated)
 
 
+# Well-known types whose JSON form is one string ("30s", an RFC 3339 time,
+# "a,b"), so that a query parameter can carry them too.
+_STRING_FORMS = frozenset(
+    {"google.protobuf.Duration", "google.protobuf.Timestamp", "google.protobuf.FieldMask"}
+)
+
+
 def _is_wrapper(field: descriptor.FieldDescriptor) -> bool:
-    """google.protobuf.*Value wrappers take a scalar in JSON, so also in a query."""
+    """Message fields whose JSON form is a scalar, so also a query value: the
+    google.protobuf.*Value wrappers and the string-form well-known types."""
     msg = field.message_type
-    return (
-        msg is not None
-        and msg.full_name.startswith("google.protobuf.")
-        and msg.name.endswith("Value")
-    )
+    if msg is None or not msg.full_name.startswith("google.protobuf."):
+        return False
+    return msg.name.endswith("Value") or msg.full_name in _STRING_FORMS
 
 
 def query_to_dict(binding: Binding, query: Mapping[str, list[str]]) -> dict[str, Any]:
@@ -113,16 +115,27 @@ def query_to_dict(binding: Binding, query: Mapping[str, list[str]]) -> dict[str,
     return data
 
 
-async def _body(binding: Binding, request: Request) -> dict[str, Any]:
-    if not binding.body:
-        return {}
-    raw = await request.body()
-    if not raw:
+def parse_json_body(binding: Binding, raw: bytes) -> dict[str, Any]:
+    """The JSON body ``raw`` as request fields; BadRequestError naming what is wrong.
+
+    The bytes are decoded as UTF-8 here, strictly, so that bad bytes are the
+    client's error (400) and not a UnicodeDecodeError deep in ``json``; a
+    document nested too deeply for the parser is a 400 as well.
+    """
+    if not binding.body or not raw:
         return {}
     try:
-        parsed = json.loads(raw)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BadRequestError(
+            f"request body is not valid UTF-8 (byte {error.start}: {error.reason})"
+        ) from None
+    try:
+        parsed = json.loads(text)
     except json.JSONDecodeError as error:
         raise BadRequestError(f"request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise BadRequestError("request body is JSON nested too deeply") from None
     if binding.body == "*":
         if not isinstance(parsed, dict):
             raise BadRequestError("request body must be a JSON object")
@@ -130,25 +143,12 @@ async def _body(binding: Binding, request: Request) -> dict[str, Any]:
     return {binding.body: parsed}
 
 
-async def _bounded(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
-    """``stream``, failing with PayloadTooLargeError once more than ``limit`` bytes came."""
-    seen = 0
-    async for piece in stream:
-        seen += len(piece)
-        if seen > limit:
-            raise PayloadTooLargeError(f"request body larger than {limit} bytes")
-        yield piece
-
-
-async def _read_form(request: Request, limit: int) -> FormData:
+async def _read_form(request: Request, limit: int, limits: BodyLimits) -> FormData:
     """The multipart/form-data body of ``request``, read while it stays within ``limit``."""
     content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if content_type != "multipart/form-data":
         raise BadRequestError("request body must be multipart/form-data")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body larger than {limit} bytes")
-    async with aclosing(_bounded(request.stream(), limit)) as stream:
+    async with aclosing(bounded_stream(request, limit, limits)) as stream:
         try:
             return await MultiPartParser(request.headers, stream).parse()
         except MultiPartException as error:
@@ -161,10 +161,10 @@ def _form_filename(raw: str) -> str:
 
 
 async def _form_file(
-    binding: Binding, request: Request, target: message.Message, limit: int
+    binding: Binding, request: Request, target: message.Message, limits: BodyLimits
 ) -> None:
     name = binding.rest.multipart_file_field
-    form = await _read_form(request, limit)
+    form = await _read_form(request, limits.upload, limits)
     try:
         part = form.get(name)
         if not isinstance(part, UploadFile):
@@ -219,22 +219,52 @@ def _parse(data: dict[str, Any], target: message.Message) -> None:
         raise BadRequestError(str(error)) from None
 
 
-async def build_request(
-    binding: Binding, request: Request, *, max_form_body: int = MAX_FORM_BODY
-) -> message.Message:
+def body_limit(binding: Binding, limits: BodyLimits) -> int:
+    """The most body bytes ``binding``'s route reads: the upload limit or the JSON one."""
+    if binding.rest.multipart_file_field:
+        return limits.upload
+    return limits.json if binding.body else 0
+
+
+@dataclass(frozen=True)
+class Built:
+    """A request message, and the JSON names its client spelled otherwise.
+
+    ``spelled`` maps a JSON name to the key the client used (``sourcePath``:
+    ``path``), so that errors name the field as the client knows it.
+    """
+
+    message: message.Message
+    spelled: dict[str, str]
+
+
+def _spellings(desc: descriptor.Descriptor, keys: Iterable[str]) -> dict[str, str]:
+    spelled: dict[str, str] = {}
+    for key in keys:
+        field = _field(desc, key)
+        if field is not None and field.json_name != key:
+            spelled[field.json_name] = key
+    return spelled
+
+
+async def build_request(binding: Binding, request: Request, limits: BodyLimits) -> Built:
     """The RPC's request message for ``request``; raises BadRequestError naming the field.
 
-    A multipart body larger than ``max_form_body`` bytes is PayloadTooLargeError.
+    The body is read within ``limits`` (BodyError when it breaks them). A
+    route without a body reads none: whatever a client sent is ignored.
     """
     target = binding.request_class()
-    data = await _body(binding, request)
+    data: dict[str, Any] = {}
+    if binding.body:
+        data = parse_json_body(binding, await read_body(request, limits.json, limits))
     query: dict[str, list[str]] = {}
     for key, value in request.query_params.multi_items():
         query.setdefault(key, []).append(value)
+    spelled = _spellings(binding.method.input_type, [*data, *query]) if data or query else {}
     data.update(query_to_dict(binding, query))
     for name in binding.path_fields:
         data[name] = request.path_params[name]
     _parse(data, target)
     if binding.rest.multipart_file_field:
-        await _form_file(binding, request, target, max_form_body)
-    return target
+        await _form_file(binding, request, target, limits)
+    return Built(target, spelled)

@@ -69,9 +69,19 @@ class Running:
         return None if self.metrics is None else self.metrics.server_port
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain and stop: NOT_SERVING first, then in-flight RPCs, then the pools."""
+        """Drain and stop: NOT_SERVING first, then in-flight RPCs, then the pools.
+
+        The server stops taking calls, job watches end at once (UNAVAILABLE,
+        SERVER_SHUTDOWN: they would never end by themselves, and would only
+        be cut by gRPC when the grace ran out), and the other calls in
+        flight get the grace to finish.
+        """
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.server.shutdown_grace if grace is None else grace)
+        grace = self.settings.server.shutdown_grace if grace is None else grace
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        await asyncio.sleep(0)  # the server's shutdown begins: no new calls
+        await asyncio.gather(*(s.watch.close() for s in self.runtime.systems.values()))
+        await stopping
         access_log.flush()
         await self.runtime.close()
         if self.metrics is not None:

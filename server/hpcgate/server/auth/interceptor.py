@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 PUBLIC_METHODS = frozenset({"/hpcgate.v1.Status/GetLiveness"})
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
+# Trailing metadata that names the authenticated caller, for the REST edge
+# (FirecREST's F7T-AuthUsername header). Replaced by the status details
+# when the call fails.
+USERNAME_METADATA = "hpcgate-username"
+
 _identity: ContextVar[Identity | None] = ContextVar("hpcgate_identity", default=None)
 
 
@@ -80,6 +85,7 @@ class _Authenticate(Around):
         request = current_request()
         if request is not None:  # the access log names the user
             request.user = identity.username
+        context.set_trailing_metadata(((USERNAME_METADATA, identity.username),))
         # Not reset on exit: grpc.aio runs every call in a task of its own,
         # whose copy of the context ends with the call.
         _identity.set(identity)

@@ -1,0 +1,65 @@
+"""Run the edge under uvicorn: guarded HTTP protocol, and a shutdown that ends streams.
+
+On SIGTERM uvicorn stops accepting, lets in-flight responses finish and
+then, after ``timeout_graceful_shutdown``, cancels what is left. A watch
+stream (SSE or NDJSON) never finishes by itself, so without more it would
+hold the process until the grace ran out, and its client would see a cut
+connection. :class:`EdgeServer` first tells the application to drain
+(:meth:`hpcgate.edge.app.Edge.drain`): each open stream then ends with an
+``end`` event and a reason, and unary calls run on to their end.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from hpcgate.edge.protocol import guarded_protocol
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the edge's HTTP server guards connections and how long it drains on shutdown."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    header_timeout: float = 10.0
+    max_header_bytes: int = 64 * 1024
+    keep_alive: int = 5
+    shutdown_grace: float = 10.0
+
+
+class EdgeServer(uvicorn.Server):
+    """uvicorn's server that calls ``on_shutdown`` before it starts its own shutdown."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._on_shutdown()
+        await super().shutdown(sockets)
+
+
+def edge_config(app: Any, options: ServeOptions, **overrides: Any) -> uvicorn.Config:
+    """uvicorn's configuration of the edge (``overrides`` go to uvicorn.Config as they are)."""
+    settings: dict[str, Any] = {
+        "host": options.host,
+        "port": options.port,
+        # httptools (C) parses HTTP/1.1 at a fraction of h11's CPU per request;
+        # uvloop runs the loop (the server's too; the tests run on it).
+        "http": guarded_protocol(options.header_timeout, options.max_header_bytes),
+        "loop": "uvloop",
+        "lifespan": "on",
+        "log_level": "warning",
+        "access_log": False,
+        "timeout_keep_alive": options.keep_alive,
+        # uvicorn takes whole seconds; round up so the grace is never shorter.
+        "timeout_graceful_shutdown": max(1, -int(-options.shutdown_grace // 1)),
+    }
+    settings.update(overrides)
+    return uvicorn.Config(app, **settings)
