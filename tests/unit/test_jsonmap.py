@@ -64,3 +64,13 @@ def test_fields_of_other_union_kinds_stay_out() -> None:
     assert to_json(s3) == {"serviceType": "s3", "name": "store", "ttl": 0}
     health = status_pb2.ServiceHealth(service_type="ssh", healthy=True)
     assert "path" not in to_json(health) and to_json(health)["latency"] is None
+
+
+def test_an_empty_map_marked_null_when_empty_is_null() -> None:
+    assert to_json(status_pb2.ProbingServices(interval_check=60)) == {
+        "intervalCheck": 60,
+        "services": None,
+    }
+    probing = status_pb2.ProbingServices(interval_check=60)
+    probing.services["ssh"].timeout = 5
+    assert to_json(probing)["services"]["ssh"]["timeout"] == 5

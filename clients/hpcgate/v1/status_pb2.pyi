@@ -517,7 +517,7 @@ class ProbingServices(_message.Message):
     @_builtins.property
     def services(self) -> _containers.MessageMap[_builtins.str, Global___ProbingService]:
         """Services to be checked, keyed by service type ("scheduler",
-        "filesystem", "ssh", "s3", "exception").
+        "filesystem", "ssh", "s3", "exception"); null when none is configured.
         """
 
     def __init__(

@@ -42,7 +42,7 @@ from hpcgate.edge.errors import (
     stream_error_body,
 )
 from hpcgate.edge.guard import TokenRefusedError, TokenVerifier, bearer_token
-from hpcgate.edge.headers import ResponseHeaders, attachment, set_username
+from hpcgate.edge.headers import ResponseHeaders, attachment, set_username, username_of
 from hpcgate.edge.jsonmap import to_json
 from hpcgate.edge.openapi import openapi_document
 from hpcgate.edge.transcode import BadRequestError, Built, body_limit, build_request
@@ -182,7 +182,14 @@ class Edge:
                 response.headers["connection"] = "close"
             return response
         except BodyError as error:
-            return bad_request_response(str(error), None, error.status, error.reason, close=True)
+            return bad_request_response(
+                str(error),
+                None,
+                error.status,
+                error.reason,
+                close=True,
+                user=username_of(request.scope),
+            )
         except ClientDisconnect:
             return Response(status_code=499)
         except BadRequestError as error:
@@ -193,7 +200,13 @@ class Edge:
                     await self._judge(request, token)
                 except grpc.aio.AioRpcError as refusal:
                     return rpc_error_response(refusal)
-            return bad_request_response(str(error), error.field, error.status_code)
+            return bad_request_response(
+                str(error),
+                error.field,
+                error.status_code,
+                user=username_of(request.scope),
+                error_type="validation",
+            )
         if binding.server_streaming:
             return await self._stream(binding, built, request)
         return await self._unary(binding, built, request, token)
@@ -212,7 +225,7 @@ class Edge:
                 # the username: the verifier names the caller (cached).
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     await self._judge(request, token)
-            return rpc_error_response(error, built.spelled)
+            return rpc_error_response(error, built.spelled, username_of(request.scope))
         username = _username(await call.trailing_metadata())
         if token is not None and username:
             self.verifier.remember(token, username)
@@ -261,10 +274,11 @@ class Edge:
                     await call.details(),
                     await call.trailing_metadata(),
                     spelled,
+                    username_of(request.scope),
                 )
         except grpc.aio.AioRpcError as error:
             self._streams.discard(call)
-            return rpc_error_response(error, spelled)
+            return rpc_error_response(error, spelled, username_of(request.scope))
         ndjson = NDJSON in request.headers.get("accept", "")
 
         def item(kind: str, data: dict[str, Any]) -> bytes:
@@ -289,7 +303,10 @@ class Edge:
                     raise
                 else:
                     body = stream_error_body(
-                        error.code(), error.details(), error.trailing_metadata()
+                        error.code(),
+                        error.details(),
+                        error.trailing_metadata(),
+                        username_of(request.scope),
                     )
                     yield item("error", body)
             finally:

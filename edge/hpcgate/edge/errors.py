@@ -107,15 +107,20 @@ def _details(metadata: Any) -> dict[str, Any] | None:
 
 
 def error_body(
-    message: str, data: dict[str, Any] | None = None, user: str | None = None
+    message: str,
+    data: dict[str, Any] | None = None,
+    user: str | None = None,
+    error_type: str = "error",
 ) -> dict[str, Any]:
     """FirecREST's ApiResponseError, with all its keys: FirecREST writes the unknown ones as null.
 
     ``user`` is the authenticated caller, as in ``F7T-AuthUsername`` (null before
-    authentication). hpcgate has no cause chain to send (``causedBy``).
+    authentication). ``error_type`` is ``"validation"`` for a request that does
+    not parse into the operation's input, as FirecREST's (FastAPI's) request
+    validation says, else ``"error"``. hpcgate has no cause chain to send (``causedBy``).
     """
     return {
-        "errorType": "error",
+        "errorType": error_type,
         "message": message,
         "causedBy": None,
         "data": data or None,
@@ -144,38 +149,44 @@ def status_response(
     details: str | None,
     trailers: Any,
     spelled: Mapping[str, str] | None = None,
+    user: str | None = None,
 ) -> JSONResponse:
     """The HTTP reply for an RPC that ended with ``code``.
 
     The server's own statuses keep their message and details; the gRPC
     library's get the edge's words for their code (see the module doc).
-    ``spelled`` maps JSON names to the other spelling a client used.
+    ``spelled`` maps JSON names to the other spelling a client used;
+    ``user`` is the authenticated caller, if known.
     """
     data = _details(trailers)
     if data is None:
         known = TRANSPORT_ERRORS.get(code, _TRANSPORT_DEFAULT)
-        body = error_body(known.message, {"reason": known.reason})
+        body = error_body(known.message, {"reason": known.reason}, user)
         return JSONResponse(body, known.http_status)
     message = details or code.name
     if spelled:
         message = _respell(message, data, spelled)
-    return JSONResponse(error_body(message, data), HTTP_STATUS.get(code, 500))
+    return JSONResponse(error_body(message, data, user), HTTP_STATUS.get(code, 500))
 
 
-def stream_error_body(code: grpc.StatusCode, details: str | None, trailers: Any) -> dict[str, Any]:
+def stream_error_body(
+    code: grpc.StatusCode, details: str | None, trailers: Any, user: str | None = None
+) -> dict[str, Any]:
     """The error item that ends a stream which failed after it began, by the same rules."""
     data = _details(trailers)
     if data is None:
         known = TRANSPORT_ERRORS.get(code, _TRANSPORT_DEFAULT)
-        return {**error_body(known.message, {"reason": known.reason}), "code": code.name}
-    return {**error_body(details or code.name, data), "code": code.name}
+        return {**error_body(known.message, {"reason": known.reason}, user), "code": code.name}
+    return {**error_body(details or code.name, data, user), "code": code.name}
 
 
 def rpc_error_response(
-    error: grpc.aio.AioRpcError, spelled: Mapping[str, str] | None = None
+    error: grpc.aio.AioRpcError,
+    spelled: Mapping[str, str] | None = None,
+    user: str | None = None,
 ) -> JSONResponse:
     """The HTTP reply for a failed RPC."""
-    return status_response(error.code(), error.details(), error.trailing_metadata(), spelled)
+    return status_response(error.code(), error.details(), error.trailing_metadata(), spelled, user)
 
 
 # Reasons of the refusals the edge makes itself, by HTTP status.
@@ -189,14 +200,17 @@ def bad_request_response(
     reason: str | None = None,
     *,
     close: bool = False,
+    user: str | None = None,
+    error_type: str = "error",
 ) -> JSONResponse:
     """The HTTP reply for a request the edge refuses before any RPC (400, 401, 408, 413, 431).
 
     ``close``: also close the connection, for a refusal before the body was
     read in full (else the server would go on to read, and drop, all of it).
+    ``user`` and ``error_type`` as in :func:`error_body`.
     """
     data: dict[str, Any] = {"reason": reason or _EDGE_REASONS.get(status, "INVALID_ARGUMENT")}
     if field:
         data["fieldViolations"] = [{"field": field, "description": message}]
     headers = {"connection": "close"} if close else None
-    return JSONResponse(error_body(message, data), status, headers=headers)
+    return JSONResponse(error_body(message, data, user, error_type), status, headers=headers)

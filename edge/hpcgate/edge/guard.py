@@ -44,7 +44,8 @@ def bearer_token(headers: Headers) -> str:
     """The bearer token of ``headers``; TokenRefusedError when there is none of a JWT's shape."""
     values = headers.getlist("authorization")
     if not values:
-        raise TokenRefusedError(401, "TOKEN_MISSING", "a bearer token is required (Authorization)")
+        # FirecREST's words (FastAPI's OAuth2 scheme), which clients match on.
+        raise TokenRefusedError(401, "TOKEN_MISSING", "Not authenticated")
     if len(values) > 1:
         raise TokenRefusedError(401, "TOKEN_MALFORMED", "more than one Authorization header")
     value = values[0]

@@ -46,6 +46,12 @@ def set_username(scope: Scope, username: str) -> None:
         scope[_USERNAME] = username
 
 
+def username_of(scope: Scope) -> str | None:
+    """The authenticated caller of the request, if the server has named one."""
+    username: str | None = scope.get(_USERNAME)
+    return username
+
+
 def attachment(filename: str) -> str:
     """A ``Content-Disposition: attachment`` value for ``filename``, safely quoted.
 

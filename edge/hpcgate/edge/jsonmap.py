@@ -10,7 +10,7 @@ descriptor:
 - writes 64-bit integer fields as numbers;
 - writes fields marked ``(hpcgate.v1.json).as_string`` as strings;
 - writes an unset field with presence (``optional``, or a message) as null,
-  and an empty repeated field marked ``null_when_empty`` as null;
+  and an empty repeated or map field marked ``null_when_empty`` as null;
 - leaves out a field marked ``omit_when_empty`` that is unset or empty (a
   field of only some kinds of a FirecREST union);
 - leaves out nulls within a message marked ``(hpcgate.v1.json_message).omit_null``
@@ -145,18 +145,17 @@ def _fix(desc: descriptor.Descriptor, data: dict[str, Any], omit: bool) -> dict[
                 data[key] = None
             continue
         value = data[key]
-        if plan.is_map:
-            data[key] = {k: _value(plan, v, omit) for k, v in value.items()}
-        elif plan.omit_when_empty and plan.is_list and not value:
+        if (plan.is_list or plan.is_map) and not value and plan.omit_when_empty:
             del data[key]  # (an unset scalar or message is not in data at all)
-        elif plan.is_list:
-            if plan.null_when_empty and not value:
-                if omit:
-                    del data[key]
-                else:
-                    data[key] = None
+        elif (plan.is_list or plan.is_map) and not value and plan.null_when_empty:
+            if omit:
+                del data[key]
             else:
-                data[key] = [_value(plan, v, omit) for v in value]
+                data[key] = None
+        elif plan.is_map:
+            data[key] = {k: _value(plan, v, omit) for k, v in value.items()}
+        elif plan.is_list:
+            data[key] = [_value(plan, v, omit) for v in value]
         else:
             data[key] = _value(plan, value, omit)
     return data

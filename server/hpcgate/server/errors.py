@@ -72,6 +72,17 @@ def invalid_argument(field: str, message: str, reason: str = "INVALID_ARGUMENT")
     )
 
 
+def invalid_in_words(field: str, words: str) -> ServiceError:
+    """A ServiceError for one bad field, in words that name it themselves.
+
+    For FirecREST's own texts (clients match on them), which must not get
+    the ``field: `` prefix of :func:`invalid_argument`.
+    """
+    return ServiceError(
+        grpc.StatusCode.INVALID_ARGUMENT, words, "INVALID_ARGUMENT", fields={field: words}
+    )
+
+
 def to_status(error: ServiceError) -> grpc.Status:
     """The grpc.Status (code, message, details) for ``error``."""
     details: list[Any] = []

@@ -69,7 +69,7 @@ from typing import Literal, TypeVar
 import asyncssh
 import grpc
 
-from hpcgate.server.errors import ServiceError, invalid_argument
+from hpcgate.server.errors import ServiceError, invalid_argument, invalid_in_words
 from hpcgate.server.filesystem import archive
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import checked, command_error, sftp_error
@@ -482,10 +482,7 @@ async def tail_range(
 def check_counts(nbytes: int | None, lines: int | None, skip: bool, skip_field: str) -> None:
     if nbytes is not None and lines is not None:
         # FirecREST's words, which name the fields themselves (so no "bytes: " before them).
-        words = "Only one of `bytes` or `lines` can be specified."
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT, words, "INVALID_ARGUMENT", fields={"bytes": words}
-        )
+        raise invalid_in_words("bytes", "Only one of `bytes` or `lines` can be specified.")
     for name, value in (("bytes", nbytes), ("lines", lines)):
         if value is not None and value < 0:
             raise invalid_argument(name, f"must not be negative, got {value}")
@@ -586,12 +583,14 @@ async def view(remote: Remote, path: str, offset: int | None, size: int | None, 
     view would look like the whole file.
     """
     offset = 0 if offset is None else offset
+    # FirecREST's words, which clients match on.
     if offset < 0:
-        raise invalid_argument("offset", f"must be 0 or more, got {offset}")
+        words = "`offset` value must be an integer value equal or greater than 0"
+        raise invalid_in_words("offset", words)
     if size is not None and size <= 0:
-        raise invalid_argument("size", f"must be greater than 0, got {size}")
+        raise invalid_in_words("size", "`size` value must be an integer value greater than 0")
     if size is not None and size > limit:
-        raise invalid_argument("size", f"must be at most {limit} bytes, got {size}")
+        raise invalid_in_words("size", f"`size` value must be less than {limit} bytes")
 
     async def range_of(read: ReadAt, file_size: int) -> tuple[int, int]:
         start = min(offset, file_size)

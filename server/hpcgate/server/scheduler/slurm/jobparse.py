@@ -169,8 +169,9 @@ def _squeue_job(raw: Mapping[str, Any], now: int) -> Job:
             elapsed=elapsed,
             start=start,
             end=end,
-            # squeue tells when a job was last suspended, not for how long.
-            suspended=None,
+            # squeue tells when a job was last suspended, not for how long:
+            # a job never suspended (no such time) has been suspended 0 s.
+            suspended=0 if not _int(raw.get("suspend_time")) else None,
             limit=_int(raw.get("time_limit")),
         ),
         account=_text(raw.get("account")),
