@@ -262,6 +262,7 @@ class LsResponse(_message.Message):
         """In a recursive listing, the directories below `path` that could not be
         read (their own entries are in `output`, their contents are not), as
         `ls -R` lists what it can and names the rest on its stderr.
+        Left out when every directory could be read, as FirecREST has no such key.
         """
 
     def __init__(

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
-from google.api import annotations_pb2, http_pb2
+from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf import descriptor, message, message_factory
 
 from hpcgate.v1 import options_pb2
@@ -161,3 +161,9 @@ def hpcgate_services() -> list[descriptor.ServiceDescriptor]:
         module = importlib.import_module(name)
         services.extend(module.DESCRIPTOR.services_by_name.values())
     return services
+
+
+def is_required(field: descriptor.FieldDescriptor) -> bool:
+    """Whether the contract marks ``field`` ``(google.api.field_behavior) = REQUIRED``."""
+    behaviors = field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
+    return field_behavior_pb2.REQUIRED in behaviors

@@ -10,10 +10,9 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from google.api import field_behavior_pb2
 from google.protobuf import descriptor, descriptor_pb2
 
-from hpcgate.edge.bindings import Binding
+from hpcgate.edge.bindings import Binding, is_required
 from hpcgate.edge.jsonmap import Scalar, scalar_of
 from hpcgate.v1 import DESCRIPTOR_SET
 
@@ -73,12 +72,6 @@ _ERROR_SCHEMA: dict[str, Any] = {
 
 
 _UNSIGNED = {FD.TYPE_UINT32, FD.TYPE_FIXED32, FD.TYPE_UINT64, FD.TYPE_FIXED64}
-
-
-def is_required(field: descriptor.FieldDescriptor) -> bool:
-    """Whether the contract marks ``field`` ``(google.api.field_behavior) = REQUIRED``."""
-    behaviors = field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
-    return field_behavior_pb2.REQUIRED in behaviors
 
 
 def _not_default(field: descriptor.FieldDescriptor, schema: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from hpcgate.edge.bindings import Binding
+from hpcgate.edge.bindings import Binding, is_required
 from hpcgate.edge.body import BodyLimits, bounded_stream, read_body
 from hpcgate.v1 import options_pb2
 
@@ -267,4 +267,29 @@ async def build_request(binding: Binding, request: Request, limits: BodyLimits) 
     _parse(data, target)
     if binding.rest.multipart_file_field:
         await _form_file(binding, request, target, limits)
+    _check_required(target)
     return Built(target, spelled)
+
+
+_REQUIRED: dict[str, tuple[descriptor.FieldDescriptor, ...]] = {}
+
+
+def _check_required(target: message.Message) -> None:
+    """BadRequestError naming the first REQUIRED field of ``target`` that the request left out.
+
+    A field with presence is missing when unset; a scalar without presence
+    when it holds its default (AIP-203: "" and 0 are not values of a
+    required field). FirecREST's request validation refuses these before
+    its handler runs, and so does the edge (``errorType: validation``).
+    """
+    desc = target.DESCRIPTOR
+    required = _REQUIRED.get(desc.full_name)
+    if required is None:
+        required = _REQUIRED[desc.full_name] = tuple(f for f in desc.fields if is_required(f))
+    for field in required:
+        if field.has_presence:
+            missing = not target.HasField(field.name)
+        else:
+            missing = getattr(target, field.name) == field.default_value
+        if missing:
+            raise BadRequestError(f"{field.json_name}: field required", field.json_name)

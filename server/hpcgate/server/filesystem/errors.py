@@ -6,6 +6,7 @@ the message is the cluster's text; the code and reason are derived from it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import asyncssh
@@ -44,6 +45,27 @@ _SFTP_WORDS: dict[int, str] = {
 }
 
 
+# dash, the cluster's /bin/sh, reports a failed redirection (``exec 3<"$1"``,
+# how the confined steps hold a file) in words of its own, not strerror's:
+# "sh: 1: cannot open /x: No such file". Every other tool, and FirecREST's
+# bash, prints "/x: No such file or directory", which clients match on.
+_DASH_REDIRECT = re.compile(r"^[^:\n]+: \d+: cannot (?:open|create) (.+): ([^:\n]+)$", re.M)
+_DASH_WORDS = {
+    "No such file": "No such file or directory",
+    "Directory nonexistent": "No such file or directory",
+    "nonexistent directory": "No such file or directory",
+}
+
+
+def _strerror_words(text: str) -> str:
+    """``text`` with dash's redirection errors in the C library's words."""
+
+    def plain(match: re.Match[str]) -> str:
+        return f"{match[1]}: {_DASH_WORDS.get(match[2], match[2])}"
+
+    return _DASH_REDIRECT.sub(plain, text)
+
+
 def _classify(text: str) -> tuple[grpc.StatusCode, str] | None:
     for words, code, reason in _COMMAND_WORDS:
         if words in text:
@@ -60,7 +82,8 @@ def sftp_error(error: asyncssh.SFTPError, path: str) -> ServiceError:
 
 def command_error(argv: Sequence[str], output: Output) -> ServiceError:
     """The ServiceError for a command that failed; its stderr is the message."""
-    text = output.stderr.decode(errors="replace").strip() or f"exit status {output.exit_status}"
+    text = _strerror_words(output.stderr.decode(errors="replace").strip())
+    text = text or f"exit status {output.exit_status}"
     found = _classify(text)
     if found is None:
         return ServiceError(grpc.StatusCode.INTERNAL, f"{argv[0]}: {text}", "COMMAND_FAILED")
