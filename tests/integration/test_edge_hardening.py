@@ -401,9 +401,14 @@ async def test_unreachable_server_is_503_without_its_address(live: LiveService) 
 async def test_message_over_the_server_limit_is_413_in_plain_words(
     edge: EdgeProcess, live: LiveService
 ) -> None:
-    """A file over the server's gRPC message limit: gRPC's refusal, in the edge's words."""
+    """A file over maxOpsFileSize: the server's FILE_TOO_LARGE, never gRPC's transport text.
+
+    The server's message limits sit above every size the servicers let
+    through, so the servicer answers first; a status gRPC itself made is
+    worded by the edge's table (tests/unit/test_edge_errors.py).
+    """
     limit = live.settings.systems[0].data_operation.max_ops_file_size
-    size = limit + 2 * MiB  # over the server's message limit (maxOpsFileSize + 1 MiB)
+    size = limit + 2 * MiB  # over the old server message limit (maxOpsFileSize + 1 MiB)
     async with httpx.AsyncClient(base_url=edge.url, headers=live.headers("alice")) as client:
         response = await client.post(
             "/filesystem/cluster/ops/upload",
@@ -411,5 +416,5 @@ async def test_message_over_the_server_limit_is_413_in_plain_words(
             files={"file": ("big.bin", b"x" * size)},
         )
     assert response.status_code == 413, response.text
-    assert response.json()["data"]["reason"] == "PAYLOAD_TOO_LARGE"
+    assert response.json()["data"]["reason"] == "FILE_TOO_LARGE"
     assert "larger than max" not in response.text

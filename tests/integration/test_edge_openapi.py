@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from conftest import LiveService
-from hpcgate.edge.bindings import bindings_of, hpcgate_services
-from hpcgate.edge.openapi import is_required, openapi_document
+from hpcgate.edge.bindings import bindings_of, hpcgate_services, is_required
+from hpcgate.edge.openapi import openapi_document
 
 
 @pytest.fixture(scope="module")

@@ -271,10 +271,10 @@ async def test_an_upload_into_a_link_to_tmp_is_refused(
 @pytest.mark.parametrize(
     ("method", "op", "body", "field"),
     [
-        ("POST", "ops/mkdir", {"path": "{tmplink}/made", "parent": True}, "sourcePath"),
-        ("POST", "ops/mkdir", {"path": "{tmplink}/made"}, "sourcePath"),
-        ("PUT", "ops/chmod", {"path": "{secret}", "mode": "777"}, "sourcePath"),
-        ("PUT", "ops/chown", {"path": "{secret}", "owner": "alice"}, "sourcePath"),
+        ("POST", "ops/mkdir", {"path": "{tmplink}/made", "parent": True}, "path"),
+        ("POST", "ops/mkdir", {"path": "{tmplink}/made"}, "path"),
+        ("PUT", "ops/chmod", {"path": "{secret}", "mode": "777"}, "path"),
+        ("PUT", "ops/chown", {"path": "{secret}", "owner": "alice"}, "path"),
         ("DELETE", "ops/rm", {"path": "{tmplink}/secret.txt"}, "path"),
         # symlink: the link's place, and where it would point.
         (
@@ -283,8 +283,8 @@ async def test_an_upload_into_a_link_to_tmp_is_refused(
             {"path": "{work}/inside.txt", "linkPath": "{tmplink}/l"},
             "linkPath",
         ),
-        ("POST", "ops/symlink", {"path": "{secret}", "linkPath": "{work}/l"}, "sourcePath"),
-        ("POST", "ops/symlink", {"path": "{tmplink}/x", "linkPath": "{work}/l"}, "sourcePath"),
+        ("POST", "ops/symlink", {"path": "{secret}", "linkPath": "{work}/l"}, "path"),
+        ("POST", "ops/symlink", {"path": "{tmplink}/x", "linkPath": "{work}/l"}, "path"),
         (
             "POST",
             "ops/compress",
@@ -496,7 +496,7 @@ async def test_a_read_batch_leaves_out_links_out(batching: LiveService, trap: Tr
                 "path": "{tmplink}/up",
                 "transferDirectives": {"transferMethod": "s3", "fileSize": 10},
             },
-            "sourcePath",
+            "path",
         ),
         (
             "POST",
