@@ -526,3 +526,27 @@ async def test_pyfirecrest_runs_unchanged(live: LiveService) -> None:
         assert job.status.normalized_state == scheduler_pb2.JOB_STATE_CANCELLED
     finally:
         await client.close_session()
+
+
+async def test_a_just_started_job_is_listed_with_the_steps_get_shows(live: LiveService) -> None:
+    """sacct's time window lags a started job for seconds; the list still has its steps."""
+    name = f"listed-{uuid.uuid4().hex[:8]}"
+    job_id = await submit(live, "alice", "sleep 30", name=name)
+    try:
+        job = await eventually(
+            lambda: get_job(live, "alice", job_id),
+            lambda job: job.status.state == "RUNNING" and len(job.tasks) > 0,
+            60,
+            "the job running with its batch step accounted",
+        )
+        reply = await stub(live).ListJobs(
+            scheduler_pb2.ListJobsRequest(system_name=live.system, name=name),
+            metadata=live.metadata("alice"),
+        )
+        (listed,) = [j for j in reply.jobs if j.job_id == job_id]
+        assert [t.name for t in listed.tasks] == [t.name for t in job.tasks]
+    finally:
+        await stub(live).CancelJob(
+            scheduler_pb2.CancelJobRequest(system_name=live.system, job_id=job_id),
+            metadata=live.metadata("alice"),
+        )

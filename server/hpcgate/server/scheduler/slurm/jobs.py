@@ -22,6 +22,7 @@ from hpcgate.server.scheduler.jobmodels import (
     JobDescription,
     JobMetadata,
     JobQuery,
+    JobState,
     RunWithInput,
 )
 from hpcgate.server.scheduler.slurm import jobparse
@@ -196,6 +197,17 @@ class SlurmJobs:
             for job in accounted
             if jobparse.matches(job, user=user, account=query.account, name=query.name)
         ]
+        # For its first seconds a started job is in sacct's answer by id but not
+        # yet in its time window: ask for those by id, else the list would show
+        # such a job without the steps (tasks) that GET of the job shows.
+        known = {job.job_id for job in accounted}
+        unaccounted = [
+            job.job_id
+            for job in queued
+            if job.job_id not in known and job.status.normalized_state is not JobState.PENDING
+        ]
+        if unaccounted:
+            accounted += await self._sacct(run, ["--jobs=" + ",".join(map(str, unaccounted))])
         return jobparse.merge_jobs(accounted, queued)
 
     async def job(self, run: RunWithInput, job_id: int) -> list[Job]:
