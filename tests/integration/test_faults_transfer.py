@@ -13,12 +13,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import boto3
 import httpx
 import pytest
-from botocore.config import Config
+from integration.test_transfer import s3_client
 
 from cluster_fixture import Cluster
 from conftest import LiveService, live_settings, start_service
@@ -52,20 +50,9 @@ async def staged(
         yield LiveService(**vars(service), issuer=issuer, system=SYSTEM)
 
 
-def _s3(cluster: Cluster) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=cluster.s3.endpoint,
-        region_name=cluster.s3.region,
-        aws_access_key_id=cluster.s3.access_key,
-        aws_secret_access_key=cluster.s3.secret_key,
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-    )
-
-
 def _lose_bucket(cluster: Cluster, bucket: str) -> None:
     """What a store that lost its state shows: no uploads, no objects, no bucket."""
-    s3 = _s3(cluster)
+    s3 = s3_client(cluster)
     for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
         s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
     for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):

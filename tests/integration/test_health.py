@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 import httpx
@@ -24,20 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cluster_fixture import CLUSTER_SCRIPT, Cluster
 from conftest import Service, live_settings, start_service
+from faults import eventually
 from hpcgate.server.auth.devkeys import DevIssuer
 from hpcgate.v1 import status_pb2, status_pb2_grpc
 
 INTERVAL = 1.0
 SYSTEM = "probed"
-
-
-async def eventually(check: Callable[[], bool], within: float, what: str) -> None:
-    """Wait until ``check()`` holds, polling; fail naming ``what`` after ``within`` s."""
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within:.1f} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def _service(
