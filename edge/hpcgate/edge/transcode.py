@@ -282,7 +282,7 @@ def _check_required(target: message.Message) -> None:
     required field). FirecREST's request validation refuses these before
     its handler runs, and so does the edge (``errorType: validation``).
     """
-    desc = target.DESCRIPTOR
+    desc: descriptor.Descriptor = target.DESCRIPTOR  # type: ignore[assignment]  # upb's, same API
     required = _REQUIRED.get(desc.full_name)
     if required is None:
         required = _REQUIRED[desc.full_name] = tuple(f for f in desc.fields if is_required(f))
