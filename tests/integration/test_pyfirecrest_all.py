@@ -36,6 +36,7 @@ from integration.test_scheduler import eventually
 
 from cluster_fixture import Cluster
 from conftest import Service
+from hpcgate.edge.headers import FIRECREST_API_VERSION
 from localsite import SYSTEM
 from oidc import Provider
 
@@ -143,7 +144,7 @@ async def scenario(call: Calls, shared: Scratch, tmp_path: Path) -> None:
     work = f"{base}/{uuid.uuid4().hex[:8]}"
 
     # Status
-    assert await call("server_version") == "2.6.0"
+    assert await call("server_version") == FIRECREST_API_VERSION
     assert [s["name"] for s in await call("systems")] == [SYSTEM]
     assert all("name" in node for node in await call("nodes", system))
     assert all("name" in part for part in await call("partitions", system))
@@ -195,9 +196,12 @@ async def scenario(call: Calls, shared: Scratch, tmp_path: Path) -> None:
         content = os.urandom(size)
         local = tmp_path / f"up-{size}"
         local.write_bytes(content)
-        await call("upload", system, str(local), work, f"up-{size}")
+        staged = size > limit  # pyfirecrest returns the transfer's handle only when staged
+        uploaded = await call("upload", system, str(local), work, f"up-{size}")
+        assert (uploaded is not None) == staged
         back = tmp_path / f"down-{size}"
-        await call("download", system, f"{work}/up-{size}", str(back))
+        downloaded = await call("download", system, f"{work}/up-{size}", str(back))
+        assert (downloaded is not None) == staged
         assert back.read_bytes() == content
 
     # Jobs: the shared running one, then one of this client's own, cancelled.
@@ -266,8 +270,8 @@ class Cli:
     env: dict[str, str]
     used: set[str] = field(default_factory=set)
 
-    async def __call__(self, command: str, *args: str) -> str:
-        """The command's standard output; it must succeed."""
+    async def __call__(self, command: str, *args: str, status: int = 0) -> str:
+        """The command's standard output; it must exit with ``status``."""
         self.used.add(command)
         # A subprocess: the CLI runs its own event loop while this one serves the edge.
         process = await asyncio.create_subprocess_exec(
@@ -279,7 +283,9 @@ class Cli:
             stderr=asyncio.subprocess.PIPE,
         )
         out, err = await process.communicate()
-        assert process.returncode == 0, f"firecrest {command} {shlex.join(args)}: {out!r} {err!r}"
+        assert process.returncode == status, (
+            f"firecrest {command} {shlex.join(args)}: {out!r} {err!r}"
+        )
         return out.decode()
 
     async def json(self, command: str, *args: str) -> Any:
@@ -313,7 +319,7 @@ async def test_cli(oidc: Provider, oidc_live: Service, scratch: Scratch, tmp_pat
         cli("id"),
         cli.json("ls", base),
     )
-    assert version.strip() == "2.6.0"
+    assert version.strip() == FIRECREST_API_VERSION
     assert [s["name"] for s in systems] == [SYSTEM]
     assert nodes and all("name" in node for node in nodes)
     assert partitions and isinstance(reservations, list)
@@ -367,6 +373,8 @@ async def test_cli(oidc: Provider, oidc_live: Service, scratch: Scratch, tmp_pat
     await cli("cancel", own)
     (done,) = await cli.json("wait-for-job", own)
     assert done["status"]["state"] == "CANCELLED"
+    refused = await cli("job-info", UNKNOWN_JOB, status=1)
+    assert "Job not found." in refused
 
     await cli("rm", "--force", work)
     assert "cli" not in {f["name"] for f in await cli.json("ls", base)}
