@@ -30,8 +30,9 @@ from typing import Any
 
 import pytest
 import typer
-from firecrest import ClientCredentialsAuth, FirecrestException, cli2
+from firecrest import FirecrestException, cli2
 from firecrest.v2 import AsyncFirecrest, Firecrest
+from integration.test_oidc_pyfirecrest import credentials
 from integration.test_scheduler import eventually
 
 from cluster_fixture import Cluster
@@ -85,7 +86,7 @@ async def job_state(client: AsyncFirecrest, job_id: str) -> str:
 async def scratch(cluster: Cluster, oidc: Provider, oidc_live: Service) -> AsyncIterator[Scratch]:
     """alice's scratch directory with the inputs, and a job of hers running in it."""
     path = f"/home/alice/hpcgate-pyfc-{uuid.uuid4().hex[:10]}"
-    client = AsyncFirecrest(oidc_live.rest_url, credentials(oidc, "client_secret_post"))
+    client = AsyncFirecrest(oidc_live.rest_url, credentials(oidc, "alice", "client_secret_post"))
     async with cluster.connect("alice") as conn:
         await conn.run(shlex.join(["mkdir", "-p", "--", f"{path}/tree/sub"]), check=True)
         async with conn.start_sftp_client() as sftp:
@@ -97,20 +98,15 @@ async def scratch(cluster: Cluster, oidc: Provider, oidc_live: Service) -> Async
             script = "#!/bin/bash\n#SBATCH --output=shared.out\necho running; sleep 600\n"
             job_id = str((await client.submit(SYSTEM, path, script_str=script))["jobId"])
             # attach needs the allocation; Slurm starts the job within seconds here.
-            await eventually(lambda: job_state(client, job_id), "RUNNING".__eq__, 60, "start")
+            await eventually(
+                lambda: job_state(client, job_id), "RUNNING".__eq__, 60, "the shared job start"
+            )
             yield Scratch(path, job_id)
         finally:
             if job_id:
                 await conn.run(shlex.join(["scancel", "--", job_id]))
             await client.close_session()
             await conn.run(shlex.join(["rm", "-rf", "--", path]), check=True)
-
-
-def credentials(provider: Provider, method: str) -> ClientCredentialsAuth:
-    client = provider.client_of("alice")
-    return ClientCredentialsAuth(
-        client.client_id, client.client_secret, provider.token_url, client_auth_method=method
-    )
 
 
 @dataclass
@@ -246,7 +242,9 @@ async def scenario(call: Calls, shared: Scratch, tmp_path: Path) -> None:
 async def test_async_client(
     oidc: Provider, oidc_live: Service, scratch: Scratch, tmp_path: Path
 ) -> None:
-    call = Calls(AsyncFirecrest(oidc_live.rest_url, credentials(oidc, "client_secret_post")))
+    call = Calls(
+        AsyncFirecrest(oidc_live.rest_url, credentials(oidc, "alice", "client_secret_post"))
+    )
     await scenario(call, scratch, tmp_path)
     assert public_methods(AsyncFirecrest) - call.used == set()
 
@@ -254,7 +252,7 @@ async def test_async_client(
 async def test_sync_client(
     oidc: Provider, oidc_live: Service, scratch: Scratch, tmp_path: Path
 ) -> None:
-    call = Calls(Firecrest(oidc_live.rest_url, credentials(oidc, "client_secret_basic")))
+    call = Calls(Firecrest(oidc_live.rest_url, credentials(oidc, "alice", "client_secret_basic")))
     await scenario(call, scratch, tmp_path)
     assert public_methods(Firecrest) - call.used == set()
 
