@@ -155,6 +155,21 @@ async def scenario(call: Calls, shared: Scratch, tmp_path: Path) -> None:
     data = f"{base}/data.txt"
     assert await call("view", system, data) == DATA.decode()
     assert (await call("head", system, data, num_lines=2))["content"] == "line 1\nline 2\n"
+    assert (await call("head", system, data, num_bytes=4))["content"] == "line"
+    all_but = await call("head", system, data, num_lines=28, exclude_trailing=True)
+    assert all_but["content"] == "line 1\nline 2\n"  # head --lines=-28
+    assert (await call("tail", system, data, num_bytes=3))["content"] == "30\n"
+    everything = await call(
+        "list_files",
+        system,
+        f"{base}/tree",
+        show_hidden=True,
+        recursive=True,
+        numeric_uid=True,
+        dereference=True,
+    )
+    assert sorted(f["name"] for f in everything) == ["a.txt", "sub", "sub/b.bin"]
+    assert all(f["user"].isdigit() for f in everything)
     tail = await call("tail", system, data, num_lines=29, exclude_beginning=True)
     assert tail["content"] == "line 29\nline 30\n"  # tail --lines=+29
     assert (await call("checksum", system, data))["checksum"] == hashlib.sha256(DATA).hexdigest()
@@ -164,6 +179,7 @@ async def scenario(call: Calls, shared: Scratch, tmp_path: Path) -> None:
     # Changing files; cp and mv are transfer jobs, waited for by the client.
     link = await call("symlink", system, data, f"{work}/link")
     assert link["output"]["linkTarget"] == data
+    assert (await call("stat", system, f"{work}/link", dereference=True))["size"] == len(DATA)
     await call("cp", system, data, f"{work}/copy.txt")
     await call("mv", system, f"{work}/copy.txt", f"{work}/moved.txt")
     assert (await call("chmod", system, f"{work}/moved.txt", "640"))["permissions"] == "rw-r-----"
@@ -185,6 +201,12 @@ async def scenario(call: Calls, shared: Scratch, tmp_path: Path) -> None:
             "tree/sub/b.bin",
         ]
         assert await call("view", system, f"{target}/tree/a.txt") == "alpha\n"
+    # Only the regular files the pattern matches go into the archive.
+    await call("compress", system, f"{base}/tree", f"{work}/txt.tar.gz", match_pattern=r".*\.txt")
+    await call("mkdir", system, f"{work}/txt")
+    await call("extract", system, f"{work}/txt.tar.gz", f"{work}/txt")
+    packed = await call("list_files", system, f"{work}/txt", recursive=True)
+    assert [f["name"] for f in packed if f["type"] == "-"] in (["a.txt"], ["tree/a.txt"])
 
     # Transfers: directly below pyfirecrest's limit, staged through S3 above it.
     limit = call.attribute("MAX_DIRECT_UPLOAD_SIZE")
