@@ -91,6 +91,32 @@ def _not_default(field: descriptor.FieldDescriptor, schema: dict[str, Any]) -> N
         schema["not"] = {"const": 0}
 
 
+def _may_be_null(field: descriptor.FieldDescriptor) -> bool:
+    """Whether ``field`` may be null on the wire: every field not REQUIRED.
+
+    Protobuf's JSON parser takes null as "unset" for any field (the proto3
+    JSON mapping), and the edge writes unset fields with presence, and empty
+    ``null_when_empty`` lists, as null (jsonmap). Found by the schemathesis
+    fuzz (tests/fuzz): the document typed these fields non-null.
+    """
+    return not is_required(field)
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` widened to admit null (a ``$ref`` is wrapped, its description kept)."""
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        widened = {**schema, "type": [kind, "null"]}
+        if "enum" in widened:
+            widened["enum"] = [*widened["enum"], None]
+        return widened
+    if isinstance(kind, list):
+        return schema if "null" in kind else {**schema, "type": [*kind, "null"]}
+    described = {k: v for k, v in schema.items() if k == "description"}
+    inner = {k: v for k, v in schema.items() if k != "description"}
+    return {"anyOf": [inner, {"type": "null"}], **described}
+
+
 def _clean(comment: str) -> str:
     """A comment without tool directives (``buf:lint:ignore ...``)."""
     lines = [line for line in comment.splitlines() if not line.strip().startswith("buf:")]
@@ -212,7 +238,10 @@ class _Schemas:
         self, desc: descriptor.Descriptor, exclude: frozenset[str] = frozenset()
     ) -> dict[str, Any]:
         fields = [f for f in desc.fields if f.name not in exclude]
-        properties = {f.json_name: self.field(f) for f in fields}
+        properties = {
+            f.json_name: _nullable(self.field(f)) if _may_be_null(f) else self.field(f)
+            for f in fields
+        }
         schema: dict[str, Any] = {"type": "object", "properties": properties}
         required = [f.json_name for f in fields if is_required(f)]
         if required:
@@ -319,6 +348,9 @@ def _operation(schemas: _Schemas, binding: Binding) -> dict[str, Any]:
             "5XX": {"description": "Server error", **error},
         },
     }
+    if binding.rest.public:
+        # Overrides the document-wide bearer requirement, as the edge asks for no token.
+        operation["security"] = []
     body = _request_body(schemas, binding)
     if body is not None:
         operation["requestBody"] = body
