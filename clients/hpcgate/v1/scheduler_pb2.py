@@ -30,13 +30,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hpcgate.v1 import options_pb2 as hpcgate_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahpcgate/v1/scheduler.proto\x12\nhpcgate.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hpcgate/v1/options.proto\"\x8b\x01\n\x0fListJobsRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x10\n\x08\x61llusers\x18\x02 \x01(\x08\x12\x14\n\x07\x61\x63\x63ount\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x11\n\x04name\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x0btime_window\x18\x05 \x01(\tB\n\n\x08_accountB\x07\n\x05_name\"6\n\x10ListJobsResponse\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.hpcgate.v1.JobModel\"[\n\x10SubmitJobRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x32\n\x03job\x18\x02 \x01(\x0b\x32\x1f.hpcgate.v1.JobDescriptionModelB\x04\xe2\x41\x01\x02\";\n\x11SubmitJobResponse\x12\x1b\n\x06job_id\x18\x01 \x01(\rB\x06\xca\xf3\x18\x02\x08\x01H\x00\x88\x01\x01\x42\t\n\x07_job_id\":\n\rGetJobRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x14\n\x06job_id\x18\x02 \x01(\rB\x04\xe2\x41\x01\x02\"4\n\x0eGetJobResponse\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.hpcgate.v1.JobModel\"=\n\x10\x43\x61ncelJobRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x14\n\x06job_id\x18\x02 \x01(\rB\x04\xe2\x41\x01\x02\"\x13\n\x11\x43\x61ncelJobResponse\"T\n\x10\x41ttachJobRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x14\n\x06job_id\x18\x02 \x01(\rB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63ommand\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"\x13\n\x11\x41ttachJobResponse\"B\n\x15GetJobMetadataRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x14\n\x06job_id\x18\x02 \x01(\rB\x04\xe2\x41\x01\x02\"D\n\x16GetJobMetadataResponse\x12*\n\x04jobs\x18\x01 \x03(\x0b\x32\x1c.hpcgate.v1.JobMetadataModel\"\xa7\x01\n\x10WatchJobsRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x0f\n\x07job_ids\x18\x02 \x03(\r\x12\x14\n\x0csend_initial\x18\x03 \x01(\x08\x12/\n\x0cmax_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\nmax_events\x18\x05 \x01(\rH\x00\x88\x01\x01\x42\r\n\x0b_max_events\"\xfd\x01\n\x11WatchJobsResponse\x12,\n\nevent_type\x18\x01 \x01(\x0e\x32\x18.hpcgate.v1.JobEventType\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x03job\x18\x03 \x01(\x0b\x32\x14.hpcgate.v1.JobModel\x12\x37\n\x19previous_normalized_state\x18\x04 \x01(\x0e\x32\x14.hpcgate.v1.JobState\x12\x1b\n\x0eprevious_state\x18\x05 \x01(\tH\x00\x88\x01\x01\x42\x11\n\x0f_previous_state\"\xbc\x03\n\x08JobModel\x12\x16\n\x06job_id\x18\x01 \x01(\rB\x06\xca\xf3\x18\x02\x08\x01\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0b\x32\x15.hpcgate.v1.JobStatus\x12\"\n\x05tasks\x18\x04 \x03(\x0b\x32\x13.hpcgate.v1.JobTask\x12!\n\x04time\x18\x05 \x01(\x0b\x32\x13.hpcgate.v1.JobTime\x12\x14\n\x07\x61\x63\x63ount\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x10\x61llocation_nodes\x18\x07 \x01(\x05\x12\x0f\n\x07\x63luster\x18\x08 \x01(\t\x12\x12\n\x05group\x18\t \x01(\tH\x01\x88\x01\x01\x12\r\n\x05nodes\x18\n \x01(\t\x12\x11\n\tpartition\x18\x0b \x01(\t\x12\x1e\n\x11kill_request_user\x18\x0c \x01(\tH\x02\x88\x01\x01\x12\x11\n\x04user\x18\r \x01(\tH\x03\x88\x01\x01\x12\x19\n\x11working_directory\x18\x0e \x01(\t\x12\x15\n\x08priority\x18\x0f \x01(\rH\x04\x88\x01\x01\x42\n\n\x08_accountB\x08\n\x06_groupB\x14\n\x12_kill_request_userB\x07\n\x05_userB\x0b\n\t_priority\"\xd0\x01\n\tJobStatus\x12\r\n\x05state\x18\x01 \x01(\t\x12\x19\n\x0cstate_reason\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x1d\n\x10interrupt_signal\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12.\n\x10normalized_state\x18\x05 \x01(\x0e\x32\x14.hpcgate.v1.JobStateB\x0f\n\r_state_reasonB\x0c\n\n_exit_codeB\x13\n\x11_interrupt_signal\"\xa7\x01\n\x07JobTime\x12\x14\n\x07\x65lapsed\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05start\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x10\n\x03\x65nd\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x16\n\tsuspended\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x12\n\x05limit\x18\x05 \x01(\rH\x04\x88\x01\x01\x42\n\n\x08_elapsedB\x08\n\x06_startB\x06\n\x04_endB\x0c\n\n_suspendedB\x08\n\x06_limit\"m\n\x07JobTask\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0b\x32\x15.hpcgate.v1.JobStatus\x12!\n\x04time\x18\x04 \x01(\x0b\x32\x13.hpcgate.v1.JobTime\"\xdc\x01\n\x10JobMetadataModel\x12\x16\n\x06job_id\x18\x01 \x01(\rB\x06\xca\xf3\x18\x02\x08\x01\x12\x13\n\x06script\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x1b\n\x0estandard_input\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x1c\n\x0fstandard_output\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x1b\n\x0estandard_error\x18\x05 \x01(\tH\x03\x88\x01\x01\x42\t\n\x07_scriptB\x11\n\x0f_standard_inputB\x12\n\x10_standard_outputB\x11\n\x0f_standard_error\"\xd9\x03\n\x13JobDescriptionModel\x12\x11\n\x04name\x18\x01 \x01(\tH\x01\x88\x01\x01\x12\x14\n\x07\x61\x63\x63ount\x18\x02 \x01(\tH\x02\x88\x01\x01\x12\x19\n\x11working_directory\x18\x03 \x01(\t\x12\x1b\n\x0estandard_input\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x1c\n\x0fstandard_output\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x1b\n\x0estandard_error\x18\x06 \x01(\tH\x05\x88\x01\x01\x12#\n\x03\x65nv\x18\x07 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x18\n\x0b\x63onstraints\x18\x08 \x01(\tH\x06\x88\x01\x01\x12\x10\n\x06script\x18\t \x01(\tH\x00\x12\x15\n\x0bscript_path\x18\n \x01(\tH\x00\x12\x16\n\tpartition\x18\x0b \x01(\tH\x07\x88\x01\x01\x12\x18\n\x0breservation\x18\x0c \x01(\tH\x08\x88\x01\x01\x42\x0f\n\rscript_sourceB\x07\n\x05_nameB\n\n\x08_accountB\x11\n\x0f_standard_inputB\x12\n\x10_standard_outputB\x11\n\x0f_standard_errorB\x0e\n\x0c_constraintsB\x0c\n\n_partitionB\x0e\n\x0c_reservation*e\n\x0cJobEventType\x12\x1e\n\x1aJOB_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16JOB_EVENT_TYPE_INITIAL\x10\x01\x12\x19\n\x15JOB_EVENT_TYPE_CHANGE\x10\x02*\xc6\x03\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUSPENDED\x10\x03\x12\x18\n\x14JOB_STATE_COMPLETING\x10\x04\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x05\x12\x14\n\x10JOB_STATE_FAILED\x10\x06\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x07\x12\x15\n\x11JOB_STATE_TIMEOUT\x10\x08\x12\x17\n\x13JOB_STATE_NODE_FAIL\x10\t\x12\x17\n\x13JOB_STATE_PREEMPTED\x10\n\x12\x1b\n\x17JOB_STATE_OUT_OF_MEMORY\x10\x0b\x12\x17\n\x13JOB_STATE_BOOT_FAIL\x10\x0c\x12\x16\n\x12JOB_STATE_DEADLINE\x10\r\x12\x16\n\x12JOB_STATE_REQUEUED\x10\x0e\x12\x19\n\x15JOB_STATE_CONFIGURING\x10\x0f\x12\x15\n\x11JOB_STATE_STOPPED\x10\x10\x12\x15\n\x11JOB_STATE_REVOKED\x10\x11\x32\xf0\x06\n\tScheduler\x12j\n\x08ListJobs\x12\x1b.hpcgate.v1.ListJobsRequest\x1a\x1c.hpcgate.v1.ListJobsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/compute/{system_name}/jobs\x12w\n\tSubmitJob\x12\x1c.hpcgate.v1.SubmitJobRequest\x1a\x1d.hpcgate.v1.SubmitJobResponse\"-\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02 \"\x1b/compute/{system_name}/jobs:\x01*\x12m\n\x06GetJob\x12\x19.hpcgate.v1.GetJobRequest\x1a\x1a.hpcgate.v1.GetJobResponse\",\x82\xd3\xe4\x93\x02&\x12$/compute/{system_name}/jobs/{job_id}\x12}\n\tCancelJob\x12\x1c.hpcgate.v1.CancelJobRequest\x1a\x1d.hpcgate.v1.CancelJobResponse\"3\xc2\xf3\x18\x03\x08\xcc\x01\x82\xd3\xe4\x93\x02&*$/compute/{system_name}/jobs/{job_id}\x12\x87\x01\n\tAttachJob\x12\x1c.hpcgate.v1.AttachJobRequest\x1a\x1d.hpcgate.v1.AttachJobResponse\"=\xc2\xf3\x18\x03\x08\xcc\x01\x82\xd3\xe4\x93\x02\x30\x1a+/compute/{system_name}/jobs/{job_id}/attach:\x01*\x12\x8e\x01\n\x0eGetJobMetadata\x12!.hpcgate.v1.GetJobMetadataRequest\x1a\".hpcgate.v1.GetJobMetadataResponse\"5\x82\xd3\xe4\x93\x02/\x12-/compute/{system_name}/jobs/{job_id}/metadata\x12u\n\tWatchJobs\x12\x1c.hpcgate.v1.WatchJobsRequest\x1a\x1d.hpcgate.v1.WatchJobsResponse\")\x82\xd3\xe4\x93\x02#\x12!/compute/{system_name}/jobs/watch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahpcgate/v1/scheduler.proto\x12\nhpcgate.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hpcgate/v1/options.proto\"\xc7\x01\n\x0fListJobsRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x10\n\x08\x61llusers\x18\x02 \x01(\x08\x12\x34\n\x07\x61\x63\x63ount\x18\x03 \x01(\tB\x1e\xda\xf3\x18\x1a\n\x18^[A-Za-z0-9_.@+-]{1,64}$H\x00\x88\x01\x01\x12\x11\n\x04name\x18\x04 \x01(\tH\x01\x88\x01\x01\x12/\n\x0btime_window\x18\x05 \x01(\tB\x1a\xda\xf3\x18\x16\n\x14^(|1h|8h|24h|3d|7d)$B\n\n\x08_accountB\x07\n\x05_name\"6\n\x10ListJobsResponse\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.hpcgate.v1.JobModel\"[\n\x10SubmitJobRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x32\n\x03job\x18\x02 \x01(\x0b\x32\x1f.hpcgate.v1.JobDescriptionModelB\x04\xe2\x41\x01\x02\";\n\x11SubmitJobResponse\x12\x1b\n\x06job_id\x18\x01 \x01(\rB\x06\xca\xf3\x18\x02\x08\x01H\x00\x88\x01\x01\x42\t\n\x07_job_id\":\n\rGetJobRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x14\n\x06job_id\x18\x02 \x01(\rB\x04\xe2\x41\x01\x02\"4\n\x0eGetJobResponse\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.hpcgate.v1.JobModel\"=\n\x10\x43\x61ncelJobRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x14\n\x06job_id\x18\x02 \x01(\rB\x04\xe2\x41\x01\x02\"\x13\n\x11\x43\x61ncelJobResponse\"T\n\x10\x41ttachJobRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x14\n\x06job_id\x18\x02 \x01(\rB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63ommand\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"\x13\n\x11\x41ttachJobResponse\"B\n\x15GetJobMetadataRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x14\n\x06job_id\x18\x02 \x01(\rB\x04\xe2\x41\x01\x02\"D\n\x16GetJobMetadataResponse\x12*\n\x04jobs\x18\x01 \x03(\x0b\x32\x1c.hpcgate.v1.JobMetadataModel\"\xaf\x01\n\x10WatchJobsRequest\x12\x13\n\x0bsystem_name\x18\x01 \x01(\t\x12\x17\n\x07job_ids\x18\x02 \x03(\rB\x06\xda\xf3\x18\x02\x10\x01\x12\x14\n\x0csend_initial\x18\x03 \x01(\x08\x12/\n\x0cmax_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\nmax_events\x18\x05 \x01(\rH\x00\x88\x01\x01\x42\r\n\x0b_max_events\"\xfd\x01\n\x11WatchJobsResponse\x12,\n\nevent_type\x18\x01 \x01(\x0e\x32\x18.hpcgate.v1.JobEventType\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x03job\x18\x03 \x01(\x0b\x32\x14.hpcgate.v1.JobModel\x12\x37\n\x19previous_normalized_state\x18\x04 \x01(\x0e\x32\x14.hpcgate.v1.JobState\x12\x1b\n\x0eprevious_state\x18\x05 \x01(\tH\x00\x88\x01\x01\x42\x11\n\x0f_previous_state\"\xbc\x03\n\x08JobModel\x12\x16\n\x06job_id\x18\x01 \x01(\rB\x06\xca\xf3\x18\x02\x08\x01\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0b\x32\x15.hpcgate.v1.JobStatus\x12\"\n\x05tasks\x18\x04 \x03(\x0b\x32\x13.hpcgate.v1.JobTask\x12!\n\x04time\x18\x05 \x01(\x0b\x32\x13.hpcgate.v1.JobTime\x12\x14\n\x07\x61\x63\x63ount\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x10\x61llocation_nodes\x18\x07 \x01(\x05\x12\x0f\n\x07\x63luster\x18\x08 \x01(\t\x12\x12\n\x05group\x18\t \x01(\tH\x01\x88\x01\x01\x12\r\n\x05nodes\x18\n \x01(\t\x12\x11\n\tpartition\x18\x0b \x01(\t\x12\x1e\n\x11kill_request_user\x18\x0c \x01(\tH\x02\x88\x01\x01\x12\x11\n\x04user\x18\r \x01(\tH\x03\x88\x01\x01\x12\x19\n\x11working_directory\x18\x0e \x01(\t\x12\x15\n\x08priority\x18\x0f \x01(\rH\x04\x88\x01\x01\x42\n\n\x08_accountB\x08\n\x06_groupB\x14\n\x12_kill_request_userB\x07\n\x05_userB\x0b\n\t_priority\"\xd0\x01\n\tJobStatus\x12\r\n\x05state\x18\x01 \x01(\t\x12\x19\n\x0cstate_reason\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x1d\n\x10interrupt_signal\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12.\n\x10normalized_state\x18\x05 \x01(\x0e\x32\x14.hpcgate.v1.JobStateB\x0f\n\r_state_reasonB\x0c\n\n_exit_codeB\x13\n\x11_interrupt_signal\"\xa7\x01\n\x07JobTime\x12\x14\n\x07\x65lapsed\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05start\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x10\n\x03\x65nd\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x16\n\tsuspended\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x12\n\x05limit\x18\x05 \x01(\rH\x04\x88\x01\x01\x42\n\n\x08_elapsedB\x08\n\x06_startB\x06\n\x04_endB\x0c\n\n_suspendedB\x08\n\x06_limit\"m\n\x07JobTask\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0b\x32\x15.hpcgate.v1.JobStatus\x12!\n\x04time\x18\x04 \x01(\x0b\x32\x13.hpcgate.v1.JobTime\"\xdc\x01\n\x10JobMetadataModel\x12\x16\n\x06job_id\x18\x01 \x01(\rB\x06\xca\xf3\x18\x02\x08\x01\x12\x13\n\x06script\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x1b\n\x0estandard_input\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x1c\n\x0fstandard_output\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x1b\n\x0estandard_error\x18\x05 \x01(\tH\x03\x88\x01\x01\x42\t\n\x07_scriptB\x11\n\x0f_standard_inputB\x12\n\x10_standard_outputB\x11\n\x0f_standard_error\"\xd9\x03\n\x13JobDescriptionModel\x12\x11\n\x04name\x18\x01 \x01(\tH\x01\x88\x01\x01\x12\x14\n\x07\x61\x63\x63ount\x18\x02 \x01(\tH\x02\x88\x01\x01\x12\x19\n\x11working_directory\x18\x03 \x01(\t\x12\x1b\n\x0estandard_input\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x1c\n\x0fstandard_output\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x1b\n\x0estandard_error\x18\x06 \x01(\tH\x05\x88\x01\x01\x12#\n\x03\x65nv\x18\x07 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x18\n\x0b\x63onstraints\x18\x08 \x01(\tH\x06\x88\x01\x01\x12\x10\n\x06script\x18\t \x01(\tH\x00\x12\x15\n\x0bscript_path\x18\n \x01(\tH\x00\x12\x16\n\tpartition\x18\x0b \x01(\tH\x07\x88\x01\x01\x12\x18\n\x0breservation\x18\x0c \x01(\tH\x08\x88\x01\x01\x42\x0f\n\rscript_sourceB\x07\n\x05_nameB\n\n\x08_accountB\x11\n\x0f_standard_inputB\x12\n\x10_standard_outputB\x11\n\x0f_standard_errorB\x0e\n\x0c_constraintsB\x0c\n\n_partitionB\x0e\n\x0c_reservation*e\n\x0cJobEventType\x12\x1e\n\x1aJOB_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16JOB_EVENT_TYPE_INITIAL\x10\x01\x12\x19\n\x15JOB_EVENT_TYPE_CHANGE\x10\x02*\xc6\x03\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUSPENDED\x10\x03\x12\x18\n\x14JOB_STATE_COMPLETING\x10\x04\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x05\x12\x14\n\x10JOB_STATE_FAILED\x10\x06\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x07\x12\x15\n\x11JOB_STATE_TIMEOUT\x10\x08\x12\x17\n\x13JOB_STATE_NODE_FAIL\x10\t\x12\x17\n\x13JOB_STATE_PREEMPTED\x10\n\x12\x1b\n\x17JOB_STATE_OUT_OF_MEMORY\x10\x0b\x12\x17\n\x13JOB_STATE_BOOT_FAIL\x10\x0c\x12\x16\n\x12JOB_STATE_DEADLINE\x10\r\x12\x16\n\x12JOB_STATE_REQUEUED\x10\x0e\x12\x19\n\x15JOB_STATE_CONFIGURING\x10\x0f\x12\x15\n\x11JOB_STATE_STOPPED\x10\x10\x12\x15\n\x11JOB_STATE_REVOKED\x10\x11\x32\xf0\x06\n\tScheduler\x12j\n\x08ListJobs\x12\x1b.hpcgate.v1.ListJobsRequest\x1a\x1c.hpcgate.v1.ListJobsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/compute/{system_name}/jobs\x12w\n\tSubmitJob\x12\x1c.hpcgate.v1.SubmitJobRequest\x1a\x1d.hpcgate.v1.SubmitJobResponse\"-\xc2\xf3\x18\x03\x08\xc9\x01\x82\xd3\xe4\x93\x02 \"\x1b/compute/{system_name}/jobs:\x01*\x12m\n\x06GetJob\x12\x19.hpcgate.v1.GetJobRequest\x1a\x1a.hpcgate.v1.GetJobResponse\",\x82\xd3\xe4\x93\x02&\x12$/compute/{system_name}/jobs/{job_id}\x12}\n\tCancelJob\x12\x1c.hpcgate.v1.CancelJobRequest\x1a\x1d.hpcgate.v1.CancelJobResponse\"3\xc2\xf3\x18\x03\x08\xcc\x01\x82\xd3\xe4\x93\x02&*$/compute/{system_name}/jobs/{job_id}\x12\x87\x01\n\tAttachJob\x12\x1c.hpcgate.v1.AttachJobRequest\x1a\x1d.hpcgate.v1.AttachJobResponse\"=\xc2\xf3\x18\x03\x08\xcc\x01\x82\xd3\xe4\x93\x02\x30\x1a+/compute/{system_name}/jobs/{job_id}/attach:\x01*\x12\x8e\x01\n\x0eGetJobMetadata\x12!.hpcgate.v1.GetJobMetadataRequest\x1a\".hpcgate.v1.GetJobMetadataResponse\"5\x82\xd3\xe4\x93\x02/\x12-/compute/{system_name}/jobs/{job_id}/metadata\x12u\n\tWatchJobs\x12\x1c.hpcgate.v1.WatchJobsRequest\x1a\x1d.hpcgate.v1.WatchJobsResponse\")\x82\xd3\xe4\x93\x02#\x12!/compute/{system_name}/jobs/watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hpcgate.v1.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LISTJOBSREQUEST'].fields_by_name['account']._loaded_options = None
+  _globals['_LISTJOBSREQUEST'].fields_by_name['account']._serialized_options = b'\332\363\030\032\n\030^[A-Za-z0-9_.@+-]{1,64}$'
+  _globals['_LISTJOBSREQUEST'].fields_by_name['time_window']._loaded_options = None
+  _globals['_LISTJOBSREQUEST'].fields_by_name['time_window']._serialized_options = b'\332\363\030\026\n\024^(|1h|8h|24h|3d|7d)$'
   _globals['_SUBMITJOBREQUEST'].fields_by_name['job']._loaded_options = None
   _globals['_SUBMITJOBREQUEST'].fields_by_name['job']._serialized_options = b'\342A\001\002'
   _globals['_SUBMITJOBRESPONSE'].fields_by_name['job_id']._loaded_options = None
@@ -51,6 +55,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTACHJOBREQUEST'].fields_by_name['command']._serialized_options = b'\342A\001\002'
   _globals['_GETJOBMETADATAREQUEST'].fields_by_name['job_id']._loaded_options = None
   _globals['_GETJOBMETADATAREQUEST'].fields_by_name['job_id']._serialized_options = b'\342A\001\002'
+  _globals['_WATCHJOBSREQUEST'].fields_by_name['job_ids']._loaded_options = None
+  _globals['_WATCHJOBSREQUEST'].fields_by_name['job_ids']._serialized_options = b'\332\363\030\002\020\001'
   _globals['_JOBMODEL'].fields_by_name['job_id']._loaded_options = None
   _globals['_JOBMODEL'].fields_by_name['job_id']._serialized_options = b'\312\363\030\002\010\001'
   _globals['_JOBMETADATAMODEL'].fields_by_name['job_id']._loaded_options = None
@@ -69,50 +75,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCHEDULER'].methods_by_name['GetJobMetadata']._serialized_options = b'\202\323\344\223\002/\022-/compute/{system_name}/jobs/{job_id}/metadata'
   _globals['_SCHEDULER'].methods_by_name['WatchJobs']._loaded_options = None
   _globals['_SCHEDULER'].methods_by_name['WatchJobs']._serialized_options = b'\202\323\344\223\002#\022!/compute/{system_name}/jobs/watch'
-  _globals['_JOBEVENTTYPE']._serialized_start=3085
-  _globals['_JOBEVENTTYPE']._serialized_end=3186
-  _globals['_JOBSTATE']._serialized_start=3189
-  _globals['_JOBSTATE']._serialized_end=3643
+  _globals['_JOBEVENTTYPE']._serialized_start=3153
+  _globals['_JOBEVENTTYPE']._serialized_end=3254
+  _globals['_JOBSTATE']._serialized_start=3257
+  _globals['_JOBSTATE']._serialized_end=3711
   _globals['_LISTJOBSREQUEST']._serialized_start=227
-  _globals['_LISTJOBSREQUEST']._serialized_end=366
-  _globals['_LISTJOBSRESPONSE']._serialized_start=368
-  _globals['_LISTJOBSRESPONSE']._serialized_end=422
-  _globals['_SUBMITJOBREQUEST']._serialized_start=424
-  _globals['_SUBMITJOBREQUEST']._serialized_end=515
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=517
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=576
-  _globals['_GETJOBREQUEST']._serialized_start=578
-  _globals['_GETJOBREQUEST']._serialized_end=636
-  _globals['_GETJOBRESPONSE']._serialized_start=638
-  _globals['_GETJOBRESPONSE']._serialized_end=690
-  _globals['_CANCELJOBREQUEST']._serialized_start=692
-  _globals['_CANCELJOBREQUEST']._serialized_end=753
-  _globals['_CANCELJOBRESPONSE']._serialized_start=755
-  _globals['_CANCELJOBRESPONSE']._serialized_end=774
-  _globals['_ATTACHJOBREQUEST']._serialized_start=776
-  _globals['_ATTACHJOBREQUEST']._serialized_end=860
-  _globals['_ATTACHJOBRESPONSE']._serialized_start=862
-  _globals['_ATTACHJOBRESPONSE']._serialized_end=881
-  _globals['_GETJOBMETADATAREQUEST']._serialized_start=883
-  _globals['_GETJOBMETADATAREQUEST']._serialized_end=949
-  _globals['_GETJOBMETADATARESPONSE']._serialized_start=951
-  _globals['_GETJOBMETADATARESPONSE']._serialized_end=1019
-  _globals['_WATCHJOBSREQUEST']._serialized_start=1022
-  _globals['_WATCHJOBSREQUEST']._serialized_end=1189
-  _globals['_WATCHJOBSRESPONSE']._serialized_start=1192
-  _globals['_WATCHJOBSRESPONSE']._serialized_end=1445
-  _globals['_JOBMODEL']._serialized_start=1448
-  _globals['_JOBMODEL']._serialized_end=1892
-  _globals['_JOBSTATUS']._serialized_start=1895
-  _globals['_JOBSTATUS']._serialized_end=2103
-  _globals['_JOBTIME']._serialized_start=2106
-  _globals['_JOBTIME']._serialized_end=2273
-  _globals['_JOBTASK']._serialized_start=2275
-  _globals['_JOBTASK']._serialized_end=2384
-  _globals['_JOBMETADATAMODEL']._serialized_start=2387
-  _globals['_JOBMETADATAMODEL']._serialized_end=2607
-  _globals['_JOBDESCRIPTIONMODEL']._serialized_start=2610
-  _globals['_JOBDESCRIPTIONMODEL']._serialized_end=3083
-  _globals['_SCHEDULER']._serialized_start=3646
-  _globals['_SCHEDULER']._serialized_end=4526
+  _globals['_LISTJOBSREQUEST']._serialized_end=426
+  _globals['_LISTJOBSRESPONSE']._serialized_start=428
+  _globals['_LISTJOBSRESPONSE']._serialized_end=482
+  _globals['_SUBMITJOBREQUEST']._serialized_start=484
+  _globals['_SUBMITJOBREQUEST']._serialized_end=575
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=577
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=636
+  _globals['_GETJOBREQUEST']._serialized_start=638
+  _globals['_GETJOBREQUEST']._serialized_end=696
+  _globals['_GETJOBRESPONSE']._serialized_start=698
+  _globals['_GETJOBRESPONSE']._serialized_end=750
+  _globals['_CANCELJOBREQUEST']._serialized_start=752
+  _globals['_CANCELJOBREQUEST']._serialized_end=813
+  _globals['_CANCELJOBRESPONSE']._serialized_start=815
+  _globals['_CANCELJOBRESPONSE']._serialized_end=834
+  _globals['_ATTACHJOBREQUEST']._serialized_start=836
+  _globals['_ATTACHJOBREQUEST']._serialized_end=920
+  _globals['_ATTACHJOBRESPONSE']._serialized_start=922
+  _globals['_ATTACHJOBRESPONSE']._serialized_end=941
+  _globals['_GETJOBMETADATAREQUEST']._serialized_start=943
+  _globals['_GETJOBMETADATAREQUEST']._serialized_end=1009
+  _globals['_GETJOBMETADATARESPONSE']._serialized_start=1011
+  _globals['_GETJOBMETADATARESPONSE']._serialized_end=1079
+  _globals['_WATCHJOBSREQUEST']._serialized_start=1082
+  _globals['_WATCHJOBSREQUEST']._serialized_end=1257
+  _globals['_WATCHJOBSRESPONSE']._serialized_start=1260
+  _globals['_WATCHJOBSRESPONSE']._serialized_end=1513
+  _globals['_JOBMODEL']._serialized_start=1516
+  _globals['_JOBMODEL']._serialized_end=1960
+  _globals['_JOBSTATUS']._serialized_start=1963
+  _globals['_JOBSTATUS']._serialized_end=2171
+  _globals['_JOBTIME']._serialized_start=2174
+  _globals['_JOBTIME']._serialized_end=2341
+  _globals['_JOBTASK']._serialized_start=2343
+  _globals['_JOBTASK']._serialized_end=2452
+  _globals['_JOBMETADATAMODEL']._serialized_start=2455
+  _globals['_JOBMETADATAMODEL']._serialized_end=2675
+  _globals['_JOBDESCRIPTIONMODEL']._serialized_start=2678
+  _globals['_JOBDESCRIPTIONMODEL']._serialized_end=3151
+  _globals['_SCHEDULER']._serialized_start=3714
+  _globals['_SCHEDULER']._serialized_end=4594
 # @@protoc_insertion_point(module_scope)
