@@ -25,7 +25,9 @@ JOB_SCRIPT = "#!/bin/bash\ntrue\n"
 # Names the scratch directory holds (see the fixture) and one it never does.
 KNOWN_NAMES = ("file.txt", "dir", "dir/inner.txt", "archive.tar.gz", "link", "missing")
 PATH_FIELDS = frozenset({"path", "sourcePath", "targetPath", "linkPath"})
-JOB_PATH_FIELDS = frozenset({"workingDirectory", "standardInput", "standardOutput", "standardError"})
+JOB_PATH_FIELDS = frozenset(
+    {"workingDirectory", "standardInput", "standardOutput", "standardError"}
+)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def _aim_paths(fields: dict[str, Any], names: frozenset[str], target: Target) ->
             fields[name] = target.path(fields[name])
 
 
-def aim(case: Case, target: Target) -> None:
+def aim(case: Case[Any], target: Target) -> None:
     """Rewrite ``case`` in place to act only on ``target``."""
     params = case.path_parameters
     if params is not None:
