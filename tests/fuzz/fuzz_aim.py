@@ -13,7 +13,7 @@ Everything else stays as generated.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from schemathesis import Case
@@ -37,6 +37,8 @@ class Target:
     system: str
     scratch: str
     job_id: str
+    # Files the fuzz's requests made outside the scratch directory (transfer logs).
+    leftovers: set[str] = field(default_factory=set)
 
     def path(self, generated: Any) -> str:
         """A path in the scratch directory chosen by ``generated``.

@@ -67,13 +67,16 @@ def _submit_sleeper(stack: ThreadedStack, scratch: str) -> str:
 def target(stack: ThreadedStack) -> Iterator[Target]:
     """A fresh scratch directory of alice's and a job; both gone afterwards."""
     scratch = f"/home/alice/fuzz-{uuid.uuid4().hex[:12]}"
-    _seed(stack, scratch)
+    made: Target | None = None
     try:
-        yield Target(system=SYSTEM, scratch=scratch, job_id=_submit_sleeper(stack, scratch))
+        _seed(stack, scratch)
+        made = Target(system=SYSTEM, scratch=scratch, job_id=_submit_sleeper(stack, scratch))
+        yield made
     finally:
         # Only the fuzz's jobs carry its name; other tests' jobs of alice's stay.
         stack.run(stack.shell("alice", "scancel", "--name", JOB_NAME, "--user", "alice"))
-        stack.run(stack.shell("alice", "rm", "-rf", "--", scratch))
+        leftovers = sorted(made.leftovers) if made is not None else []
+        stack.run(stack.shell("alice", "rm", "-rf", "--", scratch, *leftovers))
 
 
 # The document the edge serves, built as the edge builds it: schemathesis's
@@ -107,10 +110,23 @@ def test_the_edge_keeps_its_document(case: Case[Any], stack: ThreadedStack, targ
     # Reading `meta` revalidates the case after aim's edits: a negative case whose
     # invalid value aim replaced is judged as the valid request it has become.
     assert case.meta is not None
-    case.call_and_validate(
+    response = case.call_and_validate(
         base_url=stack.rest_url,
         headers=stack.headers("alice"),
         timeout=CALL_TIMEOUT,
         excluded_checks=[positive_data_acceptance],
         additional_checks=[valid_requests_accepted],
     )
+    _keep_transfer_logs(response, target)
+
+
+def _keep_transfer_logs(response: Any, target: Target) -> None:
+    """Note the logs a transfer job writes (beside alice's home, not in the scratch directory)."""
+    try:
+        logs = response.json()["transferJob"]["logs"]
+    except (ValueError, KeyError, TypeError):
+        return
+    # Only files named as transfer logs are removed, whatever else an answer names.
+    for path in map(str, logs.values()):
+        if path.rsplit("/", 1)[-1].startswith(".hpcgate-transfer-"):
+            target.leftovers.add(path)
