@@ -126,6 +126,36 @@ class JsonMessageOptions(_message.Message):
 Global___JsonMessageOptions: _TypeAlias = JsonMessageOptions  # noqa: Y015
 
 @_typing.final
+class SchemaOptions(_message.Message):
+    """SchemaOptions say what the server accepts of a field beyond its type, so
+    that the OpenAPI document states it too (the server checks it itself).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATTERN_FIELD_NUMBER: _builtins.int
+    MINIMUM_FIELD_NUMBER: _builtins.int
+    pattern: _builtins.str
+    """ECMA-262 pattern a string value (of a list: each item) must match."""
+    minimum: _builtins.int
+    """Least value of an integer (of a list: each item)."""
+    def __init__(
+        self,
+        *,
+        pattern: _builtins.str = ...,
+        minimum: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_minimum", b"_minimum", "minimum", b"minimum"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_minimum", b"_minimum", "minimum", b"minimum", "pattern", b"pattern"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__minimum: _TypeAlias = _typing.Literal["minimum"]  # noqa: Y015
+    _WhichOneofArgType__minimum: _TypeAlias = _typing.Literal["_minimum", b"_minimum"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__minimum) -> _WhichOneofReturnType__minimum | None: ...
+
+Global___SchemaOptions: _TypeAlias = SchemaOptions  # noqa: Y015
+
+@_typing.final
 class UploadedFile(_message.Message):
     """UploadedFile is one file part of a multipart/form-data request."""
 
@@ -158,9 +188,12 @@ Global___UploadedFile: _TypeAlias = UploadedFile  # noqa: Y015
 REST_FIELD_NUMBER: _builtins.int
 JSON_FIELD_NUMBER: _builtins.int
 JSON_MESSAGE_FIELD_NUMBER: _builtins.int
+SCHEMA_FIELD_NUMBER: _builtins.int
 rest: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___RestOptions]
 """REST presentation of the method, read by the edge."""
 json: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___JsonOptions]
 """JSON presentation of the field, read by the edge."""
 json_message: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, Global___JsonMessageOptions]
 """JSON presentation of the message, read by the edge."""
+schema: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___SchemaOptions]
+"""Accepted values of the field, read by the edge's OpenAPI document."""

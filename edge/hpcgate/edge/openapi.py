@@ -13,28 +13,33 @@ from typing import Any
 from google.protobuf import descriptor, descriptor_pb2
 
 from hpcgate.edge.bindings import Binding, is_required
-from hpcgate.edge.jsonmap import Scalar, scalar_of
-from hpcgate.v1 import DESCRIPTOR_SET
+from hpcgate.edge.jsonmap import Scalar, in_real_oneof, scalar_of
+from hpcgate.v1 import DESCRIPTOR_SET, options_pb2
 
 FD = descriptor.FieldDescriptor
 _PACKAGE_PREFIX = "hpcgate.v1."
 
+# Every integer's range: the parser refuses a value out of it (found by the fuzz).
+_INT32 = {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}
+_UINT32 = {"type": "integer", "format": "uint32", "minimum": 0, "maximum": 2**32 - 1}
+_INT64 = {"type": "integer", "format": "int64", "minimum": -(2**63), "maximum": 2**63 - 1}
+_UINT64 = {"type": "integer", "format": "uint64", "minimum": 0, "maximum": 2**64 - 1}
 _SCALARS: dict[int, dict[str, Any]] = {
     FD.TYPE_DOUBLE: {"type": "number", "format": "double"},
     FD.TYPE_FLOAT: {"type": "number", "format": "float"},
-    FD.TYPE_INT32: {"type": "integer", "format": "int32"},
-    FD.TYPE_SINT32: {"type": "integer", "format": "int32"},
-    FD.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
-    FD.TYPE_UINT32: {"type": "integer", "format": "uint32", "minimum": 0},
-    FD.TYPE_FIXED32: {"type": "integer", "format": "uint32", "minimum": 0},
+    FD.TYPE_INT32: _INT32,
+    FD.TYPE_SINT32: _INT32,
+    FD.TYPE_SFIXED32: _INT32,
+    FD.TYPE_UINT32: _UINT32,
+    FD.TYPE_FIXED32: _UINT32,
     # Protobuf's JSON mapping writes 64-bit integers as strings and reads both.
     # The edge writes 64-bit integers as JSON numbers (see jsonmap), and
     # protobuf's parser reads numbers and numeric strings.
-    FD.TYPE_INT64: {"type": "integer", "format": "int64"},
-    FD.TYPE_SINT64: {"type": "integer", "format": "int64"},
-    FD.TYPE_SFIXED64: {"type": "integer", "format": "int64"},
-    FD.TYPE_UINT64: {"type": "integer", "format": "uint64", "minimum": 0},
-    FD.TYPE_FIXED64: {"type": "integer", "format": "uint64", "minimum": 0},
+    FD.TYPE_INT64: _INT64,
+    FD.TYPE_SINT64: _INT64,
+    FD.TYPE_SFIXED64: _INT64,
+    FD.TYPE_UINT64: _UINT64,
+    FD.TYPE_FIXED64: _UINT64,
     FD.TYPE_BOOL: {"type": "boolean"},
     FD.TYPE_STRING: {"type": "string"},
     FD.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
@@ -85,10 +90,81 @@ def _not_default(field: descriptor.FieldDescriptor, schema: dict[str, Any]) -> N
         return
     if field.type == FD.TYPE_STRING:
         schema["minLength"] = 1
+    elif scalar_of(field) is Scalar.STRING:
+        schema["not"] = {"pattern": "^0*$"}
     elif field.type in _UNSIGNED:
         schema["minimum"] = 1
     elif schema.get("type") == "integer":
         schema["not"] = {"const": 0}
+
+
+def _at_most(limit: int) -> str:
+    """A pattern for the decimal numbers from 0 to ``limit`` (leading zeros allowed).
+
+    An integer FirecREST types as a string has its range in a pattern: JSON
+    Schema bounds only numbers. Shorter numbers, then each prefix of
+    ``limit`` with a smaller next digit, then ``limit`` itself.
+    """
+    text = str(limit)
+    alternatives = [f"[0-9]{{1,{len(text) - 1}}}"] if len(text) > 1 else []
+    for i, char in enumerate(text):
+        low, high = (1 if i == 0 and len(text) > 1 else 0), int(char) - 1
+        if high >= low:
+            rest = len(text) - i - 1
+            digit = f"[{low}-{high}]" if high > low else str(low)
+            alternatives.append(text[:i] + digit + (f"[0-9]{{{rest}}}" if rest else ""))
+    alternatives.append(text)
+    return "^0*(?:" + "|".join(alternatives) + ")$"
+
+
+def _constrain(field: descriptor.FieldDescriptor, schema: dict[str, Any]) -> None:
+    """Add what ``(hpcgate.v1.schema)`` says the server accepts to a single value's schema."""
+    options = field.GetOptions().Extensions[options_pb2.schema]
+    if options.pattern:
+        schema["pattern"] = options.pattern
+    if options.HasField("minimum"):
+        schema["minimum"] = options.minimum
+
+
+def _exclusive(desc: descriptor.Descriptor, exclude: frozenset[str]) -> list[dict[str, Any]]:
+    """For each real oneof, "not two of its members at once" (the parser refuses a pair).
+
+    A pair of members is refused even if one is empty; found by the fuzz.
+    """
+    rules: list[dict[str, Any]] = []
+    for oneof in desc.oneofs:
+        names = [f.json_name for f in oneof.fields if f.name not in exclude]
+        if len(names) < 2 or not in_real_oneof(oneof.fields[0]):
+            continue
+        pairs = [[a, b] for i, a in enumerate(names) for b in names[i + 1 :]]
+        rules.append({"not": {"anyOf": [{"required": pair} for pair in pairs]}})
+    return rules
+
+
+def _may_be_null(field: descriptor.FieldDescriptor) -> bool:
+    """Whether ``field`` may be null on the wire: every field not REQUIRED.
+
+    Protobuf's JSON parser takes null as "unset" for any field (the proto3
+    JSON mapping), and the edge writes unset fields with presence, and empty
+    ``null_when_empty`` lists, as null (jsonmap). Found by the schemathesis
+    fuzz (tests/fuzz): the document typed these fields non-null.
+    """
+    return not is_required(field)
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` widened to admit null (a ``$ref`` is wrapped, its description kept)."""
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        widened = {**schema, "type": [kind, "null"]}
+        if "enum" in widened:
+            widened["enum"] = [*widened["enum"], None]
+        return widened
+    if isinstance(kind, list):
+        return schema if "null" in kind else {**schema, "type": [*kind, "null"]}
+    described = {k: v for k, v in schema.items() if k == "description"}
+    inner = {k: v for k, v in schema.items() if k != "description"}
+    return {"anyOf": [inner, {"type": "null"}], **described}
 
 
 def _clean(comment: str) -> str:
@@ -205,18 +281,31 @@ class _Schemas:
         if field.enum_type is not None:
             return self.ref(field.enum_type)
         if scalar_of(field) is Scalar.STRING:  # an integer FirecREST types as a string
-            return {"type": "string", "pattern": "^[0-9]+$"}
-        return dict(_SCALARS[field.type])
+            return {"type": "string", "pattern": _at_most(_SCALARS[field.type]["maximum"])}
+        schema = dict(_SCALARS[field.type])
+        _constrain(field, schema)
+        return schema
 
     def message(
         self, desc: descriptor.Descriptor, exclude: frozenset[str] = frozenset()
     ) -> dict[str, Any]:
         fields = [f for f in desc.fields if f.name not in exclude]
-        properties = {f.json_name: self.field(f) for f in fields}
-        schema: dict[str, Any] = {"type": "object", "properties": properties}
+        properties = {
+            f.json_name: _nullable(self.field(f)) if _may_be_null(f) else self.field(f)
+            for f in fields
+        }
+        # The parser refuses a field the message does not have (found by the fuzz).
+        schema: dict[str, Any] = {
+            "type": "object",
+            "properties": properties,
+            "additionalProperties": False,
+        }
         required = [f.json_name for f in fields if is_required(f)]
         if required:
             schema["required"] = required
+        exclusive = _exclusive(desc, exclude)
+        if exclusive:
+            schema["allOf"] = exclusive
         text = comments().get(desc.full_name)
         if text:
             schema["description"] = text
@@ -271,16 +360,31 @@ def _success(schemas: _Schemas, binding: Binding) -> dict[str, Any]:
         }
     elif binding.server_streaming:
         item = schemas.ref(reply)
+        # With `itemSchema` (OpenAPI 3.2's sequential media types), `schema` is
+        # the whole stream read as an array of items; a string there fails every
+        # stream (found by the fuzz).
+        sse = "Server-Sent Events; each `data:` line is one JSON item"
+        ndjson = "One JSON item per line"
+        # An SSE item is an event whose `data` is the JSON item.
+        event = {
+            "type": "object",
+            "properties": {
+                "event": {"type": "string"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": item,
+                },
+            },
+            "required": ["data"],
+        }
         content = {
             "text/event-stream": {
-                "schema": {
-                    "type": "string",
-                    "description": "Server-Sent Events; each `data:` line is one JSON item",
-                },
-                "itemSchema": item,
+                "schema": {"type": "array", "items": event, "description": sse},
+                "itemSchema": event,
             },
             "application/x-ndjson": {
-                "schema": {"type": "string", "description": "One JSON item per line"},
+                "schema": {"type": "array", "items": item, "description": ndjson},
                 "itemSchema": item,
             },
         }
@@ -319,6 +423,9 @@ def _operation(schemas: _Schemas, binding: Binding) -> dict[str, Any]:
             "5XX": {"description": "Server error", **error},
         },
     }
+    if binding.rest.public:
+        # Overrides the document-wide bearer requirement, as the edge asks for no token.
+        operation["security"] = []
     body = _request_body(schemas, binding)
     if body is not None:
         operation["requestBody"] = body

@@ -23,6 +23,8 @@ _COMMAND_WORDS: tuple[tuple[str, grpc.StatusCode, str], ...] = (
     ("File exists", grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS"),
     ("Not a directory", grpc.StatusCode.INVALID_ARGUMENT, "NOT_A_DIRECTORY"),
     ("Is a directory", grpc.StatusCode.INVALID_ARGUMENT, "IS_A_DIRECTORY"),
+    # ELOOP: the caller's path is a symlink loop, not a server fault (the fuzz found a 500).
+    ("Too many levels of symbolic links", grpc.StatusCode.INVALID_ARGUMENT, "SYMLINK_LOOP"),
     ("Directory not empty", grpc.StatusCode.FAILED_PRECONDITION, "DIRECTORY_NOT_EMPTY"),
     ("No space left on device", grpc.StatusCode.RESOURCE_EXHAUSTED, "NO_SPACE"),
     ("Disk quota exceeded", grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED"),

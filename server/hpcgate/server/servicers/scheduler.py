@@ -34,6 +34,7 @@ from hpcgate.server.scheduler.jobmodels import (
 from hpcgate.server.scheduler.watch import Baseline, Subscription
 from hpcgate.server.servicers.context import Context
 from hpcgate.server.ssh.pool import deadline_after
+from hpcgate.server.transfer.jobs import ACCOUNT_NAME
 from hpcgate.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 T = TypeVar("T")
@@ -302,7 +303,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             allowed = ", ".join(TIME_WINDOWS)
             raise invalid_argument("timeWindow", f"must be one of {allowed}, got {window!r}")
         account = request.account if request.HasField("account") else None
-        if account is not None and (not account or "," in account or "\x00" in account):
+        # The name reaches sacct: one of Slurm's account names, or sacct fails
+        # ("Unknown error 1267" for control characters) as if slurmdbd were down.
+        if account is not None and not ACCOUNT_NAME.match(account):
             raise invalid_argument("account", "must be one account name")
         query = JobQuery(
             user=call.user,

@@ -32,7 +32,7 @@ JOB_NAMES = {
 OPERATIONS = {name: operation for operation, name in JOB_NAMES.items()}
 # An account name as it may appear in a directive line: no blanks, quotes or
 # anything sbatch's option parser would read as more than one word.
-_ACCOUNT = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
+ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
 ACCOUNT_PLACEHOLDER = "{account}"
 
 
@@ -49,7 +49,7 @@ class TransferJob:
 
 def check_account(account: str | None) -> str | None:
     """``account`` if it is a plausible account name (INVALID_ARGUMENT otherwise)."""
-    if account is not None and not _ACCOUNT.match(account):
+    if account is not None and not ACCOUNT_NAME.match(account):
         raise invalid_argument("account", f"not an account name: {account!r}", "INVALID_ACCOUNT")
     return account
 

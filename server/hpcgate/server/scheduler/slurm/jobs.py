@@ -146,6 +146,17 @@ def _sbatch_error(output: Output) -> ServiceError:
     )
 
 
+def _sacct_takes_name(name: str) -> bool:
+    """Whether ``name`` can be sacct's ``--name``; other names are matched here only.
+
+    sacct splits names on commas; and where Slurm's accounting tables are
+    latin1 (MariaDB's default), a name beyond Latin-1's printable characters
+    fails the query with MySQL's error 1267 ("Illegal mix of collations"),
+    which would read as slurmdbd down (found by the fuzz).
+    """
+    return "," not in name and all(ord(c) <= 0xFF and not 0x80 <= ord(c) <= 0x9F for c in name)
+
+
 class SlurmJobs:
     """Submits, reads, cancels and attaches to jobs on Slurm (a JobScheduler)."""
 
@@ -181,7 +192,7 @@ class SlurmJobs:
         selection = ["--allusers"] if query.allusers else [f"--user={query.user}"]
         if query.account is not None:
             selection.append(f"--account={query.account}")
-        if query.name is not None and "," not in query.name:  # sacct splits names on commas
+        if query.name is not None and _sacct_takes_name(query.name):
             selection.append(f"--name={query.name}")
         selection.append(f"--starttime=now-{TIME_WINDOWS[query.time_window]}hours")
         accounted, records = await asyncio.gather(
