@@ -26,6 +26,7 @@ from fuzz_checks import valid_requests_accepted
 from fuzz_stack import ThreadedStack, threaded_stack
 from hpcgate.edge.bindings import bindings_of, hpcgate_services
 from hpcgate.edge.openapi import openapi_document
+from hpcgate.server.transfer.jobs import JOB_NAMES
 from localsite import SYSTEM
 
 # Per operation; ~40 operations x 5 cases fit in about three minutes on 2 cores.
@@ -63,6 +64,22 @@ def _submit_sleeper(stack: ThreadedStack, scratch: str) -> str:
     return str(response.json()["jobId"])
 
 
+def _cancel_transfer_jobs_since(stack: ThreadedStack, first: int) -> None:
+    """Cancel alice's transfer jobs numbered from ``first`` on: the fuzz's own.
+
+    A fuzzed staged upload's job waits up to an hour for an upload that never
+    comes, holding a CPU of the one node: left queued, they would starve
+    every later test's jobs.
+    """
+    listing = stack.run(
+        stack.shell("alice", "squeue", "--noheader", "--user=alice", "--format=%i %j")
+    )
+    jobs = [line.split(" ", 1) for line in listing.splitlines() if " " in line]
+    mine = [i for i, name in jobs if i.isdigit() and int(i) >= first and name in JOB_NAMES.values()]
+    if mine:
+        stack.run(stack.shell("alice", "scancel", "--", *mine))
+
+
 @pytest.fixture(scope="module")
 def target(stack: ThreadedStack) -> Iterator[Target]:
     """A fresh scratch directory of alice's and a job; both gone afterwards."""
@@ -75,6 +92,8 @@ def target(stack: ThreadedStack) -> Iterator[Target]:
     finally:
         # Only the fuzz's jobs carry its name; other tests' jobs of alice's stay.
         stack.run(stack.shell("alice", "scancel", "--name", JOB_NAME, "--user", "alice"))
+        if made is not None:
+            _cancel_transfer_jobs_since(stack, int(made.job_id))
         leftovers = sorted(made.leftovers) if made is not None else []
         stack.run(stack.shell("alice", "rm", "-rf", "--", scratch, *leftovers))
 
