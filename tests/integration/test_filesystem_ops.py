@@ -166,11 +166,13 @@ def violations(error: grpc.aio.AioRpcError) -> list[str]:
     return []
 
 
-def assert_error(reply: httpx.Response, status: int, words: str) -> dict[str, Any]:
+def assert_error(
+    reply: httpx.Response, status: int, words: str, error_type: str = "error"
+) -> dict[str, Any]:
     """A FirecREST error body with ``status`` whose message has ``words``."""
     assert reply.status_code == status, reply.text
     body: dict[str, Any] = reply.json()
-    assert body["errorType"] == "error"
+    assert body["errorType"] == error_type
     assert words in body["message"]
     return body
 
@@ -443,8 +445,12 @@ async def test_chmod(fs: Fs, alice: asyncssh.SSHClientConnection, workdir: str) 
     assert grpc_reply.output.permissions == "rws------"
 
     for mode in ("u+x", "888", "77777", ""):
+        # No mode at all is the edge's request validation (mode is REQUIRED), as FirecREST's.
         body = assert_error(
-            await fs.rest("PUT", "chmod", json={"path": path, "mode": mode}), 400, "mode"
+            await fs.rest("PUT", "chmod", json={"path": path, "mode": mode}),
+            400,
+            "mode",
+            "validation" if mode == "" else "error",
         )
         assert body["data"]["fieldViolations"][0]["field"] == "mode"
     assert (await sh(alice, "stat", "-c", "%a", "--", path)).strip() == "4700"
