@@ -146,11 +146,8 @@ ROWS = {
     "slurmdbd-stopped": (_stop("slurmdbd"), "slurmdbd", {"jobs"}),
     "slurmctld-stopped": (_stop("slurmctld"), "slurmctld", {"jobs", "partitions"}),
     "sshd-stopped": (_stop("sshd"), "sshd", {"ls", "jobs", "partitions"}),
+    "s3-hung": (_pause("s3"), "s3", set()),  # the load needs no S3; an upload does
 }
-# S3 hung is not a row here: after the whole suite (fuzz and pyfirecrest
-# transfers before it) the load did not answer again within the recovery
-# bound in CI's runs, unexplained yet. S3 SIGSTOPped is covered by
-# test_faults_transfer.py (a transfer's status from Slurm while S3 hangs).
 
 
 def _all_answer(load: Load, since: float) -> bool:

@@ -22,6 +22,7 @@ from cluster_fixture import Cluster
 from conftest import LiveService, live_settings, start_service
 from faults import cluster_pid, eventually, paused
 from hpcgate.server.auth.devkeys import DevIssuer
+from hpcgate.server.transfer.staging import Staging
 from hpcgate.v1 import transfer_pb2, transfer_pb2_grpc
 from localsite import SYSTEM, local_config
 
@@ -128,3 +129,27 @@ async def test_a_transfers_status_comes_from_slurm_while_s3_is_down(
     finally:
         async with httpx.AsyncClient(base_url=staged.rest_url, timeout=60) as client:
             await client.delete(f"/compute/{SYSTEM}/jobs/{job_id}", headers=staged.headers("alice"))
+
+
+async def test_a_hung_store_holds_only_threads_of_its_own(staged: LiveService) -> None:
+    """Calls stuck in a hung S3 leave asyncio's default executor free.
+
+    That executor also resolves host names for new SSH connections and reads
+    key files: were S3's blocking calls run there, 20 of them would hold all
+    of its threads (min(32, cores + 4)) for botocore's read timeout.
+    """
+    config = staged.running.runtime.system(SYSTEM).config.s3
+    assert config is not None
+    staging = Staging("hung", config)  # no health gate: every call reaches the store
+    loop = asyncio.get_running_loop()
+    try:
+        with paused(cluster_pid("s3")):
+            stuck = [asyncio.create_task(staging.find("alice", n)) for n in range(20)]
+            await asyncio.sleep(1.0)
+            assert not any(task.done() for task in stuck), "S3 did not hang"
+            assert await asyncio.wait_for(asyncio.to_thread(int, "7"), 3) == 7
+            assert await asyncio.wait_for(loop.getaddrinfo("localhost", 22), 3)
+            for task in stuck:
+                task.cancel()
+    finally:
+        await staging.close()

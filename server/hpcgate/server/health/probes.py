@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -49,8 +50,12 @@ def _s3(s3: S3Config) -> ProbeFn:
     """A probe listing the buckets, with one client built on first use and kept.
 
     Short timeouts and no retries: a probe must report a slow store, not hide it.
+    The probe has one thread of its own: a probe still stuck in a hung store
+    makes the next one wait (and time out, so S3 stays reported down) instead
+    of taking another thread from asyncio's default executor.
     """
     client: list[Any] = []
+    thread = ThreadPoolExecutor(1, thread_name_prefix="s3-probe")
 
     def list_buckets() -> None:
         if not client:
@@ -60,7 +65,7 @@ def _s3(s3: S3Config) -> ProbeFn:
         client[0].list_buckets()
 
     async def check() -> None:
-        await asyncio.to_thread(list_buckets)
+        await asyncio.get_running_loop().run_in_executor(thread, list_buckets)
 
     return check
 

@@ -5,18 +5,28 @@ so addressing style, region, credentials and timeouts are decided in one
 place. boto3 is imported on first use: it takes ~0.3 s, which a server whose
 systems have no S3 should not pay at start-up.
 
-boto3 calls block: callers run them with :func:`asyncio.to_thread`. A client
-is thread-safe once built, so one client per system and purpose serves every
-thread. Presigning is local computation (an HMAC), no I/O.
+boto3 calls block: callers run them with :meth:`S3Clients.call`, in threads
+of the store's own. A client is thread-safe once built, so one client per
+system and purpose serves every thread. Presigning is local computation (an
+HMAC), no I/O.
+
+Why threads of its own: a hung store holds every thread that calls it for
+botocore's read timeout and retries. In asyncio's default executor those
+threads are the ones that also resolve host names for new SSH connections and
+read key files, so a hung S3 once stalled calls that never touch S3.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import math
 import re
 import threading
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
 
@@ -33,6 +43,12 @@ MIB = 1024 * 1024
 # with a letter or digit (we never use dots: they break TLS virtual hosting).
 _BUCKET_CHARS = re.compile(r"[^a-z0-9-]")
 BUCKET_MAX = 63
+# Threads per store for blocking boto3 calls: botocore's default connection
+# pool size, so no call waits for a pooled connection inside its thread.
+S3_THREADS = 10
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def build_client(
@@ -72,11 +88,21 @@ class S3Clients:
     get, naming ``public_endpoint``; it is ``private`` when none is set.
     """
 
-    def __init__(self, config: S3Config) -> None:
+    def __init__(self, config: S3Config, name: str = "s3") -> None:
         self.config = config
         self._lock = threading.Lock()
         self._private: Any = None
         self._public: Any = None
+        self._threads = ThreadPoolExecutor(S3_THREADS, thread_name_prefix=name)
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args, **kwargs)`` in one of this store's threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Stop the threads; calls still waiting for a thread are dropped."""
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     @property
     def private(self) -> Any:

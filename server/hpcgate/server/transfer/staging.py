@@ -184,7 +184,7 @@ class Staging:
         """
         self.system = system
         self.config = config
-        self.clients = S3Clients(config)
+        self.clients = S3Clients(config, name=f"s3-{system}")
         self._clock = clock
         self._gate = gate
         self._ready: set[str] = set()  # buckets known to exist with our lifecycle rule
@@ -197,7 +197,7 @@ class Staging:
         if self._gate is not None:
             self._gate()
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await self.clients.call(fn, *args, **kwargs)
         except ServiceError:
             raise
         except Exception as error:
@@ -534,9 +534,10 @@ class Staging:
                     log.info("%s: aborted %d expired multipart uploads", self.system, aborted)
 
     async def close(self) -> None:
-        """Stop the sweep."""
+        """Stop the sweep and the store's threads."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        self.clients.close()
