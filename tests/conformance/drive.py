@@ -63,9 +63,9 @@ class Context:
     job_id: str = ""
     # Transfer jobs' ids and the log files they write outside the scratch directory.
     transfer_jobs: list[str] = field(default_factory=list)
+    stray_files: list[str] = field(default_factory=list)
     # Transfer jobs to cancel at the end (see Operation.cancel_job).
     cancel_jobs: list[str] = field(default_factory=list)
-    stray_files: list[str] = field(default_factory=list)
 
     @classmethod
     def fresh(cls, system: str, user: str) -> Context:
