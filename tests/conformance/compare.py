@@ -1,7 +1,8 @@
 """One comparison of a recorded FirecREST v2 response with hpcgate's answer to the same request.
 
 Values are not compared (they are normalised away in the record), except the
-texts of errors, which clients match on. What must agree: the status, the
+texts of errors, which clients match on, and the values of :data:`COMPARED_VALUES`.
+What must agree: the status, the
 FirecREST headers, the media type, and the body's shape: the set of keys of
 every object, recursively, including keys whose value is null, and the JSON
 type of every value. Arrays are compared by the merged shape of their
@@ -85,6 +86,33 @@ def shape_differences(want: Shape, got: Shape, where: str) -> list[str]:
     return out
 
 
+# Keys whose values must agree wherever both answers have them: a staged transfer's method,
+# part size and presigned URLs (normalised to the S3 operation, part number and lifetime
+# they are for), so that the number of parts and what each URL does are compared too.
+COMPARED_VALUES = frozenset(
+    {"transferMethod", "maxPartSize", "partsUploadUrls", "completeUploadUrl", "downloadUrl"}
+)
+
+
+def value_differences(want: Any, got: Any, where: str) -> list[str]:
+    """Where a key of :data:`COMPARED_VALUES` has another value in ``got`` than in ``want``.
+
+    Objects are walked key by key; arrays only element by element when both are as long
+    (the shape comparison reports the rest).
+    """
+    out: list[str] = []
+    if isinstance(want, dict) and isinstance(got, dict):
+        for k in sorted(want.keys() & got.keys()):
+            if k in COMPARED_VALUES and want[k] != got[k]:
+                out.append(f"{where}.{k}: {got[k]!r}, FirecREST {want[k]!r}")
+            else:
+                out += value_differences(want[k], got[k], f"{where}.{k}")
+    elif isinstance(want, list) and isinstance(got, list) and len(want) == len(got):
+        for w, g in zip(want, got, strict=True):
+            out += value_differences(w, g, f"{where}[]")
+    return out
+
+
 # FirecREST reports a failed command on the cluster as this prefix plus the command's stderr.
 # hpcgate reads and writes files over SFTP, so there is no such command line to quote:
 # what must agree is the error's reason, the last ": "-part of the first stderr line
@@ -160,4 +188,5 @@ def differences(
     elif _is_text(want) and _is_text(got) and got["text"] != want["text"]:
         out.append(f"body text {got['text']!r}, FirecREST {want['text']!r}")
     out += shape_differences(shape_of(want), shape_of(got), "body")
+    out += value_differences(want, got, "body")
     return out

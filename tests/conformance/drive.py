@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,14 @@ _ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # FirecREST's validation messages name its source files, wherever it was unpacked.
 _SOURCE = re.compile(r'[Ff]ile "[^"]*?/src/(?=firecrest/)')
+# A presigned S3 URL (SigV4 in the query string).
+_PRESIGNED = re.compile(r"^https?://[^/?]+/[^?]+\?.*X-Amz-Signature=")
+# Its query parameters whose values are fixed by the request and the configuration (the
+# part, the signing scheme, the URL's lifetime); the rest are per call (upload id, date,
+# signature).
+_PRESIGNED_KEPT = frozenset(
+    {"partNumber", "X-Amz-Algorithm", "X-Amz-Expires", "X-Amz-SignedHeaders"}
+)
 _LOG_NAME = re.compile(r"(\.f7t_file_handling_job_(?:error_)?)[0-9a-f]{32}")
 TERMINAL_STATES = frozenset(
     {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"}
@@ -55,6 +64,8 @@ class Context:
     # Transfer jobs' ids and the log files they write outside the scratch directory.
     transfer_jobs: list[str] = field(default_factory=list)
     stray_files: list[str] = field(default_factory=list)
+    # Transfer jobs to cancel at the end (see Operation.cancel_job).
+    cancel_jobs: list[str] = field(default_factory=list)
 
     @classmethod
     def fresh(cls, system: str, user: str) -> Context:
@@ -92,6 +103,8 @@ class Context:
 
     def placeholders(self, text: str) -> str:
         """``text`` with this run's values put back to their placeholders."""
+        if _PRESIGNED.match(text):
+            return self.presigned(text)
         text = text.replace(self.scratch, "{scratch}").replace(self.run, "{run}")
         # Job ids are small numbers: only where a name is built from one (Slurm's
         # default output file), never in free text such as "line 2".
@@ -101,6 +114,23 @@ class Context:
         text = _SOURCE.sub('File "{firecrest}/', text)
         text = _UUID.sub("{uuid}", text)
         return _ISO_TIME.sub("{time}", text)
+
+    def presigned(self, url: str) -> str:
+        """A presigned S3 URL with what is per machine, user or call replaced.
+
+        The endpoint becomes ``{s3}`` and the bucket (named differently by the two
+        services) ``{bucket}``; the object key (``<uuid>/<file name>`` in both) and the
+        names of the query parameters, sorted, stay, with the values that
+        :data:`_PRESIGNED_KEPT` names: which S3 operation and part a URL is for.
+        """
+        parts = urllib.parse.urlsplit(url)
+        _, _, key = parts.path.lstrip("/").partition("/")
+        query = sorted(
+            (name, value if name in _PRESIGNED_KEPT else "{volatile}")
+            for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        )
+        path = self.placeholders(urllib.parse.unquote(key))
+        return f"{{s3}}/{{bucket}}/{path}?" + "&".join(f"{n}={v}" for n, v in query)
 
 
 def _constant(value: Any) -> Any:
@@ -190,6 +220,8 @@ async def send(
     transfer = response.json().get("transferJob") if _is_json_object(response) else None
     if isinstance(transfer, dict):
         ctx.transfer_jobs.append(str(transfer["jobId"]))
+        if op.cancel_job:
+            ctx.cancel_jobs.append(str(transfer["jobId"]))
         logs = transfer.get("logs") or {}
         ctx.stray_files += [p for p in logs.values() if isinstance(p, str) and ctx.scratch not in p]
     return {
@@ -264,13 +296,18 @@ async def run(
 
     Waits, unrecorded, where a step needs the cluster to catch up: for the job
     to run before attaching, and at the end for the transfer jobs to finish so
-    that their logs can be removed.
+    that their logs can be removed. The staged uploads' jobs, which would wait
+    for an upload that never comes, are cancelled first.
     """
     responses: dict[str, dict[str, Any]] = {}
     for op in operations:
         if op.wait_running and ctx.job_id:
             await wait_for(client, ctx, ctx.job_id, token, running_with_tasks)
         responses[op.name] = await send(client, op, ctx, token, retries=retries)
+    for job in ctx.cancel_jobs:
+        await client.delete(
+            f"/compute/{ctx.system}/jobs/{job}", headers={"Authorization": f"Bearer {token}"}
+        )
     for job in ctx.transfer_jobs:
         await wait_for(client, ctx, job, token, finished)
     return responses

@@ -13,6 +13,26 @@ certificate signed by the cluster's CA named in ``.hpcgate/dev.json``), sends
 every operation as alice with the dev token, stores the normalised answers,
 and removes the tree again. Made again, the record differs only where the
 cluster's load decides (a node's state, IDLE or MIXED).
+
+The S3-staged ``transfer/upload`` and ``transfer/download`` need FirecREST
+configured with S3, which run.sh is not: for the record, a copy of run.sh
+added under the system's ``data_operation`` a ``data_transfer`` with
+``service_type: s3``, ``name: s3``, ``private_url`` and ``public_url`` both
+the cluster's moto endpoint (``s3.endpoint`` in ``.hpcgate/dev.json``),
+``access_key_id`` and ``secret_access_key`` "testing" (the server config's
+``s3`` section), ``region: us-east-1``, ``ttl: 3600`` and
+``multipart.max_part_size: 1073741824``: hpcgate's defaults of
+``s3.url_expiry`` and ``s3.max_part_size``, so that both services presign
+URLs of the same lifetime and split a file into as many parts. No health
+probe is needed: FirecREST checks a service's health only when
+``probing.services`` lists it, and run.sh lists none. FirecREST stages in a
+bucket named after the user (``alice``; hpcgate's is ``hpcgate-alice``) and
+its download job works in ``~alice/tmp/<uuid>`` (``multipart.tmp_folder``,
+relative to the job's directory): after recording, abort the bucket's
+multipart uploads (the upload jobs are cancelled, never fed), delete its
+objects and the bucket, and remove that directory. On this moto, FirecREST's
+download job fails at completing the multipart upload (moto answers 500);
+the record holds only the replies, which come before.
 """
 
 from __future__ import annotations
@@ -38,8 +58,10 @@ from cluster_fixture import mint_user_key
 USER = "alice"
 SETUP = (
     "FirecREST v2 from source by /work/shared/tools/firecrest-v2/run.sh on the loopback cluster"
-    " (one system, SSHStaticKeys, no S3, health probes off), with its command_execution and"
-    " scheduler timeouts raised from 5 and 10 s to 30 s, which the shared machine overran"
+    " (one system, SSHStaticKeys, health probes off), with its command_execution and"
+    " scheduler timeouts raised from 5 and 10 s to 30 s, which the shared machine overran,"
+    " and an s3 data_transfer on the cluster's moto S3 (private_url = public_url = its"
+    " endpoint, region us-east-1, ttl 3600, multipart.max_part_size 1073741824)"
 )
 
 

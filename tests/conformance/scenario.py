@@ -22,6 +22,12 @@ UPLOAD = "uploaded by the conformance record\n"
 # Long enough for the attach and the cancel to meet a running job.
 JOB_SCRIPT = "#!/bin/bash\nsleep 120\n"
 MISSING_JOB = "999999999"
+STAGED_NAME = "staged.txt"
+# The part size of S3 multipart uploads on both sides (hpcgate's default s3.max_part_size;
+# FirecREST's multipart.max_part_size was set to it for the record): a file one byte
+# over two parts needs three upload URLs. Declared only: no byte of it is sent.
+PART_SIZE = 1024**3
+MULTIPART_SIZE = 2 * PART_SIZE + 1
 
 
 def setup_script(scratch: str) -> str:
@@ -64,6 +70,9 @@ class Operation:
     authorized: bool = True  # False: sent without a bearer token
     wait_running: bool = False  # wait until {jobId} runs before sending
     capture_job: bool = False  # the reply's jobId becomes {jobId}
+    # The reply's transfer job waits for an upload the scenario never makes: it is
+    # cancelled (unrecorded) at the end of the run instead of waited for.
+    cancel_job: bool = False
 
     def request(self) -> dict[str, Any]:
         """The request as stored in the record (templates, not filled in)."""
@@ -255,7 +264,7 @@ OPERATIONS: list[Operation] = [
     ),
     _op("rm", "DELETE", FS + "/rm", query={"path": S + "/a"}),
     _op("rm_missing", "DELETE", FS + "/rm", query={"path": S + "/missing"}),
-    # transfer jobs (cp/mv/rm/compress/extract run as Slurm jobs; no S3 here)
+    # transfer jobs (cp/mv/rm/compress/extract, and upload/download staged in S3, run as Slurm jobs)
     _op(
         "transfer_cp",
         "POST",
@@ -280,5 +289,43 @@ OPERATIONS: list[Operation] = [
         "POST",
         TRANSFER + "/extract",
         json={"sourcePath": S + "/sub.tar.gz", "targetPath": S + "/newdir"},
+    ),
+    _op(
+        "transfer_upload",
+        "POST",
+        TRANSFER + "/upload",
+        json={
+            "sourcePath": S + "/" + STAGED_NAME,
+            "transferDirectives": {"transferMethod": "s3", "fileSize": len(UPLOAD)},
+        },
+        cancel_job=True,
+    ),
+    _op(
+        "transfer_upload_multipart",
+        "POST",
+        TRANSFER + "/upload",
+        json={
+            "sourcePath": S + "/" + STAGED_NAME,
+            "transferDirectives": {"transferMethod": "s3", "fileSize": MULTIPART_SIZE},
+        },
+        cancel_job=True,
+    ),
+    _op(
+        "transfer_upload_no_directives",
+        "POST",
+        TRANSFER + "/upload",
+        json={"sourcePath": S + "/" + STAGED_NAME},
+    ),
+    _op(
+        "transfer_download",
+        "POST",
+        TRANSFER + "/download",
+        json={"sourcePath": S + "/data.txt", "transferDirectives": {"transferMethod": "s3"}},
+    ),
+    _op(
+        "transfer_download_missing",
+        "POST",
+        TRANSFER + "/download",
+        json={"sourcePath": S + "/missing", "transferDirectives": {"transferMethod": "s3"}},
     ),
 ]

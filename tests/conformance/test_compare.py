@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from conformance.compare import differences
+from conformance.drive import Context, normalise
 
 JSON = {"content-type": "application/json", "f7t-appversion": "2.x.x"}
 
@@ -67,4 +68,40 @@ def test_a_failed_command_agrees_on_its_reason() -> None:
     ) == [
         "message 'x: Permission denied', FirecREST "
         f"\"{prefix}rm: cannot remove 'x': Not a directory\""
+    ]
+
+
+def _presigned(key: str, query: str) -> str:
+    return f"http://127.0.0.1:9000/hpcgate-alice/{key}?{query}&X-Amz-Signature=ab12"
+
+
+def test_a_presigned_url_keeps_its_operation_part_and_lifetime() -> None:
+    ctx = Context.fresh("cluster", "alice")
+    url = _presigned(
+        "0c1f6e2a-1d2b-4c3d-8e4f-5a6b7c8d9e0f/data.txt",
+        "uploadId=Zx9&partNumber=2&X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=testing%2F20261202%2Fus-east-1%2Fs3%2Faws4_request"
+        "&X-Amz-Date=20261202T185122Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host",
+    )
+    assert normalise({"downloadUrl": url}, ctx) == {
+        "downloadUrl": "{s3}/{bucket}/{uuid}/data.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential={volatile}&X-Amz-Date={volatile}&X-Amz-Expires=3600"
+        "&X-Amz-Signature={volatile}&X-Amz-SignedHeaders=host&partNumber=2&uploadId={volatile}"
+    }
+
+
+def test_staged_transfer_values_are_compared() -> None:
+    ctx = Context.fresh("cluster", "alice")
+
+    def directives(parts: int, size: int) -> dict[str, Any]:
+        urls = [_presigned("k", f"partNumber={n}&uploadId=u") for n in range(1, parts + 1)]
+        body = {"transferMethod": "s3", "partsUploadUrls": urls, "maxPartSize": size}
+        return answer(normalise({"transferDirectives": body}, ctx), 201)
+
+    recorded = directives(3, 1024)
+    assert differences(recorded, directives(3, 1024)) == []
+    found = differences(recorded, directives(2, 2048))
+    assert [d.partition(":")[0] for d in found] == [
+        "body.transferDirectives.maxPartSize",
+        "body.transferDirectives.partsUploadUrls",
     ]

@@ -29,7 +29,14 @@ RECORDED = {op["name"]: op for op in RECORD["operations"]}
 # from how the two services were set up, not from what they do. Everything else must agree.
 ALLOWED: dict[str, dict[str, str]] = {
     "status_systems": {
-        "body.systems[].dataOperation.data_transfer:": "FirecREST ran without S3 (run.sh)",
+        **{
+            f"body.systems[].dataOperation.data_transfer.{key}: missing": (
+                "never sent by hpcgate, not even masked: the S3 private URL and credentials"
+                " are write-only in FirecREST's schema, and unset fields are left out"
+                " (status.proto, DataTransferConfig); FirecREST sends '**********' and null"
+            )
+            for key in ("privateUrl", "accessKeyId", "secretAccessKey", "tenant")
+        },
         "body.systems[].servicesHealth[]": (
             "FirecREST's probes cannot run in run.sh's setup (no service-account token):"
             " its list holds one failed entry; hpcgate's holds real probes"
@@ -44,6 +51,14 @@ ALLOWED: dict[str, dict[str, str]] = {
     },
     "status_liveness": {
         "body.healthcheckRuns.cluster:": "FirecREST's probes never ran (as above)",
+    },
+    "transfer_upload_no_directives": {
+        "errorType 'error', FirecREST 'validation'": (
+            "both 400; hpcgate takes absent transferDirectives as s3, the one method it offers"
+            " (servicers/transfer.py), and its server then refuses the missing"
+            " transferDirectives.fileSize, where FirecREST's request validation refuses the"
+            " missing object"
+        ),
     },
 }
 

@@ -44,6 +44,22 @@ async def test_systems_report_health_of_every_service(live: LiveService) -> None
     assert system["lastHealthCheck"]
 
 
+async def test_systems_describe_the_staging_area_without_its_secrets(live: LiveService) -> None:
+    """FirecREST's s3 data_transfer, filled from the system's s3 config; no key or private URL."""
+    s3 = live.running.runtime.systems[live.system].config.s3
+    assert s3 is not None
+    async with httpx.AsyncClient(base_url=live.rest_url) as client:
+        body = (await client.get("/status/systems", headers=live.headers("alice"))).json()
+    (system,) = body["systems"]
+    transfer = system["dataOperation"]["data_transfer"]
+    assert transfer["serviceType"] == "s3"
+    assert transfer["publicUrl"] == s3.client_endpoint
+    assert transfer["ttl"] == s3.url_expiry
+    assert transfer["multipart"]["max_part_size"] == s3.max_part_size
+    assert transfer["bucketLifecycleConfiguration"] == {"days": s3.lifecycle_days}
+    assert not {"privateUrl", "accessKeyId", "secretAccessKey"} & transfer.keys()
+
+
 async def test_nodes_over_grpc_and_rest(live: LiveService, cluster: Cluster) -> None:
     stub = status_pb2_grpc.StatusStub(live.channel)
     reply = await stub.ListNodes(

@@ -84,6 +84,7 @@ def _cluster(system: SystemConfig) -> status_pb2.HPCCluster:
         transfer.region = s3.region
         transfer.ttl = s3.url_expiry
         transfer.multipart.max_part_size = s3.max_part_size
+        transfer.bucket_lifecycle_configuration.days = s3.lifecycle_days
     return cluster
 
 
