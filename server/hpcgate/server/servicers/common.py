@@ -14,7 +14,7 @@ from hpcgate.server.auth.interceptor import current_identity
 from hpcgate.server.runtime import Runtime, SystemRuntime
 from hpcgate.server.scheduler.base import Run
 from hpcgate.server.servicers.context import Context
-from hpcgate.server.ssh.pool import deadline_after
+from hpcgate.server.ssh import deadline_after
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from hpcgate.server.scheduler.jobmodels import (
 )
 from hpcgate.server.scheduler.watch import Baseline, Subscription
 from hpcgate.server.servicers.context import Context
-from hpcgate.server.ssh.pool import deadline_after
+from hpcgate.server.ssh import deadline_after
 from hpcgate.server.transfer.jobs import ACCOUNT_NAME
 from hpcgate.v1 import scheduler_pb2, scheduler_pb2_grpc
 
