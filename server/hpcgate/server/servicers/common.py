@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hpcgate.server.auth.authz import authorize
-from hpcgate.server.auth.interceptor import current_identity
+from hpcgate.server.rpc.authentication import current_identity
 from hpcgate.server.runtime import Runtime, SystemRuntime
 from hpcgate.server.scheduler.base import Run
 from hpcgate.server.servicers.context import Context
