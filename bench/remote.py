@@ -20,8 +20,8 @@ from typing import Any
 import asyncssh
 
 from bench.model import WrongBytesError
+from hpcgate.server.ssh import retry_channel_open
 from hpcgate.server.ssh.credentials import CertificateAuthority
-from hpcgate.server.ssh.pool import retry_channel_open
 
 SMALL_COUNT = 1000  # the FirecREST workload: 1,000 files of 1 KB
 SMALL_SIZE = 1024

@@ -33,7 +33,7 @@ from bench.model import Figure, NotAvailableError, Status, WrongBytesError
 from bench.procfs import CpuMeter
 from bench.remote import output
 from bench.stack import Metadata
-from hpcgate.server.ssh.pool import retry_channel_open
+from hpcgate.server.ssh import retry_channel_open
 from hpcgate.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 SCENARIO = "watch_fanout"

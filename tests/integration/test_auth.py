@@ -22,11 +22,11 @@ from conftest import SKELETON_CONFIG, Service, free_port, start_service
 from forged_tokens import MIN_REMAINING_LIFETIME, BadToken, bad_tokens
 from hpcgate.server.auth import jwks
 from hpcgate.server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
-from hpcgate.server.auth.interceptor import Authentication, current_identity
 from hpcgate.server.auth.jwks import JwksError, url_fetcher
 from hpcgate.server.auth.tokens import TokenValidator
 from hpcgate.server.config import Settings, parse_config
-from hpcgate.server.interceptors import MethodTable
+from hpcgate.server.rpc.authentication import Authentication, current_identity
+from hpcgate.server.rpc.method_table import MethodTable
 from hpcgate.v1 import status_pb2, status_pb2_grpc
 
 ISSUER = DevIssuer.generate("key-a")
@@ -183,7 +183,7 @@ async def test_identity_is_visible_to_servicers(tmp_path: Path) -> None:
     # wraps its methods on their first call.
     table = MethodTable([Authentication(TokenValidator(settings.auth))])
     table.install(server)
-    table.add_generic_rpc_handlers(
+    table.add_generic(
         [
             grpc.method_handlers_generic_handler(
                 "test.Who",

@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 import pytest
 
-from hpcgate.server.interceptors import Around, Context, Metadata, MethodTable
+from hpcgate.server.rpc.method_table import Around, Context, Metadata, MethodTable
 from hpcgate.v1 import status_pb2, status_pb2_grpc
 
 

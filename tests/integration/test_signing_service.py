@@ -18,7 +18,7 @@ from cluster_fixture import Cluster
 from conftest import serve_asgi
 from hpcgate.server.config import parse_config
 from hpcgate.server.errors import ServiceError
-from hpcgate.server.ssh.pool import PoolManager
+from hpcgate.server.ssh import PoolManager
 
 TOKEN = "signing-secret"
 

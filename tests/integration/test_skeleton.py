@@ -17,7 +17,7 @@ from hpcgate.edge import create_app
 from hpcgate.edge.bindings import bindings_of, hpcgate_services
 from hpcgate.server.app import build_concerns
 from hpcgate.server.config import parse_config
-from hpcgate.server.interceptors import MethodTable
+from hpcgate.server.rpc.method_table import MethodTable
 from hpcgate.v1 import status_pb2, status_pb2_grpc, transfer_pb2, transfer_pb2_grpc
 
 REFERENCE = Path(__file__).parents[1] / "data" / "firecrest-v2-openapi-2.5.6.yaml"

@@ -23,7 +23,7 @@ from cluster_fixture import Cluster
 from conftest import LiveService, live_settings, start_service
 from hpcgate.server.auth.devkeys import DevIssuer
 from hpcgate.server.filesystem import smallreads
-from hpcgate.server.ssh.pool import CommandResult
+from hpcgate.server.ssh import CommandResult
 from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
 from localsite import SYSTEM
 

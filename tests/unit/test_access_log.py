@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hpcgate.server.observability import ACCESS_LOGGER, FLUSH_INTERVAL, FLUSH_LINES, AccessLog
+from hpcgate.server.rpc.observability import ACCESS_LOGGER, FLUSH_INTERVAL, FLUSH_LINES, AccessLog
 
 
 @pytest.fixture(autouse=True)

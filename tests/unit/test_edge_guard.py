@@ -17,7 +17,7 @@ from hpcgate.edge.guard import (
     TokenVerifier,
     bearer_token,
 )
-from hpcgate.server.auth.interceptor import is_public
+from hpcgate.server.rpc.authentication import is_public
 
 
 def jwt(**claims: object) -> str:

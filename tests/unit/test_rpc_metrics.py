@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hpcgate.server.rpc_metrics import BUCKETS, RpcMetrics
+from hpcgate.server.rpc.metrics import BUCKETS, RpcMetrics
 
 
 def scrape(metrics: RpcMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -14,7 +14,7 @@ import pytest
 from hpcgate.server.config import SSHPoolLimits
 from hpcgate.server.errors import ServiceError, redact_addresses
 from hpcgate.server.scheduler.slurm.failures import checked, command_name
-from hpcgate.server.ssh.pool import CommandResult
+from hpcgate.server.ssh import CommandResult
 
 SLURMDBD_DOWN = (
     b"sacct: error: slurm_persist_conn_open_without_init: failed to open persistent"

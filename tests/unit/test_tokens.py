@@ -17,7 +17,6 @@ from jwt.algorithms import ECAlgorithm
 from forged_tokens import MIN_REMAINING_LIFETIME, BadToken, bad_tokens, claims_for, signed
 from hpcgate.server.auth.authz import authorize
 from hpcgate.server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
-from hpcgate.server.auth.interceptor import bearer_token, current_identity, is_public
 from hpcgate.server.auth.jwks import (
     RETRY_EMPTY_AFTER,
     JwksError,
@@ -28,6 +27,7 @@ from hpcgate.server.auth.jwks import (
 from hpcgate.server.auth.tokens import Identity, TokenValidator
 from hpcgate.server.config import AuthConfig, SystemConfig, parse_config
 from hpcgate.server.errors import ServiceError
+from hpcgate.server.rpc.authentication import bearer_token, current_identity, is_public
 from hpcgate.server.systems import resolve_system
 
 ISSUER = DevIssuer.generate("key-a")

@@ -11,7 +11,7 @@ import uvloop
 
 from hpcgate.server.app import serve
 from hpcgate.server.config import ConfigError, load_config
-from hpcgate.server.observability import configure_logging
+from hpcgate.server.rpc.observability import configure_logging
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,9 +1,14 @@
 """Assemble and run the grpc.aio server.
 
-The server registers every hpcgate service (RPCs without an implementation
-yet answer UNIMPLEMENTED through the generated base classes), plus
-``grpc.health.v1`` and server reflection. Shutdown is graceful: health goes
-NOT_SERVING, in-flight RPCs get ``shutdown_grace`` seconds, then resources close.
+:func:`start` builds the :class:`~hpcgate.server.runtime.Runtime` (SSH pools,
+health checker, job watches, transfers), registers the four hpcgate services,
+``grpc.health.v1`` (mirroring the health checker per system and service) and
+server reflection into the method table, which wraps every method once in
+the cross-cutting concerns (observability, then authentication: see
+:mod:`hpcgate.server.rpc`) and is the server's one generic handler. It also
+starts the Prometheus metrics server when ``server.metrics_listen`` is set.
+Shutdown is graceful: health goes NOT_SERVING, job watches end, in-flight
+RPCs get ``shutdown_grace`` seconds, then the runtime closes.
 """
 
 from __future__ import annotations
@@ -17,14 +22,15 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from hpcgate.server.auth.interceptor import Authentication
 from hpcgate.server.config import Settings
 from hpcgate.server.health.checker import OnChange
-from hpcgate.server.interceptors import Concern, MethodTable
-from hpcgate.server.observability import Observability, access_log
+from hpcgate.server.rpc import grpc_adapter
+from hpcgate.server.rpc.authentication import Authentication
+from hpcgate.server.rpc.method_table import Concern, MethodTable
+from hpcgate.server.rpc.observability import Observability, access_log
 from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.filesystem import FilesystemServicer
 from hpcgate.server.servicers.scheduler import SchedulerServicer
@@ -168,13 +174,8 @@ async def start(settings: Settings, listen: str | None = None) -> Running:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, methods)
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, SERVING)
-    # What reflection.enable_server_reflection does for an aio server (it
-    # tells the kind of server by isinstance, which the table is not).
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        ),
-        methods,
+    grpc_adapter.add_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), methods
     )
     table.install(server)
 

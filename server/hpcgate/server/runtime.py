@@ -25,7 +25,7 @@ from hpcgate.server.scheduler.jobmodels import RunWithInput
 from hpcgate.server.scheduler.slurm.jobs import SlurmJobs
 from hpcgate.server.scheduler.slurm.status import SlurmStatus
 from hpcgate.server.scheduler.watch import RunnerFactory, WatchHub
-from hpcgate.server.ssh.pool import PoolManager, SSHPool, deadline_after
+from hpcgate.server.ssh import PoolManager, SSHPool, deadline_after
 from hpcgate.server.systems import resolve_system
 from hpcgate.server.transfer.staging import Staging
 

@@ -44,7 +44,8 @@ import grpc
 from hpcgate.server.errors import ServiceError
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import command_error, sftp_error
-from hpcgate.server.ssh.pool import KILL_AFTER, CommandResult, SSHPool, retry_channel_open
+from hpcgate.server.ssh import CommandResult, SSHPool, retry_channel_open
+from hpcgate.server.ssh.deadlines import KILL_AFTER
 
 TAR_ARGV = (
     "tar",

@@ -73,7 +73,7 @@ from hpcgate.server.errors import ServiceError, invalid_argument, invalid_in_wor
 from hpcgate.server.filesystem import archive
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import checked, command_error, sftp_error
-from hpcgate.server.ssh.pool import CommandResult, SSHPool
+from hpcgate.server.ssh import CommandResult, SSHPool
 
 # Seconds a learned uid/gid -> name mapping is trusted.
 NAME_TTL = 300.0

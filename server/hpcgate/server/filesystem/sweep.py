@@ -30,7 +30,7 @@ import time
 
 from hpcgate.server.errors import ServiceError
 from hpcgate.server.filesystem.confine import Confine
-from hpcgate.server.ssh.pool import SSHPool, deadline_after
+from hpcgate.server.ssh import SSHPool, deadline_after
 
 log = logging.getLogger(__name__)
 

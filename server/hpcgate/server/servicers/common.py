@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hpcgate.server.auth.authz import authorize
-from hpcgate.server.auth.interceptor import current_identity
+from hpcgate.server.rpc.authentication import current_identity
 from hpcgate.server.runtime import Runtime, SystemRuntime
 from hpcgate.server.scheduler.base import Run
 from hpcgate.server.servicers.context import Context
-from hpcgate.server.ssh.pool import deadline_after
+from hpcgate.server.ssh import deadline_after
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import Any, Literal, TypeVar, cast, get_args
 from google.protobuf import message, struct_pb2, timestamp_pb2
 
 from hpcgate.server.auth.authz import authorize
-from hpcgate.server.auth.interceptor import current_identity
 from hpcgate.server.errors import invalid_argument
+from hpcgate.server.rpc.authentication import current_identity
 from hpcgate.server.runtime import Runtime, SystemRuntime
 from hpcgate.server.scheduler.jobmodels import (
     DEFAULT_TIME_WINDOW,
@@ -33,7 +33,7 @@ from hpcgate.server.scheduler.jobmodels import (
 )
 from hpcgate.server.scheduler.watch import Baseline, Subscription
 from hpcgate.server.servicers.context import Context
-from hpcgate.server.ssh.pool import deadline_after
+from hpcgate.server.ssh import deadline_after
 from hpcgate.server.transfer.jobs import ACCOUNT_NAME
 from hpcgate.v1 import scheduler_pb2, scheduler_pb2_grpc
 

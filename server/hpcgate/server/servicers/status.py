@@ -8,9 +8,9 @@ from datetime import datetime
 
 from google.protobuf import timestamp_pb2
 
-from hpcgate.server.auth.interceptor import current_identity
 from hpcgate.server.config import SystemConfig
 from hpcgate.server.health.checker import ServiceHealth
+from hpcgate.server.rpc.authentication import current_identity
 from hpcgate.server.runtime import Runtime, SystemRuntime
 from hpcgate.server.scheduler.base import Run
 from hpcgate.server.servicers.common import begin

@@ -1,20 +1,15 @@
 """SSH access to the clusters: per-user credentials and connection pools."""
 
+from hpcgate.server.ssh.connection import CommandResult, retry_channel_open
 from hpcgate.server.ssh.credentials import (
     CertificateAuthority,
     CredentialProvider,
     UserCredentials,
     build_credential_provider,
 )
-from hpcgate.server.ssh.pool import (
-    CommandResult,
-    PoolManager,
-    PoolStats,
-    SSHPool,
-    UserStats,
-    deadline_after,
-    retry_channel_open,
-)
+from hpcgate.server.ssh.deadlines import deadline_after
+from hpcgate.server.ssh.pool import PoolManager, PoolStats, SSHPool
+from hpcgate.server.ssh.userpool import UserStats
 
 __all__ = [
     "CertificateAuthority",

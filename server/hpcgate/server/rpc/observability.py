@@ -1,9 +1,12 @@
 """Metrics and access logs for every RPC, and JSON log formatting.
 
-The interceptor counts RPCs by method and code, times them into a histogram,
-and writes one JSON log line per RPC with a request id (the caller's
-``x-request-id``, else a fresh one), the user, the method, the code and the
-latency. Prometheus serves the metrics on a separate port.
+:class:`Observability`, a concern of the method table (:mod:`.method_table`),
+hooks every call: it tallies the RPC by method and code, with its latency,
+in :mod:`.metrics` (Prometheus scrapes them on a separate port), and writes
+one JSON access-log line per RPC with a request id (the caller's
+``x-request-id``, else a fresh one), the user (set by the authentication
+hook through :func:`current_request`), the method, the code and the latency.
+:func:`configure_logging` makes every other log line JSON too.
 
 The access log is the one log written per RPC, so it bypasses the logging
 machinery (see :class:`AccessLog`); its lines have the shape of every other
@@ -26,8 +29,8 @@ from typing import Any, TextIO
 import grpc
 
 from hpcgate.server.errors import ServiceError
-from hpcgate.server.interceptors import Around, Context, Metadata
-from hpcgate.server.rpc_metrics import RPC_METRICS
+from hpcgate.server.rpc.method_table import Around, Context, Metadata
+from hpcgate.server.rpc.metrics import RPC_METRICS
 
 ACCESS_LOGGER = "hpcgate.access"
 # Request ids of calls without x-request-id: a per-process random prefix and
@@ -203,7 +206,7 @@ class _Observe(Around):
 
 
 class Observability:
-    """Metrics and one access-log line per RPC (a concern of the server's interceptor)."""
+    """Metrics and one access-log line per RPC (a concern of the method table)."""
 
     def around(self, method: str) -> Around:
         return _Observe(method)

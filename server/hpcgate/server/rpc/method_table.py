@@ -1,4 +1,4 @@
-"""Cross-cutting concerns as hooks around every call, and the table of methods.
+"""The server's method table: every method wrapped once in the hooks of the cross-cutting concerns.
 
 To act around a call (with the servicer context at hand) a wrapper must
 rebuild the method's handler, of the same kind, with a wrapped behaviour.
@@ -8,6 +8,7 @@ rebuild the method's handler, of the same kind, with a wrapped behaviour.
 instead of one per concern: with a generator layer per concern, py-spy
 showed the layers costing as much as the DownloadStream handler itself.
 :class:`MethodTable` holds the wrapped methods and serves them to the server.
+What this leans on in grpcio is in :mod:`.grpc_adapter`, and only there.
 """
 
 from __future__ import annotations
@@ -15,21 +16,17 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeAlias, cast
+from typing import Any, NoReturn, Protocol, cast
 
 import grpc
 
 from hpcgate.server.errors import ServiceError, abort
+from hpcgate.server.rpc import grpc_adapter
+from hpcgate.server.rpc.grpc_adapter import Behaviour, GenericHandler, Handler
 
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
-if TYPE_CHECKING:  # generic only in grpc-stubs
-    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
-    GenericHandler: TypeAlias = grpc.GenericRpcHandler[Any, Any]
-else:
-    Handler = grpc.RpcMethodHandler
-    GenericHandler = grpc.GenericRpcHandler
 Metadata = Iterable[tuple[str, Any]]  # a call's invocation metadata: (key, value) pairs
 # A handler's behaviour, made async: (request or request iterator, context) -> reply(s).
 Unary = Callable[[Any, Context], Awaitable[Any]]
@@ -68,7 +65,7 @@ class Concern(Protocol):
         ...
 
 
-def _as_async_unary(behavior: Callable[..., Any]) -> Unary:
+def _as_async_unary(behavior: Behaviour) -> Unary:
     if inspect.iscoroutinefunction(behavior):
         return cast(Unary, behavior)  # the common case: nothing to adapt
 
@@ -79,7 +76,7 @@ def _as_async_unary(behavior: Callable[..., Any]) -> Unary:
     return run
 
 
-def _as_async_stream(behavior: Callable[..., Any]) -> Streaming:
+def _as_async_stream(behavior: Behaviour) -> Streaming:
     if inspect.isasyncgenfunction(behavior):
         return cast(Streaming, behavior)  # the common case: nothing to adapt
 
@@ -97,7 +94,7 @@ def _as_async_stream(behavior: Callable[..., Any]) -> Streaming:
 
 async def _fail(error: Exception, context: Context) -> NoReturn:
     """Turn what the handler raised into its status (an abort passes as it is)."""
-    if isinstance(error, grpc.aio.AbortError):
+    if grpc_adapter.is_abort(error):
         raise error
     await abort(context, _as_service_error(error))
 
@@ -119,8 +116,9 @@ def wrap_handler(handler: Handler, arounds: Sequence[Around]) -> Handler:
     costs in a tight loop (cold caches between calls).
     """
     arounds = tuple(arounds)
-    if handler.unary_unary or handler.stream_unary:
-        inner = _as_async_unary(cast(Any, handler.unary_unary or handler.stream_unary))
+    behaviour, streams = grpc_adapter.behaviour(handler)
+    if not streams:
+        inner = _as_async_unary(behaviour)
 
         async def unary(request: Any, context: Context) -> Any:
             states: list[Any] = []
@@ -139,14 +137,9 @@ def wrap_handler(handler: Handler, arounds: Sequence[Around]) -> Handler:
             finally:
                 _exit(arounds, states, error, context)
 
-        make = (
-            grpc.unary_unary_rpc_method_handler
-            if handler.unary_unary
-            else grpc.stream_unary_rpc_method_handler
-        )
-        return make(unary, handler.request_deserializer, handler.response_serializer)
+        return grpc_adapter.rebuild(handler, unary)
 
-    inner_stream = _as_async_stream(cast(Any, handler.unary_stream or handler.stream_stream))
+    inner_stream = _as_async_stream(behaviour)
 
     async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
         states: list[Any] = []
@@ -166,12 +159,7 @@ def wrap_handler(handler: Handler, arounds: Sequence[Around]) -> Handler:
         finally:
             _exit(arounds, states, error, context)
 
-    make = (
-        grpc.unary_stream_rpc_method_handler
-        if handler.unary_stream
-        else grpc.stream_stream_rpc_method_handler
-    )
-    return make(streaming, handler.request_deserializer, handler.response_serializer)
+    return grpc_adapter.rebuild(handler, streaming)
 
 
 def _as_service_error(error: Exception) -> ServiceError:
@@ -196,12 +184,9 @@ class MethodTable(GenericHandler):
     goes to the server as its one generic handler (:meth:`install`). Why not
     a ``grpc.aio`` interceptor and the server's own method registration:
 
-    - grpc.aio keeps one pending "request call" per registered method and,
-      each time calls arrive, runs ``asyncio.wait`` over all of them (grpc
-      1.85, ``AioServer._server_main_loop``). With hpcgate's ~45 methods that
-      cost the event-loop thread ~30 us per call, ListSystems' whole budget
-      (py-spy; ``make bench``, throughput). Behind one generic handler the
-      server waits on a single request.
+    - A server with registered methods spends time per call on each of them
+      (see point 4 of :mod:`.grpc_adapter`); behind one generic handler it
+      waits on a single request.
     - Each method is wrapped once, here, rather than per call by an
       interceptor pipeline (two coroutines and a lookup per call).
     """
@@ -212,13 +197,13 @@ class MethodTable(GenericHandler):
         self._methods: dict[str, Handler] = {}
         self._generic: list[GenericHandler] = []
 
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
-        """Add ``service``'s methods (what generated ``add_*_to_server`` functions call)."""
+    def add_service(self, service: str, handlers: dict[str, Handler]) -> None:
+        """Add ``service``'s methods, by method name."""
         for name, handler in handlers.items():
             method = f"/{service}/{name}"
             self._methods[method] = self._wrap(method, handler)
 
-    def add_generic_rpc_handlers(self, handlers: Iterable[GenericHandler]) -> None:
+    def add_generic(self, handlers: Iterable[GenericHandler]) -> None:
         """Add handlers that resolve methods themselves; asked for methods not in the table.
 
         Generated code adds every service both ways; a service added only
@@ -227,6 +212,7 @@ class MethodTable(GenericHandler):
         self._generic.extend(handler for handler in handlers if handler is not self)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        """The wrapped handler of the called method; None (UNIMPLEMENTED) if unknown."""
         method = handler_call_details.method
         handler = self._methods.get(method)
         if handler is not None:
@@ -239,15 +225,12 @@ class MethodTable(GenericHandler):
         return None  # unknown method: gRPC answers UNIMPLEMENTED itself
 
     def as_server(self) -> grpc.aio.Server:
-        """The table where generated ``add_*_to_server(servicer, server)`` wants a server.
-
-        Those functions call only the two ``add_*`` methods above.
-        """
-        return cast(grpc.aio.Server, self)
+        """The table where generated ``add_*_to_server(servicer, server)`` wants a server."""
+        return grpc_adapter.as_server(grpc_adapter.Registrar(self.add_service, self.add_generic))
 
     def install(self, server: grpc.aio.Server) -> None:
         """Serve the table's methods on ``server`` (before it starts)."""
-        server.add_generic_rpc_handlers((self,))
+        grpc_adapter.install(server, self)
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
         arounds = [a for c in self._concerns if (a := c.around(method)) is not None]

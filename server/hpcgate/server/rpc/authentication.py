@@ -1,4 +1,4 @@
-"""The authentication interceptor: no valid bearer token, no call.
+"""The authentication hook around every call: no valid bearer token, no call.
 
 Every RPC except the public ones (liveness, gRPC health, reflection) must
 carry ``authorization: Bearer <JWT>`` metadata (the edge forwards the HTTP
@@ -15,8 +15,8 @@ from typing import Any
 from hpcgate.server.auth.tokens import Identity, TokenValidator, refusal
 from hpcgate.server.config import AuthConfig
 from hpcgate.server.errors import ServiceError, abort
-from hpcgate.server.interceptors import Around, Context, Metadata
-from hpcgate.server.observability import current_request
+from hpcgate.server.rpc.method_table import Around, Context, Metadata
+from hpcgate.server.rpc.observability import current_request
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class _Authenticate(Around):
 class Authentication:
     """Refuses calls without a valid token (UNAUTHENTICATED with the reason).
 
-    A concern of the server's interceptor; public methods are left alone.
+    A concern of the method table; public methods are left alone.
     """
 
     def __init__(self, validator: TokenValidator) -> None:

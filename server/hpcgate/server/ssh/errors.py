@@ -1,0 +1,21 @@
+"""The errors the SSH layer raises for transport failures, shared by its modules."""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+
+from hpcgate.server.errors import ServiceError, redact_addresses
+
+
+def unavailable(message: str, reason: str) -> ServiceError:
+    """UNAVAILABLE with ``reason``: the cluster, not the request, is at fault."""
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, message, reason)
+
+
+def describe(error: Exception) -> str:
+    """What went wrong, without the address asyncio's socket errors repeat."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return os.strerror(error.errno)
+    return redact_addresses(str(error)) or type(error).__name__
