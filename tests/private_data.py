@@ -1,0 +1,43 @@
+"""Slurm's ``PrivateData=jobs`` on the shared loopback cluster, for one block.
+
+``cluster.py private-data on`` adds the line to slurm.conf and slurmdbd.conf
+and has the running daemons reread them (``scontrol reconfigure``, SIGHUP to
+slurmdbd); it returns once both report the new value. Other sessions run
+tests on the same cluster meanwhile, so the window is kept short and always
+closed again in a ``finally``, also when the block fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+
+from cluster_fixture import CLUSTER_SCRIPT
+
+SWITCH_TIMEOUT_S = 120  # the script waits up to 60 s for the daemons itself
+
+
+def set_private_data(on: bool) -> None:
+    """Turn ``PrivateData=jobs`` on or off in the running slurmctld and slurmdbd."""
+    setting = "on" if on else "off"
+    done = subprocess.run(
+        [sys.executable, str(CLUSTER_SCRIPT), "private-data", setting],
+        capture_output=True,
+        text=True,
+        timeout=SWITCH_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"cluster.py private-data {setting} failed: {done.stderr[-2000:]}")
+
+
+@contextlib.contextmanager
+def private_jobs() -> Iterator[None]:
+    """``PrivateData=jobs`` for the block: no user sees another's jobs in Slurm."""
+    try:
+        set_private_data(True)  # inside: a switch that fails half-way is undone too
+        yield
+    finally:
+        set_private_data(False)
