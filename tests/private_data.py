@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 from cluster_fixture import CLUSTER_SCRIPT
@@ -19,18 +20,26 @@ from cluster_fixture import CLUSTER_SCRIPT
 SWITCH_TIMEOUT_S = 120  # the script waits up to 60 s for the daemons itself
 
 
-def set_private_data(on: bool) -> None:
-    """Turn ``PrivateData=jobs`` on or off in the running slurmctld and slurmdbd."""
+def set_private_data(on: bool, attempts: int = 3) -> None:
+    """Turn ``PrivateData=jobs`` on or off in the running slurmctld and slurmdbd.
+
+    Fault tests of other sessions stop and restart these daemons: a switch
+    that finds one down is repeated once it may be back.
+    """
     setting = "on" if on else "off"
-    done = subprocess.run(
-        [sys.executable, str(CLUSTER_SCRIPT), "private-data", setting],
-        capture_output=True,
-        text=True,
-        timeout=SWITCH_TIMEOUT_S,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise AssertionError(f"cluster.py private-data {setting} failed: {done.stderr[-2000:]}")
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(5)
+        done = subprocess.run(
+            [sys.executable, str(CLUSTER_SCRIPT), "private-data", setting],
+            capture_output=True,
+            text=True,
+            timeout=SWITCH_TIMEOUT_S,
+            check=False,
+        )
+        if done.returncode == 0:
+            return
+    raise AssertionError(f"cluster.py private-data {setting} failed: {done.stderr[-2000:]}")
 
 
 @contextlib.contextmanager

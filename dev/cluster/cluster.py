@@ -1010,18 +1010,19 @@ StorageLoc=slurm_acct_db
         (and daemons it restarts meanwhile) keep it. slurmctld rereads
         slurm.conf on ``scontrol reconfigure``, slurmdbd rereads slurmdbd.conf
         on SIGHUP; neither restarts, so running jobs and connections stay.
-        Returns once both daemons report the new value.
+        Returns once both daemons report the new value. The state and the
+        configs change first: a daemon found down starts with the new value.
         """
         if os.geteuid() != 0:
             raise ClusterError("cluster.py private-data must run as root")
         with self.locked():
             self.load()
-            down = [n for n in ("slurmdbd", "slurmctld") if not self.alive(n)]
-            if down:
-                raise ClusterError(f"not running: {', '.join(down)}; run `cluster.py start`")
             self.state["private_data"] = on
             self.write_configs()
             self.save()
+            down = [n for n in ("slurmdbd", "slurmctld") if not self.alive(n)]
+            if down:
+                raise ClusterError(f"not running: {', '.join(down)}; run `cluster.py start`")
             os.kill(self.state["procs"]["slurmdbd"]["pid"], signal.SIGHUP)
             self.slurm("scontrol", "reconfigure", check=True)
             want = PRIVATE_DATA if on else "none"
