@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shlex
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -217,9 +218,9 @@ async def test_slurm_itself_hides_alices_jobs_from_bob(
     assert set(str(own.stdout).split()) == {str(i) for i in alices.ids}
 
 
-def _same_but_id(answer: Any, job_id: int) -> Any:
+def _same_but_id(answer: Any, job_id: int) -> str:
     """``answer`` with the job id written as ``<id>``, to compare two jobs' answers."""
-    return str(answer).replace(str(job_id), "<id>")
+    return re.sub(rf"\b{job_id}\b", "<id>", str(answer))
 
 
 async def _rest_answer(
