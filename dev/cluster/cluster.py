@@ -11,11 +11,12 @@ Starts, as root on a Debian 12 machine, real parts on loopback:
 * an S3 server (moto) with path-style addressing.
 
 Subcommands: ``start`` (idempotent; prints one JSON document on stdout),
-``stop`` (kills exactly the processes ``start`` recorded), ``status`` and
-``info`` (prints the same JSON document).  Logs go to stderr and to
-``<state-dir>/logs/``.  Everything lives under one state directory
-(default ``<repo>/.hpcgate/cluster``; ``HPCGATE_CLUSTER_DIR`` or
-``--state-dir`` override it).
+``stop`` (kills exactly the processes ``start`` recorded), ``status``,
+``info`` (prints the same JSON document) and ``private-data on|off`` (turns
+Slurm's ``PrivateData=jobs`` on or off in the running slurmctld and
+slurmdbd).  Logs go to stderr and to ``<state-dir>/logs/``.  Everything
+lives under one state directory (default ``<repo>/.hpcgate/cluster``;
+``HPCGATE_CLUSTER_DIR`` or ``--state-dir`` override it).
 
 Standard library only: this runs before the project's venv has anything.
 """
@@ -89,6 +90,9 @@ RESERVATION = {
     "duration": "02:00:00",
 }
 SSH_MAX_SESSIONS = 10
+# What `private-data on` hides from regular users, in slurmctld (squeue,
+# scontrol) and in slurmdbd (sacct): other users' jobs.
+PRIVATE_DATA = "jobs"
 S3_REGION = "us-east-1"
 S3_ACCESS_KEY = "testing"
 S3_SECRET_KEY = "testing"
@@ -145,6 +149,15 @@ def tail(path: Path, lines: int = 25) -> str:
     except OSError:
         return f"    (no log at {path})"
     return "\n".join("    | " + line for line in data)
+
+
+def _config_value(text: str, key: str) -> str | None:
+    """The value of ``key`` in ``Key = value`` lines (scontrol's, sacctmgr's config dumps)."""
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == key:
+            return value.strip()
+    return None
 
 
 def run(
@@ -584,6 +597,7 @@ NodeName={NODE_NAME} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemo
 """
             + "\n".join(parts)
             + "\n"
+            + self.private_data_lines()
         )
         write_file(self.slurm_conf, slurm_conf, 0o644)
 
@@ -604,8 +618,14 @@ StoragePort={port["mysql"]}
 StorageUser=slurm
 StoragePass={self.state["db_password"]}
 StorageLoc=slurm_acct_db
-"""
+""" + self.private_data_lines()
         write_file(self.slurmdbd_conf, dbd_conf, 0o600)  # holds the DB password
+
+    def private_data_lines(self) -> str:
+        """The PrivateData line of both Slurm configs while `private-data on` holds."""
+        if not self.state.get("private_data"):
+            return ""
+        return f"# set by `cluster.py private-data on`\nPrivateData={PRIVATE_DATA}\n"
 
     # ---- launching and waiting -------------------------------------------
     def launch(
@@ -707,6 +727,15 @@ StorageLoc=slurm_acct_db
     def check_slurmctld(self) -> tuple[bool, str]:
         r = self.slurm("scontrol", "ping")
         return r.returncode == 0 and "UP" in r.stdout, (r.stdout + r.stderr).strip()
+
+    def check_private_data(self, want: str) -> tuple[bool, str]:
+        """Whether slurmctld and slurmdbd both run with ``PrivateData`` = ``want``."""
+        ctld = self.slurm("scontrol", "show", "config")
+        # sacctmgr prints slurm.conf's view first, then what slurmdbd itself runs with.
+        dbd = self.slurm("sacctmgr", "show", "configuration")
+        dbd_part = dbd.stdout.partition("SlurmDBD configuration:")[2]
+        seen = [_config_value(ctld.stdout, "PrivateData"), _config_value(dbd_part, "PrivateData")]
+        return seen == [want, want], f"slurmctld, slurmdbd PrivateData: {seen}"
 
     def check_slurmd(self) -> tuple[bool, str]:
         r = self.slurm("sinfo", "-h", "-N", "-n", NODE_NAME, "-o", "%T")
@@ -970,7 +999,37 @@ StorageLoc=slurm_acct_db
             write_file(self.dir / "cluster.json", json.dumps(info, indent=2) + "\n", 0o644)
             what = ", ".join(started) or "nothing"
             log(f"cluster ready ({mode}, {timings['total']}s; started: {what})")
+            if self.state.get("private_data"):
+                log(f"PrivateData={PRIVATE_DATA} is on (`cluster.py private-data off` ends it)")
             return info
+
+    def set_private_data(self, on: bool) -> None:
+        """Turn ``PrivateData=jobs`` on or off in the running slurmctld and slurmdbd.
+
+        The setting is kept in the state, so configs that ``start`` rewrites
+        (and daemons it restarts meanwhile) keep it. slurmctld rereads
+        slurm.conf on ``scontrol reconfigure``, slurmdbd rereads slurmdbd.conf
+        on SIGHUP; neither restarts, so running jobs and connections stay.
+        Returns once both daemons report the new value. The state and the
+        configs change first: a daemon found down starts with the new value.
+        """
+        if os.geteuid() != 0:
+            raise ClusterError("cluster.py private-data must run as root")
+        with self.locked():
+            self.load()
+            self.state["private_data"] = on
+            self.write_configs()
+            self.save()
+            down = [n for n in ("slurmdbd", "slurmctld") if not self.alive(n)]
+            if down:
+                raise ClusterError(f"not running: {', '.join(down)}; run `cluster.py start`")
+            os.kill(self.state["procs"]["slurmdbd"]["pid"], signal.SIGHUP)
+            self.slurm("scontrol", "reconfigure", check=True)
+            want = PRIVATE_DATA if on else "none"
+            self.wait_for(
+                "slurmctld", f"PrivateData={want}", lambda: self.check_private_data(want), 60
+            )
+            log(f"PrivateData={want} in slurmctld and slurmdbd")
 
     def stop(self) -> None:
         if os.geteuid() != 0:
@@ -1074,6 +1133,7 @@ StorageLoc=slurm_acct_db
                     "nodes": NODE_NAME,
                 },
                 "accounts": {a: list(m) for a, m in ACCOUNTS.items()},
+                "private_data": PRIVATE_DATA if self.state.get("private_data") else None,
                 "munge_socket": str(self.munge_socket),
                 "ports": {k: port[k] for k in ("slurmctld", "slurmd", "slurmdbd")},
             },
@@ -1112,6 +1172,12 @@ def main(argv: list[str] | None = None) -> int:
         ("info", "print the cluster JSON"),
     ):
         sub.add_parser(name, help=help_, parents=[common])
+    private = sub.add_parser(
+        "private-data",
+        help=f"turn PrivateData={PRIVATE_DATA} on or off in the running slurmctld and slurmdbd",
+        parents=[common],
+    )
+    private.add_argument("setting", choices=("on", "off"))
     args = ap.parse_args(argv)
     os.umask(0o022)  # state files must be readable (and dirs traversable) by the test users
     state_dir = getattr(args, "state_dir", None) or Path(
@@ -1128,6 +1194,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "info":
             cluster.load()
             print(json.dumps(cluster.info(), indent=2), flush=True)
+        elif args.cmd == "private-data":
+            cluster.set_private_data(args.setting == "on")
     except ClusterError as e:
         log(f"ERROR: {e}")
         return 1

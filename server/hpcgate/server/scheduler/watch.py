@@ -16,9 +16,11 @@ change, a watcher joined or the user submitted or cancelled a job
 than ``min_interval`` apart.
 
 The poller runs its commands as the user, over the user's pooled SSH
-connection. Before every poll it consults the health gate; when the
-scheduler is down, or polls keep failing, every watcher of the user ends with
-the error instead of waiting forever.
+connection, and feeds only that user's watchers: a watch sees of other users'
+jobs exactly what Slurm shows its user (nothing under ``PrivateData=jobs``),
+whoever else watches them. Before every poll it consults the health gate;
+when the scheduler is down, or polls keep failing, every watcher of the user
+ends with the error instead of waiting forever.
 """
 
 from __future__ import annotations

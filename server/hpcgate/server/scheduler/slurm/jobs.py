@@ -3,6 +3,14 @@
 Every command is an argv list; the runner quotes each argument, so no value
 from a request is ever parsed by a shell. Output is read as JSON wherever
 Slurm offers it (see :mod:`.jobparse` for the quirks of 22.05).
+
+Privacy: every command runs as the caller (the runner is the caller's SSH
+login), never as a service account, so Slurm's own rules decide what the
+caller sees of other users' jobs: with ``PrivateData=jobs`` (slurm.conf for
+squeue and scontrol, slurmdbd.conf for sacct) another user's job is, here as
+over SSH, "Job not found." Nothing read for one caller is kept for another.
+scancel and srun alone still answer "permission denied" for a job Slurm hides
+from the caller; :meth:`SlurmJobs._refused` turns that into NOT_FOUND too.
 """
 
 from __future__ import annotations
@@ -262,7 +270,7 @@ class SlurmJobs:
             if _INVALID_JOB in problem:
                 raise _not_found(job_id)
             if "permission denied" in problem.lower():
-                raise _error(grpc.StatusCode.PERMISSION_DENIED, problem, "JOB_NOT_OWNED")
+                raise await self._refused(run, job_id, problem)
             if "already completing or completed" in problem:
                 continue  # cancelling a finished job changes nothing; FirecREST says 204 too
             raise _error(grpc.StatusCode.FAILED_PRECONDITION, problem, "JOB_NOT_CANCELLABLE")
@@ -287,7 +295,7 @@ class SlurmJobs:
                 "JOB_NOT_RUNNING",
             )
         if error is None and "permission denied" in message.lower():
-            error = _error(grpc.StatusCode.PERMISSION_DENIED, message, "JOB_NOT_OWNED")
+            error = await self._refused(run, job_id, message)
         raise error or _error(
             grpc.StatusCode.ABORTED,
             f"the attached command failed (exit status {output.exit_status}): {message}",
@@ -313,6 +321,18 @@ class SlurmJobs:
             for job in await self._sacct(run, ["--jobs=" + ",".join(map(str, missing))]):
                 view.setdefault(job.job_id, job)
         return view
+
+    async def _refused(self, run: RunWithInput, job_id: int, problem: str) -> ServiceError:
+        """PERMISSION_DENIED for another user's job the caller can see, else NOT_FOUND.
+
+        Under ``PrivateData=jobs`` scancel and srun still say "permission
+        denied" for a job that squeue, sacct and scontrol hide from the
+        caller; "Job not found.", as GetJob answers, tells nothing of it.
+        """
+        records = await self._squeue(run, [f"--jobs={job_id}"])
+        if any(record.matches(job_id) for record in records):
+            return _error(grpc.StatusCode.PERMISSION_DENIED, problem, "JOB_NOT_OWNED")
+        return _not_found(job_id)
 
     # -- commands ------------------------------------------------------------------
 
