@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 import pytest
-from integration.test_auth import grpc_refusal, list_systems, rest_get
+from unit.test_auth import grpc_refusal, list_systems, rest_get
 
 from conftest import SKELETON_CONFIG, Service, start_service
 from forged_tokens import claims_for, signed
