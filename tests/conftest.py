@@ -24,9 +24,9 @@ import uvicorn
 import uvloop
 from firecrest.v2 import AsyncFirecrest
 
+from devkeys import DevIssuer
 from hpcgate.edge import create_app
 from hpcgate.server.app import Running, start
-from hpcgate.server.auth.devkeys import DevIssuer
 from hpcgate.server.config import Settings, parse_config
 from localsite import SYSTEM, local_config
 from oidc import Provider

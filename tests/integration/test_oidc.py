@@ -15,7 +15,7 @@ from unit.test_auth import grpc_refusal, list_systems, rest_get
 from unit.test_oidc_provider import fetch_token
 
 from conftest import OIDC_REFRESH_INTERVAL, Service
-from hpcgate.server.auth.devkeys import DevIssuer
+from devkeys import DevIssuer
 from localsite import SYSTEM
 from oidc import Provider
 

@@ -10,8 +10,8 @@ import pytest
 from unit.test_auth import grpc_refusal, list_systems, rest_get
 
 from conftest import SKELETON_CONFIG, Service, start_service
+from devkeys import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from forged_tokens import claims_for, signed
-from hpcgate.server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from hpcgate.server.config import parse_config
 
 ISSUER = DevIssuer.generate("key-policy")

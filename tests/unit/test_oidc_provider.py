@@ -16,7 +16,7 @@ import pytest
 from unit.test_auth import grpc_refusal, rest_get
 
 from conftest import OIDC_TEST_LIFETIME, SKELETON_CONFIG, free_port, start_service
-from hpcgate.server.auth.devkeys import DEV_AUDIENCE
+from devkeys import DEV_AUDIENCE
 from hpcgate.server.config import parse_config
 from oidc import Provider
 

@@ -14,9 +14,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from devkeys import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from forged_tokens import MIN_REMAINING_LIFETIME, BadToken, bad_tokens, claims_for, signed
 from hpcgate.server.auth.authz import authorize
-from hpcgate.server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from hpcgate.server.auth.interceptor import bearer_token, current_identity, is_public
 from hpcgate.server.auth.jwks import (
     RETRY_EMPTY_AFTER,
