@@ -1,10 +1,10 @@
 """Server configuration: one YAML file (:func:`load_config`), validated with pydantic.
 
 :class:`Settings` is the whole file; :func:`parse_config` validates what is
-already parsed (the tests build theirs in Python). Unknown keys
-are errors, so a typo cannot fall back to a default silently, and every
-error names the offending key (``systems.0.ssh.port: ...``): a bad file stops
-start-up with a message an operator can act on.
+already parsed (the tests build theirs in Python). Unknown keys are errors,
+so a typo cannot fall back to a default silently, and every error names the
+offending key (``systems.0.ssh.port: ...``): a bad file stops start-up with
+a message an operator can act on.
 
 A secret (``credentials.ca_key``, ``credentials.signing_token``, a system's
 ``s3.access_key`` and ``s3.secret_key``) is a mapping with exactly one of
