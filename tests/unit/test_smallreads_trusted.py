@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hpcgate.server.filesystem import smallreads
-from hpcgate.server.ssh.pool import CommandResult
+from hpcgate.server.ssh import CommandResult
 
 
 def test_only_diagnostics_about_absent_files_are_trusted() -> None:
