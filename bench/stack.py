@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import ROOT
 from bench.procfs import alive
-from hpcgate.server.auth.devkeys import DevIssuer
+from devkeys import DevIssuer
 from localsite import SYSTEM
 
 RUN_DIR = ROOT / ".hpcgate" / "bench"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hpcgate.server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER
+from devkeys import DEV_AUDIENCE, DEV_ISSUER
 
 SYSTEM = "cluster"
 

@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hpcgate.server.auth.devkeys import DEV_AUDIENCE as AUDIENCE  # the server's auth.audience
+from devkeys import DEV_AUDIENCE as AUDIENCE  # the server's auth.audience
 
 log = logging.getLogger("hpcgate.dev.oidc")
 

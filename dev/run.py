@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from hpcgate.server.auth.devkeys import DevIssuer
+from devkeys import DevIssuer
 from localsite import SYSTEM, local_config
 from oidc import TOKEN_LIFETIME, Provider
 

@@ -24,9 +24,9 @@ import uvicorn
 import uvloop
 from firecrest.v2 import AsyncFirecrest
 
+from devkeys import DevIssuer
 from hpcgate.edge import create_app
 from hpcgate.server.app import Running, start
-from hpcgate.server.auth.devkeys import DevIssuer
 from hpcgate.server.config import Settings, parse_config
 from localsite import SYSTEM, local_config
 from oidc import Provider
@@ -35,6 +35,34 @@ if TYPE_CHECKING:  # imported by pytest as a plugin; importing it here first wou
     from cluster_fixture import Cluster  # stop pytest from rewriting its asserts
 
 pytest_plugins = ["cluster_fixture"]
+
+UNIT_TESTS = Path(__file__).parent / "unit"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``cluster`` every test that needs the loopback cluster, and keep the layout true.
+
+    A test needs it when it uses the ``cluster`` fixture, directly or through
+    other fixtures (``live``, ``remote_dir``, ...), or carries the mark itself
+    (it reaches the cluster some other way). ``make test-fast`` (``-m "not
+    cluster"``) then runs exactly the tests that need none, and those live
+    under tests/unit: a collected test on the wrong side of that line stops
+    the run, naming it.
+    """
+    misplaced: list[str] = []
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+        needs_cluster = item.get_closest_marker("cluster") is not None
+        if needs_cluster == item.path.is_relative_to(UNIT_TESTS):
+            misplaced.append(item.nodeid)
+    if misplaced:
+        raise pytest.UsageError(
+            "tests that need the cluster live outside tests/unit, and tests that need none in"
+            " it (or mark one that reaches the cluster without the fixture"
+            " @pytest.mark.cluster):\n  " + "\n  ".join(misplaced)
+        )
 
 
 def free_port() -> int:

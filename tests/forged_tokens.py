@@ -18,7 +18,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 
-from hpcgate.server.auth.devkeys import DevIssuer
+from devkeys import DevIssuer
 
 # The auth settings the table below is made for (plus the issuer's key in the JWKS).
 MIN_REMAINING_LIFETIME = 60

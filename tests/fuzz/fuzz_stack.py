@@ -21,7 +21,7 @@ import uvloop
 
 from cluster_fixture import Cluster
 from conftest import Service, live_settings, start_service
-from hpcgate.server.auth.devkeys import DevIssuer
+from devkeys import DevIssuer
 
 T = TypeVar("T")
 

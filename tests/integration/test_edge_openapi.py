@@ -13,8 +13,6 @@ import httpx
 import pytest
 
 from conftest import LiveService
-from hpcgate.edge.bindings import bindings_of, hpcgate_services, is_required
-from hpcgate.edge.openapi import openapi_document
 
 
 @pytest.fixture(scope="module")
@@ -65,28 +63,6 @@ async def test_path_is_required_where_the_server_requires_it(
         missing = await client.get(f"/filesystem/{live.system}/ops/ls")
     assert missing.status_code == 400
     assert _violation(missing) == "path"
-
-
-def test_every_required_field_is_required_in_the_document() -> None:
-    """REQUIRED in the contract is required in the document: parameter or body."""
-    bindings = bindings_of(hpcgate_services())
-    document = openapi_document(bindings)
-    checked = 0
-    for binding in bindings:
-        operation = document["paths"][binding.route_path][binding.verb.lower()]
-        parameters = {p["name"]: p for p in operation["parameters"]}
-        body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
-        for field in binding.method.input_type.fields:
-            if not is_required(field):
-                continue
-            checked += 1
-            if field.name in binding.path_fields:
-                assert parameters[field.name]["required"], (binding.template, field.name)
-            elif field.json_name in parameters:
-                assert parameters[field.json_name]["required"], (binding.template, field.name)
-            else:
-                assert field.json_name in body["schema"]["required"], (binding.template, field.name)
-    assert checked > 30
 
 
 async def test_job_id_zero_is_outside_the_schema_and_refused(

@@ -17,8 +17,8 @@ import pytest
 
 from cluster_fixture import Cluster
 from conftest import Service, live_settings, start_service
+from devkeys import DevIssuer
 from faults import cluster_pid, cluster_whole, paused, while_stopped
-from hpcgate.server.auth.devkeys import DevIssuer
 
 SYSTEM = "faulty"
 # Long enough for squeue to give up on a hung slurmctld first (MessageTimeout=10).

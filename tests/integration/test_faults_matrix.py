@@ -25,8 +25,8 @@ import pytest
 
 from cluster_fixture import Cluster
 from conftest import LiveService, live_settings, start_service
+from devkeys import DevIssuer
 from faults import cluster_pid, eventually, paused, running, stopped
-from hpcgate.server.auth.devkeys import DevIssuer
 from localsite import local_config
 
 SYSTEM = "matrix"

@@ -20,8 +20,8 @@ from integration.test_transfer import s3_client
 
 from cluster_fixture import Cluster
 from conftest import LiveService, live_settings, start_service
+from devkeys import DevIssuer
 from faults import cluster_pid, eventually, paused
-from hpcgate.server.auth.devkeys import DevIssuer
 from hpcgate.server.transfer.staging import Staging
 from hpcgate.v1 import transfer_pb2, transfer_pb2_grpc
 from localsite import SYSTEM, local_config

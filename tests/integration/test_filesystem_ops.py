@@ -27,7 +27,7 @@ from google.rpc import status_pb2 as rpc_status_pb2
 
 from cluster_fixture import Cluster
 from conftest import LiveService, start_service
-from hpcgate.server.auth.devkeys import DevIssuer
+from devkeys import DevIssuer
 from hpcgate.server.config import parse_config
 from hpcgate.v1 import filesystem_pb2 as fs_pb2
 from hpcgate.v1 import filesystem_pb2_grpc, options_pb2

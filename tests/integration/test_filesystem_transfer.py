@@ -24,8 +24,8 @@ import pytest
 
 from cluster_fixture import Cluster
 from conftest import LiveService, live_settings, start_service
+from devkeys import DevIssuer
 from hpcgate.edge import create_app
-from hpcgate.server.auth.devkeys import DevIssuer
 from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc, options_pb2
 from localsite import SYSTEM
 

@@ -24,8 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cluster_fixture import CLUSTER_SCRIPT, Cluster
 from conftest import Service, live_settings, start_service
+from devkeys import DevIssuer
 from faults import eventually
-from hpcgate.server.auth.devkeys import DevIssuer
 from hpcgate.v1 import status_pb2, status_pb2_grpc
 
 INTERVAL = 1.0

@@ -17,8 +17,8 @@ import pytest
 
 from cluster_fixture import Cluster
 from conftest import Service, live_settings, start_service
+from devkeys import DevIssuer
 from faults import cluster_pid, eventually, paused
-from hpcgate.server.auth.devkeys import DevIssuer
 from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
 SYSTEM = "isolated"

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from firecrest import ClientCredentialsAuth
 from firecrest.v2 import AsyncFirecrest, Firecrest
-from integration.test_auth import grpc_refusal
+from unit.test_auth import grpc_refusal
 
 from conftest import OIDC_TEST_LIFETIME, Service
 from localsite import SYSTEM

@@ -30,7 +30,7 @@ from prometheus_client import REGISTRY
 
 from cluster_fixture import Cluster
 from conftest import LiveService, live_settings, start_service
-from hpcgate.server.auth.devkeys import DevIssuer
+from devkeys import DevIssuer
 from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
 from localsite import SYSTEM
 

@@ -11,7 +11,7 @@ from grpc_status import rpc_status
 
 from cluster_fixture import Cluster
 from conftest import LiveService, live_settings, start_service
-from hpcgate.server.auth.devkeys import DevIssuer
+from devkeys import DevIssuer
 from hpcgate.v1 import status_pb2, status_pb2_grpc
 
 

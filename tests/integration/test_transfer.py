@@ -30,7 +30,7 @@ from botocore.config import Config
 
 from cluster_fixture import Cluster
 from conftest import LiveService, live_settings, start_service
-from hpcgate.server.auth.devkeys import DevIssuer
+from devkeys import DevIssuer
 from hpcgate.server.transfer.s3 import bucket_name
 from hpcgate.v1 import scheduler_pb2, transfer_pb2, transfer_pb2_grpc
 from localsite import SYSTEM, local_config

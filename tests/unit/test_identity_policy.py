@@ -13,8 +13,8 @@ from typing import Any
 import grpc
 import pytest
 
+from devkeys import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from forged_tokens import claims_for, signed
-from hpcgate.server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from hpcgate.server.auth.jwks import JwksSource
 from hpcgate.server.auth.tokens import TokenValidator
 from hpcgate.server.config import AuthConfig, ConfigError, parse_config

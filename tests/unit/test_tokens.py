@@ -14,9 +14,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from devkeys import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from forged_tokens import MIN_REMAINING_LIFETIME, BadToken, bad_tokens, claims_for, signed
 from hpcgate.server.auth.authz import authorize
-from hpcgate.server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from hpcgate.server.auth.jwks import (
     RETRY_EMPTY_AFTER,
     JwksError,
@@ -430,22 +430,20 @@ def test_resolve_system() -> None:
 async def test_verified_tokens_are_cached_but_their_lifetime_is_rechecked() -> None:
     fetch = FakeFetch(ISSUER)
     offset = [0.0]
-    validator = TokenValidator(
-        auth_config(),
-        JwksSource(fetch, refresh_interval=INTERVAL, max_age=3600.0, clock=Clock()),
-        clock=lambda: time.time() + offset[0],
-    )
-    verified: list[str] = []
-    verify = validator._verify
+    keys = JwksSource(fetch, refresh_interval=INTERVAL, max_age=3600.0, clock=Clock())
+    validator = TokenValidator(auth_config(), keys, clock=lambda: time.time() + offset[0])
+    # A full verification looks the token's key up; one served from the cache does not.
+    looked_up: list[str | None] = []
+    find = keys.find
 
-    async def counting(token: str) -> Identity:
-        verified.append(token)
-        return await verify(token)
+    async def counting(kid: str | None, alg: str) -> jwt.PyJWK | None:
+        looked_up.append(kid)
+        return await find(kid, alg)
 
-    validator._verify = counting  # type: ignore[method-assign]
+    keys.find = counting  # type: ignore[method-assign]
     token = signed(ISSUER, claims_for(ISSUER, exp=int(time.time()) + MIN_REMAINING_LIFETIME + 30))
     assert (await validator.validate(token)).username == "alice"
     assert (await validator.validate(token)).username == "alice"
-    assert verified == [token]  # the second call was served from the cache
+    assert looked_up == [ISSUER.kid]  # the second call was served from the cache
     offset[0] = 40.0  # now less than the minimum lifetime is left
     assert await reason(validator, token) == "TOKEN_LIFETIME_TOO_SHORT"

@@ -98,7 +98,7 @@ def _not_default(field: descriptor.FieldDescriptor, schema: dict[str, Any]) -> N
         schema["not"] = {"const": 0}
 
 
-def _at_most(limit: int) -> str:
+def decimal_at_most(limit: int) -> str:
     """A pattern for the decimal numbers from 0 to ``limit`` (leading zeros allowed).
 
     An integer FirecREST types as a string has its range in a pattern: JSON
@@ -281,7 +281,7 @@ class _Schemas:
         if field.enum_type is not None:
             return self.ref(field.enum_type)
         if scalar_of(field) is Scalar.STRING:  # an integer FirecREST types as a string
-            return {"type": "string", "pattern": _at_most(_SCALARS[field.type]["maximum"])}
+            return {"type": "string", "pattern": decimal_at_most(_SCALARS[field.type]["maximum"])}
         schema = dict(_SCALARS[field.type])
         _constrain(field, schema)
         return schema

@@ -196,7 +196,7 @@ def _string_fields(target: message.Message) -> dict[str, descriptor.FieldDescrip
     return fields
 
 
-def _parse(data: dict[str, Any], target: message.Message) -> None:
+def parse_dict(data: dict[str, Any], target: message.Message) -> None:
     """Fill ``target`` from ``data`` (JSON names or proto names), as json_format.ParseDict.
 
     Most requests carry only strings for string fields (the system name and
@@ -264,7 +264,7 @@ async def build_request(binding: Binding, request: Request, limits: BodyLimits) 
     data.update(query_to_dict(binding, query))
     for name in binding.path_fields:
         data[name] = request.path_params[name]
-    _parse(data, target)
+    parse_dict(data, target)
     if binding.rest.multipart_file_field:
         await _form_file(binding, request, target, limits)
     _check_required(target)

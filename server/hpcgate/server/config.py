@@ -1,8 +1,18 @@
-"""Server configuration: one YAML file, validated with pydantic.
+"""Server configuration: one YAML file (:func:`load_config`), validated with pydantic.
 
-Every error names the offending key (``systems.0.ssh.port: ...``) so that a
-bad config stops start-up with a message an operator can act on. Secrets can
-be given inline, or as ``*_file`` / ``*_env`` references resolved at load time.
+:class:`Settings` is the whole file; :func:`parse_config` validates what is
+already parsed (the tests build theirs in Python). Unknown keys are errors,
+so a typo cannot fall back to a default silently, and every error names the
+offending key (``systems.0.ssh.port: ...``): a bad file stops start-up with
+a message an operator can act on.
+
+A secret (``credentials.ca_key``, ``credentials.signing_token``, a system's
+``s3.access_key`` and ``s3.secret_key``) is a mapping with exactly one of
+``value`` (inline), ``file`` (a path) or ``env`` (a variable's name). Only
+its form is checked here: the file or variable is read when the part that
+needs it is built (:meth:`Secret.reveal`), the CA key and the signing token
+as the server starts, the S3 keys whenever it makes an S3 client (the
+transfers' clients, the health probes').
 """
 
 from __future__ import annotations

@@ -7,11 +7,11 @@ from typing import Any
 
 import grpc
 import pytest
-from integration.test_auth import grpc_refusal, list_systems, rest_get
+from unit.test_auth import grpc_refusal, list_systems, rest_get
 
 from conftest import SKELETON_CONFIG, Service, start_service
+from devkeys import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from forged_tokens import claims_for, signed
-from hpcgate.server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from hpcgate.server.config import parse_config
 
 ISSUER = DevIssuer.generate("key-policy")

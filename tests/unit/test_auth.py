@@ -19,9 +19,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from conftest import SKELETON_CONFIG, Service, free_port, start_service
+from devkeys import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from forged_tokens import MIN_REMAINING_LIFETIME, BadToken, bad_tokens
 from hpcgate.server.auth import jwks
-from hpcgate.server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from hpcgate.server.auth.jwks import JwksError, url_fetcher
 from hpcgate.server.auth.tokens import TokenValidator
 from hpcgate.server.config import Settings, parse_config

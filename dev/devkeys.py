@@ -1,7 +1,10 @@
 """A development token issuer: an RSA key, its JWKS, and signed tokens.
 
-Used by ``make run`` and by the tests, so that the server validates real
-tokens signed with a real key, exactly as it does a site's OIDC tokens.
+Used by ``make run`` (dev/run.py), the tests and the benchmarks, so that the
+server validates real tokens signed with a real key, exactly as it does a
+site's OIDC tokens. It lives in dev/, imported as ``devkeys`` (on the path of
+pytest, mypy, dev/run.py and bench), and not in the server's package: a
+deployment has no use for a key issuer, and its wheel carries none.
 """
 
 from __future__ import annotations
