@@ -1,23 +1,19 @@
-"""Rich gRPC errors: a status code, a message, and ``google.rpc`` details.
+"""The domain's errors: a kind, a message, a reason, and the fields at fault.
 
-Every error the server returns carries an ``ErrorInfo`` with a machine-readable
-reason (``TOKEN_EXPIRED``, ``PATH_OUTSIDE_FILESYSTEMS`` ...), and a
-``BadRequest`` naming the fields when the request itself is at fault. The
-edge renders both into FirecREST's error body.
+Domain code raises :class:`ServiceError` and never sees gRPC: its
+:class:`ErrorKind` says what went wrong in the terms callers act on (not
+found, invalid argument, unavailable ...). The boundary
+(:mod:`hpcgate.server.rpc.errors`) maps each kind to a gRPC status code in
+one table and renders the reason (``TOKEN_EXPIRED``, ``PATH_OUTSIDE_FILESYSTEMS``
+...), fields and metadata as ``google.rpc`` details, which the edge renders
+into FirecREST's error body.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
-from typing import Any, NoReturn, cast
-
-import grpc
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
-
-DOMAIN = "hpcgate.dev"
 
 # Addresses of the processes behind the server, as backends print them in
 # their errors: URLs, "host:port" (Slurm's "host:localhost:6819" too) and
@@ -32,16 +28,39 @@ _ADDRESS = re.compile(
 )
 
 
+class ErrorKind(enum.Enum):
+    """What kind of failure a :class:`ServiceError` is, for the caller to act on.
+
+    Named after the gRPC codes they become (``rpc.errors.GRPC_CODES``), so that
+    a reader knows the status at a glance; only the kinds the server raises.
+    """
+
+    ABORTED = enum.auto()
+    ALREADY_EXISTS = enum.auto()
+    DATA_LOSS = enum.auto()
+    DEADLINE_EXCEEDED = enum.auto()
+    FAILED_PRECONDITION = enum.auto()
+    INTERNAL = enum.auto()
+    INVALID_ARGUMENT = enum.auto()
+    NOT_FOUND = enum.auto()
+    OUT_OF_RANGE = enum.auto()
+    PERMISSION_DENIED = enum.auto()
+    RESOURCE_EXHAUSTED = enum.auto()
+    UNAUTHENTICATED = enum.auto()
+    UNAVAILABLE = enum.auto()
+    UNIMPLEMENTED = enum.auto()
+
+
 class ServiceError(Exception):
     """An error meant for the caller, raised by domain code.
 
-    Domain code never sees gRPC; the servicer layer turns these into a
-    status with details (see :func:`to_status`).
+    ``code`` is an :class:`ErrorKind`, not a gRPC code: the boundary turns
+    the error into a status with details (``rpc.errors.to_status``).
     """
 
     def __init__(
         self,
-        code: grpc.StatusCode,
+        code: ErrorKind,
         message: str,
         reason: str,
         *,
@@ -68,7 +87,7 @@ def redact_addresses(text: str) -> str:
 def invalid_argument(field: str, message: str, reason: str = "INVALID_ARGUMENT") -> ServiceError:
     """A ServiceError for one bad request field; the message names the field."""
     return ServiceError(
-        grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", reason, fields={field: message}
+        ErrorKind.INVALID_ARGUMENT, f"{field}: {message}", reason, fields={field: message}
     )
 
 
@@ -79,36 +98,5 @@ def invalid_in_words(field: str, words: str) -> ServiceError:
     the ``field: `` prefix of :func:`invalid_argument`.
     """
     return ServiceError(
-        grpc.StatusCode.INVALID_ARGUMENT, words, "INVALID_ARGUMENT", fields={field: words}
+        ErrorKind.INVALID_ARGUMENT, words, "INVALID_ARGUMENT", fields={field: words}
     )
-
-
-def to_status(error: ServiceError) -> grpc.Status:
-    """The grpc.Status (code, message, details) for ``error``."""
-    details: list[Any] = []
-    info = any_pb2.Any()
-    info.Pack(
-        error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
-    )
-    details.append(info)
-    if error.fields:
-        bad = any_pb2.Any()
-        bad.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                    for f, d in error.fields.items()
-                ]
-            )
-        )
-        details.append(bad)
-    code: int = error.code.value[0]
-    status = status_pb2.Status(code=code, message=error.message, details=details)
-    return rpc_status.to_status(status)
-
-
-async def abort(context: grpc.aio.ServicerContext[Any, Any], error: ServiceError) -> NoReturn:
-    """End the RPC with ``error``'s status and details."""
-    # grpc-stubs lacks aio's abort_with_status; it exists since grpcio 1.38.
-    await cast(Any, context).abort_with_status(to_status(error))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
