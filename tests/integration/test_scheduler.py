@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 
 from cluster_fixture import Cluster
 from conftest import LiveService, StaticToken
+from hpcgate.server.errors import ErrorKind
 from hpcgate.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 JOB_NAME = "a|b c ü"
@@ -489,7 +490,7 @@ async def test_scheduler_down_is_503_through_the_health_gate(
 
     def down(*service_types: str) -> None:
         if "scheduler" in service_types:
-            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "scheduler down", "SERVICE_UNHEALTHY")
+            raise ServiceError(ErrorKind.UNAVAILABLE, "scheduler down", "SERVICE_UNHEALTHY")
 
     monkeypatch.setattr(health, "require", down)
     response = await rest.get(f"/compute/{live.system}/jobs", headers=live.headers("alice"))

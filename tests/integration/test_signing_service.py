@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import asyncssh
-import grpc
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,7 +16,7 @@ from starlette.routing import Route
 from cluster_fixture import Cluster
 from conftest import serve_asgi
 from hpcgate.server.config import parse_config
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.ssh import PoolManager
 
 TOKEN = "signing-secret"
@@ -93,7 +92,7 @@ async def test_a_refusing_signing_service_is_a_clear_error(
     try:
         with pytest.raises(ServiceError) as caught:
             await pools.pool("signed").run("alice", ["true"])
-        assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+        assert caught.value.code == ErrorKind.UNAVAILABLE
         assert caught.value.reason == "SSH_SIGNING_FAILED"
     finally:
         await pools.close()

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncssh
-import grpc
 import pytest
 from prometheus_client import REGISTRY
 
 from hpcgate.server.config import parse_config
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.ssh import PoolManager, SSHPool, UserStats, deadline_after
 
 if TYPE_CHECKING:
@@ -124,7 +123,7 @@ def gauge(name: str, pool: SSHPool) -> float | None:
     return REGISTRY.get_sample_value(name, {"system": pool.name})
 
 
-async def expect_error(awaitable: Awaitable[object], code: grpc.StatusCode, reason: str) -> str:
+async def expect_error(awaitable: Awaitable[object], code: ErrorKind, reason: str) -> str:
     """Await ``awaitable``; it must raise ServiceError(code, reason). Returns the message."""
     with pytest.raises(ServiceError) as caught:
         await awaitable
@@ -152,7 +151,7 @@ async def test_wrong_host_key_is_refused(make_pool: MakePool, cluster: Cluster) 
     entry = f"[{cluster.ssh.host}]:{cluster.ssh.port} {other}"
     pool = make_pool(known_hosts_entry=entry)
     message = await expect_error(
-        pool.run("alice", ["true"]), grpc.StatusCode.UNAVAILABLE, "SSH_HOST_KEY_MISMATCH"
+        pool.run("alice", ["true"]), ErrorKind.UNAVAILABLE, "SSH_HOST_KEY_MISMATCH"
     )
     assert "host key mismatch" in message
     assert pool.stats().total == UserStats()  # failed waiters leave nothing behind
@@ -162,24 +161,22 @@ async def test_login_and_connect_failures_are_mapped(make_pool: MakePool) -> Non
     pool = make_pool()
     # Valid certificate, but no such account on the cluster.
     await expect_error(
-        pool.run("nosuchuser", ["true"]), grpc.StatusCode.PERMISSION_DENIED, "SSH_AUTH_FAILED"
+        pool.run("nosuchuser", ["true"]), ErrorKind.PERMISSION_DENIED, "SSH_AUTH_FAILED"
     )
     await expect_error(
         pool.run("-oProxyCommand=x", ["true"]),
-        grpc.StatusCode.PERMISSION_DENIED,
+        ErrorKind.PERMISSION_DENIED,
         "SSH_INVALID_USERNAME",
     )
     await expect_error(
         pool.run("alice", ["true"], deadline=deadline_after(-1)),
-        grpc.StatusCode.DEADLINE_EXCEEDED,
+        ErrorKind.DEADLINE_EXCEEDED,
         "SSH_POOL_TIMEOUT",
     )
     assert pool.stats().users == {}  # failures leave no per-user state behind
     with unused_port() as port:
         closed = make_pool(port=port)
-        await expect_error(
-            closed.run("alice", ["true"]), grpc.StatusCode.UNAVAILABLE, "SSH_UNREACHABLE"
-        )
+        await expect_error(closed.run("alice", ["true"]), ErrorKind.UNAVAILABLE, "SSH_UNREACHABLE")
 
 
 async def test_proxy_jump(make_pool: MakePool, cluster: Cluster) -> None:
@@ -360,7 +357,7 @@ async def test_dead_connection_is_replaced(make_pool: MakePool, cluster: Cluster
     await wait_until(lambda: user_stats(pool, "alice").channels_in_use == 1, "sleep runs")
     kill_server_side(cluster, first)
 
-    await expect_error(in_flight, grpc.StatusCode.UNAVAILABLE, "SSH_CONNECTION_LOST")
+    await expect_error(in_flight, ErrorKind.UNAVAILABLE, "SSH_CONNECTION_LOST")
     result = await pool.run("alice", ["id", "-un"])
     assert (result.exit_status, result.stdout) == (0, b"alice\n")
     async with pool.session("alice") as second:
@@ -420,7 +417,7 @@ async def test_deadline_while_queued_and_command_timeout(make_pool: MakePool) ->
 
     await expect_error(
         pool.run("alice", ["true"], deadline=deadline_after(0.3)),
-        grpc.StatusCode.DEADLINE_EXCEEDED,
+        ErrorKind.DEADLINE_EXCEEDED,
         "SSH_POOL_TIMEOUT",
     )
     assert user_stats(pool, "alice").waiters == 0
@@ -433,12 +430,12 @@ async def test_deadline_while_queued_and_command_timeout(make_pool: MakePool) ->
 
     await expect_error(
         pool.run("alice", ["sleep", SLEEPER], timeout=0.5),
-        grpc.StatusCode.DEADLINE_EXCEEDED,
+        ErrorKind.DEADLINE_EXCEEDED,
         "COMMAND_TIMEOUT",
     )
     await expect_error(
         pool.run("alice", ["sleep", SLEEPER], deadline=deadline_after(0.5)),
-        grpc.StatusCode.DEADLINE_EXCEEDED,
+        ErrorKind.DEADLINE_EXCEEDED,
         "COMMAND_TIMEOUT",
     )
     assert remote_sleepers() == 0
@@ -453,8 +450,8 @@ async def test_close_fails_waiters_and_refuses_new_requests(make_pool: MakePool)
     await wait_until(lambda: user_stats(pool, "alice").waiters == 1, "a request queues")
 
     await pool.close()
-    await expect_error(queued, grpc.StatusCode.UNAVAILABLE, "SSH_POOL_CLOSED")
-    await expect_error(holder, grpc.StatusCode.UNAVAILABLE, "SSH_CONNECTION_LOST")
-    await expect_error(pool.run("alice", ["true"]), grpc.StatusCode.UNAVAILABLE, "SSH_POOL_CLOSED")
+    await expect_error(queued, ErrorKind.UNAVAILABLE, "SSH_POOL_CLOSED")
+    await expect_error(holder, ErrorKind.UNAVAILABLE, "SSH_CONNECTION_LOST")
+    await expect_error(pool.run("alice", ["true"]), ErrorKind.UNAVAILABLE, "SSH_POOL_CLOSED")
     assert gauge("hpcgate_ssh_connections", pool) == 0
     assert gauge("hpcgate_ssh_waiters", pool) == 0

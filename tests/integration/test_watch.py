@@ -24,6 +24,7 @@ from integration.test_scheduler import cancel_quietly, eventually, ssh_output, s
 
 from cluster_fixture import Cluster
 from conftest import LiveService
+from hpcgate.server.errors import ErrorKind
 from hpcgate.server.scheduler.watch import WatchHub
 from hpcgate.v1 import scheduler_pb2
 
@@ -302,7 +303,7 @@ async def test_scheduler_going_down_ends_the_watch_unavailable(
     await call.initial_metadata()
 
     def down() -> None:
-        raise ServiceError(grpc.StatusCode.UNAVAILABLE, "scheduler down", "SERVICE_UNHEALTHY")
+        raise ServiceError(ErrorKind.UNAVAILABLE, "scheduler down", "SERVICE_UNHEALTHY")
 
     monkeypatch.setattr(watch_hub, "gate", down)
     watch_hub.nudge("alice")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import grpc
-
+from hpcgate.server.errors import ErrorKind
 from hpcgate.server.filesystem.errors import command_error
 
 
@@ -18,11 +17,11 @@ class _Output:
 
 def test_dash_redirection_errors_read_as_strerror() -> None:
     missing = command_error(["tar"], _Output(2, b"", b"tar: 6: cannot open /s/a.tar: No such file"))
-    assert missing.code == grpc.StatusCode.NOT_FOUND
+    assert missing.code == ErrorKind.NOT_FOUND
     assert missing.message == "/s/a.tar: No such file or directory"
     denied = command_error(["sh"], _Output(2, b"", b"sh: 1: cannot open /s/x: Permission denied"))
     assert (denied.code, denied.message) == (
-        grpc.StatusCode.PERMISSION_DENIED,
+        ErrorKind.PERMISSION_DENIED,
         "/s/x: Permission denied",
     )
 

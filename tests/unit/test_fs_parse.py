@@ -11,10 +11,9 @@ import subprocess
 from pathlib import Path
 
 import asyncssh
-import grpc
 import pytest
 
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.filesystem import ops
 
 # -- listings ---------------------------------------------------------------------
@@ -112,7 +111,7 @@ def test_stat_output() -> None:
 def test_unexpected_stat_output_is_internal() -> None:
     with pytest.raises(ServiceError) as caught:
         ops.parse_stat(b"81a4 1 2\n")
-    assert caught.value.code == grpc.StatusCode.INTERNAL
+    assert caught.value.code == ErrorKind.INTERNAL
 
 
 DIGEST = "b76ae83c50d6104039c80d312402af3027661e07066325526ad997daf6362bbc"
@@ -133,7 +132,7 @@ def test_sha256sum_output(output: bytes) -> None:
 def test_unexpected_sha256sum_output_is_internal() -> None:
     with pytest.raises(ServiceError) as caught:
         ops.parse_sha256sum(b"sha256sum: oops\n")
-    assert caught.value.code == grpc.StatusCode.INTERNAL
+    assert caught.value.code == ErrorKind.INTERNAL
 
 
 # -- request validation -------------------------------------------------------------
@@ -148,7 +147,7 @@ def test_octal_modes(mode: str, bits: int) -> None:
 def test_bad_modes_name_the_field(mode: str) -> None:
     with pytest.raises(ServiceError) as caught:
         ops.parse_mode(mode)
-    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.code == ErrorKind.INVALID_ARGUMENT
     assert list(caught.value.fields) == ["mode"]
 
 

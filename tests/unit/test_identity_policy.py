@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc
 import pytest
 
 from devkeys import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
@@ -18,7 +17,7 @@ from forged_tokens import claims_for, signed
 from hpcgate.server.auth.jwks import JwksSource
 from hpcgate.server.auth.tokens import TokenValidator
 from hpcgate.server.config import AuthConfig, ConfigError, parse_config
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 
 ISSUER = DevIssuer.generate("key-a")
 DAY = 24 * 3600
@@ -37,7 +36,7 @@ def validator(service_account: str | None = "hpcgate-svc", **auth: Any) -> Token
     )
 
 
-async def refusal(validator: TokenValidator, token: str) -> tuple[grpc.StatusCode, str]:
+async def refusal(validator: TokenValidator, token: str) -> tuple[ErrorKind, str]:
     with pytest.raises(ServiceError) as caught:
         await validator.validate(token)
     return caught.value.code, caught.value.reason
@@ -46,7 +45,7 @@ async def refusal(validator: TokenValidator, token: str) -> tuple[grpc.StatusCod
 async def test_service_account_is_refused_with_its_own_reason() -> None:
     check = validator()
     assert await refusal(check, ISSUER.token("hpcgate-svc")) == (
-        grpc.StatusCode.PERMISSION_DENIED,
+        ErrorKind.PERMISSION_DENIED,
         "TOKEN_SERVICE_ACCOUNT",
     )
     assert (await check.validate(ISSUER.token("alice"))).username == "alice"
@@ -54,7 +53,7 @@ async def test_service_account_is_refused_with_its_own_reason() -> None:
 
 async def test_denied_users_default_to_root_and_are_configurable() -> None:
     assert await refusal(validator(), ISSUER.token("root")) == (
-        grpc.StatusCode.PERMISSION_DENIED,
+        ErrorKind.PERMISSION_DENIED,
         "TOKEN_USER_DENIED",
     )
     check = validator(denied_users=["bob", "admin"])
@@ -70,7 +69,7 @@ async def test_a_day_long_token_is_accepted_a_longer_one_is_not() -> None:
     check = validator()
     assert (await check.validate(ISSUER.token("alice", lifetime=DAY))).username == "alice"
     code, reason = await refusal(check, ISSUER.token("alice", lifetime=DAY + 60))
-    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_LIFETIME_TOO_LONG")
+    assert (code, reason) == (ErrorKind.UNAUTHENTICATED, "TOKEN_LIFETIME_TOO_LONG")
 
 
 # Claims as functions of the time the test runs: computed at collection, a
@@ -101,7 +100,7 @@ async def test_too_long_lifetimes_are_refused(
 ) -> None:
     token = signed(ISSUER, claims_for(ISSUER, **overrides(int(time.time()))))
     assert await refusal(validator(), token) == (
-        grpc.StatusCode.UNAUTHENTICATED,
+        ErrorKind.UNAUTHENTICATED,
         "TOKEN_LIFETIME_TOO_LONG",
     )
 
@@ -129,7 +128,7 @@ async def test_configured_maximum_lifetime() -> None:
 async def test_oversized_token_is_refused_before_parsing() -> None:
     check = validator(max_token_bytes=4096)
     padded = ISSUER.token("alice", padding="x" * 4096)
-    assert await refusal(check, padded) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_TOO_LARGE")
+    assert await refusal(check, padded) == (ErrorKind.UNAUTHENTICATED, "TOKEN_TOO_LARGE")
     # Not even a JWT: the size is checked first, so the reason is the size.
     assert (await refusal(check, "y" * 100_000))[1] == "TOKEN_TOO_LARGE"
     assert (await check.validate(ISSUER.token("alice", padding="x" * 1000))).username == "alice"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import copy
 
-import grpc
 import pytest
 
 from conftest import SKELETON_CONFIG
 from hpcgate.server.config import SystemConfig, parse_config
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.filesystem.paths import MAX_PATH, check_path
 
 # daint: /home (default) and /scratch.
@@ -61,7 +60,7 @@ def test_refused_paths_name_the_field(path: str, reason: str, field: str) -> Non
     with pytest.raises(ServiceError) as caught:
         check_path(SYSTEM, field, path)
     error = caught.value
-    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.code == ErrorKind.INVALID_ARGUMENT
     assert error.reason == reason
     assert error.message.startswith(f"{field}: ")
     assert list(error.fields) == [field]

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 
-import grpc
 import pytest
 
 from hpcgate.server.config import SSHPoolLimits
-from hpcgate.server.errors import ServiceError, redact_addresses
+from hpcgate.server.errors import ErrorKind, ServiceError, redact_addresses
 from hpcgate.server.scheduler.slurm.failures import checked, command_name
 from hpcgate.server.ssh import CommandResult
 
@@ -43,7 +42,7 @@ def _raised(argv: list[str], status: int, stdout: bytes = b"", stderr: bytes = b
 @pytest.mark.parametrize("stderr", [SLURMDBD_DOWN, MARIADB_DOWN])
 def test_accounting_down_is_unavailable_without_its_address(stderr: bytes) -> None:
     error = _raised(["sacct", "--json", "--user=alice"], 1, stderr=stderr)
-    assert error.code == grpc.StatusCode.UNAVAILABLE
+    assert error.code == ErrorKind.UNAVAILABLE
     assert error.reason == "ACCOUNTING_UNAVAILABLE"
     assert "127.0.0.1" not in error.message and "29086" not in error.message
     assert "Problem talking to the database" in error.message
@@ -53,7 +52,7 @@ def test_squeue_exiting_0_with_an_error_is_unavailable() -> None:
     """slurmctld hung or stopped: squeue --json says so only in its document."""
     failure = {"description": "Failed while looking for jobs", "error_number": -1}
     error = _raised(["squeue", "--json", "--states=all"], 0, stdout=_json([failure]))
-    assert error.code == grpc.StatusCode.UNAVAILABLE
+    assert error.code == ErrorKind.UNAVAILABLE
     assert error.reason == "SCHEDULER_UNAVAILABLE"
     assert "Failed while looking for jobs" in error.message
 
@@ -67,9 +66,9 @@ def test_an_empty_result_is_no_failure() -> None:
 
 def test_a_missing_command_is_a_precondition_and_others_internal() -> None:
     missing = _raised(["sinfo", "--json"], 127, stderr=b"sh: sinfo: not found")
-    assert missing.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert missing.code == ErrorKind.FAILED_PRECONDITION
     other = _raised(["id"], 1, stderr=b"id: oops")
-    assert other.code == grpc.StatusCode.INTERNAL
+    assert other.code == ErrorKind.INTERNAL
 
 
 def test_command_name_skips_an_env_prefix() -> None:

@@ -6,13 +6,12 @@ import time
 from pathlib import Path
 
 import asyncssh
-import grpc
 import pytest
 from asyncssh.packet import SSHPacket
 from asyncssh.public_key import SSHOpenSSHCertificate
 
 from hpcgate.server.config import ConfigError, CredentialsConfig, parse_config
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.ssh import PoolManager, build_credential_provider
 from hpcgate.server.ssh.credentials import CLOCK_SKEW_ALLOWANCE, CertificateAuthority
 
@@ -100,7 +99,7 @@ async def test_static_keys_take_precedence(ca_key: asyncssh.SSHKey, tmp_path: Pa
     with pytest.raises(ServiceError) as caught:
         await only_static.credentials("alice")
     assert (caught.value.code, caught.value.reason) == (
-        grpc.StatusCode.PERMISSION_DENIED,
+        ErrorKind.PERMISSION_DENIED,
         "SSH_NO_CREDENTIALS",
     )
 
@@ -127,6 +126,6 @@ def test_manager_finds_systems_case_insensitively(ca_key: asyncssh.SSHKey) -> No
     with pytest.raises(ServiceError) as caught:
         manager.pool("alps")
     assert (caught.value.code, caught.value.reason) == (
-        grpc.StatusCode.NOT_FOUND,
+        ErrorKind.NOT_FOUND,
         "SYSTEM_NOT_FOUND",
     )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import pytest
 
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.ssh.shares import Share
 
 
@@ -40,6 +39,6 @@ async def test_a_share_that_does_not_move_is_unavailable() -> None:
         with pytest.raises(ServiceError) as caught:
             async with share.hold("alice", None):
                 pass
-    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.code == ErrorKind.UNAVAILABLE
     assert caught.value.reason == "SCHEDULER_BUSY"
     assert share.held("alice") == 0

@@ -7,9 +7,9 @@ import io
 import os
 import tarfile
 
-import grpc
 import pytest
 
+from hpcgate.server.errors import ErrorKind
 from hpcgate.server.filesystem import bulk
 
 
@@ -43,8 +43,8 @@ def test_relay_parses_the_archive_however_it_is_cut(tar_format: int, piece: int)
     events = [event for batch in batches for event in batch]
 
     errors = {e.index: e for e in events if isinstance(e, bulk.BulkError)}
-    assert errors[0].code == grpc.StatusCode.INVALID_ARGUMENT  # a directory
-    assert errors[4].code == grpc.StatusCode.NOT_FOUND
+    assert errors[0].code == ErrorKind.INVALID_ARGUMENT  # a directory
+    assert errors[4].code == ErrorKind.NOT_FOUND
     assert set(errors) == {0, 4}
     for index in (1, 2, 3):
         content = files[wanted[index]]

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -26,7 +25,7 @@ from hpcgate.server.auth.jwks import (
 )
 from hpcgate.server.auth.tokens import Identity, TokenValidator
 from hpcgate.server.config import AuthConfig, SystemConfig, parse_config
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.rpc.authentication import bearer_token, current_identity, is_public
 from hpcgate.server.systems import resolve_system
 
@@ -103,7 +102,7 @@ async def refused(validator: TokenValidator, token: str) -> ServiceError:
 
 async def reason(validator: TokenValidator, token: str) -> str:
     error = await refused(validator, token)
-    assert error.code == grpc.StatusCode.UNAUTHENTICATED, error.message
+    assert error.code == ErrorKind.UNAUTHENTICATED, error.message
     return error.reason
 
 
@@ -133,7 +132,7 @@ async def test_cached_knows_only_tokens_already_verified() -> None:
 async def test_each_bad_token_has_its_reason(case: BadToken) -> None:
     validator = make_validator(FakeFetch(ISSUER))
     error = await refused(validator, case.token)
-    assert (error.code, error.reason) == (grpc.StatusCode.UNAUTHENTICATED, case.reason)
+    assert (error.code, error.reason) == (ErrorKind.UNAUTHENTICATED, case.reason)
     assert error.message
 
 
@@ -267,7 +266,7 @@ async def test_issuer_down_at_start_is_unavailable_then_retried() -> None:
     validator = make_validator(fetch, clock)
     token = ISSUER.token("alice")
     error = await refused(validator, token)
-    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "JWKS_UNAVAILABLE")
+    assert (error.code, error.reason) == (ErrorKind.UNAVAILABLE, "JWKS_UNAVAILABLE")
     assert "signing keys are unavailable" in error.message
     await refused(validator, token)
     assert fetch.calls == 1  # no retry at once ...
@@ -362,7 +361,7 @@ def test_public_methods() -> None:
 def test_current_identity_outside_an_authenticated_call() -> None:
     with pytest.raises(ServiceError) as caught:
         current_identity()
-    assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert caught.value.code == ErrorKind.UNAUTHENTICATED
 
 
 # --- authorization --------------------------------------------------------------
@@ -409,7 +408,7 @@ def test_authorize_denies(claims: dict[str, Any], problem: str) -> None:
     with pytest.raises(ServiceError) as caught:
         authorize(identity(**claims), system(required))
     error = caught.value
-    assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, "SYSTEM_ACCESS_DENIED")
+    assert (error.code, error.reason) == (ErrorKind.PERMISSION_DENIED, "SYSTEM_ACCESS_DENIED")
     assert "'daint'" in error.message and problem in error.message
     assert error.metadata["system"] == "daint"
 
@@ -422,7 +421,7 @@ def test_resolve_system() -> None:
     with pytest.raises(ServiceError) as caught:
         resolve_system(settings, "eiger")
     error = caught.value
-    assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "SYSTEM_NOT_FOUND")
+    assert (error.code, error.reason) == (ErrorKind.NOT_FOUND, "SYSTEM_NOT_FOUND")
     assert error.message == "System not found"  # FirecREST's words; the name in the details
     assert error.metadata == {"system": "eiger", "systems": "Daint"}
 

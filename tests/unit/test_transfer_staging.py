@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
 from hpcgate.server.config import SystemConfig, parse_config
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.scheduler.jobmodels import JobDescription
 from hpcgate.server.transfer import scripts, service
 from hpcgate.server.transfer.jobs import Submitter
@@ -375,7 +374,7 @@ async def test_a_refused_submission_aborts_its_upload(endpoint: str) -> None:
 
     class Refusing(FakeCluster):
         async def submit(self, run: Any, job: JobDescription) -> int:
-            raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "no", "NO")
+            raise ServiceError(ErrorKind.PERMISSION_DENIED, "no", "NO")
 
     fake = Refusing()
     sub = Submitter(config, fake, fake.run, "ivan")  # type: ignore[arg-type]
@@ -442,6 +441,6 @@ async def test_s3_down_is_unavailable_without_the_endpoint(endpoint: str) -> Non
     staging = staging_for(f"http://127.0.0.1:{port}")
     with pytest.raises(ServiceError) as caught:
         await staging.find("erin", 1)
-    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.code == ErrorKind.UNAVAILABLE
     assert caught.value.reason == "S3_UNAVAILABLE"
     assert "127.0.0.1" not in caught.value.message and str(port) not in caught.value.message

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import grpc
-
 from hpcgate.server.config import Settings, SystemConfig
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 
 
 def resolve_system(settings: Settings, name: str) -> SystemConfig:
@@ -16,7 +14,7 @@ def resolve_system(settings: Settings, name: str) -> SystemConfig:
         # the details.
         known = ", ".join(s.name for s in settings.systems)
         raise ServiceError(
-            grpc.StatusCode.NOT_FOUND,
+            ErrorKind.NOT_FOUND,
             "System not found",
             "SYSTEM_NOT_FOUND",
             metadata={"system": name, "systems": known},

@@ -12,11 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import grpc
-
 from hpcgate.server.auth.tokens import Identity
 from hpcgate.server.config import SystemConfig
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 
 _MISSING = object()
 
@@ -52,7 +50,7 @@ def authorize(identity: Identity, system: SystemConfig) -> None:
         else:
             continue
         raise ServiceError(
-            grpc.StatusCode.PERMISSION_DENIED,
+            ErrorKind.PERMISSION_DENIED,
             f"user {identity.username!r} may not use system {system.name!r}: {problem}",
             "SYSTEM_ACCESS_DENIED",
             metadata={"system": system.name, "claim": name},

@@ -45,12 +45,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import grpc
 import jwt
 
 from hpcgate.server.auth.jwks import JwksError, JwksSource, KeySet
 from hpcgate.server.config import AuthConfig
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 
 if TYPE_CHECKING:
     from jwt.types import Options
@@ -78,7 +77,7 @@ def _seconds(value: float) -> float:
 
 def refusal(reason: str, message: str) -> ServiceError:
     """An UNAUTHENTICATED error with ``reason``."""
-    return ServiceError(grpc.StatusCode.UNAUTHENTICATED, message, reason)
+    return ServiceError(ErrorKind.UNAUTHENTICATED, message, reason)
 
 
 def _unverified_claims(token: str) -> dict[str, Any]:
@@ -180,7 +179,7 @@ class TokenValidator:
         except JwksError:
             # The cause (a path or URL, an HTTP error) is in the server's log only.
             raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE,
+                ErrorKind.UNAVAILABLE,
                 "tokens cannot be checked now: the issuer's signing keys are unavailable",
                 "JWKS_UNAVAILABLE",
             ) from None
@@ -291,13 +290,13 @@ class TokenValidator:
         """PERMISSION_DENIED for the service account and the denied accounts."""
         if username == self._service_account:
             raise ServiceError(
-                grpc.StatusCode.PERMISSION_DENIED,
+                ErrorKind.PERMISSION_DENIED,
                 f"user {username!r} is the service's own account; no token may act as it",
                 "TOKEN_SERVICE_ACCOUNT",
             )
         if username in self._denied:
             raise ServiceError(
-                grpc.StatusCode.PERMISSION_DENIED,
+                ErrorKind.PERMISSION_DENIED,
                 f"user {username!r} may not use this service",
                 "TOKEN_USER_DENIED",
             )

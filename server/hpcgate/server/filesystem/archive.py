@@ -17,9 +17,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import grpc
-
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import checked, command_error
 from hpcgate.server.scheduler.base import Output
@@ -53,7 +51,7 @@ def parse_listing(output: bytes) -> list[Member]:
         match = _LINE.match(line)
         if match is None:
             raise ServiceError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+                ErrorKind.FAILED_PRECONDITION,
                 f"unexpected line in tar's listing: {line[:200]!r}",
                 "TAR_FAILED",
             )
@@ -72,7 +70,7 @@ def _escapes(name: str) -> bool:
 def _outside(archive: str, member: str, why: str) -> ServiceError:
     message = f"{archive}: member {member!r} {why}; nothing was extracted"
     return ServiceError(
-        grpc.StatusCode.INVALID_ARGUMENT,
+        ErrorKind.INVALID_ARGUMENT,
         f"sourcePath: {message}",
         "PATH_OUTSIDE_FILESYSTEMS",
         fields={"sourcePath": message},
@@ -143,10 +141,10 @@ def tar_failed(argv: Sequence[str], result: Output) -> None:
     FAILED_PRECONDITION, HTTP 400, with tar's own message, not an internal error.)
     """
     error = command_error(argv, result)
-    if error.code != grpc.StatusCode.INTERNAL:
+    if error.code != ErrorKind.INTERNAL:
         raise error
     message = result.stderr.decode(errors="replace").strip() or error.message
-    raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message, "TAR_FAILED")
+    raise ServiceError(ErrorKind.FAILED_PRECONDITION, message, "TAR_FAILED")
 
 
 # The listing step: the archive opened and checked, the target's real place

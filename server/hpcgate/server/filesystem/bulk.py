@@ -39,9 +39,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncssh
-import grpc
 
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import command_error, sftp_error
 from hpcgate.server.ssh import CommandResult, SSHPool, retry_channel_open
@@ -165,7 +164,7 @@ class BulkError:
 
     index: int
     path: str
-    code: grpc.StatusCode
+    code: ErrorKind
     message: str
 
 
@@ -181,7 +180,7 @@ class _Target:
 
 def _too_many(count: str) -> ServiceError:
     return ServiceError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ErrorKind.RESOURCE_EXHAUSTED,
         f"{count} files selected; at most {MAX_FILES} per call (narrow the selection)",
         "TOO_MANY_FILES",
     )
@@ -345,7 +344,7 @@ async def _relay_tar(
         status = process.returncode
         if status in _TIMED_OUT and time.monotonic() - started >= limit:
             raise ServiceError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
+                ErrorKind.DEADLINE_EXCEEDED,
                 f"tar did not finish within {limit:g} s",
                 "COMMAND_TIMEOUT",
             )
@@ -437,7 +436,7 @@ def _parse_header(block: bytes) -> _Header:
         )
     except ValueError as error:
         raise ServiceError(
-            grpc.StatusCode.INTERNAL, f"tar sent a malformed archive: {error}", "TAR_MALFORMED"
+            ErrorKind.INTERNAL, f"tar sent a malformed archive: {error}", "TAR_MALFORMED"
         ) from error
 
 
@@ -611,7 +610,7 @@ class _TarRelay:
         """The archive ended: report every target tar did not send, with tar's reason."""
         if self._current is not None or self._left:
             raise ServiceError(
-                grpc.StatusCode.INTERNAL,
+                ErrorKind.INTERNAL,
                 "tar's archive ended in the middle of a file",
                 "TAR_TRUNCATED",
             )
@@ -624,10 +623,10 @@ class _TarRelay:
         self._pending.clear()
 
 
-def _code(message: str) -> grpc.StatusCode:
+def _code(message: str) -> ErrorKind:
     """The status code of a per-file failure, from the cluster's words."""
     if message.endswith(OUTSIDE_WORDS):
-        return grpc.StatusCode.INVALID_ARGUMENT
+        return ErrorKind.INVALID_ARGUMENT
     return command_error(["tar"], CommandResult(2, b"", message.encode())).code
 
 

@@ -49,10 +49,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import asyncssh
-import grpc
 
 from hpcgate.server.config import SystemConfig
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.filesystem.errors import checked, sftp_error
 from hpcgate.server.scheduler.jobmodels import RunWithInput
 
@@ -129,7 +128,7 @@ class Confine:
         where = ", ".join(self.configured) or "none configured"
         message = f"{path!r} leads to {real!r}, not under a configured filesystem ({where})"
         return ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT,
+            ErrorKind.INVALID_ARGUMENT,
             f"{name}: {message}",
             REASON,
             fields={name: message},
@@ -307,7 +306,7 @@ class Confine:
             raise self.refusal(paths[index], lines[-1] if lines else "?")
         if exit_status == CHANGED_EXIT:
             raise ServiceError(
-                grpc.StatusCode.ABORTED,
+                ErrorKind.ABORTED,
                 f"{paths[0]}: changed while the operation ran (a link appeared); try again",
                 "PATH_CHANGED",
                 metadata={"path": paths[0]},

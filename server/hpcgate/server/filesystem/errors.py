@@ -10,26 +10,25 @@ import re
 from collections.abc import Sequence
 
 import asyncssh
-import grpc
 
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.scheduler.base import Output
 
 # The words a command prints for a condition, and what they mean.
-_COMMAND_WORDS: tuple[tuple[str, grpc.StatusCode, str], ...] = (
-    ("No such file or directory", grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
-    ("Permission denied", grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
-    ("Operation not permitted", grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
-    ("File exists", grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS"),
-    ("Not a directory", grpc.StatusCode.INVALID_ARGUMENT, "NOT_A_DIRECTORY"),
-    ("Is a directory", grpc.StatusCode.INVALID_ARGUMENT, "IS_A_DIRECTORY"),
+_COMMAND_WORDS: tuple[tuple[str, ErrorKind, str], ...] = (
+    ("No such file or directory", ErrorKind.NOT_FOUND, "NOT_FOUND"),
+    ("Permission denied", ErrorKind.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    ("Operation not permitted", ErrorKind.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    ("File exists", ErrorKind.ALREADY_EXISTS, "ALREADY_EXISTS"),
+    ("Not a directory", ErrorKind.INVALID_ARGUMENT, "NOT_A_DIRECTORY"),
+    ("Is a directory", ErrorKind.INVALID_ARGUMENT, "IS_A_DIRECTORY"),
     # ELOOP: the caller's path is a symlink loop, not a server fault (the fuzz found a 500).
-    ("Too many levels of symbolic links", grpc.StatusCode.INVALID_ARGUMENT, "SYMLINK_LOOP"),
-    ("Directory not empty", grpc.StatusCode.FAILED_PRECONDITION, "DIRECTORY_NOT_EMPTY"),
-    ("No space left on device", grpc.StatusCode.RESOURCE_EXHAUSTED, "NO_SPACE"),
-    ("Disk quota exceeded", grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED"),
-    ("invalid user", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_OWNER"),
-    ("invalid group", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_OWNER"),
+    ("Too many levels of symbolic links", ErrorKind.INVALID_ARGUMENT, "SYMLINK_LOOP"),
+    ("Directory not empty", ErrorKind.FAILED_PRECONDITION, "DIRECTORY_NOT_EMPTY"),
+    ("No space left on device", ErrorKind.RESOURCE_EXHAUSTED, "NO_SPACE"),
+    ("Disk quota exceeded", ErrorKind.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED"),
+    ("invalid user", ErrorKind.INVALID_ARGUMENT, "INVALID_OWNER"),
+    ("invalid group", ErrorKind.INVALID_ARGUMENT, "INVALID_OWNER"),
 )
 
 
@@ -68,7 +67,7 @@ def _strerror_words(text: str) -> str:
     return _DASH_REDIRECT.sub(plain, text)
 
 
-def _classify(text: str) -> tuple[grpc.StatusCode, str] | None:
+def _classify(text: str) -> tuple[ErrorKind, str] | None:
     for words, code, reason in _COMMAND_WORDS:
         if words in text:
             return code, reason
@@ -78,7 +77,7 @@ def _classify(text: str) -> tuple[grpc.StatusCode, str] | None:
 def sftp_error(error: asyncssh.SFTPError, path: str) -> ServiceError:
     """The ServiceError for an SFTP failure on ``path``."""
     words = _SFTP_WORDS.get(error.code, error.reason or "Failure")
-    code, reason = _classify(words) or (grpc.StatusCode.INTERNAL, "SFTP_FAILURE")
+    code, reason = _classify(words) or (ErrorKind.INTERNAL, "SFTP_FAILURE")
     return ServiceError(code, f"{path}: {words}", reason, metadata={"path": path})
 
 
@@ -88,7 +87,7 @@ def command_error(argv: Sequence[str], output: Output) -> ServiceError:
     text = text or f"exit status {output.exit_status}"
     found = _classify(text)
     if found is None:
-        return ServiceError(grpc.StatusCode.INTERNAL, f"{argv[0]}: {text}", "COMMAND_FAILED")
+        return ServiceError(ErrorKind.INTERNAL, f"{argv[0]}: {text}", "COMMAND_FAILED")
     return ServiceError(found[0], text, found[1])
 
 

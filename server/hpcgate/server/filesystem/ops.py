@@ -67,9 +67,8 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
 import asyncssh
-import grpc
 
-from hpcgate.server.errors import ServiceError, invalid_argument, invalid_in_words
+from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument, invalid_in_words
 from hpcgate.server.filesystem import archive
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import checked, command_error, sftp_error
@@ -241,7 +240,7 @@ class Remote:
             raise sftp_error(error, path) from None
         except TimeoutError:
             raise ServiceError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
+                ErrorKind.DEADLINE_EXCEEDED,
                 f"{path}: the SFTP operation did not finish within {max(budget, 0):g} s",
                 "SFTP_TIMEOUT",
             ) from None
@@ -332,9 +331,7 @@ def parse_stat(output: bytes) -> FileStat:
     """FileStat from ``stat -c STAT_FORMAT`` (mode in hex, the rest decimal)."""
     fields = output.split()
     if len(fields) != 10:
-        raise ServiceError(
-            grpc.StatusCode.INTERNAL, f"unexpected stat output: {output!r}", "BAD_OUTPUT"
-        )
+        raise ServiceError(ErrorKind.INTERNAL, f"unexpected stat output: {output!r}", "BAD_OUTPUT")
     mode, *rest = fields
     ino, dev, nlink, uid, gid, size, atime, mtime, ctime = (int(v) for v in rest)
     return FileStat(int(mode, 16), ino, dev, nlink, uid, gid, size, atime, mtime, ctime)
@@ -345,7 +342,7 @@ def parse_sha256sum(output: bytes) -> str:
     digest = output.lstrip(b"\\")[:64].decode(errors="replace")
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise ServiceError(
-            grpc.StatusCode.INTERNAL, f"unexpected sha256sum output: {output!r}", "BAD_OUTPUT"
+            ErrorKind.INTERNAL, f"unexpected sha256sum output: {output!r}", "BAD_OUTPUT"
         )
     return digest
 
@@ -492,7 +489,7 @@ def check_counts(nbytes: int | None, lines: int | None, skip: bool, skip_field: 
 
 def _too_large(path: str, length: int, limit: int) -> ServiceError:
     return ServiceError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ErrorKind.RESOURCE_EXHAUSTED,
         f"{path}: the requested content is {length} bytes, more than the limit of {limit}",
         "FILE_TOO_LARGE",
         metadata={"path": path, "limit": str(limit)},
@@ -506,12 +503,10 @@ def _regular(attrs: asyncssh.SFTPAttrs, path: str) -> int:
     """The size of a regular file with ``attrs``; else an error about ``path``."""
     mode = attrs.permissions or 0
     if statmod.S_ISDIR(mode):
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT, f"{path}: Is a directory", "IS_A_DIRECTORY"
-        )
+        raise ServiceError(ErrorKind.INVALID_ARGUMENT, f"{path}: Is a directory", "IS_A_DIRECTORY")
     if not statmod.S_ISREG(mode):
         raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT,
+            ErrorKind.INVALID_ARGUMENT,
             f"{path}: not a regular file",
             "NOT_A_REGULAR_FILE",
         )
@@ -882,7 +877,7 @@ async def _creation_failed(client: asyncssh.SFTPClient, path: str) -> ServiceErr
     """
     if await _kind(client, path) is not None:
         return ServiceError(
-            grpc.StatusCode.ALREADY_EXISTS,
+            ErrorKind.ALREADY_EXISTS,
             f"{path}: File exists",
             "ALREADY_EXISTS",
             metadata={"path": path},
@@ -891,7 +886,7 @@ async def _creation_failed(client: asyncssh.SFTPClient, path: str) -> ServiceErr
     kind = await _kind(client, parent, follow=True)
     if kind is not None and kind != statmod.S_IFDIR:
         return ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT,
+            ErrorKind.INVALID_ARGUMENT,
             f"{path}: Not a directory",
             "NOT_A_DIRECTORY",
             metadata={"path": path},

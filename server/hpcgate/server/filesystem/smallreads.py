@@ -47,11 +47,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import grpc
 from prometheus_client import Counter
 
 from hpcgate.server.config import DataOperationConfig
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.filesystem.bulk import TAR_ARGV
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.transfer import FileInfo
@@ -227,7 +226,7 @@ class SmallReads:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise ServiceError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
+                ErrorKind.DEADLINE_EXCEEDED,
                 f"{path}: the deadline passed while the read waited for its batch",
                 "READ_BATCH_TIMEOUT",
             ) from None

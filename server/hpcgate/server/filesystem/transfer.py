@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import asyncssh
-import grpc
 
-from hpcgate.server.errors import ServiceError, invalid_argument
+from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import sftp_error
 
@@ -148,7 +147,7 @@ def _too_large(what: str, path: str, size: int, limit: int) -> ServiceError:
     The message is FirecREST's own; the figures go in the details.
     """
     return ServiceError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ErrorKind.RESOURCE_EXHAUSTED,
         f"File to {what} is too large.",
         "FILE_TOO_LARGE",
         metadata={"path": path, "size": str(size), "limit": str(limit)},
@@ -156,7 +155,7 @@ def _too_large(what: str, path: str, size: int, limit: int) -> ServiceError:
 
 
 def _data_loss(message: str, reason: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.DATA_LOSS, message, reason)
+    return ServiceError(ErrorKind.DATA_LOSS, message, reason)
 
 
 async def _stat_regular(
@@ -173,7 +172,7 @@ async def _stat_regular(
         raise sftp_error(asyncssh.SFTPFileIsADirectory("Is a directory"), path)
     if not stat.S_ISREG(mode):
         raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT,
+            ErrorKind.INVALID_ARGUMENT,
             f"{path}: not a regular file",
             "NOT_A_REGULAR_FILE",
             metadata={"path": path},
@@ -269,7 +268,7 @@ def _range(info: FileInfo, path: str, offset: int, length: int | None) -> int:
     """How many bytes a stream of ``path`` from ``offset`` sends; OUT_OF_RANGE past its end."""
     if offset > info.size:
         raise ServiceError(
-            grpc.StatusCode.OUT_OF_RANGE,
+            ErrorKind.OUT_OF_RANGE,
             f"offset: {offset} is beyond the end of {path} ({info.size} bytes)",
             "OFFSET_OUT_OF_RANGE",
             fields={"offset": f"beyond the end of the file ({info.size} bytes)"},
@@ -486,7 +485,7 @@ class AtomicWrite:
         free = vfs.bavail * vfs.frsize
         if vfs.blocks and self._size > free:
             raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                ErrorKind.RESOURCE_EXHAUSTED,
                 f"{self.shown}: No space left on device ({self._size} bytes announced,"
                 f" {free} free)",
                 "NO_SPACE",

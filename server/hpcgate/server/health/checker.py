@@ -17,9 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import grpc
-
-from hpcgate.server.errors import ServiceError, redact_addresses
+from hpcgate.server.errors import ErrorKind, ServiceError, redact_addresses
 from hpcgate.server.health.probes import Probe
 
 log = logging.getLogger(__name__)
@@ -138,7 +136,7 @@ class HealthChecker:
             if result.service_type in service_types and not result.healthy:
                 what = result.path or result.service_type
                 raise ServiceError(
-                    grpc.StatusCode.UNAVAILABLE,
+                    ErrorKind.UNAVAILABLE,
                     f"{self.system}: {what} is unhealthy: {result.message}",
                     "SERVICE_UNHEALTHY",
                     metadata={"system": self.system, "service": result.service_type},

@@ -20,8 +20,9 @@ from typing import Any, NoReturn, Protocol, cast
 
 import grpc
 
-from hpcgate.server.errors import ServiceError, abort
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.rpc import grpc_adapter
+from hpcgate.server.rpc.errors import abort
 from hpcgate.server.rpc.grpc_adapter import Behaviour, GenericHandler, Handler
 
 log = logging.getLogger(__name__)
@@ -168,12 +169,10 @@ def _as_service_error(error: Exception) -> ServiceError:
         return error
     if isinstance(error, NotImplementedError):  # the generated base servicer's answer
         return ServiceError(
-            grpc.StatusCode.UNIMPLEMENTED, "this RPC is not implemented yet", "NOT_IMPLEMENTED"
+            ErrorKind.UNIMPLEMENTED, "this RPC is not implemented yet", "NOT_IMPLEMENTED"
         )
     log.exception("unexpected error")
-    return ServiceError(
-        grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__})", "INTERNAL"
-    )
+    return ServiceError(ErrorKind.INTERNAL, f"internal error ({type(error).__name__})", "INTERNAL")
 
 
 class MethodTable(GenericHandler):

@@ -32,10 +32,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import grpc
 from prometheus_client import Counter
 
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.scheduler.base import Output
 from hpcgate.server.scheduler.jobmodels import Job, JobScheduler, JobStatus, RunWithInput
 
@@ -135,7 +134,7 @@ class Subscription:
         if self._queue.qsize() >= MAX_QUEUED_EVENTS:
             self.fail(
                 ServiceError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    ErrorKind.RESOURCE_EXHAUSTED,
                     f"the watch fell more than {MAX_QUEUED_EVENTS} events behind",
                     "WATCH_TOO_SLOW",
                 )
@@ -232,9 +231,7 @@ class _Poller:
                     self.interval = min(self.interval * BACKOFF, self.hub.max_interval)
         except Exception:
             log.exception("the job poller of %s failed", self.user)
-            self._fail_all(
-                ServiceError(grpc.StatusCode.INTERNAL, "the job watch failed", "WATCH_FAILED")
-            )
+            self._fail_all(ServiceError(ErrorKind.INTERNAL, "the job watch failed", "WATCH_FAILED"))
         finally:
             self.hub._forget(self)
 
@@ -294,7 +291,7 @@ class _Poller:
             if missing:
                 watcher.fail(
                     ServiceError(
-                        grpc.StatusCode.NOT_FOUND,
+                        ErrorKind.NOT_FOUND,
                         f"job {', '.join(map(str, missing))} not found",
                         "JOB_NOT_FOUND",
                     )
@@ -380,7 +377,7 @@ class WatchHub:
         """End every watch (UNAVAILABLE) and stop every poller."""
         pollers = list(self._pollers.values())
         closing = ServiceError(
-            grpc.StatusCode.UNAVAILABLE, "the server is shutting down", "SERVER_SHUTDOWN"
+            ErrorKind.UNAVAILABLE, "the server is shutting down", "SERVER_SHUTDOWN"
         )
         for poller in pollers:
             poller._fail_all(closing)

@@ -13,10 +13,9 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any, cast
 
-import grpc
 from google.protobuf import timestamp_pb2
 
-from hpcgate.server.errors import ServiceError, invalid_argument
+from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument
 from hpcgate.server.filesystem.paths import check_path
 from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.common import Call, begin
@@ -135,7 +134,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
         """The system's staging area; FAILED_PRECONDITION when it has no S3."""
         if call.system.staging is None:
             raise ServiceError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+                ErrorKind.FAILED_PRECONDITION,
                 f"{call.system.config.name} has no S3 staging area: large transfers are off",
                 "TRANSFER_NOT_CONFIGURED",
             )

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import asyncssh
-import grpc
 import httpx
 from asyncssh.public_key import SSHOpenSSHCertificate
 
 from hpcgate.server.config import ConfigError, CredentialsConfig, StaticKey
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 
 # A certificate is valid from this many seconds in the past, so that a cluster
 # whose clock lags the server's a little still accepts it.
@@ -68,7 +67,7 @@ def check_username(username: str) -> None:
     """Refuse usernames that cannot be a safe certificate principal or login name."""
     if not _USERNAME.fullmatch(username):
         raise ServiceError(
-            grpc.StatusCode.PERMISSION_DENIED,
+            ErrorKind.PERMISSION_DENIED,
             f"{username!r} is not a valid cluster username",
             "SSH_INVALID_USERNAME",
         )
@@ -191,7 +190,7 @@ class SigningService(_CachedCertificates):
             certificate = asyncssh.import_certificate(response.json()["certificate"])
         except (httpx.HTTPError, KeyError, ValueError, asyncssh.KeyImportError) as error:
             raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE,
+                ErrorKind.UNAVAILABLE,
                 f"the SSH signing service refused or failed for {username}: {error}",
                 "SSH_SIGNING_FAILED",
             ) from None
@@ -199,7 +198,7 @@ class SigningService(_CachedCertificates):
             certificate.principals
         ):
             raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE,
+                ErrorKind.UNAVAILABLE,
                 f"the SSH signing service returned a certificate not valid for {username}",
                 "SSH_SIGNING_FAILED",
             )
@@ -243,7 +242,7 @@ class StaticKeys:
             )
         except (OSError, asyncssh.KeyImportError) as error:
             raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE,
+                ErrorKind.UNAVAILABLE,
                 f"cannot load the SSH key of {username}: {error}",
                 "SSH_CREDENTIALS_UNAVAILABLE",
             ) from error
@@ -269,7 +268,7 @@ class ChainedCredentials:
 
 def _no_credentials(username: str) -> ServiceError:
     return ServiceError(
-        grpc.StatusCode.PERMISSION_DENIED,
+        ErrorKind.PERMISSION_DENIED,
         f"the server has no SSH credentials for {username}",
         "SSH_NO_CREDENTIALS",
     )

@@ -14,9 +14,7 @@ import shlex
 import time
 from collections.abc import Sequence
 
-import grpc
-
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 
 # Seconds the remote `timeout` waits after TERM before it sends KILL.
 KILL_AFTER = 5
@@ -59,7 +57,7 @@ def command_timeout(
     """DEADLINE_EXCEEDED; UNAVAILABLE when a ``service``'s command ran out of its own time."""
     if service is not None and not cut_by_deadline:
         return ServiceError(
-            grpc.StatusCode.UNAVAILABLE,
+            ErrorKind.UNAVAILABLE,
             f"{system}: the {service} is not answering: {argv[0]!r} did not finish"
             f" within {budget:g} s",
             f"{service.upper()}_TIMEOUT",
@@ -67,7 +65,7 @@ def command_timeout(
         )
     limit = "the request's deadline" if cut_by_deadline else f"its timeout of {budget:g} s"
     return ServiceError(
-        grpc.StatusCode.DEADLINE_EXCEEDED,
+        ErrorKind.DEADLINE_EXCEEDED,
         f"command {argv[0]!r} did not finish within {limit}",
         "COMMAND_TIMEOUT",
     )

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 
-import grpc
-
-from hpcgate.server.errors import ServiceError, redact_addresses
+from hpcgate.server.errors import ErrorKind, ServiceError, redact_addresses
 
 
 def unavailable(message: str, reason: str) -> ServiceError:
     """UNAVAILABLE with ``reason``: the cluster, not the request, is at fault."""
-    return ServiceError(grpc.StatusCode.UNAVAILABLE, message, reason)
+    return ServiceError(ErrorKind.UNAVAILABLE, message, reason)
 
 
 def describe(error: Exception) -> str:

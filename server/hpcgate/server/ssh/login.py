@@ -12,10 +12,9 @@ import logging
 from collections.abc import Callable, Sequence
 
 import asyncssh
-import grpc
 
 from hpcgate.server.config import SSHConfig
-from hpcgate.server.errors import ServiceError, redact_addresses
+from hpcgate.server.errors import ErrorKind, ServiceError, redact_addresses
 from hpcgate.server.ssh.connection import Client, Connection
 from hpcgate.server.ssh.credentials import CredentialProvider
 from hpcgate.server.ssh.errors import describe, unavailable
@@ -136,7 +135,7 @@ def _connect_error(system: str, ssh: SSHConfig, user: str, error: Exception) -> 
         )
     if isinstance(error, asyncssh.PermissionDenied):
         return ServiceError(
-            grpc.StatusCode.PERMISSION_DENIED,
+            ErrorKind.PERMISSION_DENIED,
             f"{system} refused the SSH login of {user}",
             "SSH_AUTH_FAILED",
         )

@@ -67,10 +67,9 @@ from dataclasses import dataclass
 from functools import partial
 
 import asyncssh
-import grpc
 
 from hpcgate.server.config import Settings, SSHConfig, SystemConfig
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.ssh import login
 from hpcgate.server.ssh.connection import (
     SESSION_REFUSED,
@@ -341,7 +340,7 @@ class PoolManager:
         pool = self._pools.get(system_name.lower())
         if pool is None:
             raise ServiceError(
-                grpc.StatusCode.NOT_FOUND,
+                ErrorKind.NOT_FOUND,
                 f"system {system_name!r} is not configured",
                 "SYSTEM_NOT_FOUND",
             )

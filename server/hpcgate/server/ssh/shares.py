@@ -24,9 +24,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-import grpc
-
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 
 
 class _UserShare:
@@ -85,7 +83,7 @@ class Share:
 
     def _busy(self, user: str) -> ServiceError:
         return ServiceError(
-            grpc.StatusCode.UNAVAILABLE,
+            ErrorKind.UNAVAILABLE,
             f"{self.system}: the {self.service} is not answering: {user}'s {self.limit}"
             f" {self.service} commands in flight did not finish within {self.wait:g} s",
             f"{self.service.upper()}_BUSY",

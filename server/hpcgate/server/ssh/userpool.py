@@ -22,10 +22,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import grpc
-
 from hpcgate.server.config import SSHPoolLimits, SSHTimeouts
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.ssh.connection import Connection, SlotKind
 from hpcgate.server.ssh.errors import unavailable
 from hpcgate.server.ssh.metrics import PoolMetrics
@@ -347,7 +345,7 @@ class UserPool:
 
     def _wait_timeout(self) -> ServiceError:
         return ServiceError(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
+            ErrorKind.DEADLINE_EXCEEDED,
             f"no SSH channel to {self.owner.name} became free for {self.user} before the"
             f" deadline ({len(self.connections)} connections busy, {len(self.waiters)} waiting)",
             "SSH_POOL_TIMEOUT",

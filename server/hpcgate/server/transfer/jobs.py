@@ -13,10 +13,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import grpc
-
 from hpcgate.server.config import SystemConfig
-from hpcgate.server.errors import ServiceError, invalid_argument
+from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument
 from hpcgate.server.scheduler.jobmodels import JobDescription, JobScheduler, RunWithInput
 
 # The job name of each operation: FirecREST's, so job lists read the same.
@@ -75,7 +73,7 @@ def work_directory(config: SystemConfig, user: str) -> str:
     roots = [fs for fs in config.filesystems if fs.default_work_dir] or config.filesystems
     if not roots:
         raise ServiceError(
-            grpc.StatusCode.FAILED_PRECONDITION,
+            ErrorKind.FAILED_PRECONDITION,
             f"{config.name} has no filesystem to run transfer jobs in",
             "NO_WORK_FILESYSTEM",
         )

@@ -28,15 +28,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
-import grpc
-
 from hpcgate.server.config import (
     MAX_PART_SIZE,
     S3_MAX_OBJECT_SIZE,
     S3_MAX_PARTS,
     S3Config,
 )
-from hpcgate.server.errors import ServiceError, invalid_argument, redact_addresses
+from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument, redact_addresses
 
 MIB = 1024 * 1024
 # S3's rules for bucket names: 3 to 63 of [a-z0-9.-], starting and ending
@@ -182,7 +180,7 @@ def unavailable(error: BaseException, system: str | None = None) -> ServiceError
     """
     where = {"system": system} if system else {}
     return ServiceError(
-        grpc.StatusCode.UNAVAILABLE,
+        ErrorKind.UNAVAILABLE,
         f"S3 is not answering: {redact_addresses(str(error)) or type(error).__name__}",
         "S3_UNAVAILABLE",
         metadata={**where, "service": "s3"},

@@ -24,9 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-import grpc
-
-from hpcgate.server.errors import ServiceError, invalid_argument
+from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument
 from hpcgate.server.filesystem import archive
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import command_error
@@ -92,7 +90,7 @@ async def _check(sub: Submitter, script: str, field: str, path: str) -> bytes:
     if output.exit_status == 3:
         raise invalid_argument(field, f"{path}: not a regular file", "NOT_A_REGULAR_FILE")
     error = command_error(argv, output)
-    if error.code == grpc.StatusCode.INVALID_ARGUMENT:
+    if error.code == ErrorKind.INVALID_ARGUMENT:
         error.fields = {field: error.message}
     error.metadata.setdefault("path", path)
     raise error
@@ -110,7 +108,7 @@ async def _source_size(sub: Submitter, path: str) -> int:
         return int(printed.decode().strip())
     except ValueError:
         raise ServiceError(
-            grpc.StatusCode.INTERNAL, f"stat printed {printed[:100]!r}", "COMMAND_FAILED"
+            ErrorKind.INTERNAL, f"stat printed {printed[:100]!r}", "COMMAND_FAILED"
         ) from None
 
 
@@ -356,7 +354,7 @@ def _own_transfer(sub: Submitter, jobs: Sequence[Job], job_id: int) -> tuple[Job
     operation = OPERATIONS.get(job.name) if job is not None else None
     if job is None or operation is None or (job.user is not None and job.user != sub.user):
         raise ServiceError(
-            grpc.StatusCode.NOT_FOUND,
+            ErrorKind.NOT_FOUND,
             f"job {job_id} is not one of your transfers",
             "TRANSFER_NOT_FOUND",
         )

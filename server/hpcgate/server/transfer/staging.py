@@ -40,10 +40,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, ParamSpec, TypeVar
 
-import grpc
-
 from hpcgate.server.config import S3Config
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.transfer.s3 import (
     S3Clients,
     bucket_name,
@@ -163,7 +161,7 @@ def staged_key(path: str) -> str:
 
 def s3_unavailable(error: ServiceError) -> bool:
     """Whether ``error`` says S3 is down (a failed call, or the health checker's finding)."""
-    return error.code == grpc.StatusCode.UNAVAILABLE and error.metadata.get("service") == "s3"
+    return error.code == ErrorKind.UNAVAILABLE and error.metadata.get("service") == "s3"
 
 
 class Staging:
@@ -222,7 +220,7 @@ class Staging:
         except Exception as error:
             if error_code(error) == "BucketAlreadyExists":
                 raise ServiceError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
+                    ErrorKind.FAILED_PRECONDITION,
                     f"S3 bucket {bucket} belongs to someone else: choose another s3.bucket_prefix",
                     "BUCKET_TAKEN",
                 ) from error

@@ -27,9 +27,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-import grpc
-
-from hpcgate.server.errors import ServiceError, redact_addresses
+from hpcgate.server.errors import ErrorKind, ServiceError, redact_addresses
 from hpcgate.server.scheduler.base import Output
 
 # The daemon each Slurm command needs to answer.
@@ -83,7 +81,7 @@ def unavailable(command: str, message: str) -> ServiceError:
     """UNAVAILABLE: the daemon ``command`` needs did not answer."""
     daemon = DAEMONS.get(command, "slurmctld")
     return ServiceError(
-        grpc.StatusCode.UNAVAILABLE,
+        ErrorKind.UNAVAILABLE,
         f"{_NAMES[daemon]} is not answering: {command}: {message}",
         _REASONS[daemon],
         metadata={"service": "scheduler", "daemon": daemon},
@@ -95,14 +93,14 @@ def failed(argv: Sequence[str], output: Output) -> ServiceError:
     command = command_name(argv)
     if output.exit_status in _NOT_RUNNABLE:
         return ServiceError(
-            grpc.StatusCode.FAILED_PRECONDITION,
+            ErrorKind.FAILED_PRECONDITION,
             f"{command} {_NOT_RUNNABLE[output.exit_status]} on the system",
             "SCHEDULER_COMMAND_MISSING",
         )
     if command in DAEMONS:
         return unavailable(command, detail(output))
     return ServiceError(
-        grpc.StatusCode.INTERNAL, f"{command}: {detail(output)}", "SCHEDULER_COMMAND_FAILED"
+        ErrorKind.INTERNAL, f"{command}: {detail(output)}", "SCHEDULER_COMMAND_FAILED"
     )
 
 

@@ -20,9 +20,7 @@ import re
 import time
 from collections.abc import Collection, Sequence
 
-import grpc
-
-from hpcgate.server.errors import ServiceError, invalid_argument, redact_addresses
+from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument, redact_addresses
 from hpcgate.server.scheduler.base import Output
 from hpcgate.server.scheduler.jobmodels import (
     TIME_WINDOWS,
@@ -76,7 +74,7 @@ def _message(output: Output) -> str:
     return text or f"exit status {output.exit_status}"
 
 
-def _error(code: grpc.StatusCode, message: str, reason: str) -> ServiceError:
+def _error(code: ErrorKind, message: str, reason: str) -> ServiceError:
     return ServiceError(code, message, reason)
 
 
@@ -98,7 +96,7 @@ JOB_NOT_FOUND = "Job not found."
 
 def _not_found(job_id: int) -> ServiceError:
     return ServiceError(
-        grpc.StatusCode.NOT_FOUND, JOB_NOT_FOUND, "JOB_NOT_FOUND", metadata={"jobId": str(job_id)}
+        ErrorKind.NOT_FOUND, JOB_NOT_FOUND, "JOB_NOT_FOUND", metadata={"jobId": str(job_id)}
     )
 
 
@@ -144,10 +142,10 @@ def _sbatch_error(output: Output) -> ServiceError:
     if unreachable is not None:
         return unreachable
     if _PERMISSION.search(message):
-        return _error(grpc.StatusCode.PERMISSION_DENIED, message, "SCHEDULER_LIMIT")
+        return _error(ErrorKind.PERMISSION_DENIED, message, "SCHEDULER_LIMIT")
     field = next((name for pattern, name in _SBATCH_FIELDS if pattern.search(message)), "job")
     return ServiceError(
-        grpc.StatusCode.INVALID_ARGUMENT,
+        ErrorKind.INVALID_ARGUMENT,
         f"sbatch: {message}",
         "JOB_REJECTED",
         fields={field: message},
@@ -189,7 +187,7 @@ class SlurmJobs:
         job_id = jobparse.job_id_from_sbatch(output.stdout.decode(errors="replace"))
         if job_id is None:
             raise _error(
-                grpc.StatusCode.INTERNAL,
+                ErrorKind.INTERNAL,
                 f"sbatch printed no job id: {output.stdout[:200]!r}",
                 "SCHEDULER_COMMAND_FAILED",
             )
@@ -273,7 +271,7 @@ class SlurmJobs:
                 raise await self._refused(run, job_id, problem)
             if "already completing or completed" in problem:
                 continue  # cancelling a finished job changes nothing; FirecREST says 204 too
-            raise _error(grpc.StatusCode.FAILED_PRECONDITION, problem, "JOB_NOT_CANCELLABLE")
+            raise _error(ErrorKind.FAILED_PRECONDITION, problem, "JOB_NOT_CANCELLABLE")
         if output.exit_status != 0:
             _checked(["scancel"], output)
 
@@ -290,14 +288,14 @@ class SlurmJobs:
         error = _unreachable("srun", message)
         if error is None and _NOT_RUNNING.search(message):
             error = _error(
-                grpc.StatusCode.FAILED_PRECONDITION,
+                ErrorKind.FAILED_PRECONDITION,
                 f"job {job_id} is not running: {message}",
                 "JOB_NOT_RUNNING",
             )
         if error is None and "permission denied" in message.lower():
             error = await self._refused(run, job_id, message)
         raise error or _error(
-            grpc.StatusCode.ABORTED,
+            ErrorKind.ABORTED,
             f"the attached command failed (exit status {output.exit_status}): {message}",
             "ATTACHED_COMMAND_FAILED",
         )
@@ -331,7 +329,7 @@ class SlurmJobs:
         """
         records = await self._squeue(run, [f"--jobs={job_id}"])
         if any(record.matches(job_id) for record in records):
-            return _error(grpc.StatusCode.PERMISSION_DENIED, problem, "JOB_NOT_OWNED")
+            return _error(ErrorKind.PERMISSION_DENIED, problem, "JOB_NOT_OWNED")
         return _not_found(job_id)
 
     # -- commands ------------------------------------------------------------------

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-import grpc
-
-from hpcgate.server.errors import ServiceError
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.scheduler.base import Output, Run
 from hpcgate.server.scheduler.models import Node, Partition, Reservation, UserInfo
 from hpcgate.server.scheduler.slurm import parse
@@ -29,7 +27,7 @@ class SlurmStatus:
     async def ping(self, run: Run) -> None:
         text = await _run(run, ["scontrol", "ping"])
         if "UP" not in text:  # exits 0 although a backup controller is down
-            raise ServiceError(grpc.StatusCode.UNAVAILABLE, text.strip(), "SCHEDULER_UNAVAILABLE")
+            raise ServiceError(ErrorKind.UNAVAILABLE, text.strip(), "SCHEDULER_UNAVAILABLE")
 
     async def nodes(self, run: Run) -> list[Node]:
         return parse.nodes_from_sinfo_json(await _run(run, ["sinfo", "--json"]))
