@@ -1,7 +1,7 @@
-"""Cluster-side failures to gRPC errors, keeping the cluster's own words.
+"""Cluster-side failures to ServiceErrors, keeping the cluster's own words.
 
 pyfirecrest and people read the message ("No such file or directory"), so
-the message is the cluster's text; the code and reason are derived from it.
+the message is the cluster's text; the kind and reason are derived from it.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import grpc
 
 from hpcgate.server.errors import ServiceError
+from hpcgate.server.rpc.errors import grpc_code
 from hpcgate.server.rpc.method_table import Around, Context, Metadata
 from hpcgate.server.rpc.metrics import RPC_METRICS
 
@@ -71,7 +72,7 @@ def _code(error: BaseException | None, context: Context) -> str:
     if error is None:
         return "OK" if code is None else _NAMES.get(code, "OK")
     if isinstance(error, ServiceError):
-        return _NAMES[error.code]
+        return _NAMES[grpc_code(error.code)]
     if isinstance(error, asyncio.CancelledError):
         return "CANCELLED"
     return "UNKNOWN" if code is None else _NAMES.get(code, "UNKNOWN")

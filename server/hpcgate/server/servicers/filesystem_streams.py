@@ -18,6 +18,7 @@ from hpcgate.server.errors import invalid_argument
 from hpcgate.server.filesystem import bulk, transfer
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.paths import check_path
+from hpcgate.server.rpc.errors import grpc_code
 from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.common import Call, begin
 from hpcgate.server.servicers.context import Context
@@ -51,7 +52,7 @@ def _bulk_entry(event: bulk.BulkEvent) -> filesystem_pb2.BulkDownloadEntry:
     else:
         entry.error.CopyFrom(
             filesystem_pb2.BulkDownloadFileError(
-                path=event.path, code=event.code.value[0], message=event.message
+                path=event.path, code=grpc_code(event.code).value[0], message=event.message
             )
         )
     return entry
