@@ -39,6 +39,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The whole suite: lint, stale-stub check, unit and integration tests (the
 # integration tests start the loopback cluster themselves).
