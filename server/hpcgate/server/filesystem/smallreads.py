@@ -54,7 +54,7 @@ from hpcgate.server.config import DataOperationConfig
 from hpcgate.server.errors import ServiceError
 from hpcgate.server.filesystem.bulk import TAR_ARGV
 from hpcgate.server.filesystem.confine import Confine
-from hpcgate.server.filesystem.transfer import FileInfo
+from hpcgate.server.filesystem.content import FileInfo
 from hpcgate.server.ssh.pool import CommandResult, SSHPool, deadline_after
 
 log = logging.getLogger(__name__)
