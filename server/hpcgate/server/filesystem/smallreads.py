@@ -22,7 +22,7 @@ server batches them itself:
   timer ever delays a read.
 * A batch runs, as the user, ``find -H <paths> -maxdepth 0 -type f -size
   -<N>c -print0 | tar ... --files-from=-`` (the bulk download's tar, see
-  :mod:`hpcgate.server.filesystem.bulk`): only regular files (links followed)
+  :mod:`hpcgate.server.filesystem.tarstream`): only regular files (links followed)
   of at most the batch size limit are archived, so a FIFO is never opened and
   a large file never rides along. Paths reach the shell only as positional
   parameters.
@@ -38,11 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import shlex
 import stat
-import tarfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -52,9 +50,9 @@ from prometheus_client import Counter
 
 from hpcgate.server.config import DataOperationConfig
 from hpcgate.server.errors import ServiceError
-from hpcgate.server.filesystem.bulk import TAR_ARGV
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.content import FileInfo
+from hpcgate.server.filesystem.tarstream import TAR_ARGV, Member, TarReader
 from hpcgate.server.ssh.pool import CommandResult, SSHPool, deadline_after
 
 log = logging.getLogger(__name__)
@@ -326,30 +324,48 @@ def trusted(result: CommandResult) -> bool:
     return True
 
 
+class _Collected:
+    """The sink of a batch's archive: its regular files under the bound, whole, by name."""
+
+    def __init__(self, bound: int) -> None:
+        self._bound = bound
+        self.files: dict[str, HeldFile] = {}
+        self._member: Member | None = None
+        self._pieces: list[bytes] = []
+
+    def start(self, member: Member) -> bool:
+        if not member.regular or member.size >= self._bound:
+            return False  # grew past the limit after find measured it: read it directly
+        self._member, self._pieces = member, []
+        return True
+
+    def data(self, piece: memoryview) -> None:
+        self._pieces.append(bytes(piece))
+
+    def end(self) -> None:
+        member = self._member
+        assert member is not None
+        data = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+        info = FileInfo(member.size, stat.S_IFREG | member.mode, float(member.mtime))
+        self.files[member.name] = HeldFile(info, data)
+        self._member, self._pieces = None, []
+
+
 def _archived(result: CommandResult, bound: int) -> dict[str, HeldFile]:
     """The regular files of a trusted batch's archive, by path; nothing if it is not trusted."""
     if not trusted(result):
         log.info("read batch not trusted (exit %d): %r", result.exit_status, result.stderr[:500])
         return {}
-    files: dict[str, HeldFile] = {}
-    archive_bytes = result.stdout
-    if not archive_bytes:
-        return files  # nothing in the batch was inside and readable
+    if not result.stdout:
+        return {}  # nothing in the batch was inside and readable
+    collected = _Collected(bound)
+    reader = TarReader(collected)
     try:
-        with tarfile.open(fileobj=io.BytesIO(archive_bytes), mode="r:") as archive:
-            for member in archive:
-                if not member.isreg() or member.size >= bound:
-                    continue  # grew past the limit after find measured it: read it directly
-                # A slice, not extractfile(): that builds a file object per member,
-                # which cost more than parsing the header. GNU tar writes no
-                # sparse members unless asked (--sparse), so the data is contiguous.
-                start = member.offset_data
-                data = archive_bytes[start : start + member.size]
-                if len(data) != member.size:
-                    raise tarfile.ReadError(f"{member.name}: archive ends inside the data")
-                info = FileInfo(member.size, stat.S_IFREG | member.mode, float(member.mtime))
-                files[member.name] = HeldFile(info, data)
-    except tarfile.TarError as error:
-        log.warning("read batch returned a malformed archive: %s", error)
+        reader.feed(result.stdout)
+    except ServiceError as error:
+        log.warning("read batch returned a malformed archive: %s", error.message)
         return {}
-    return files
+    if reader.truncated:
+        log.warning("read batch returned a malformed archive: it ends inside a member's data")
+        return {}
+    return collected.files
