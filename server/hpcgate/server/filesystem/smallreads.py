@@ -51,7 +51,7 @@ from prometheus_client import Counter
 from hpcgate.server.config import DataOperationConfig
 from hpcgate.server.errors import ServiceError
 from hpcgate.server.filesystem.confine import Confine
-from hpcgate.server.filesystem.content import FileInfo
+from hpcgate.server.filesystem.content import FileInfo, read_small
 from hpcgate.server.filesystem.tarstream import TAR_ARGV, Member, TarReader
 from hpcgate.server.ssh.pool import CommandResult, SSHPool, deadline_after
 
@@ -159,7 +159,11 @@ class _UserReads:
 
 
 class SmallReads:
-    """The small-file reads of one system, batched per user under load (see the module doc)."""
+    """The small-file reads of one system, batched per user under load (see the module doc).
+
+    :meth:`download` serves a whole file; :meth:`claim` is for a reader
+    that does its own SFTP read when no batch brought the file (a stream).
+    """
 
     def __init__(self, pool: SSHPool, limits: DataOperationConfig, confine: Confine) -> None:
         """``limits``: the largest file a read may return, and the direct reads' burst and rate;
@@ -207,6 +211,20 @@ class SmallReads:
                 state.direct -= 1
         finally:
             self._forget_if_idle(user, state)
+
+    async def download(
+        self, user: str, path: str, deadline: float | None, confine: Confine, limit: int
+    ) -> bytes:
+        """The whole file ``path`` (at most ``limit`` bytes), as ``user``: FirecREST's download.
+
+        From a batch if one brought it, else over SFTP (:func:`.content.read_small`,
+        refusing a path that leads outside as ``confine`` says).
+        """
+        async with self.claim(user, path, deadline) as held:
+            if held is not None:
+                return held.data
+            async with self._pool.sftp(user, deadline) as sftp:
+                return await read_small(sftp, confine, path, limit)
 
     async def close(self) -> None:
         """Stop the running batches (their waiters fall back, and fail with the pool)."""

@@ -110,12 +110,8 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         config = call.system.config
         path = check_path(config, "path", request.path)
         limit = config.data_operation.max_ops_file_size
-        async with call.system.reads.claim(call.user, path, call.deadline) as held:
-            if held is not None:
-                return httpbody_pb2.HttpBody(content_type=OCTET_STREAM, data=held.data)
-            async with call.system.pool.sftp(call.user, call.deadline) as sftp:
-                confine = Confine.of(config, {path: "path"})
-                data = await content.read_small(sftp, confine, path, limit)
+        confine = Confine.of(config, {path: "path"})
+        data = await call.system.reads.download(call.user, path, call.deadline, confine, limit)
         return httpbody_pb2.HttpBody(content_type=OCTET_STREAM, data=data)
 
     async def Upload(
