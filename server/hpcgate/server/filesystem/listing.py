@@ -77,7 +77,7 @@ def entry_from_attrs(
     )
 
 
-class Lister:
+class _Lister:
     """One ``ls``: a readdir per directory, names from longnames, links resolved.
 
     Paths are bytes from the readdir on, so that names which are not UTF-8
@@ -237,10 +237,10 @@ async def single_entry(remote: Remote, client: asyncssh.SFTPClient, path: str) -
     target = None
     if statmod.S_ISLNK(attrs.permissions or 0):
         target = decode_name(await client.readlink(path.encode()))
-    return await owned_entry(remote, path, attrs, target, numeric=False)
+    return await _owned_entry(remote, path, attrs, target, numeric=False)
 
 
-async def owned_entry(
+async def _owned_entry(
     remote: Remote, name: str, attrs: asyncssh.SFTPAttrs, target: str | None, numeric: bool
 ) -> FileEntry:
     uid, gid = int(attrs.uid or 0), int(attrs.gid or 0)
@@ -280,7 +280,7 @@ async def ls(
             else:
                 target = decode_name(await client.readlink(path.encode()))
         if not statmod.S_ISDIR(attrs.permissions or 0):
-            return Listing([await owned_entry(remote, path, attrs, target, numeric_uid)])
-        lister = Lister(remote, client, show_hidden, numeric_uid, recursive, dereference)
+            return Listing([await _owned_entry(remote, path, attrs, target, numeric_uid)])
+        lister = _Lister(remote, client, show_hidden, numeric_uid, recursive, dereference)
         entries = await lister.listing(real.encode(), real.encode())
         return Listing(entries, sorted(lister.unreadable, key=lambda u: u.name))
