@@ -14,26 +14,26 @@ import asyncssh
 import pytest
 
 from hpcgate.server.errors import ErrorKind, ServiceError
-from hpcgate.server.filesystem import ops
+from hpcgate.server.filesystem import listing, names, parse, ranges
 
 # -- listings ---------------------------------------------------------------------
 
 
 def test_longname_gives_user_and_group() -> None:
     line = b"-rw-r--r--    1 alice    hpcproj        51 Nov 23 01:47 a b  c"
-    assert ops.longname_owner(line) == ("alice", "hpcproj")
-    assert ops.longname_owner(line.decode()) == ("alice", "hpcproj")
+    assert names.longname_owner(line) == ("alice", "hpcproj")
+    assert names.longname_owner(line.decode()) == ("alice", "hpcproj")
 
 
 def test_longname_with_long_names_and_odd_file_name() -> None:
     user = "u" * 40
     line = f"drwxr-x---  12 {user} 1002 4096 Jan  1  2024 -x $(y) 'z'\n".encode()
-    assert ops.longname_owner(line) == (user, "1002")
+    assert names.longname_owner(line) == (user, "1002")
 
 
 @pytest.mark.parametrize("line", [None, b"", b"f", b"rw 1 a b 2 n", b"-rw-r--r-- x alice g 5 n"])
 def test_longname_without_owner(line: bytes | None) -> None:
-    assert ops.longname_owner(line) is None
+    assert names.longname_owner(line) is None
 
 
 def test_getent_lines_by_database() -> None:
@@ -43,7 +43,7 @@ def test_getent_lines_by_database() -> None:
         b"junk line\n"
         b"bob:x:1002:1004::/home/bob:/bin/sh\n"
     )
-    assert ops.parse_getent(output) == {
+    assert parse.parse_getent(output) == {
         ("passwd", 1001): "alice",
         ("group", 1003): "hpcproj",
         ("passwd", 1002): "bob",
@@ -52,8 +52,8 @@ def test_getent_lines_by_database() -> None:
 
 def test_entry_from_sftp_attrs() -> None:
     attrs = asyncssh.SFTPAttrs(permissions=0o104755, uid=1, gid=2, size=123, mtime=1_700_000_000)
-    entry = ops.entry_from_attrs("f", attrs, "alice", "hpcproj", link_target="ignored")
-    assert entry == ops.FileEntry(
+    entry = listing.entry_from_attrs("f", attrs, "alice", "hpcproj", link_target="ignored")
+    assert entry == listing.FileEntry(
         name="f",
         type="-",
         link_target=None,
@@ -79,22 +79,22 @@ def test_entry_from_sftp_attrs() -> None:
     ],
 )
 def test_entry_types_and_permission_letters(mode: int, kind: str, permissions: str) -> None:
-    entry = ops.entry_from_attrs("x", asyncssh.SFTPAttrs(permissions=mode), "u", "g", "t")
+    entry = listing.entry_from_attrs("x", asyncssh.SFTPAttrs(permissions=mode), "u", "g", "t")
     assert (entry.type, entry.permissions) == (kind, permissions)
     assert entry.link_target == ("t" if kind == "l" else None)
 
 
 def test_names_that_are_not_utf8_are_shown_escaped() -> None:
-    assert ops.decode_name(b"caf\xe9") == "caf\\xe9"
-    assert ops.decode_name("café".encode()) == "café"
+    assert parse.decode_name(b"caf\xe9") == "caf\\xe9"
+    assert parse.decode_name("café".encode()) == "café"
 
 
 # -- command output ---------------------------------------------------------------
 
 
 def test_stat_output() -> None:
-    result = ops.parse_stat(b"81a4 64317775 50 1 26191 1000 8 1689669477 1685517840 1685517841\n")
-    assert result == ops.FileStat(
+    result = parse.parse_stat(b"81a4 64317775 50 1 26191 1000 8 1689669477 1685517840 1685517841\n")
+    assert result == parse.FileStat(
         mode=0o100644,
         ino=64317775,
         dev=50,
@@ -110,7 +110,7 @@ def test_stat_output() -> None:
 
 def test_unexpected_stat_output_is_internal() -> None:
     with pytest.raises(ServiceError) as caught:
-        ops.parse_stat(b"81a4 1 2\n")
+        parse.parse_stat(b"81a4 1 2\n")
     assert caught.value.code == ErrorKind.INTERNAL
 
 
@@ -126,12 +126,12 @@ DIGEST = "b76ae83c50d6104039c80d312402af3027661e07066325526ad997daf6362bbc"
     ],
 )
 def test_sha256sum_output(output: bytes) -> None:
-    assert ops.parse_sha256sum(output) == DIGEST
+    assert parse.parse_sha256sum(output) == DIGEST
 
 
 def test_unexpected_sha256sum_output_is_internal() -> None:
     with pytest.raises(ServiceError) as caught:
-        ops.parse_sha256sum(b"sha256sum: oops\n")
+        parse.parse_sha256sum(b"sha256sum: oops\n")
     assert caught.value.code == ErrorKind.INTERNAL
 
 
@@ -140,13 +140,13 @@ def test_unexpected_sha256sum_output_is_internal() -> None:
 
 @pytest.mark.parametrize(("mode", "bits"), [("755", 0o755), ("0600", 0o600), ("4755", 0o4755)])
 def test_octal_modes(mode: str, bits: int) -> None:
-    assert ops.parse_mode(mode) == bits
+    assert parse.parse_mode(mode) == bits
 
 
 @pytest.mark.parametrize("mode", ["", "8", "999", "u+x", "07555", "-755", " 755", "0o755"])
 def test_bad_modes_name_the_field(mode: str) -> None:
     with pytest.raises(ServiceError) as caught:
-        ops.parse_mode(mode)
+        parse.parse_mode(mode)
     assert caught.value.code == ErrorKind.INVALID_ARGUMENT
     assert list(caught.value.fields) == ["mode"]
 
@@ -156,7 +156,7 @@ def test_bad_modes_name_the_field(mode: str) -> None:
     [("alice", "", "alice"), ("alice", "hpcproj", "alice:hpcproj"), ("", "hpcproj", ":hpcproj")],
 )
 def test_owner_spec(owner: str, group: str, spec: str) -> None:
-    assert ops.owner_spec(owner, group) == spec
+    assert parse.owner_spec(owner, group) == spec
 
 
 @pytest.mark.parametrize(
@@ -165,15 +165,15 @@ def test_owner_spec(owner: str, group: str, spec: str) -> None:
 )
 def test_bad_owner_specs(owner: str, group: str, field: str) -> None:
     with pytest.raises(ServiceError) as caught:
-        ops.owner_spec(owner, group)
+        parse.owner_spec(owner, group)
     assert list(caught.value.fields) == [field]
 
 
 def test_tar_compression_flags() -> None:
-    assert ops.tar_compression("") == ops.tar_compression("gzip") == ("-z",)
-    assert ops.tar_compression("none") == ()
+    assert parse.tar_compression("") == parse.tar_compression("gzip") == ("-z",)
+    assert parse.tar_compression("none") == ()
     with pytest.raises(ServiceError) as caught:
-        ops.tar_compression("zip")
+        parse.tar_compression("zip")
     assert list(caught.value.fields) == ["compression"]
 
 
@@ -209,7 +209,7 @@ def _gnu(tool: str, file: Path, unit: str, count: int, skip: bool) -> bytes:
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Scan in 4-byte chunks, so that line boundaries fall across chunk edges."""
-    monkeypatch.setattr(ops, "SCAN_CHUNK", 4)
+    monkeypatch.setattr(ranges, "SCAN_CHUNK", 4)
 
 
 @pytest.mark.parametrize("content", CONTENTS)
@@ -229,7 +229,7 @@ async def test_ranges_match_gnu_head_and_tail(content: bytes, tmp_path: Path) ->
     ):
         nbytes = count if unit == "bytes" else None
         lines = count if unit == "lines" else None
-        pick = ops.head_range if tool == "head" else ops.tail_range
+        pick = ranges.head_range if tool == "head" else ranges.tail_range
         start, end = await pick(read, len(content), nbytes, lines, skip)
         expected = _gnu(tool, file, unit, count, skip)
         assert content[start:end] == expected, (tool, unit, count, skip)
@@ -241,9 +241,9 @@ async def test_default_is_ten_lines() -> None:
     async def read(offset: int, length: int) -> bytes:
         return content[offset : offset + length]
 
-    start, end = await ops.head_range(read, len(content), None, None, False)
+    start, end = await ranges.head_range(read, len(content), None, None, False)
     assert content[start:end] == b"".join(b"%d\n" % i for i in range(10))
-    start, end = await ops.tail_range(read, len(content), None, None, False)
+    start, end = await ranges.tail_range(read, len(content), None, None, False)
     assert content[start:end] == b"".join(b"%d\n" % i for i in range(20, 30))
 
 
@@ -256,7 +256,7 @@ async def test_tail_reads_only_the_end() -> None:
         asked.append((offset, length))
         return b"\n" * min(length, size - offset)
 
-    assert await ops.tail_range(read, size, None, 3, False) == (size - 3, size)
+    assert await ranges.tail_range(read, size, None, 3, False) == (size - 3, size)
     assert sum(length for _, length in asked) < 64
 
 
@@ -268,13 +268,13 @@ def test_bad_counts_name_the_field(
     nbytes: int | None, lines: int | None, skip: bool, field: str
 ) -> None:
     with pytest.raises(ServiceError) as caught:
-        ops.check_counts(nbytes, lines, skip, "skipTrailing")
+        ranges.check_counts(nbytes, lines, skip, "skipTrailing")
     assert list(caught.value.fields) == [field]
 
 
 def test_skip_needs_a_count() -> None:
     with pytest.raises(ServiceError) as caught:
-        ops.check_counts(None, None, True, "skipHeading")
+        ranges.check_counts(None, None, True, "skipHeading")
     assert list(caught.value.fields) == ["skipHeading"]
 
 
@@ -282,18 +282,18 @@ def test_skip_needs_a_count() -> None:
 
 
 def test_names_expire() -> None:
-    names = ops.IdNames(ttl=-1)
-    names.learn("passwd", 1, "alice")
-    assert names.get("passwd", 1) is None
-    names = ops.IdNames()
-    names.learn("passwd", 1, "alice")
-    assert names.get("passwd", 1) == "alice"
-    assert names.get("group", 1) is None
+    known = names.IdNames(ttl=-1)
+    known.learn("passwd", 1, "alice")
+    assert known.get("passwd", 1) is None
+    known = names.IdNames()
+    known.learn("passwd", 1, "alice")
+    assert known.get("passwd", 1) == "alice"
+    assert known.get("group", 1) is None
 
 
 def test_name_cache_is_bounded() -> None:
-    names = ops.IdNames(capacity=2)
+    known = names.IdNames(capacity=2)
     for ident in range(5):
-        names.learn("group", ident, f"g{ident}")
-    assert names.get("group", 4) == "g4"
-    assert names.get("group", 0) is None
+        known.learn("group", ident, f"g{ident}")
+    assert known.get("group", 4) == "g4"
+    assert known.get("group", 0) is None

@@ -50,8 +50,6 @@ KNOWN_PRIVATE_USES: frozenset[tuple[str, str]] = frozenset(
             "hpcgate.server.scheduler.slurm.status._checked",
         ),
         ("tests/unit/test_ssh_shares.py", "share._users"),  # ssh.shares.Share's
-        ("tests/unit/test_tar_relay.py", "hpcgate.server.filesystem.bulk._TarRelay"),
-        ("tests/unit/test_tar_relay.py", "hpcgate.server.filesystem.bulk._Target"),
     }
 )
 
@@ -60,9 +58,6 @@ KNOWN_PRIVATE_USES: frozenset[tuple[str, str]] = frozenset(
 # entry that is no longer too long.
 KNOWN_LONG_MODULES: frozenset[str] = frozenset(
     {
-        "server/hpcgate/server/filesystem/ops.py",
-        "server/hpcgate/server/filesystem/bulk.py",
-        "server/hpcgate/server/filesystem/transfer.py",
         "server/hpcgate/server/transfer/service.py",
         "server/hpcgate/server/transfer/staging.py",
     }

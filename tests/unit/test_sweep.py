@@ -9,9 +9,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from hpcgate.server.filesystem.atomic import temp_name
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.sweep import PART_GLOB, sweep_argv
-from hpcgate.server.filesystem.transfer import temp_name
 
 
 def test_the_pattern_matches_every_temp_name_and_nothing_near() -> None:

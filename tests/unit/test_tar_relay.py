@@ -34,7 +34,7 @@ def test_relay_parses_the_archive_however_it_is_cut(tar_format: int, piece: int)
             archive.addfile(info, io.BytesIO(content))
     data = buffer.getvalue()
     wanted = ["/d/dir", "/d/" + "n" * 150, "/d/ünï\ncode", "/d/empty", "/d/missing"]
-    relay = bulk._TarRelay([bulk._Target(i, p, "") for i, p in enumerate(wanted)], 300)
+    relay = bulk.TarRelay([bulk.Target(i, p, "") for i, p in enumerate(wanted)], 300)
     for start in range(0, len(data), piece):
         relay.feed(data[start : start + piece])
     relay.finish({"/d/missing": "/d/missing: Cannot stat: No such file or directory"})

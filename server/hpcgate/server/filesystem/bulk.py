@@ -43,32 +43,10 @@ import asyncssh
 from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import command_error, sftp_error
+from hpcgate.server.filesystem.tarstream import DIRECTORY, TAR_ARGV, Member, TarReader
 from hpcgate.server.ssh import CommandResult, SSHPool, retry_channel_open
 from hpcgate.server.ssh.deadlines import KILL_AFTER
 
-TAR_ARGV = (
-    "tar",
-    "-c",
-    "-f",
-    "-",
-    # GNU headers: no per-file extended header (pax adds 1 KiB per file for
-    # atime/ctime); long names come as 'L' records, large sizes in base-256.
-    "--format=gnu",
-    # A named directory is reported, not expanded.
-    "--no-recursion",
-    # Keep the leading '/', so that member names are exactly the names given.
-    "--absolute-names",
-    # A link to a regular file is sent as that file.
-    "--dereference",
-    # A file with several names is sent in full under each of them.
-    "--hard-dereference",
-    # Diagnostics name files as C strings: "..." with backslash escapes.
-    "--quoting-style=c",
-    "--null",
-    # Names from the list are never taken for options.
-    "--verbatim-files-from",
-    "--files-from=-",
-)
 # Most files one call may select.
 MAX_FILES = 100_000
 # Remote time limit of the tar when the call has no deadline (seconds); a
@@ -85,7 +63,6 @@ CLOSE_GRACE = 5.0
 _TAR_OK = (0, 1, 2)
 # Exit statuses of `timeout`: the command timed out (TERM), or needed KILL.
 _TIMED_OUT = (124, 128 + 9)
-_BLOCK = 512
 # `tar: "NAME": MESSAGE` with NAME in C quoting.
 _DIAGNOSTIC = re.compile(rb'^tar: "((?:[^"\\]|\\.)*)": (.*)$')
 # The names arrive on stdin twice. The first copy ($1 bytes; head -c reads
@@ -172,7 +149,7 @@ BulkEvent = BulkHeader | BulkChunk | BulkEnd | BulkError
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
     index: int
     path: str
     relative_path: str
@@ -209,7 +186,7 @@ async def bulk_download(
     if isinstance(selection, NamedFiles):
         if len(selection.paths) > MAX_FILES:
             raise _too_many(str(len(selection.paths)))
-        targets = [_Target(i, p, posixpath.basename(p)) for i, p in enumerate(selection.paths)]
+        targets = [Target(i, p, posixpath.basename(p)) for i, p in enumerate(selection.paths)]
         unlisted: list[BulkError] = []
         if not confine.learned:
             async with pool.sftp(user, deadline) as sftp:
@@ -237,7 +214,7 @@ def _time_limit(deadline: float | None) -> float:
 # -- the tree walk -----------------------------------------------------------
 
 
-async def _walk(sftp: asyncssh.SFTPClient, tree: Tree) -> tuple[list[_Target], list[BulkError]]:
+async def _walk(sftp: asyncssh.SFTPClient, tree: Tree) -> tuple[list[Target], list[BulkError]]:
     """The regular files under ``tree.root``, and the subdirectories that could not be listed.
 
     Files are numbered in the order of their relative paths, the failed
@@ -275,7 +252,7 @@ async def _walk(sftp: asyncssh.SFTPClient, tree: Tree) -> tuple[list[_Target], l
                             raise _too_many(f"more than {MAX_FILES}")
         level, root = subdirs, False
     files.sort(key=lambda item: item[1])
-    targets = [_Target(i, path, relative) for i, (path, relative) in enumerate(files)]
+    targets = [Target(i, path, relative) for i, (path, relative) in enumerate(files)]
     errors = [_error(len(files) + i, path, error) for i, (path, error) in enumerate(sorted(failed))]
     return targets, errors
 
@@ -306,7 +283,7 @@ def confined_tar(confine: Confine) -> str:
     return body.replace("PATTERN", confine.case_pattern())
 
 
-def _outside_errors(stderr: bytes, targets: list[_Target]) -> dict[str, str]:
+def _outside_errors(stderr: bytes, targets: list[Target]) -> dict[str, str]:
     """The refusals the script named on stderr, by path."""
     found = {}
     for line in stderr.splitlines():
@@ -319,7 +296,7 @@ def _outside_errors(stderr: bytes, targets: list[_Target]) -> dict[str, str]:
 
 async def _relay_tar(
     conn: asyncssh.SSHClientConnection,
-    targets: list[_Target],
+    targets: list[Target],
     chunk: int,
     limit: float,
     confine: Confine,
@@ -334,7 +311,7 @@ async def _relay_tar(
     try:
         process.stdin.write(names + names)  # checked, then archived: see _CONFINED_TAR
         process.stdin.write_eof()
-        relay = _TarRelay(targets, chunk)
+        relay = TarRelay(targets, chunk)
         while data := await process.stdout.read(READ_SIZE):
             relay.feed(data)
             for batch in relay.take():
@@ -385,61 +362,6 @@ def _file_errors(stderr: bytes) -> dict[str, str]:
     return found
 
 
-# Typeflags (POSIX ustar and GNU) that the relay tells apart.
-_REGULAR = (b"0", b"\0", b"7")  # file, old-style file, contiguous file
-_DIRECTORY = b"5"
-_LONG_NAME = b"L"  # GNU: the data is the next member's name
-_LONG_LINK = b"K"  # GNU: the data is the next member's link target
-_PAX = (b"x", b"g")  # pax extended header records (per file, global)
-_USTAR_MAGIC = b"ustar\x0000"  # POSIX ustar: the name may continue in the prefix field
-
-
-@dataclass(frozen=True)
-class _Header:
-    """The fields of a tar header block that the relay needs."""
-
-    name: str
-    mode: int
-    size: int
-    mtime: int
-    type: bytes
-
-
-def _text(field: bytes) -> str:
-    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-
-
-def _number(field: bytes) -> int:
-    """A numeric header field: octal text, or GNU's base-256 (high bit of the first byte)."""
-    if field[0] in (0x80, 0xFF):  # 0xFF: negative, in two's complement
-        value = int.from_bytes(field[1:], "big")
-        return value - (1 << (8 * len(field) - 8)) if field[0] == 0xFF else value
-    text = field.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
-
-
-def _parse_header(block: bytes) -> _Header:
-    """Decode one 512-byte header block; INTERNAL if it is not one."""
-    try:
-        stored = _number(block[148:156])
-        if stored != sum(block) - sum(block[148:156]) + 8 * 0x20:
-            raise ValueError("checksum mismatch")
-        name = _text(block[0:100])
-        if block[257:265] == _USTAR_MAGIC and block[345] != 0:
-            name = _text(block[345:500]) + "/" + name
-        return _Header(
-            name=name.rstrip("/") if block[156:157] == _DIRECTORY else name,
-            mode=_number(block[100:108]),
-            size=_number(block[124:136]),
-            mtime=_number(block[136:148]),
-            type=block[156:157],
-        )
-    except ValueError as error:
-        raise ServiceError(
-            ErrorKind.INTERNAL, f"tar sent a malformed archive: {error}", "TAR_MALFORMED"
-        ) from error
-
-
 class _Batcher:
     """Groups events into batches (one message each) of at most ``budget`` data bytes."""
 
@@ -474,141 +396,66 @@ class _Batcher:
         return batches
 
 
-class _TarRelay:
-    """Turns a GNU tar stream, fed in arbitrary pieces, into events for ``targets``.
+class TarRelay:
+    """Turns a tar stream, fed in arbitrary pieces, into event batches for ``targets``.
 
-    An incremental reader rather than :mod:`tarfile`'s stream mode, because
-    ``tarfile.open(mode="r|")`` pulls from a blocking file object: relaying
-    it from an asyncio channel would need a thread and a pipe per call, and
-    it would buffer each member before handing it out. Here the bytes of a
-    large member go out as they arrive. Headers are decoded by
-    :func:`_parse_header` rather than ``tarfile.TarInfo.frombuf``, which
-    decodes every field and was 60 % of the relay's time for 1,000 small
-    files. Understood: regular files, GNU long names ('L'), pax records
-    ('x', 'g'; GNU format does not write them, read for robustness); any
-    other member (directory, link, long link name 'K') is skipped.
+    The stream is read by :class:`.tarstream.TarReader`; this is its sink.
+    A member that is not one of the targets is skipped (tar sends only what
+    it was given); a target that is not a regular file becomes an error.
     """
 
-    def __init__(self, targets: Iterable[_Target], chunk: int) -> None:
-        self._pending: dict[str, deque[_Target]] = {}
+    def __init__(self, targets: Iterable[Target], chunk: int) -> None:
+        self._pending: dict[str, deque[Target]] = {}
         for target in targets:
             self._pending.setdefault(target.path, deque()).append(target)
         self._batcher = _Batcher(chunk)
-        # A header block cut by the end of a piece, completed by the next one.
-        self._carry = b""
-        self._long_name: str | None = None
-        # The member being read: its target (None: skip its data), what its
-        # data is ("data", or the typeflag of a metadata record), bytes left,
-        # and the padding that follows it.
-        self._current: _Target | None = None
-        self._kind = "data"
-        self._left = 0
-        self._padding = 0
-        self._meta = bytearray()
+        self._reader = TarReader(self)
+        # The regular file being relayed, and the digest of its data so far.
+        self._current: Target | None = None
         self._digest = hashlib.sha256()
-        self._ended = False
+
+    def feed(self, data: bytes) -> None:
+        """Consume the next piece of the archive."""
+        self._reader.feed(data)
 
     def take(self) -> list[list[BulkEvent]]:
         """The batches of events produced so far."""
         return self._batcher.take()
 
-    def feed(self, data: bytes) -> None:
-        """Consume the next piece of the archive."""
-        if self._ended:
-            return
-        if self._carry:
-            data, self._carry = self._carry + data, b""
-        view = memoryview(data)
-        position = 0
-        while not self._ended:
-            if self._left or self._padding:
-                position += self._consume_body(view[position:])
-                if self._left or self._padding:
-                    break
-                continue
-            if len(view) - position < _BLOCK:
-                self._carry = bytes(view[position:])
-                break
-            self._header(bytes(view[position : position + _BLOCK]))
-            position += _BLOCK
-
-    def _consume_body(self, view: memoryview) -> int:
-        """Take member data, then its padding, from ``view``; return bytes used."""
-        used = 0
-        if self._left:
-            piece = view[: self._left]
-            used = len(piece)
-            self._left -= used
-            if self._kind == "data":
-                if self._current is not None:
-                    self._digest.update(piece)
-                    self._batcher.data(self._current.index, piece)
-            else:
-                self._meta += piece
-            if self._left:
-                return used
-            self._member_done()
-        skip = min(self._padding, len(view) - used)
-        self._padding -= skip
-        return used + skip
-
-    def _header(self, block: bytes) -> None:
-        if not any(block):
-            self._ended = True  # end-of-archive marker
-            return
-        info = _parse_header(block)
-        self._left = info.size
-        self._padding = -info.size % _BLOCK
-        self._current = None
-        if info.type in (_LONG_NAME, _LONG_LINK):
-            self._kind = info.type.decode()
-            self._meta.clear()
-        elif info.type in _PAX:
-            self._kind = "x"
-            self._meta.clear()
-        else:
-            self._kind = "data"
-            self._start_member(info)
-        if not self._left:
-            self._member_done()
-
-    def _start_member(self, info: _Header) -> None:
-        name = self._long_name if self._long_name is not None else info.name
-        self._long_name = None
-        queue = self._pending.get(name)
+    def start(self, member: Member) -> bool:
+        queue = self._pending.get(member.name)
         if not queue:
-            return  # tar sends only what it was given; skip anything else
+            return False
         target = queue.popleft()
-        if info.type in _REGULAR:
+        if member.regular:
             self._current = target
             self._digest = hashlib.sha256()
-            mode = stat.S_IFREG | stat.S_IMODE(info.mode)
+            mode = stat.S_IFREG | stat.S_IMODE(member.mode)
             self._batcher.add(
                 BulkHeader(
-                    target.index, target.path, target.relative_path, info.size, mode, info.mtime
+                    target.index, target.path, target.relative_path, member.size, mode, member.mtime
                 )
             )
-            return
-        words = "Is a directory" if info.type == _DIRECTORY else "not a regular file"
+            return True
+        words = "Is a directory" if member.type == DIRECTORY else "not a regular file"
         self._batcher.add(
             BulkError(target.index, target.path, _code(words), f"{target.path}: {words}")
         )
+        return False
 
-    def _member_done(self) -> None:
-        if self._kind == "L":
-            self._long_name = _text(bytes(self._meta))
-        elif self._kind == "x":
-            path = _pax_path(bytes(self._meta))
-            if path is not None:
-                self._long_name = path
-        elif self._kind == "data" and self._current is not None:
-            self._batcher.add(BulkEnd(self._current.index, self._digest.hexdigest()))
-            self._current = None
-        self._kind = "data"
+    def data(self, piece: memoryview) -> None:
+        assert self._current is not None
+        self._digest.update(piece)
+        self._batcher.data(self._current.index, piece)
+
+    def end(self) -> None:
+        assert self._current is not None
+        self._batcher.add(BulkEnd(self._current.index, self._digest.hexdigest()))
+        self._current = None
 
     def finish(self, diagnostics: dict[str, str]) -> None:
         """The archive ended: report every target tar did not send, with tar's reason."""
-        if self._current is not None or self._left:
+        if self._current is not None or self._reader.truncated:
             raise ServiceError(
                 ErrorKind.INTERNAL,
                 "tar's archive ended in the middle of a file",
@@ -628,20 +475,3 @@ def _code(message: str) -> ErrorKind:
     if message.endswith(OUTSIDE_WORDS):
         return ErrorKind.INVALID_ARGUMENT
     return command_error(["tar"], CommandResult(2, b"", message.encode())).code
-
-
-def _pax_path(records: bytes) -> str | None:
-    """The ``path`` of pax extended header records (``LEN key=value\\n`` ...), if any."""
-    path = None
-    position = 0
-    while position < len(records):
-        length_text, _, _ = records[position:].partition(b" ")
-        if not length_text.isdigit():
-            break
-        length = int(length_text)
-        record = records[position + len(length_text) + 1 : position + length - 1]
-        key, _, value = record.partition(b"=")
-        if key == b"path":
-            path = value.decode("utf-8", "surrogateescape")
-        position += length
-    return path

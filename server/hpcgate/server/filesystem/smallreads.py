@@ -22,7 +22,7 @@ server batches them itself:
   timer ever delays a read.
 * A batch runs, as the user, ``find -H <paths> -maxdepth 0 -type f -size
   -<N>c -print0 | tar ... --files-from=-`` (the bulk download's tar, see
-  :mod:`hpcgate.server.filesystem.bulk`): only regular files (links followed)
+  :mod:`hpcgate.server.filesystem.tarstream`): only regular files (links followed)
   of at most the batch size limit are archived, so a FIFO is never opened and
   a large file never rides along. Paths reach the shell only as positional
   parameters.
@@ -38,11 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import shlex
 import stat
-import tarfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -51,9 +49,9 @@ from prometheus_client import Counter
 
 from hpcgate.server.config import DataOperationConfig
 from hpcgate.server.errors import ErrorKind, ServiceError
-from hpcgate.server.filesystem.bulk import TAR_ARGV
 from hpcgate.server.filesystem.confine import Confine
-from hpcgate.server.filesystem.transfer import FileInfo
+from hpcgate.server.filesystem.content import FileInfo, read_small
+from hpcgate.server.filesystem.tarstream import TAR_ARGV, Member, TarReader
 from hpcgate.server.ssh import CommandResult, SSHPool, deadline_after
 
 log = logging.getLogger(__name__)
@@ -160,7 +158,11 @@ class _UserReads:
 
 
 class SmallReads:
-    """The small-file reads of one system, batched per user under load (see the module doc)."""
+    """The small-file reads of one system, batched per user under load (see the module doc).
+
+    :meth:`download` serves a whole file; :meth:`claim` is for a reader
+    that does its own SFTP read when no batch brought the file (a stream).
+    """
 
     def __init__(self, pool: SSHPool, limits: DataOperationConfig, confine: Confine) -> None:
         """``limits``: the largest file a read may return, and the direct reads' burst and rate;
@@ -208,6 +210,20 @@ class SmallReads:
                 state.direct -= 1
         finally:
             self._forget_if_idle(user, state)
+
+    async def download(
+        self, user: str, path: str, deadline: float | None, confine: Confine, limit: int
+    ) -> bytes:
+        """The whole file ``path`` (at most ``limit`` bytes), as ``user``: FirecREST's download.
+
+        From a batch if one brought it, else over SFTP (:func:`.content.read_small`,
+        refusing a path that leads outside as ``confine`` says).
+        """
+        async with self.claim(user, path, deadline) as held:
+            if held is not None:
+                return held.data
+            async with self._pool.sftp(user, deadline) as sftp:
+                return await read_small(sftp, confine, path, limit)
 
     async def close(self) -> None:
         """Stop the running batches (their waiters fall back, and fail with the pool)."""
@@ -325,30 +341,48 @@ def trusted(result: CommandResult) -> bool:
     return True
 
 
+class _Collected:
+    """The sink of a batch's archive: its regular files under the bound, whole, by name."""
+
+    def __init__(self, bound: int) -> None:
+        self._bound = bound
+        self.files: dict[str, HeldFile] = {}
+        self._member: Member | None = None
+        self._pieces: list[bytes] = []
+
+    def start(self, member: Member) -> bool:
+        if not member.regular or member.size >= self._bound:
+            return False  # grew past the limit after find measured it: read it directly
+        self._member, self._pieces = member, []
+        return True
+
+    def data(self, piece: memoryview) -> None:
+        self._pieces.append(bytes(piece))
+
+    def end(self) -> None:
+        member = self._member
+        assert member is not None
+        data = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+        info = FileInfo(member.size, stat.S_IFREG | member.mode, float(member.mtime))
+        self.files[member.name] = HeldFile(info, data)
+        self._member, self._pieces = None, []
+
+
 def _archived(result: CommandResult, bound: int) -> dict[str, HeldFile]:
     """The regular files of a trusted batch's archive, by path; nothing if it is not trusted."""
     if not trusted(result):
         log.info("read batch not trusted (exit %d): %r", result.exit_status, result.stderr[:500])
         return {}
-    files: dict[str, HeldFile] = {}
-    archive_bytes = result.stdout
-    if not archive_bytes:
-        return files  # nothing in the batch was inside and readable
+    if not result.stdout:
+        return {}  # nothing in the batch was inside and readable
+    collected = _Collected(bound)
+    reader = TarReader(collected)
     try:
-        with tarfile.open(fileobj=io.BytesIO(archive_bytes), mode="r:") as archive:
-            for member in archive:
-                if not member.isreg() or member.size >= bound:
-                    continue  # grew past the limit after find measured it: read it directly
-                # A slice, not extractfile(): that builds a file object per member,
-                # which cost more than parsing the header. GNU tar writes no
-                # sparse members unless asked (--sparse), so the data is contiguous.
-                start = member.offset_data
-                data = archive_bytes[start : start + member.size]
-                if len(data) != member.size:
-                    raise tarfile.ReadError(f"{member.name}: archive ends inside the data")
-                info = FileInfo(member.size, stat.S_IFREG | member.mode, float(member.mtime))
-                files[member.name] = HeldFile(info, data)
-    except tarfile.TarError as error:
-        log.warning("read batch returned a malformed archive: %s", error)
+        reader.feed(result.stdout)
+    except ServiceError as error:
+        log.warning("read batch returned a malformed archive: %s", error.message)
         return {}
-    return files
+    if reader.truncated:
+        log.warning("read batch returned a malformed archive: it ends inside a member's data")
+        return {}
+    return collected.files

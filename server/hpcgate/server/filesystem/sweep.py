@@ -1,7 +1,7 @@
 """Stale upload temporaries swept: ``.part`` files a dead upload left beside its target.
 
 An upload writes ``.<name>.hpcgate-<12 hex>.part`` and renames it onto the
-target when complete (:class:`~hpcgate.server.filesystem.transfer.AtomicWrite`);
+target when complete (:class:`~hpcgate.server.filesystem.atomic.AtomicWrite`);
 a server killed meanwhile leaves the temporary file forever. This module
 removes such files once they are older than ``part_max_age``.
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 TICK = 30.0
 # Time limit of one user's sweep (seconds).
 SWEEP_TIME_LIMIT = 300.0
-# The temporary names of transfer.temp_name: ".<stem>.hpcgate-<12 hex>.part".
+# The temporary names of atomic.temp_name: ".<stem>.hpcgate-<12 hex>.part".
 PART_GLOB = ".*.hpcgate-" + "[0-9a-f]" * 12 + ".part"
 
 # $1: age bound in minutes; $2: the name pattern; the rest: filesystem roots.

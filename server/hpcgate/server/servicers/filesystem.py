@@ -2,7 +2,7 @@
 
 Each RPC resolves and health-gates the system, checks every path against
 the path policy (naming the field by its JSON name), calls one function of
-:mod:`hpcgate.server.filesystem.ops`, and maps the result to its message.
+the filesystem package (:mod:`hpcgate.server.filesystem`), and maps the result to its message.
 The content-moving RPCs (Download, Upload, the streams, BulkDownload) come
 from :class:`FilesystemStreams`.
 """
@@ -12,9 +12,11 @@ from __future__ import annotations
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
-from hpcgate.server.filesystem import ops
+from hpcgate.server.filesystem import listing, metadata, operations, ranges
 from hpcgate.server.filesystem.confine import Confine
+from hpcgate.server.filesystem.names import IdNames
 from hpcgate.server.filesystem.paths import check_path
+from hpcgate.server.filesystem.remote import Remote
 from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.common import Call, begin
 from hpcgate.server.servicers.context import Context
@@ -28,7 +30,7 @@ NEEDS = ("ssh", "filesystem")
 CHECKSUM_ALGORITHM = "SHA256"
 
 
-def _file(entry: ops.FileEntry) -> filesystem_pb2.File:
+def _file(entry: listing.FileEntry) -> filesystem_pb2.File:
     """FirecREST's File for a listing entry."""
     message = filesystem_pb2.File(
         name=entry.name,
@@ -44,7 +46,7 @@ def _file(entry: ops.FileEntry) -> filesystem_pb2.File:
     return message
 
 
-def _content(content: ops.FileContent) -> filesystem_pb2.FileContent:
+def _content(content: ranges.FileContent) -> filesystem_pb2.FileContent:
     return filesystem_pb2.FileContent(
         content=content.content,
         content_type=content.content_type,
@@ -75,11 +77,11 @@ class FilesystemServicer(FilesystemStreams):
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(runtime)
         # uid/gid -> name per system, shared by every caller of that system.
-        self._names = {key: ops.IdNames() for key in runtime.systems}
+        self._names = {key: IdNames() for key in runtime.systems}
 
     def _ops_call(
         self, system_name: str, context: Context, **paths: str
-    ) -> tuple[Call, ops.Remote, list[str]]:
+    ) -> tuple[Call, Remote, list[str]]:
         """The call (system, user, deadline), how its domain code reaches the cluster,
         and its ``paths`` (field name -> value) checked by text, in order.
 
@@ -90,13 +92,13 @@ class FilesystemServicer(FilesystemStreams):
         call = begin(self._runtime, system_name, context, *NEEDS)
         config = call.system.config
         checked = {field: _path(call, field, value) for field, value in paths.items()}
-        remote = ops.Remote(
+        remote = Remote(
             pool=call.system.pool,
             user=call.user,
             deadline=call.deadline,
             command_timeout=config.ssh.timeouts.command,
             confine=Confine.of(config, {path: field for field, path in checked.items()}),
-            names=self._names.setdefault(config.name.lower(), ops.IdNames()),
+            names=self._names.setdefault(config.name.lower(), IdNames()),
         )
         return call, remote, list(checked.values())
 
@@ -104,7 +106,7 @@ class FilesystemServicer(FilesystemStreams):
         self, request: filesystem_pb2.LsRequest, context: Context
     ) -> filesystem_pb2.LsResponse:
         _, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
-        listing = await ops.ls(
+        found = await listing.ls(
             remote,
             path,
             show_hidden=request.show_hidden,
@@ -113,10 +115,10 @@ class FilesystemServicer(FilesystemStreams):
             dereference=request.dereference,
         )
         return filesystem_pb2.LsResponse(
-            output=[_file(e) for e in listing.entries],
+            output=[_file(e) for e in found.entries],
             unreadable=[
                 filesystem_pb2.LsUnreadable(name=u.name, message=u.message)
-                for u in listing.unreadable
+                for u in found.unreadable
             ],
         )
 
@@ -124,7 +126,7 @@ class FilesystemServicer(FilesystemStreams):
         self, request: filesystem_pb2.HeadRequest, context: Context
     ) -> filesystem_pb2.HeadResponse:
         call, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
-        content = await ops.head(
+        content = await ranges.head(
             remote,
             path,
             _optional(request, "bytes"),
@@ -138,7 +140,7 @@ class FilesystemServicer(FilesystemStreams):
         self, request: filesystem_pb2.TailRequest, context: Context
     ) -> filesystem_pb2.TailResponse:
         call, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
-        content = await ops.tail(
+        content = await ranges.tail(
             remote,
             path,
             _optional(request, "bytes"),
@@ -152,7 +154,7 @@ class FilesystemServicer(FilesystemStreams):
         self, request: filesystem_pb2.ViewRequest, context: Context
     ) -> filesystem_pb2.ViewResponse:
         call, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
-        text = await ops.view(
+        text = await ranges.view(
             remote,
             path,
             _optional(request, "offset"),
@@ -165,7 +167,7 @@ class FilesystemServicer(FilesystemStreams):
         self, request: filesystem_pb2.ChecksumRequest, context: Context
     ) -> filesystem_pb2.ChecksumResponse:
         _, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
-        digest = await ops.checksum(remote, path)
+        digest = await metadata.checksum(remote, path)
         return filesystem_pb2.ChecksumResponse(
             output=filesystem_pb2.FileChecksum(algorithm=CHECKSUM_ALGORITHM, checksum=digest)
         )
@@ -174,14 +176,14 @@ class FilesystemServicer(FilesystemStreams):
         self, request: filesystem_pb2.FileTypeRequest, context: Context
     ) -> filesystem_pb2.FileTypeResponse:
         _, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
-        kind = await ops.file_type(remote, path)
+        kind = await metadata.file_type(remote, path)
         return filesystem_pb2.FileTypeResponse(output=kind)
 
     async def Stat(
         self, request: filesystem_pb2.StatRequest, context: Context
     ) -> filesystem_pb2.StatResponse:
         _, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
-        result = await ops.stat(remote, path, request.dereference)
+        result = await metadata.stat(remote, path, request.dereference)
         return filesystem_pb2.StatResponse(
             output=filesystem_pb2.FileStat(
                 mode=result.mode,
@@ -201,21 +203,21 @@ class FilesystemServicer(FilesystemStreams):
         self, request: filesystem_pb2.ChmodRequest, context: Context
     ) -> filesystem_pb2.ChmodResponse:
         _, remote, (path,) = self._ops_call(request.system_name, context, sourcePath=request.path)
-        entry = await ops.chmod(remote, path, request.mode)
+        entry = await operations.chmod(remote, path, request.mode)
         return filesystem_pb2.ChmodResponse(output=_file(entry))
 
     async def Chown(
         self, request: filesystem_pb2.ChownRequest, context: Context
     ) -> filesystem_pb2.ChownResponse:
         _, remote, (path,) = self._ops_call(request.system_name, context, sourcePath=request.path)
-        entry = await ops.chown(remote, path, request.owner, request.group)
+        entry = await operations.chown(remote, path, request.owner, request.group)
         return filesystem_pb2.ChownResponse(output=_file(entry))
 
     async def Mkdir(
         self, request: filesystem_pb2.MkdirRequest, context: Context
     ) -> filesystem_pb2.MkdirResponse:
         _, remote, (path,) = self._ops_call(request.system_name, context, sourcePath=request.path)
-        entry = await ops.mkdir(remote, path, request.parent)
+        entry = await operations.mkdir(remote, path, request.parent)
         return filesystem_pb2.MkdirResponse(output=_file(entry))
 
     async def Symlink(
@@ -224,7 +226,7 @@ class FilesystemServicer(FilesystemStreams):
         _, remote, (target, link) = self._ops_call(
             request.system_name, context, sourcePath=request.path, linkPath=request.link_path
         )
-        entry = await ops.symlink(remote, target, link)
+        entry = await operations.symlink(remote, target, link)
         return filesystem_pb2.SymlinkResponse(output=_file(entry))
 
     async def Rm(
@@ -232,7 +234,7 @@ class FilesystemServicer(FilesystemStreams):
     ) -> filesystem_pb2.RmResponse:
         call, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
         roots = [fs.path for fs in call.system.config.filesystems]
-        await ops.rm(remote, path, roots)
+        await operations.rm(remote, path, roots)
         return filesystem_pb2.RmResponse()
 
     async def Compress(
@@ -244,7 +246,7 @@ class FilesystemServicer(FilesystemStreams):
             sourcePath=request.source_path,
             targetPath=request.target_path,
         )
-        await ops.compress(
+        await operations.compress(
             remote,
             source,
             target,
@@ -263,5 +265,5 @@ class FilesystemServicer(FilesystemStreams):
             sourcePath=request.source_path,
             targetPath=request.target_path,
         )
-        await ops.extract(remote, source, target, request.compression)
+        await operations.extract(remote, source, target, request.compression)
         return filesystem_pb2.ExtractResponse()

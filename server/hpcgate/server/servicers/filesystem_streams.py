@@ -1,7 +1,7 @@
 """Filesystem RPCs that move file contents: small download/upload, streams, bulk.
 
 The Filesystem servicer inherits these methods. Each one validates the
-request, calls one domain function of :mod:`hpcgate.server.filesystem.transfer`
+request, calls one domain function of :mod:`hpcgate.server.filesystem.content`
 or :mod:`hpcgate.server.filesystem.bulk` over the caller's pooled SSH
 connection, and maps the result to messages.
 """
@@ -15,7 +15,7 @@ from google.api import httpbody_pb2
 from google.protobuf import timestamp_pb2
 
 from hpcgate.server.errors import invalid_argument
-from hpcgate.server.filesystem import bulk, transfer
+from hpcgate.server.filesystem import bulk, content
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.paths import check_path
 from hpcgate.server.rpc.errors import grpc_code
@@ -60,14 +60,14 @@ def _bulk_entry(event: bulk.BulkEvent) -> filesystem_pb2.BulkDownloadEntry:
 
 async def _upload_parts(
     requests: AsyncIterator[filesystem_pb2.UploadStreamRequest],
-) -> AsyncIterator[bytes | transfer.Digest]:
+) -> AsyncIterator[bytes | content.Digest]:
     """The data chunks and the trailer's digest of an UploadStream, after its header."""
     async for message in requests:
         kind = message.WhichOneof("payload")
         if kind == "chunk":
             yield message.chunk
         elif kind == "trailer":
-            yield transfer.Digest(message.trailer.sha256)
+            yield content.Digest(message.trailer.sha256)
         else:
             raise invalid_argument(
                 "header", "only the first message may carry a header", "UPLOAD_MALFORMED"
@@ -84,16 +84,16 @@ def _begin(runtime: Runtime, system_name: str, context: Context) -> Call:
 
 async def _stream_items(
     call: Call, path: str, offset: int, length: int | None, chunk: int
-) -> AsyncIterator[transfer.StreamItem]:
+) -> AsyncIterator[content.StreamItem]:
     """A DownloadStream's items: from a read batch if one brought the file, else over SFTP."""
     async with call.system.reads.claim(call.user, path, call.deadline) as held:
         if held is not None:
-            for item in transfer.stream_held(held.info, held.data, path, offset, length, chunk):
+            for item in content.stream_held(held.info, held.data, path, offset, length, chunk):
                 yield item
             return
         async with call.system.pool.sftp(call.user, call.deadline) as sftp:
             confine = Confine.of(call.system.config, {path: "path"})
-            async for item in transfer.stream_read(sftp, confine, path, offset, length, chunk):
+            async for item in content.stream_read(sftp, confine, path, offset, length, chunk):
                 yield item
 
 
@@ -111,12 +111,8 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         config = call.system.config
         path = check_path(config, "path", request.path)
         limit = config.data_operation.max_ops_file_size
-        async with call.system.reads.claim(call.user, path, call.deadline) as held:
-            if held is not None:
-                return httpbody_pb2.HttpBody(content_type=OCTET_STREAM, data=held.data)
-            async with call.system.pool.sftp(call.user, call.deadline) as sftp:
-                confine = Confine.of(config, {path: "path"})
-                data = await transfer.read_small(sftp, confine, path, limit)
+        confine = Confine.of(config, {path: "path"})
+        data = await call.system.reads.download(call.user, path, call.deadline, confine, limit)
         return httpbody_pb2.HttpBody(content_type=OCTET_STREAM, data=data)
 
     async def Upload(
@@ -126,12 +122,12 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         call = _begin(self._runtime, request.system_name, context)
         config = call.system.config
         directory = check_path(config, "path", request.path)
-        name = transfer.check_filename("file.filename", request.file.filename)
+        name = content.check_filename("file.filename", request.file.filename)
         target = check_path(config, "path", posixpath.join(directory, name))
         limit = config.data_operation.max_ops_file_size
         async with call.system.pool.sftp(call.user, call.deadline) as sftp:
             confine = Confine.of(config, {target: "path"})
-            await transfer.write_small(sftp, confine, target, request.file.content, limit)
+            await content.write_small(sftp, confine, target, request.file.content, limit)
         return filesystem_pb2.UploadResponse()
 
     async def DownloadStream(
@@ -145,11 +141,11 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         length = request.length if request.HasField("length") else None
         if length is not None and length < 0:
             raise invalid_argument("length", "must not be negative")
-        chunk = transfer.chunk_size(request.chunk_size)
+        chunk = content.chunk_size(request.chunk_size)
         async for item in _stream_items(call, path, request.offset, length, chunk):
             if isinstance(item, bytes):
                 yield filesystem_pb2.DownloadStreamResponse(chunk=item)
-            elif isinstance(item, transfer.StreamHeader):
+            elif isinstance(item, content.StreamHeader):
                 header = filesystem_pb2.DownloadStreamHeader(
                     size=item.info.size,
                     mode=item.info.mode,
@@ -183,7 +179,7 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         if mode is not None and mode > 0o7777:
             raise invalid_argument("header.mode", "only permission bits (at most 0o7777)")
         async with call.system.pool.sftp(call.user, call.deadline) as sftp:
-            written = await transfer.stream_write(
+            written = await content.stream_write(
                 sftp,
                 Confine.of(call.system.config, {path: "header.path"}),
                 path,
@@ -221,7 +217,7 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
             )
         else:
             raise invalid_argument("selection", "give either files or tree")
-        chunk = transfer.chunk_size(request.chunk_size)
+        chunk = content.chunk_size(request.chunk_size)
         if isinstance(selection, bulk.Tree):
             fields = {selection.root: "tree.root"}
         else:

@@ -21,7 +21,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from importlib import resources
 
-from hpcgate.server.filesystem.ops import tar_compression
+from hpcgate.server.filesystem.parse import tar_compression
 
 Value = str | int | Sequence[str]
 

@@ -28,7 +28,7 @@ from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument
 from hpcgate.server.filesystem import archive
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import command_error
-from hpcgate.server.filesystem.ops import tar_compression
+from hpcgate.server.filesystem.parse import tar_compression
 from hpcgate.server.scheduler.jobmodels import Job, JobState, JobStatus
 from hpcgate.server.scheduler.watch import Subscription
 from hpcgate.server.transfer import scripts
