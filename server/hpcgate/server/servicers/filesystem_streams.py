@@ -12,24 +12,18 @@ import posixpath
 from collections.abc import AsyncIterator
 
 from google.api import httpbody_pb2
-from google.protobuf import timestamp_pb2
 
 from hpcgate.server.errors import invalid_argument
 from hpcgate.server.filesystem import bulk, transfer
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.paths import check_path
 from hpcgate.server.runtime import Runtime
-from hpcgate.server.servicers.common import Call, begin
+from hpcgate.server.servicers.call import Call, begin
 from hpcgate.server.servicers.context import Context
+from hpcgate.server.servicers.convert import timestamp
 from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
 
 OCTET_STREAM = "application/octet-stream"
-
-
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(round(seconds * 1e9))
-    return stamp
 
 
 def _bulk_entry(event: bulk.BulkEvent) -> filesystem_pb2.BulkDownloadEntry:
@@ -43,7 +37,7 @@ def _bulk_entry(event: bulk.BulkEvent) -> filesystem_pb2.BulkDownloadEntry:
                 relative_path=event.relative_path,
                 size=event.size,
                 mode=event.mode,
-                mtime=_timestamp(event.mtime),
+                mtime=timestamp(event.mtime),
             )
         )
     elif isinstance(event, bulk.BulkEnd):
@@ -73,14 +67,6 @@ async def _upload_parts(
             )
 
 
-def _begin(runtime: Runtime, system_name: str, context: Context) -> Call:
-    """Resolve, authorise and health-gate a call that needs SSH and the filesystems.
-
-    A module function, not a method: the subclass has its own ``_begin``.
-    """
-    return begin(runtime, system_name, context, "ssh", "filesystem")
-
-
 async def _stream_items(
     call: Call, path: str, offset: int, length: int | None, chunk: int
 ) -> AsyncIterator[transfer.StreamItem]:
@@ -106,7 +92,7 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         self, request: filesystem_pb2.DownloadRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
         """The raw bytes of a file up to ``max_ops_file_size``; larger is RESOURCE_EXHAUSTED."""
-        call = _begin(self._runtime, request.system_name, context)
+        call = begin(self._runtime, request.system_name, context)
         config = call.system.config
         path = check_path(config, "path", request.path)
         limit = config.data_operation.max_ops_file_size
@@ -122,14 +108,14 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         self, request: filesystem_pb2.UploadRequest, context: Context
     ) -> filesystem_pb2.UploadResponse:
         """Write the uploaded file into directory ``path``, replacing a file of that name."""
-        call = _begin(self._runtime, request.system_name, context)
+        call = begin(self._runtime, request.system_name, context)
         config = call.system.config
-        directory = check_path(config, "path", request.path)
+        directory = call.path("path", request.path)
         name = transfer.check_filename("file.filename", request.file.filename)
-        target = check_path(config, "path", posixpath.join(directory, name))
+        target = call.path("path", posixpath.join(directory, name))
         limit = config.data_operation.max_ops_file_size
         async with call.system.pool.sftp(call.user, call.deadline) as sftp:
-            confine = Confine.of(config, {target: "path"})
+            confine = call.confine({target: "path"})
             await transfer.write_small(sftp, confine, target, request.file.content, limit)
         return filesystem_pb2.UploadResponse()
 
@@ -137,7 +123,7 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         self, request: filesystem_pb2.DownloadStreamRequest, context: Context
     ) -> AsyncIterator[filesystem_pb2.DownloadStreamResponse]:
         """Header, data chunks, trailer with the SHA-256 of the data sent."""
-        call = _begin(self._runtime, request.system_name, context)
+        call = begin(self._runtime, request.system_name, context)
         path = check_path(call.system.config, "path", request.path)
         if request.offset < 0:
             raise invalid_argument("offset", "must not be negative")
@@ -152,7 +138,7 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
                 header = filesystem_pb2.DownloadStreamHeader(
                     size=item.info.size,
                     mode=item.info.mode,
-                    mtime=_timestamp(item.info.mtime),
+                    mtime=timestamp(item.info.mtime),
                     offset=item.offset,
                     length=item.length,
                 )
@@ -173,8 +159,8 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
                 "header", "the first message must carry the header", "UPLOAD_MALFORMED"
             )
         header = first.header
-        call = _begin(self._runtime, header.system_name, context)
-        path = check_path(call.system.config, "header.path", header.path)
+        call = begin(self._runtime, header.system_name, context)
+        path = call.path("header.path", header.path)
         size = header.size if header.HasField("size") else None
         if size is not None and size < 0:
             raise invalid_argument("header.size", "must not be negative")
@@ -184,7 +170,7 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         async with call.system.pool.sftp(call.user, call.deadline) as sftp:
             written = await transfer.stream_write(
                 sftp,
-                Confine.of(call.system.config, {path: "header.path"}),
+                call.confine({path: "header.path"}),
                 path,
                 _upload_parts(request_iterator),
                 size=size,
@@ -199,21 +185,17 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         self, request: filesystem_pb2.BulkDownloadRequest, context: Context
     ) -> AsyncIterator[filesystem_pb2.BulkDownloadResponse]:
         """Many files in one stream, relayed from one remote tar; unreadable ones as errors."""
-        call = _begin(self._runtime, request.system_name, context)
-        config = call.system.config
+        call = begin(self._runtime, request.system_name, context)
         selection: bulk.NamedFiles | bulk.Tree
         kind = request.WhichOneof("selection")
         if kind == "files":
             selection = bulk.NamedFiles(
-                [
-                    check_path(config, f"files.paths[{i}]", path)
-                    for i, path in enumerate(request.files.paths)
-                ]
+                [call.path(f"files.paths[{i}]", path) for i, path in enumerate(request.files.paths)]
             )
         elif kind == "tree":
             tree = request.tree
             selection = bulk.Tree(
-                check_path(config, "tree.root", tree.root),
+                call.path("tree.root", tree.root),
                 recursive=tree.recursive,
                 glob=tree.glob,
                 show_hidden=tree.show_hidden,
@@ -225,7 +207,7 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
             fields = {selection.root: "tree.root"}
         else:
             fields = {path: f"files.paths[{i}]" for i, path in enumerate(selection.paths)}
-        confine = Confine.of(config, fields)
+        confine = call.confine(fields)
         batches = bulk.bulk_download(
             call.system.pool, call.user, call.deadline, selection, chunk, confine
         )

@@ -6,29 +6,22 @@ import time
 from dataclasses import asdict
 from datetime import datetime
 
-from google.protobuf import timestamp_pb2
-
 from hpcgate.server.auth.interceptor import current_identity
 from hpcgate.server.config import SystemConfig
 from hpcgate.server.health.checker import ServiceHealth
 from hpcgate.server.runtime import Runtime, SystemRuntime
-from hpcgate.server.scheduler.base import Run
-from hpcgate.server.servicers.common import begin
+from hpcgate.server.scheduler.jobmodels import RunWithInput
+from hpcgate.server.servicers.call import begin
 from hpcgate.server.servicers.context import Context
+from hpcgate.server.servicers.convert import timestamp
 from hpcgate.v1 import status_pb2, status_pb2_grpc
-
-
-def _timestamp(when: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
 
 
 def _health(result: ServiceHealth) -> status_pb2.ServiceHealth:
     return status_pb2.ServiceHealth(
         service_type=result.service_type,
         healthy=result.healthy,
-        last_checked=_timestamp(result.last_checked),
+        last_checked=timestamp(result.last_checked),
         latency=result.latency,
         message=result.message,
         path=result.path,
@@ -97,8 +90,8 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
         self._systems: tuple[tuple[datetime | None, ...], status_pb2.ListSystemsResponse] | None
         self._systems = None
 
-    def _scheduler_call(self, name: str, context: Context) -> tuple[SystemRuntime, Run]:
-        call = begin(self._runtime, name, context, "ssh", "scheduler")
+    def _scheduler_call(self, name: str, context: Context) -> tuple[SystemRuntime, RunWithInput]:
+        call = begin(self._runtime, name, context)
         return call.system, call.run
 
     async def ListSystems(
@@ -116,7 +109,7 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
             cluster.CopyFrom(_cluster(system.config))
             cluster.services_health.extend(_health(r) for r in system.health.results())
             if system.health.last_run is not None:
-                cluster.last_health_check.CopyFrom(_timestamp(system.health.last_run))
+                cluster.last_health_check.CopyFrom(timestamp(system.health.last_run))
         return reply
 
     async def GetLiveness(
@@ -126,7 +119,7 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
         runs = [(s.config.name, s.health.last_run) for s in self._runtime.systems.values()]
         for name, last_run in runs:
             if last_run is not None:
-                reply.healthcheck_runs[name].CopyFrom(_timestamp(last_run))
+                reply.healthcheck_runs[name].CopyFrom(timestamp(last_run))
         done = [last for _, last in runs if last is not None]
         if done:
             reply.last_update = round(time.time() - min(d.timestamp() for d in done))
