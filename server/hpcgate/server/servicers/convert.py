@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -16,7 +17,9 @@ def timestamp(when: float | datetime) -> timestamp_pb2.Timestamp:
     if isinstance(when, datetime):
         stamp.FromDatetime(when)
     else:
-        stamp.FromNanoseconds(round(when * 1e9))
+        # Whole seconds apart: ``when * 1e9`` would round to 256 ns at today's epochs.
+        seconds = math.floor(when)
+        stamp.FromNanoseconds(seconds * 1_000_000_000 + round((when - seconds) * 1e9))
     return stamp
 
 
