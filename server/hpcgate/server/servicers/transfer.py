@@ -3,7 +3,9 @@
 Each RPC begins its call (:mod:`.call`: system, caller, health needs,
 deadline), checks every path against the path policy (naming the field by
 its JSON name) and the request's own fields, calls one function of
-:mod:`hpcgate.server.transfer.service`, and maps the result to its message.
+:mod:`hpcgate.server.transfer.service` (to start a transfer) or
+:mod:`hpcgate.server.transfer.progress` (to tell how one stands), and maps
+the result to its message.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.call import Call, begin
 from hpcgate.server.servicers.context import Context
 from hpcgate.server.servicers.convert import job_id, timestamp
-from hpcgate.server.transfer import service
+from hpcgate.server.transfer import progress, service
 from hpcgate.server.transfer.jobs import Submitter, TransferJob
-from hpcgate.server.transfer.service import TransferState
-from hpcgate.server.transfer.staging import ObjectState, Staging
+from hpcgate.server.transfer.progress import TransferState
+from hpcgate.server.transfer.records import ObjectState
+from hpcgate.server.transfer.staging import Staging
 from hpcgate.v1 import scheduler_pb2, transfer_pb2, transfer_pb2_grpc
 
 # The only transfer method offered (FirecREST's others: streamer, wormhole).
@@ -209,7 +212,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
         self, request: transfer_pb2.GetTransferRequest, context: Context
     ) -> transfer_pb2.GetTransferResponse:
         call, sub = self._begin(request.system_name, context)
-        state = await service.get(sub, call.system.staging, job_id(request.job_id))
+        state = await progress.get(sub, call.system.staging, job_id(request.job_id))
         return transfer_pb2.GetTransferResponse(transfer=_status(state))
 
     async def WatchTransfer(
@@ -222,7 +225,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
         async with hub.subscribe(call.user, frozenset({watched})) as watcher:
             # Also when the stream is dropped while suspended between messages.
             cast(Any, context).add_done_callback(lambda _: hub.unsubscribe(watcher))
-            states = service.watch(
+            states = progress.watch(
                 sub,
                 call.system.staging,
                 watcher,
