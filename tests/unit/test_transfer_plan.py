@@ -15,9 +15,10 @@ from hpcgate.server.transfer.jobs import (
     log_paths,
     work_directory,
 )
+from hpcgate.server.transfer.progress import Phase, phase_of
+from hpcgate.server.transfer.records import ObjectState, ObjectView
 from hpcgate.server.transfer.s3 import bucket_name, part_count, plan_parts
-from hpcgate.server.transfer.service import Phase, phase_of
-from hpcgate.server.transfer.staging import ObjectState, ObjectView, staged_key
+from hpcgate.server.transfer.staging import staged_key
 
 MIB = 1024 * 1024
 TIB = 1024**4

@@ -27,8 +27,9 @@ from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.scheduler.jobmodels import JobDescription
 from hpcgate.server.transfer import scripts, service
 from hpcgate.server.transfer.jobs import Submitter
+from hpcgate.server.transfer.records import Lost, ObjectState, UploadPlan
 from hpcgate.server.transfer.s3 import part_count, plan_parts
-from hpcgate.server.transfer.staging import Lost, ObjectState, Staging, UploadPlan
+from hpcgate.server.transfer.staging import Staging
 
 MIB = 1024 * 1024
 PART = 5 * MIB

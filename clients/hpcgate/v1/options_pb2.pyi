@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import extension_dict as _extension_dict
 import builtins as _builtins
 import sys
@@ -59,6 +61,36 @@ class RestOptions(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RestOptions: _TypeAlias = RestOptions  # noqa: Y015
+
+@_typing.final
+class Needs(_message.Message):
+    """Needs say which services of the system an RPC names it cannot do without:
+    the kinds of the health checker's probes ("ssh", "scheduler",
+    "filesystem", "s3", FirecREST's BackendServiceType). The server reads them
+    from the descriptors and answers UNAVAILABLE at once, without reaching the
+    cluster, while a needed service is known to be unhealthy. Every RPC
+    declares its needs; an RPC that reaches no system declares none ({}).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def services(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The services the RPC needs healthy."""
+
+    def __init__(
+        self,
+        *,
+        services: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["services", b"services"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Needs: _TypeAlias = Needs  # noqa: Y015
 
 @_typing.final
 class JsonOptions(_message.Message):
@@ -186,11 +218,14 @@ class UploadedFile(_message.Message):
 Global___UploadedFile: _TypeAlias = UploadedFile  # noqa: Y015
 
 REST_FIELD_NUMBER: _builtins.int
+NEEDS_FIELD_NUMBER: _builtins.int
 JSON_FIELD_NUMBER: _builtins.int
 JSON_MESSAGE_FIELD_NUMBER: _builtins.int
 SCHEMA_FIELD_NUMBER: _builtins.int
 rest: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___RestOptions]
 """REST presentation of the method, read by the edge."""
+needs: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___Needs]
+"""Health needs of the method, read by the server."""
 json: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___JsonOptions]
 """JSON presentation of the field, read by the edge."""
 json_message: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, Global___JsonMessageOptions]

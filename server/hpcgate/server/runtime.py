@@ -1,8 +1,8 @@
 """Everything the servicers share at run time, per configured system.
 
 A :class:`SystemRuntime` bundles one system's configuration, its SSH pool,
-its scheduler adapters, its job-watch hub, its small-file read batcher and
-its health checker. The
+its scheduler adapters, its job-watch hub, its small-file read batcher,
+its health checker and its cache of user and group names. The
 :class:`Runtime` owns them all, starts the checkers, and on shutdown ends the
 watches and closes the pools.
 """
@@ -10,17 +10,16 @@ watches and closes the pools.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from hpcgate.server.config import Settings, SystemConfig
 from hpcgate.server.filesystem.confine import Confine
+from hpcgate.server.filesystem.names import IdNames
 from hpcgate.server.filesystem.smallreads import SmallReads
 from hpcgate.server.filesystem.sweep import PartSweeper
 from hpcgate.server.health.checker import HealthChecker, OnChange
 from hpcgate.server.health.probes import probes_for
-from hpcgate.server.scheduler.base import Output, Run
 from hpcgate.server.scheduler.jobmodels import RunWithInput
 from hpcgate.server.scheduler.slurm.jobs import SlurmJobs
 from hpcgate.server.scheduler.slurm.status import SlurmStatus
@@ -48,16 +47,14 @@ class SystemRuntime:
     staging: Staging | None = None
     # Removes the stale temporaries of dead uploads, as each connected user.
     sweeper: PartSweeper | None = None
+    # uid/gid -> name, learned from every caller's listings of this system.
+    names: IdNames = field(default_factory=IdNames)
 
-    def runner(self, user: str, deadline: float | None = None) -> Run:
-        """Run scheduler commands as ``user`` (in the user's scheduler share of the pool)."""
-        run: Callable[[Sequence[str]], Awaitable[Output]] = partial(
-            self.pool.run, user, deadline=deadline, scheduler=True
-        )
-        return run
+    def runner(self, user: str, deadline: float | None = None) -> RunWithInput:
+        """Run scheduler commands as ``user`` (in the user's scheduler share of the pool).
 
-    def job_runner(self, user: str, deadline: float | None = None) -> RunWithInput:
-        """Like :meth:`runner`, but the commands may take stdin (sbatch reads the script)."""
+        The commands may take stdin (sbatch reads the script).
+        """
         run: RunWithInput = partial(self.pool.run, user, deadline=deadline, scheduler=True)
         return run
 

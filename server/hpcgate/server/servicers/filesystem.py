@@ -1,30 +1,24 @@
 """The Filesystem service: FirecREST's ``ops`` endpoints, plus the streams it inherits.
 
-Each RPC resolves and health-gates the system, checks every path against
+Each RPC begins its call (:mod:`.call`), has it check every path against
 the path policy (naming the field by its JSON name), calls one function of
-the filesystem package (:mod:`hpcgate.server.filesystem`), and maps the result to its message.
+:mod:`hpcgate.server.filesystem`, and maps the result to its message.
 The content-moving RPCs (Download, Upload, the streams, BulkDownload) come
 from :class:`FilesystemStreams`.
 """
 
 from __future__ import annotations
 
-from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from hpcgate.server.filesystem import listing, metadata, operations, ranges
-from hpcgate.server.filesystem.confine import Confine
-from hpcgate.server.filesystem.names import IdNames
-from hpcgate.server.filesystem.paths import check_path
 from hpcgate.server.filesystem.remote import Remote
-from hpcgate.server.runtime import Runtime
-from hpcgate.server.servicers.common import Call, begin
+from hpcgate.server.servicers.call import Call, begin
 from hpcgate.server.servicers.context import Context
+from hpcgate.server.servicers.convert import timestamp
 from hpcgate.server.servicers.filesystem_streams import FilesystemStreams
 from hpcgate.v1 import filesystem_pb2
 
-# The health checker's services a filesystem operation needs.
-NEEDS = ("ssh", "filesystem")
 # How FirecREST names sha256sum's algorithm on the wire (its command's key, not
 # the "SHA-256" default of its model).
 CHECKSUM_ALGORITHM = "SHA256"
@@ -38,7 +32,7 @@ def _file(entry: listing.FileEntry) -> filesystem_pb2.File:
         user=entry.user,
         group=entry.group,
         permissions=entry.permissions,
-        last_modified=timestamp_pb2.Timestamp(seconds=entry.last_modified),
+        last_modified=timestamp(entry.last_modified),
         size=entry.size,
     )
     if entry.link_target is not None:
@@ -61,11 +55,6 @@ def _optional(request: Message, name: str) -> int | None:
     return value if request.HasField(name) else None
 
 
-def _path(call: Call, field: str, path: str) -> str:
-    """``path`` normalised, if the system's path policy allows it (else names ``field``)."""
-    return check_path(call.system.config, field, path)
-
-
 def _limit(call: Call) -> int:
     """The system's maxOpsFileSize: the most bytes one reply may carry."""
     return call.system.config.data_operation.max_ops_file_size
@@ -74,33 +63,13 @@ def _limit(call: Call) -> int:
 class FilesystemServicer(FilesystemStreams):
     """Serves the Filesystem RPCs (the ops here; the streams inherited)."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        super().__init__(runtime)
-        # uid/gid -> name per system, shared by every caller of that system.
-        self._names = {key: IdNames() for key in runtime.systems}
-
     def _ops_call(
         self, system_name: str, context: Context, **paths: str
     ) -> tuple[Call, Remote, list[str]]:
-        """The call (system, user, deadline), how its domain code reaches the cluster,
-        and its ``paths`` (field name -> value) checked by text, in order.
-
-        The Remote's confinement knows which field named which path, so a
-        path found on the cluster to lead outside is refused naming its field.
-        (Not ``_begin``: FilesystemStreams has one with another signature.)
-        """
-        call = begin(self._runtime, system_name, context, *NEEDS)
-        config = call.system.config
-        checked = {field: _path(call, field, value) for field, value in paths.items()}
-        remote = Remote(
-            pool=call.system.pool,
-            user=call.user,
-            deadline=call.deadline,
-            command_timeout=config.ssh.timeouts.command,
-            confine=Confine.of(config, {path: field for field, path in checked.items()}),
-            names=self._names.setdefault(config.name.lower(), IdNames()),
-        )
-        return call, remote, list(checked.values())
+        """The call, its Remote and its ``paths`` (field name -> value) checked, in order."""
+        call = begin(self._runtime, system_name, context)
+        remote, checked = call.remote(**paths)
+        return call, remote, checked
 
     async def Ls(
         self, request: filesystem_pb2.LsRequest, context: Context

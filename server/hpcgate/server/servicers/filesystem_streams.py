@@ -12,25 +12,17 @@ import posixpath
 from collections.abc import AsyncIterator
 
 from google.api import httpbody_pb2
-from google.protobuf import timestamp_pb2
 
 from hpcgate.server.errors import invalid_argument
 from hpcgate.server.filesystem import bulk, content
-from hpcgate.server.filesystem.confine import Confine
-from hpcgate.server.filesystem.paths import check_path
 from hpcgate.server.rpc.errors import grpc_code
 from hpcgate.server.runtime import Runtime
-from hpcgate.server.servicers.common import Call, begin
+from hpcgate.server.servicers.call import Call, begin
 from hpcgate.server.servicers.context import Context
+from hpcgate.server.servicers.convert import timestamp
 from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
 
 OCTET_STREAM = "application/octet-stream"
-
-
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(round(seconds * 1e9))
-    return stamp
 
 
 def _bulk_entry(event: bulk.BulkEvent) -> filesystem_pb2.BulkDownloadEntry:
@@ -44,7 +36,7 @@ def _bulk_entry(event: bulk.BulkEvent) -> filesystem_pb2.BulkDownloadEntry:
                 relative_path=event.relative_path,
                 size=event.size,
                 mode=event.mode,
-                mtime=_timestamp(event.mtime),
+                mtime=timestamp(event.mtime),
             )
         )
     elif isinstance(event, bulk.BulkEnd):
@@ -74,14 +66,6 @@ async def _upload_parts(
             )
 
 
-def _begin(runtime: Runtime, system_name: str, context: Context) -> Call:
-    """Resolve, authorise and health-gate a call that needs SSH and the filesystems.
-
-    A module function, not a method: the subclass has its own ``_begin``.
-    """
-    return begin(runtime, system_name, context, "ssh", "filesystem")
-
-
 async def _stream_items(
     call: Call, path: str, offset: int, length: int | None, chunk: int
 ) -> AsyncIterator[content.StreamItem]:
@@ -92,7 +76,7 @@ async def _stream_items(
                 yield item
             return
         async with call.system.pool.sftp(call.user, call.deadline) as sftp:
-            confine = Confine.of(call.system.config, {path: "path"})
+            confine = call.confine({path: "path"})
             async for item in content.stream_read(sftp, confine, path, offset, length, chunk):
                 yield item
 
@@ -107,11 +91,10 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         self, request: filesystem_pb2.DownloadRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
         """The raw bytes of a file up to ``max_ops_file_size``; larger is RESOURCE_EXHAUSTED."""
-        call = _begin(self._runtime, request.system_name, context)
-        config = call.system.config
-        path = check_path(config, "path", request.path)
-        limit = config.data_operation.max_ops_file_size
-        confine = Confine.of(config, {path: "path"})
+        call = begin(self._runtime, request.system_name, context)
+        path = call.path("path", request.path)
+        limit = call.config.data_operation.max_ops_file_size
+        confine = call.confine({path: "path"})
         data = await call.system.reads.download(call.user, path, call.deadline, confine, limit)
         return httpbody_pb2.HttpBody(content_type=OCTET_STREAM, data=data)
 
@@ -119,14 +102,14 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         self, request: filesystem_pb2.UploadRequest, context: Context
     ) -> filesystem_pb2.UploadResponse:
         """Write the uploaded file into directory ``path``, replacing a file of that name."""
-        call = _begin(self._runtime, request.system_name, context)
+        call = begin(self._runtime, request.system_name, context)
         config = call.system.config
-        directory = check_path(config, "path", request.path)
+        directory = call.path("path", request.path)
         name = content.check_filename("file.filename", request.file.filename)
-        target = check_path(config, "path", posixpath.join(directory, name))
+        target = call.path("path", posixpath.join(directory, name))
         limit = config.data_operation.max_ops_file_size
         async with call.system.pool.sftp(call.user, call.deadline) as sftp:
-            confine = Confine.of(config, {target: "path"})
+            confine = call.confine({target: "path"})
             await content.write_small(sftp, confine, target, request.file.content, limit)
         return filesystem_pb2.UploadResponse()
 
@@ -134,8 +117,8 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         self, request: filesystem_pb2.DownloadStreamRequest, context: Context
     ) -> AsyncIterator[filesystem_pb2.DownloadStreamResponse]:
         """Header, data chunks, trailer with the SHA-256 of the data sent."""
-        call = _begin(self._runtime, request.system_name, context)
-        path = check_path(call.system.config, "path", request.path)
+        call = begin(self._runtime, request.system_name, context)
+        path = call.path("path", request.path)
         if request.offset < 0:
             raise invalid_argument("offset", "must not be negative")
         length = request.length if request.HasField("length") else None
@@ -149,7 +132,7 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
                 header = filesystem_pb2.DownloadStreamHeader(
                     size=item.info.size,
                     mode=item.info.mode,
-                    mtime=_timestamp(item.info.mtime),
+                    mtime=timestamp(item.info.mtime),
                     offset=item.offset,
                     length=item.length,
                 )
@@ -170,8 +153,8 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
                 "header", "the first message must carry the header", "UPLOAD_MALFORMED"
             )
         header = first.header
-        call = _begin(self._runtime, header.system_name, context)
-        path = check_path(call.system.config, "header.path", header.path)
+        call = begin(self._runtime, header.system_name, context)
+        path = call.path("header.path", header.path)
         size = header.size if header.HasField("size") else None
         if size is not None and size < 0:
             raise invalid_argument("header.size", "must not be negative")
@@ -181,7 +164,7 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         async with call.system.pool.sftp(call.user, call.deadline) as sftp:
             written = await content.stream_write(
                 sftp,
-                Confine.of(call.system.config, {path: "header.path"}),
+                call.confine({path: "header.path"}),
                 path,
                 _upload_parts(request_iterator),
                 size=size,
@@ -196,21 +179,17 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         self, request: filesystem_pb2.BulkDownloadRequest, context: Context
     ) -> AsyncIterator[filesystem_pb2.BulkDownloadResponse]:
         """Many files in one stream, relayed from one remote tar; unreadable ones as errors."""
-        call = _begin(self._runtime, request.system_name, context)
-        config = call.system.config
+        call = begin(self._runtime, request.system_name, context)
         selection: bulk.NamedFiles | bulk.Tree
         kind = request.WhichOneof("selection")
         if kind == "files":
             selection = bulk.NamedFiles(
-                [
-                    check_path(config, f"files.paths[{i}]", path)
-                    for i, path in enumerate(request.files.paths)
-                ]
+                [call.path(f"files.paths[{i}]", path) for i, path in enumerate(request.files.paths)]
             )
         elif kind == "tree":
             tree = request.tree
             selection = bulk.Tree(
-                check_path(config, "tree.root", tree.root),
+                call.path("tree.root", tree.root),
                 recursive=tree.recursive,
                 glob=tree.glob,
                 show_hidden=tree.show_hidden,
@@ -222,7 +201,7 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
             fields = {selection.root: "tree.root"}
         else:
             fields = {path: f"files.paths[{i}]" for i, path in enumerate(selection.paths)}
-        confine = Confine.of(config, fields)
+        confine = call.confine(fields)
         batches = bulk.bulk_download(
             call.system.pool, call.user, call.deadline, selection, chunk, confine
         )

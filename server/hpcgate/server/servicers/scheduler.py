@@ -1,146 +1,48 @@
 """The Scheduler service: submit, list, inspect, cancel, attach to and watch jobs.
 
-The servicer checks the request, calls the system's job adapter (or its watch
-hub) as the caller, and maps the plain results onto ``hpcgate.v1`` messages.
-Request fields are named in errors by their JSON names (``job.workingDirectory``),
-as REST clients spell them.
+The servicer turns the request into plain values, has the scheduler domain
+check them (:mod:`hpcgate.server.scheduler.requests`), calls the system's job
+adapter (or follows its watch hub, :mod:`hpcgate.server.scheduler.following`)
+as the caller, and maps the plain results onto ``hpcgate.v1`` messages.
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
-import time
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, fields
-from typing import Any, Literal, TypeVar, cast, get_args
+from collections.abc import AsyncIterator
+from dataclasses import fields
 
-from google.protobuf import message, struct_pb2, timestamp_pb2
+from google.protobuf import json_format
 
-from hpcgate.server.auth.authz import authorize
 from hpcgate.server.errors import invalid_argument
-from hpcgate.server.rpc.authentication import current_identity
-from hpcgate.server.runtime import Runtime, SystemRuntime
-from hpcgate.server.scheduler.jobmodels import (
-    DEFAULT_TIME_WINDOW,
-    TIME_WINDOWS,
-    Job,
-    JobDescription,
-    JobQuery,
-    JobStatus,
-    JobTime,
-    RunWithInput,
-)
-from hpcgate.server.scheduler.watch import Baseline, Subscription
+from hpcgate.server.runtime import Runtime
+from hpcgate.server.scheduler import requests
+from hpcgate.server.scheduler.following import Kind, Sighting, WatchBounds, follow
+from hpcgate.server.scheduler.jobmodels import Job, JobDescription, JobStatus, JobTime
+from hpcgate.server.servicers.call import begin
 from hpcgate.server.servicers.context import Context
-from hpcgate.server.ssh import deadline_after
-from hpcgate.server.transfer.jobs import ACCOUNT_NAME
+from hpcgate.server.servicers.convert import job_id, job_ids, timestamp
 from hpcgate.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-T = TypeVar("T")
-
-# FirecREST's environment for a job submitted without one.
-DEFAULT_ENV = (("F7T_version", "v2.0.0"),)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Request fields of JobDescriptionModel passed to the scheduler as they are.
-_OptionalText = Literal[
-    "name",
-    "account",
-    "partition",
-    "reservation",
-    "constraints",
-    "standard_input",
-    "standard_output",
-    "standard_error",
-]
-_OPTIONAL_TEXT: tuple[_OptionalText, ...] = get_args(_OptionalText)
 # Scalar fields shared by the domain Job and the JobModel message.
 _JOB_SCALARS = tuple(f.name for f in fields(Job) if f.name not in ("status", "time", "tasks"))
-
-
-def _json_name(msg: message.Message, field: str, prefix: str = "") -> str:
-    """How REST clients spell ``field`` of ``msg`` (``job.workingDirectory``)."""
-    return prefix + msg.DESCRIPTOR.fields_by_name[field].json_name
-
-
-def _text(value: str, field: str) -> str:
-    """``value`` if it can be an argument of a command: not empty, no NUL."""
-    if not value:
-        raise invalid_argument(field, "must not be empty")
-    if "\x00" in value:
-        raise invalid_argument(field, "must not contain NUL")
-    return value
-
-
-def _absolute(value: str, field: str) -> str:
-    """``value`` if it is an absolute path."""
-    if not _text(value, field).startswith("/"):
-        raise invalid_argument(field, f"must be an absolute path, got {value!r}")
-    return value
-
-
-def _env(job: scheduler_pb2.JobDescriptionModel) -> tuple[tuple[str, str], ...]:
-    """The job's environment from FirecREST's object form or list-of-``NAME=value`` form."""
-    field = _json_name(job, "env", "job.")
-    kind = job.env.WhichOneof("kind") if job.HasField("env") else None
-    if kind in (None, "null_value"):
-        return DEFAULT_ENV
-    pairs: list[tuple[str, Any]]
-    if kind == "struct_value":
-        pairs = sorted((name, value) for name, value in job.env.struct_value.fields.items())
-    elif kind == "list_value":
-        pairs = []
-        for item in job.env.list_value.values:
-            text = item.string_value if item.WhichOneof("kind") == "string_value" else None
-            if text is None or "=" not in text:
-                raise invalid_argument(field, 'list items must be "NAME=value" strings')
-            name, _, value = text.partition("=")
-            pairs.append((name, struct_pb2.Value(string_value=value)))
-    else:
-        raise invalid_argument(field, 'must be an object or a list of "NAME=value" strings')
-    env = []
-    for name, value in pairs:
-        if not _ENV_NAME.match(name):
-            raise invalid_argument(field, f"{name!r} is not a valid variable name")
-        if value.WhichOneof("kind") != "string_value":
-            raise invalid_argument(field, f"the value of {name} must be a string")
-        if "\x00" in value.string_value:
-            raise invalid_argument(field, f"the value of {name} must not contain NUL")
-        env.append((name, value.string_value))
-    return tuple(env)
+_EVENT_TYPES = {
+    Kind.INITIAL: scheduler_pb2.JOB_EVENT_TYPE_INITIAL,
+    Kind.CHANGE: scheduler_pb2.JOB_EVENT_TYPE_CHANGE,
+}
 
 
 def job_description(job: scheduler_pb2.JobDescriptionModel) -> JobDescription:
     """The validated JobDescription of a SubmitJob request (INVALID_ARGUMENT naming the field)."""
     source = job.WhichOneof("script_source")
-    script = script_path = None
-    if source == "script":
-        script = _text(job.script, _json_name(job, "script", "job."))
-    elif source == "script_path":
-        script_path = _absolute(job.script_path, _json_name(job, "script_path", "job."))
-    else:
-        raise invalid_argument("job.script", "give exactly one of script and scriptPath")
-    optional = {
-        name: _text(getattr(job, name), _json_name(job, name, "job."))
-        for name in _OPTIONAL_TEXT
-        if job.HasField(name)
-    }
-    return JobDescription(
-        working_directory=_absolute(
-            job.working_directory, _json_name(job, "working_directory", "job.")
-        ),
-        script=script,
-        script_path=script_path,
-        env=_env(job),
-        **optional,
+    return requests.job_description(
+        working_directory=job.working_directory,
+        script=job.script if source == "script" else None,
+        script_path=job.script_path if source == "script_path" else None,
+        env=json_format.MessageToDict(job.env) if job.HasField("env") else None,
+        optional={
+            name: getattr(job, name) for name in requests.OPTIONAL_TEXT if job.HasField(name)
+        },
     )
-
-
-def _job_id(job_id: int) -> int:
-    """A job id from a request; 0 is what an absent one parses to."""
-    if job_id == 0:
-        raise invalid_argument("jobId", "must be a job id (a positive number)")
-    return job_id
 
 
 def _status(status: JobStatus) -> scheduler_pb2.JobStatus:
@@ -183,100 +85,23 @@ def job_message(job: Job) -> scheduler_pb2.JobModel:
     )
 
 
-def _timestamp(epoch: float) -> timestamp_pb2.Timestamp:
-    """A Timestamp for epoch seconds, to the nanosecond."""
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(epoch * 1e9))
-    return stamp
-
-
-def _event(
-    kind: scheduler_pb2.JobEventType.ValueType,
-    observed: float,
-    job: Job,
-    previous: JobStatus | None,
-) -> scheduler_pb2.WatchJobsResponse:
-    """One WatchJobs message: ``job`` as seen at ``observed``, after ``previous``."""
+def _event(seen: Sighting) -> scheduler_pb2.WatchJobsResponse:
+    """One WatchJobs message."""
     return scheduler_pb2.WatchJobsResponse(
-        event_type=kind,
-        event_time=_timestamp(observed),
-        job=job_message(job),
-        previous_normalized_state=_normalized(previous),
-        previous_state=None if previous is None else previous.state,
+        event_type=_EVENT_TYPES[seen.kind],
+        event_time=timestamp(seen.observed),
+        job=job_message(seen.job),
+        previous_normalized_state=_normalized(seen.previous),
+        previous_state=None if seen.previous is None else seen.previous.state,
     )
 
 
-@dataclass(frozen=True)
-class _Call:
-    """What every RPC starts from: the caller, the system and a runner as the caller."""
-
-    user: str
-    system: SystemRuntime
-    run: RunWithInput
-
-
-@dataclass
-class _WatchBounds:
-    """When a watch ends besides the end of its jobs: a deadline and an event budget."""
-
-    deadline: float | None  # time.monotonic()
-    events_left: int | None
-
-    @classmethod
-    def of(cls, request: scheduler_pb2.WatchJobsRequest) -> _WatchBounds:
-        """The bounds a request sets; INVALID_ARGUMENT for a negative duration."""
-        deadline = None
-        if request.HasField("max_duration"):
-            seconds = request.max_duration.ToTimedelta().total_seconds()
-            if seconds < 0:
-                raise invalid_argument("maxDuration", "must not be negative")
-            deadline = time.monotonic() + seconds
-        events = request.max_events if request.HasField("max_events") else 0
-        return cls(deadline, events or None)
-
-    def remaining(self) -> float | None:
-        """Seconds left before the deadline (None: no deadline)."""
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-
-    def spend(self) -> bool:
-        """Count one event sent; True when the budget is used up."""
-        if self.events_left is None:
-            return False
-        self.events_left -= 1
-        return self.events_left <= 0
-
-
-async def _replies(
-    request: scheduler_pb2.WatchJobsRequest,
-    watcher: Subscription,
-    baseline: Baseline,
-    bounds: _WatchBounds,
-) -> AsyncIterator[scheduler_pb2.WatchJobsResponse]:
-    """The snapshot (if asked for), then the changes, until a named job set is done."""
-    named = bool(watcher.job_ids)
-    open_jobs = {i for i, job in baseline.jobs.items() if not job.status.normalized_state.terminal}
-    if request.send_initial:
-        for job in baseline.jobs.values():
-            yield _event(scheduler_pb2.JOB_EVENT_TYPE_INITIAL, baseline.observed, job, None)
-            if bounds.spend():
-                return
-    while open_jobs or not named:
-        event = await _next(watcher.next_event(), bounds)
-        if event is None:
-            return
-        yield _event(scheduler_pb2.JOB_EVENT_TYPE_CHANGE, event.observed, event.job, event.previous)
-        if event.job.status.normalized_state.terminal:
-            open_jobs.discard(event.job.job_id)
-        if bounds.spend():
-            return
-
-
-async def _next(waiting: Awaitable[T], bounds: _WatchBounds) -> T | None:
-    """Await ``waiting`` unless the watch's time is up first (then None)."""
-    try:
-        return await asyncio.wait_for(waiting, bounds.remaining())
-    except TimeoutError:
-        return None
+def _bounds(request: scheduler_pb2.WatchJobsRequest) -> WatchBounds:
+    duration = request.max_duration if request.HasField("max_duration") else None
+    return WatchBounds.of(
+        None if duration is None else duration.ToTimedelta().total_seconds(),
+        request.max_events if request.HasField("max_events") else None,
+    )
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
@@ -285,34 +110,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
-    def _call(self, name: str, context: Context) -> _Call:
-        """The system, authorised for the caller and with a healthy scheduler."""
-        identity = current_identity()
-        system = self._runtime.system(name)
-        authorize(identity, system.config)
-        system.health.require("ssh", "scheduler")
-        deadline = deadline_after(context.time_remaining())
-        return _Call(identity.username, system, system.job_runner(identity.username, deadline))
-
     async def ListJobs(
         self, request: scheduler_pb2.ListJobsRequest, context: Context
     ) -> scheduler_pb2.ListJobsResponse:
-        call = self._call(request.system_name, context)
-        window = request.time_window or DEFAULT_TIME_WINDOW
-        if window not in TIME_WINDOWS:
-            allowed = ", ".join(TIME_WINDOWS)
-            raise invalid_argument("timeWindow", f"must be one of {allowed}, got {window!r}")
-        account = request.account if request.HasField("account") else None
-        # The name reaches sacct: one of Slurm's account names, or sacct fails
-        # ("Unknown error 1267" for control characters) as if slurmdbd were down.
-        if account is not None and not ACCOUNT_NAME.match(account):
-            raise invalid_argument("account", "must be one account name")
-        query = JobQuery(
+        call = begin(self._runtime, request.system_name, context)
+        query = requests.job_query(
             user=call.user,
             allusers=request.allusers,
-            account=account,
+            account=request.account if request.HasField("account") else None,
             name=request.name if request.HasField("name") else None,
-            time_window=window,
+            time_window=request.time_window,
         )
         jobs = await call.system.jobs.jobs(call.run, query)
         return scheduler_pb2.ListJobsResponse(jobs=[job_message(job) for job in jobs])
@@ -320,42 +127,42 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def SubmitJob(
         self, request: scheduler_pb2.SubmitJobRequest, context: Context
     ) -> scheduler_pb2.SubmitJobResponse:
-        call = self._call(request.system_name, context)
+        call = begin(self._runtime, request.system_name, context)
         if not request.HasField("job"):
             raise invalid_argument("job", "is required")
-        job_id = await call.system.jobs.submit(call.run, job_description(request.job))
+        new_id = await call.system.jobs.submit(call.run, job_description(request.job))
         call.system.watch.nudge(call.user)  # the user's watchers will want to see it start
-        return scheduler_pb2.SubmitJobResponse(job_id=job_id)
+        return scheduler_pb2.SubmitJobResponse(job_id=new_id)
 
     async def GetJob(
         self, request: scheduler_pb2.GetJobRequest, context: Context
     ) -> scheduler_pb2.GetJobResponse:
-        call = self._call(request.system_name, context)
-        jobs = await call.system.jobs.job(call.run, _job_id(request.job_id))
+        call = begin(self._runtime, request.system_name, context)
+        jobs = await call.system.jobs.job(call.run, job_id(request.job_id))
         return scheduler_pb2.GetJobResponse(jobs=[job_message(job) for job in jobs])
 
     async def CancelJob(
         self, request: scheduler_pb2.CancelJobRequest, context: Context
     ) -> scheduler_pb2.CancelJobResponse:
-        call = self._call(request.system_name, context)
-        await call.system.jobs.cancel(call.run, _job_id(request.job_id))
+        call = begin(self._runtime, request.system_name, context)
+        await call.system.jobs.cancel(call.run, job_id(request.job_id))
         call.system.watch.nudge(call.user)
         return scheduler_pb2.CancelJobResponse()
 
     async def AttachJob(
         self, request: scheduler_pb2.AttachJobRequest, context: Context
     ) -> scheduler_pb2.AttachJobResponse:
-        call = self._call(request.system_name, context)
-        job_id = _job_id(request.job_id)
-        command = _text(request.command, "command")
-        await call.system.jobs.attach(call.run, job_id, command)
+        call = begin(self._runtime, request.system_name, context)
+        target = job_id(request.job_id)
+        command = requests.text(request.command, "command")
+        await call.system.jobs.attach(call.run, target, command)
         return scheduler_pb2.AttachJobResponse()
 
     async def GetJobMetadata(
         self, request: scheduler_pb2.GetJobMetadataRequest, context: Context
     ) -> scheduler_pb2.GetJobMetadataResponse:
-        call = self._call(request.system_name, context)
-        found = await call.system.jobs.metadata(call.run, _job_id(request.job_id))
+        call = begin(self._runtime, request.system_name, context)
+        found = await call.system.jobs.metadata(call.run, job_id(request.job_id))
         return scheduler_pb2.GetJobMetadataResponse(
             jobs=[
                 scheduler_pb2.JobMetadataModel(**{f.name: getattr(m, f.name) for f in fields(m)})
@@ -373,18 +180,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         that changes are counted from; the response headers go out after it,
         so the REST edge answers with the right status either way.
         """
-        call = self._call(request.system_name, context)
-        if 0 in request.job_ids:
-            raise invalid_argument("jobIds", "must be job ids (positive numbers)")
-        bounds = _WatchBounds.of(request)
-        hub = call.system.watch
-        async with hub.subscribe(call.user, frozenset(request.job_ids)) as watcher:
-            # Also when the stream is dropped while suspended between messages.
-            # (grpc-stubs types the callback as a class; any callable of the context works.)
-            cast(Any, context).add_done_callback(lambda _: hub.unsubscribe(watcher))
-            baseline = await _next(watcher.baseline(), bounds)
+        call = begin(self._runtime, request.system_name, context)
+        watched = job_ids(request.job_ids)
+        bounds = _bounds(request)
+        async with call.watcher(context, watched) as watcher:
+            baseline = await bounds.within(watcher.baseline())
             await context.send_initial_metadata(())
             if baseline is None:
                 return
-            async for reply in _replies(request, watcher, baseline, bounds):
-                yield reply
+            async for seen in follow(watcher, baseline, bounds, request.send_initial):
+                yield _event(seen)

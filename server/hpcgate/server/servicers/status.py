@@ -6,29 +6,20 @@ import time
 from dataclasses import asdict
 from datetime import datetime
 
-from google.protobuf import timestamp_pb2
-
 from hpcgate.server.config import SystemConfig
 from hpcgate.server.health.checker import ServiceHealth
-from hpcgate.server.rpc.authentication import current_identity
-from hpcgate.server.runtime import Runtime, SystemRuntime
-from hpcgate.server.scheduler.base import Run
-from hpcgate.server.servicers.common import begin
+from hpcgate.server.runtime import Runtime
+from hpcgate.server.servicers.call import begin
 from hpcgate.server.servicers.context import Context
+from hpcgate.server.servicers.convert import timestamp
 from hpcgate.v1 import status_pb2, status_pb2_grpc
-
-
-def _timestamp(when: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
 
 
 def _health(result: ServiceHealth) -> status_pb2.ServiceHealth:
     return status_pb2.ServiceHealth(
         service_type=result.service_type,
         healthy=result.healthy,
-        last_checked=_timestamp(result.last_checked),
+        last_checked=timestamp(result.last_checked),
         latency=result.latency,
         message=result.message,
         path=result.path,
@@ -98,10 +89,6 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
         self._systems: tuple[tuple[datetime | None, ...], status_pb2.ListSystemsResponse] | None
         self._systems = None
 
-    def _scheduler_call(self, name: str, context: Context) -> tuple[SystemRuntime, Run]:
-        call = begin(self._runtime, name, context, "ssh", "scheduler")
-        return call.system, call.run
-
     async def ListSystems(
         self, request: status_pb2.ListSystemsRequest, context: Context
     ) -> status_pb2.ListSystemsResponse:
@@ -117,7 +104,7 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
             cluster.CopyFrom(_cluster(system.config))
             cluster.services_health.extend(_health(r) for r in system.health.results())
             if system.health.last_run is not None:
-                cluster.last_health_check.CopyFrom(_timestamp(system.health.last_run))
+                cluster.last_health_check.CopyFrom(timestamp(system.health.last_run))
         return reply
 
     async def GetLiveness(
@@ -127,7 +114,7 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
         runs = [(s.config.name, s.health.last_run) for s in self._runtime.systems.values()]
         for name, last_run in runs:
             if last_run is not None:
-                reply.healthcheck_runs[name].CopyFrom(_timestamp(last_run))
+                reply.healthcheck_runs[name].CopyFrom(timestamp(last_run))
         done = [last for _, last in runs if last is not None]
         if done:
             reply.last_update = round(time.time() - min(d.timestamp() for d in done))
@@ -136,8 +123,8 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
     async def ListNodes(
         self, request: status_pb2.ListNodesRequest, context: Context
     ) -> status_pb2.ListNodesResponse:
-        system, run = self._scheduler_call(request.system_name, context)
-        nodes = await system.scheduler.nodes(run)
+        call = begin(self._runtime, request.system_name, context)
+        nodes = await call.system.scheduler.nodes(call.run)
         return status_pb2.ListNodesResponse(
             nodes=[status_pb2.NodeModel(**asdict(node)) for node in nodes]
         )
@@ -145,8 +132,8 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
     async def ListPartitions(
         self, request: status_pb2.ListPartitionsRequest, context: Context
     ) -> status_pb2.ListPartitionsResponse:
-        system, run = self._scheduler_call(request.system_name, context)
-        partitions = await system.scheduler.partitions(run, request.show_hidden)
+        call = begin(self._runtime, request.system_name, context)
+        partitions = await call.system.scheduler.partitions(call.run, request.show_hidden)
         return status_pb2.ListPartitionsResponse(
             partitions=[status_pb2.PartitionModel(**asdict(p)) for p in partitions]
         )
@@ -154,8 +141,8 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
     async def ListReservations(
         self, request: status_pb2.ListReservationsRequest, context: Context
     ) -> status_pb2.ListReservationsResponse:
-        system, run = self._scheduler_call(request.system_name, context)
-        reservations = await system.scheduler.reservations(run)
+        call = begin(self._runtime, request.system_name, context)
+        reservations = await call.system.scheduler.reservations(call.run)
         return status_pb2.ListReservationsResponse(
             reservations=[status_pb2.ReservationModel(**asdict(r)) for r in reservations]
         )
@@ -163,6 +150,6 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
     async def GetUserInfo(
         self, request: status_pb2.GetUserInfoRequest, context: Context
     ) -> status_pb2.GetUserInfoResponse:
-        system, run = self._scheduler_call(request.system_name, context)
-        info = await system.scheduler.user_info(run, current_identity().username)
+        call = begin(self._runtime, request.system_name, context)
+        info = await call.system.scheduler.user_info(call.run, call.user)
         return status_pb2.GetUserInfoResponse(**asdict(info))

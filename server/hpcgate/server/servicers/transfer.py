@@ -1,35 +1,31 @@
 """The Transfer service: FirecREST's ``transfer`` endpoints, plus GetTransfer and WatchTransfer.
 
-Each RPC resolves, authorises and health-gates the system, checks every
-path against the path policy (naming the field by its JSON name) and the
-request's own fields, calls one function of
-:mod:`hpcgate.server.transfer.service`, and maps the result to its message.
+Each RPC begins its call (:mod:`.call`: system, caller, health needs,
+deadline), checks every path against the path policy (naming the field by
+its JSON name) and the request's own fields, calls one function of
+:mod:`hpcgate.server.transfer.service` (to start a transfer) or
+:mod:`hpcgate.server.transfer.progress` (to tell how one stands), and maps
+the result to its message.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from functools import partial
-from typing import Any, cast
-
-from google.protobuf import timestamp_pb2
+from typing import Any
 
 from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument
-from hpcgate.server.filesystem.paths import check_path
 from hpcgate.server.runtime import Runtime
-from hpcgate.server.servicers.common import Call, begin
+from hpcgate.server.servicers.call import Call, begin
 from hpcgate.server.servicers.context import Context
-from hpcgate.server.transfer import service
+from hpcgate.server.servicers.convert import job_id, timestamp
+from hpcgate.server.transfer import progress, service
 from hpcgate.server.transfer.jobs import Submitter, TransferJob
-from hpcgate.server.transfer.service import TransferState
-from hpcgate.server.transfer.staging import ObjectState, Staging
+from hpcgate.server.transfer.progress import TransferState
+from hpcgate.server.transfer.records import ObjectState
+from hpcgate.server.transfer.staging import Staging
 from hpcgate.v1 import scheduler_pb2, transfer_pb2, transfer_pb2_grpc
 
-# The health checker's services each kind of RPC needs.
-NEEDS_STAGING = ("ssh", "scheduler", "s3")
-NEEDS_JOBS = ("ssh", "scheduler", "filesystem")
-NEEDS_STATE = ("ssh", "scheduler")
 # The only transfer method offered (FirecREST's others: streamer, wormhole).
 S3_METHOD = "s3"
 
@@ -60,18 +56,6 @@ def _method(params: transfer_pb2.TransferDirectivesParams) -> None:
         )
 
 
-def _job_id(job_id: int) -> int:
-    if job_id == 0:
-        raise invalid_argument("jobId", "must be a job id (a positive number)")
-    return job_id
-
-
-def _timestamp(epoch: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(epoch * 1e9))
-    return stamp
-
-
 def _status(state: TransferState) -> transfer_pb2.TransferStatus:
     """The TransferStatus message of ``state``."""
     status = state.job_status
@@ -100,7 +84,7 @@ def _status(state: TransferState) -> transfer_pb2.TransferStatus:
                 parts_uploaded=view.parts_uploaded if view else 0,
                 bytes_uploaded=view.bytes_uploaded if view else 0,
                 etag=view.etag if view else None,
-                deadline=_timestamp(manifest.deadline),
+                deadline=timestamp(manifest.deadline),
             )
         )
     if state.download_url is not None:
@@ -118,16 +102,9 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
-    def _begin(self, system_name: str, context: Context, *needs: str) -> tuple[Call, Submitter]:
-        call = begin(self._runtime, system_name, context, *needs)
-        system = call.system
-        return call, Submitter(
-            system.config,
-            system.jobs,
-            system.job_runner(call.user, call.deadline),
-            call.user,
-            partial(system.watch.nudge, call.user),
-        )
+    def _begin(self, system_name: str, context: Context) -> tuple[Call, Submitter]:
+        call = begin(self._runtime, system_name, context)
+        return call, call.submitter()
 
     @staticmethod
     def _staging(call: Call) -> Staging:
@@ -140,16 +117,12 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
             )
         return call.system.staging
 
-    @staticmethod
-    def _path(call: Call, field: str, path: str) -> str:
-        return check_path(call.system.config, field, path)
-
     async def Upload(
         self, request: transfer_pb2.TransferUploadRequest, context: Context
     ) -> transfer_pb2.TransferUploadResponse:
-        call, sub = self._begin(request.system_name, context, *NEEDS_STAGING)
+        call, sub = self._begin(request.system_name, context)
         staging = self._staging(call)
-        path = self._path(call, "sourcePath", request.path)
+        path = call.path("sourcePath", request.path)
         params = request.transfer_directives
         _method(params)
         if not params.HasField("file_size"):
@@ -168,9 +141,9 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
     async def Download(
         self, request: transfer_pb2.TransferDownloadRequest, context: Context
     ) -> transfer_pb2.TransferDownloadResponse:
-        call, sub = self._begin(request.system_name, context, *NEEDS_STAGING)
+        call, sub = self._begin(request.system_name, context)
         staging = self._staging(call)
-        path = self._path(call, "sourcePath", request.source_path)
+        path = call.path("sourcePath", request.source_path)
         _method(request.transfer_directives)
         job, plan = await service.download(sub, staging, path, _account(request))
         return transfer_pb2.TransferDownloadResponse(
@@ -183,35 +156,35 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
     async def Cp(
         self, request: transfer_pb2.TransferCpRequest, context: Context
     ) -> transfer_pb2.TransferCpResponse:
-        call, sub = self._begin(request.system_name, context, *NEEDS_JOBS)
-        source = self._path(call, "sourcePath", request.source_path)
-        target = self._path(call, "targetPath", request.target_path)
+        call, sub = self._begin(request.system_name, context)
+        source = call.path("sourcePath", request.source_path)
+        target = call.path("targetPath", request.target_path)
         job = await service.cp(sub, source, target, request.dereference, _account(request))
         return transfer_pb2.TransferCpResponse(transfer_job=_transfer_job(job))
 
     async def Mv(
         self, request: transfer_pb2.TransferMvRequest, context: Context
     ) -> transfer_pb2.TransferMvResponse:
-        call, sub = self._begin(request.system_name, context, *NEEDS_JOBS)
-        source = self._path(call, "sourcePath", request.source_path)
-        target = self._path(call, "targetPath", request.target_path)
+        call, sub = self._begin(request.system_name, context)
+        source = call.path("sourcePath", request.source_path)
+        target = call.path("targetPath", request.target_path)
         job = await service.mv(sub, source, target, _account(request))
         return transfer_pb2.TransferMvResponse(transfer_job=_transfer_job(job))
 
     async def Rm(
         self, request: transfer_pb2.TransferRmRequest, context: Context
     ) -> transfer_pb2.TransferRmResponse:
-        call, sub = self._begin(request.system_name, context, *NEEDS_JOBS)
-        path = self._path(call, "path", request.path)
+        call, sub = self._begin(request.system_name, context)
+        path = call.path("path", request.path)
         job = await service.rm(sub, path, _account(request))
         return transfer_pb2.TransferRmResponse(transfer_job=_transfer_job(job))
 
     async def Compress(
         self, request: transfer_pb2.TransferCompressRequest, context: Context
     ) -> transfer_pb2.TransferCompressResponse:
-        call, sub = self._begin(request.system_name, context, *NEEDS_JOBS)
-        source = self._path(call, "sourcePath", request.source_path)
-        target = self._path(call, "targetPath", request.target_path)
+        call, sub = self._begin(request.system_name, context)
+        source = call.path("sourcePath", request.source_path)
+        target = call.path("targetPath", request.target_path)
         pattern = request.match_pattern if request.HasField("match_pattern") else None
         job = await service.compress(
             sub,
@@ -227,38 +200,36 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
     async def Extract(
         self, request: transfer_pb2.TransferExtractRequest, context: Context
     ) -> transfer_pb2.TransferExtractResponse:
-        call, sub = self._begin(request.system_name, context, *NEEDS_JOBS)
-        source = self._path(call, "sourcePath", request.source_path)
-        target = self._path(call, "targetPath", request.target_path)
+        call, sub = self._begin(request.system_name, context)
+        source = call.path("sourcePath", request.source_path)
+        target = call.path("targetPath", request.target_path)
         job = await service.extract(sub, source, target, request.compression, _account(request))
         return transfer_pb2.TransferExtractResponse(transfer_job=_transfer_job(job))
 
     async def GetTransfer(
         self, request: transfer_pb2.GetTransferRequest, context: Context
     ) -> transfer_pb2.GetTransferResponse:
-        call, sub = self._begin(request.system_name, context, *NEEDS_STATE)
-        state = await service.get(sub, call.system.staging, _job_id(request.job_id))
+        call, sub = self._begin(request.system_name, context)
+        state = await progress.get(sub, call.system.staging, job_id(request.job_id))
         return transfer_pb2.GetTransferResponse(transfer=_status(state))
 
     async def WatchTransfer(
         self, request: transfer_pb2.WatchTransferRequest, context: Context
     ) -> AsyncIterator[transfer_pb2.WatchTransferResponse]:
         """Stream the transfer's state from the caller's job poller and its object."""
-        call, sub = self._begin(request.system_name, context, *NEEDS_STATE)
-        job_id = _job_id(request.job_id)
-        hub, scheduler = call.system.watch, call.system.config.scheduler
-        async with hub.subscribe(call.user, frozenset({job_id})) as watcher:
-            # Also when the stream is dropped while suspended between messages.
-            cast(Any, context).add_done_callback(lambda _: hub.unsubscribe(watcher))
-            states = service.watch(
+        call, sub = self._begin(request.system_name, context)
+        watched = job_id(request.job_id)
+        scheduler = call.config.scheduler
+        async with call.watcher(context, frozenset({watched})) as watcher:
+            states = progress.watch(
                 sub,
                 call.system.staging,
                 watcher,
-                job_id,
+                watched,
                 scheduler.poll_min_interval,
                 scheduler.poll_max_interval,
             )
             async for state in states:
                 yield transfer_pb2.WatchTransferResponse(
-                    event_time=_timestamp(time.time()), transfer=_status(state)
+                    event_time=timestamp(time.time()), transfer=_status(state)
                 )

@@ -9,13 +9,13 @@ job id (``.hpcgate-transfer-1234.log``), where ``ops/view`` can read them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hpcgate.server.config import SystemConfig
 from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument
 from hpcgate.server.scheduler.jobmodels import JobDescription, JobScheduler, RunWithInput
+from hpcgate.server.scheduler.requests import ACCOUNT_NAME
 
 # The job name of each operation: FirecREST's, so job lists read the same.
 JOB_NAMES = {
@@ -28,9 +28,6 @@ JOB_NAMES = {
     "extract": "ExtractFiles",
 }
 OPERATIONS = {name: operation for operation, name in JOB_NAMES.items()}
-# An account name as it may appear in a directive line: no blanks, quotes or
-# anything sbatch's option parser would read as more than one word.
-ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
 ACCOUNT_PLACEHOLDER = "{account}"
 
 

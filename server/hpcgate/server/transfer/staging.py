@@ -10,7 +10,7 @@ passing through the server.
 Next to the objects the server keeps a small record per transfer, in the
 same bucket (so it expires with it, and only its owner's calls ever read it):
 
-* ``.hpcgate/objects/<uuid>.json``, the :class:`Manifest`: what was staged,
+* ``.hpcgate/objects/<uuid>.json``, the :class:`~.records.Manifest`: what was staged,
   where to, and until when an unfinished multipart upload may live;
 * ``.hpcgate/jobs/<system>/<job id>/<uuid>``, an empty object mapping the
   transfer job to its manifest (written once sbatch named the job).
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import json
 import logging
 import math
@@ -37,16 +36,24 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any, Literal, ParamSpec, TypeVar
+from dataclasses import asdict
+from typing import Any, ParamSpec, TypeVar
 
 from hpcgate.server.config import S3Config
 from hpcgate.server.errors import ErrorKind, ServiceError
+from hpcgate.server.transfer.records import (
+    DownloadPlan,
+    Lost,
+    Manifest,
+    ObjectState,
+    ObjectView,
+    Operation,
+    UploadPlan,
+)
 from hpcgate.server.transfer.s3 import (
     S3Clients,
     bucket_name,
     error_code,
-    part_count,
     unavailable,
 )
 
@@ -54,7 +61,6 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-Operation = Literal["upload", "download"]
 # Where the server's records live inside a user's bucket.
 RECORDS = ".hpcgate"
 # Object keys of staged files: "<uuid4>/<basename>".
@@ -65,85 +71,6 @@ SWEEP_GRACE = 60.0
 ABSENT_CONFIRMATION = (0.5, 1.0, 2.0)
 # Errors that mean "there is no such thing (any more)".
 _GONE = {"NoSuchUpload", "NoSuchKey", "NoSuchBucket", "404"}
-
-
-class ObjectState(enum.Enum):
-    """Where a staged object stands (``hpcgate.v1.TransferObjectState`` without prefix)."""
-
-    UNSPECIFIED = "UNSPECIFIED"  # no record of it (expired, or never written)
-    UPLOADING = "UPLOADING"  # the multipart upload is open
-    COMPLETE = "COMPLETE"  # the object exists
-    ABSENT = "ABSENT"  # neither: aborted, expired or deleted
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """The server's record of one staged transfer."""
-
-    operation: Operation
-    system: str
-    bucket: str
-    key: str
-    upload_id: str
-    # Target path (upload) or source path (download) on the system.
-    path: str
-    size: int
-    part_size: int
-    # Epoch seconds: when the transfer was requested, and after which an
-    # unfinished multipart upload is dead (its URLs expired or its job gave up).
-    created: float
-    deadline: float
-
-    @property
-    def parts(self) -> int:
-        return part_count(self.size, self.part_size)
-
-    @property
-    def transfer_id(self) -> str:
-        return self.key.split("/", 1)[0]
-
-
-@dataclass(frozen=True)
-class Lost:
-    """A transfer whose staging records S3 no longer has: it can never finish."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class ObjectView:
-    """A staged object as S3 reports it now."""
-
-    state: ObjectState
-    parts_uploaded: int = 0
-    bytes_uploaded: int = 0
-    etag: str | None = None
-
-
-@dataclass(frozen=True)
-class UploadPlan:
-    """An opened upload: the client's URLs (public) and the ingress job's (private)."""
-
-    manifest: Manifest
-    part_urls: tuple[str, ...]
-    complete_url: str
-    head_url: str
-    get_url: str
-    abort_url: str
-    # The job's check that the multipart upload still exists while it waits.
-    parts_url: str
-
-
-@dataclass(frozen=True)
-class DownloadPlan:
-    """An opened download: the egress job's URLs (private) and the client's GET (public)."""
-
-    manifest: Manifest
-    part_urls: tuple[str, ...]
-    complete_url: str
-    abort_url: str
-    delete_url: str
-    download_url: str
 
 
 def _job_index(system: str, job_id: int) -> str:
