@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hpcgate.server.scheduler.jobmodels import Job, JobDescription, JobState
+from hpcgate.server.scheduler.jobs import Job, JobDescription, JobState
 from hpcgate.server.scheduler.slurm import jobparse
 from hpcgate.server.scheduler.slurm.jobs import sbatch_argv
 

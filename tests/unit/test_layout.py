@@ -33,25 +33,10 @@ GENERATED = re.compile(r"_pb2(_grpc)?\.py$")
 MAX_LINES = 500
 LONG_MODULE_MARKER = "Longer than 500 lines because"
 
-# Private names used across modules today where they belong to the parts of
-# the server that other branches of issue 15 rewrite (ssh/, filesystem/,
-# servicers/, scheduler/, transfer/, interceptors.py, observability.py,
-# errors.py): (using file, the private name). It must shrink to empty: the
-# lead fixes these once those branches are merged, and the test fails on an
-# entry that no longer occurs.
-KNOWN_PRIVATE_USES: frozenset[tuple[str, str]] = frozenset(
-    {
-        (
-            "server/hpcgate/server/scheduler/slurm/jobparse.py",
-            "hpcgate.server.scheduler.slurm.parse._number",
-        ),
-        (
-            "server/hpcgate/server/scheduler/slurm/jobs.py",
-            "hpcgate.server.scheduler.slurm.status._checked",
-        ),
-        ("tests/unit/test_ssh_shares.py", "share._users"),  # ssh.shares.Share's
-    }
-)
+# Private names allowed across modules, as (using file, the private name):
+# none. Kept as a set so a temporary exception is explicit; the test fails on
+# an entry that no longer occurs.
+KNOWN_PRIVATE_USES: frozenset[tuple[str, str]] = frozenset()
 
 # Modules of server/ allowed over MAX_LINES without a docstring saying why:
 # none. Kept as a set so a temporary exception is explicit; the test fails on

@@ -30,7 +30,7 @@ async def test_a_full_share_makes_the_next_wait_and_frees_in_order() -> None:
     release.set()
     await asyncio.gather(*tasks)
     assert order == [0, 1, 2]
-    assert share.held("alice") == 0 and not share._users  # forgotten once idle
+    assert share.held("alice") == 0 and share.tracked() == 0  # forgotten once idle
 
 
 async def test_a_share_that_does_not_move_is_unavailable() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from hpcgate.server.config import ConfigError, parse_config
 from hpcgate.server.errors import ServiceError
-from hpcgate.server.scheduler.jobmodels import JobState, JobStatus
+from hpcgate.server.scheduler.jobs import JobState, JobStatus
 from hpcgate.server.transfer.jobs import (
     check_account,
     directives,

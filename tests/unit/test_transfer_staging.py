@@ -24,7 +24,7 @@ from moto.server import ThreadedMotoServer
 
 from hpcgate.server.config import SystemConfig, parse_config
 from hpcgate.server.errors import ErrorKind, ServiceError
-from hpcgate.server.scheduler.jobmodels import JobDescription
+from hpcgate.server.scheduler.jobs import JobDescription
 from hpcgate.server.transfer import scripts, service
 from hpcgate.server.transfer.jobs import Submitter
 from hpcgate.server.transfer.records import Lost, ObjectState, UploadPlan

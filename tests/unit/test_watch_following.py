@@ -8,7 +8,7 @@ import pytest
 
 from hpcgate.server.errors import ServiceError
 from hpcgate.server.scheduler.following import Kind, WatchBounds, follow
-from hpcgate.server.scheduler.jobmodels import Job, JobState, JobStatus
+from hpcgate.server.scheduler.jobs import Job, JobState, JobStatus
 from hpcgate.server.scheduler.watch import Baseline, JobEvent, Subscription
 
 RUNNING = JobStatus("RUNNING", JobState.RUNNING)
@@ -49,7 +49,8 @@ async def test_an_unnamed_watch_ends_when_its_time_is_up() -> None:
     started = asyncio.get_running_loop().time()
     seen = await kinds(watcher, Baseline(10.0, {}), WatchBounds.of(0.2, 0), initial=True)
     assert seen == [(Kind.CHANGE, 2)]
-    assert asyncio.get_running_loop().time() - started >= 0.2
+    # asyncio runs a timer up to its clock's resolution early: allow a little.
+    assert asyncio.get_running_loop().time() - started >= 0.19
 
 
 def test_a_negative_duration_is_refused() -> None:

@@ -20,7 +20,7 @@ from hpcgate.server.filesystem.smallreads import SmallReads
 from hpcgate.server.filesystem.sweep import PartSweeper
 from hpcgate.server.health.checker import HealthChecker, OnChange
 from hpcgate.server.health.probes import probes_for
-from hpcgate.server.scheduler.jobmodels import RunWithInput
+from hpcgate.server.scheduler.commands import RunWithInput
 from hpcgate.server.scheduler.slurm.jobs import SlurmJobs
 from hpcgate.server.scheduler.slurm.status import SlurmStatus
 from hpcgate.server.scheduler.watch import RunnerFactory, WatchHub

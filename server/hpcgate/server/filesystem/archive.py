@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import checked, command_error
-from hpcgate.server.scheduler.base import Output
-from hpcgate.server.scheduler.jobmodels import RunWithInput
+from hpcgate.server.scheduler.commands import Output, RunWithInput
 
 # "MODE OWNER SIZE DATE TIME REST": REST is the C-quoted name, then for a
 # symbolic link ` -> "TARGET"`, for a hard link ` link to "TARGET"`.

@@ -53,7 +53,7 @@ import asyncssh
 from hpcgate.server.config import SystemConfig
 from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.filesystem.errors import checked, sftp_error
-from hpcgate.server.scheduler.jobmodels import RunWithInput
+from hpcgate.server.scheduler.commands import RunWithInput
 
 REASON = "PATH_OUTSIDE_FILESYSTEMS"
 # Exit status of a confined shell step whose Nth path (1, 2) leads outside;

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import asyncssh
 
 from hpcgate.server.errors import ErrorKind, ServiceError
-from hpcgate.server.scheduler.base import Output
+from hpcgate.server.scheduler.commands import Output
 
 # The words a command prints for a condition, and what they mean.
 _COMMAND_WORDS: tuple[tuple[str, ErrorKind, str], ...] = (

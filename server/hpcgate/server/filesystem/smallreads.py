@@ -50,7 +50,13 @@ from prometheus_client import Counter
 from hpcgate.server.config import DataOperationConfig
 from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.filesystem.confine import Confine
-from hpcgate.server.filesystem.content import FileInfo, read_small
+from hpcgate.server.filesystem.content import (
+    FileInfo,
+    StreamItem,
+    read_small,
+    stream_held,
+    stream_read,
+)
 from hpcgate.server.filesystem.tarstream import TAR_ARGV, Member, TarReader
 from hpcgate.server.ssh import CommandResult, SSHPool, deadline_after
 
@@ -224,6 +230,30 @@ class SmallReads:
                 return held.data
             async with self._pool.sftp(user, deadline) as sftp:
                 return await read_small(sftp, confine, path, limit)
+
+    async def stream(
+        self,
+        user: str,
+        path: str,
+        deadline: float | None,
+        confine: Confine,
+        span: tuple[int, int | None],
+        chunk: int,
+    ) -> AsyncIterator[StreamItem]:
+        """``path``'s bytes ``span`` (offset, length or None: to the end), as stream items.
+
+        The header, chunks of ``chunk`` bytes and the digest trailer, from a
+        batch if one brought the file, else over SFTP (:func:`.content.stream_read`).
+        """
+        offset, length = span
+        async with self.claim(user, path, deadline) as held:
+            if held is not None:
+                for item in stream_held(held.info, held.data, path, offset, length, chunk):
+                    yield item
+                return
+            async with self._pool.sftp(user, deadline) as sftp:
+                async for item in stream_read(sftp, confine, path, offset, length, chunk):
+                    yield item
 
     async def close(self) -> None:
         """Stop the running batches (their waiters fall back, and fail with the pool)."""

@@ -15,7 +15,8 @@ from functools import partial
 from typing import Any
 
 from hpcgate.server.config import S3Config, SystemConfig
-from hpcgate.server.scheduler.base import Output, Run, SchedulerStatus
+from hpcgate.server.scheduler.cluster import SchedulerStatus
+from hpcgate.server.scheduler.commands import Output, Run
 from hpcgate.server.transfer.s3 import build_client
 
 ProbeFn = Callable[[], Awaitable[None]]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from hpcgate.server.errors import invalid_argument
-from hpcgate.server.scheduler.jobmodels import Job, JobStatus
+from hpcgate.server.scheduler.jobs import Job, JobStatus
 from hpcgate.server.scheduler.watch import Baseline, Subscription
 
 T = TypeVar("T")

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
 from hpcgate.server.errors import invalid_argument
-from hpcgate.server.scheduler.jobmodels import (
+from hpcgate.server.scheduler.jobs import (
     DEFAULT_TIME_WINDOW,
     TIME_WINDOWS,
     JobDescription,

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from hpcgate.server.errors import ErrorKind, ServiceError
-from hpcgate.server.scheduler.base import Output
-from hpcgate.server.scheduler.jobmodels import Job, JobScheduler, JobStatus, RunWithInput
+from hpcgate.server.scheduler.commands import Output, RunWithInput
+from hpcgate.server.scheduler.jobs import Job, JobScheduler, JobStatus
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from hpcgate.server.errors import invalid_argument
 from hpcgate.server.filesystem import bulk, content
 from hpcgate.server.rpc.errors import grpc_code
 from hpcgate.server.runtime import Runtime
-from hpcgate.server.servicers.call import Call, begin
+from hpcgate.server.servicers.call import begin
 from hpcgate.server.servicers.context import Context
 from hpcgate.server.servicers.convert import timestamp
 from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
@@ -66,21 +66,6 @@ async def _upload_parts(
             )
 
 
-async def _stream_items(
-    call: Call, path: str, offset: int, length: int | None, chunk: int
-) -> AsyncIterator[content.StreamItem]:
-    """A DownloadStream's items: from a read batch if one brought the file, else over SFTP."""
-    async with call.system.reads.claim(call.user, path, call.deadline) as held:
-        if held is not None:
-            for item in content.stream_held(held.info, held.data, path, offset, length, chunk):
-                yield item
-            return
-        async with call.system.pool.sftp(call.user, call.deadline) as sftp:
-            confine = call.confine({path: "path"})
-            async for item in content.stream_read(sftp, confine, path, offset, length, chunk):
-                yield item
-
-
 class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
     """Download, Upload, DownloadStream, UploadStream and BulkDownload."""
 
@@ -125,7 +110,10 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
         if length is not None and length < 0:
             raise invalid_argument("length", "must not be negative")
         chunk = content.chunk_size(request.chunk_size)
-        async for item in _stream_items(call, path, request.offset, length, chunk):
+        confine = call.confine({path: "path"})
+        span = (request.offset, length)
+        items = call.system.reads.stream(call.user, path, call.deadline, confine, span, chunk)
+        async for item in items:
             if isinstance(item, bytes):
                 yield filesystem_pb2.DownloadStreamResponse(chunk=item)
             elif isinstance(item, content.StreamHeader):

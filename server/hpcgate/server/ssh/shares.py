@@ -49,6 +49,10 @@ class Share:
         self.wait = wait
         self._users: dict[str, _UserShare] = {}
 
+    def tracked(self) -> int:
+        """Users the share keeps state for (those with a request held or waiting)."""
+        return len(self._users)
+
     def held(self, user: str) -> int:
         """Requests of ``user`` holding a place in the share now."""
         share = self._users.get(user)

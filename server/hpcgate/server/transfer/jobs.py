@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from hpcgate.server.config import SystemConfig
 from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument
-from hpcgate.server.scheduler.jobmodels import JobDescription, JobScheduler, RunWithInput
+from hpcgate.server.scheduler.commands import RunWithInput
+from hpcgate.server.scheduler.jobs import JobDescription, JobScheduler
 from hpcgate.server.scheduler.requests import ACCOUNT_NAME
 
 # The job name of each operation: FirecREST's, so job lists read the same.

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from hpcgate.server.errors import ErrorKind, ServiceError
-from hpcgate.server.scheduler.jobmodels import Job, JobState, JobStatus
+from hpcgate.server.scheduler.jobs import Job, JobState, JobStatus
 from hpcgate.server.scheduler.watch import Subscription
 from hpcgate.server.transfer.jobs import (
     OPERATIONS,

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hpcgate.server.errors import ErrorKind, ServiceError, redact_addresses
-from hpcgate.server.scheduler.base import Output
+from hpcgate.server.scheduler.commands import Output
 
 # The daemon each Slurm command needs to answer.
 DAEMONS = {

@@ -25,8 +25,8 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hpcgate.server.scheduler.jobmodels import Job, JobState, JobStatus, JobTask, JobTime
-from hpcgate.server.scheduler.slurm.parse import _number
+from hpcgate.server.scheduler.jobs import Job, JobState, JobStatus, JobTask, JobTime
+from hpcgate.server.scheduler.slurm.parse import number
 
 # Slurm's job states, long and short (squeue %t) forms, mapped onto JobState.
 _STATES: Mapping[str, JobState] = {
@@ -72,7 +72,7 @@ def _int(value: Any) -> int | None:
     """A Slurm JSON number (plain or ``{"set", "infinite", "number"}``); None if unset."""
     if isinstance(value, dict) and value.get("infinite"):
         return None
-    return _number(value)
+    return number(value)
 
 
 def _text(value: Any) -> str | None:

@@ -21,19 +21,18 @@ import time
 from collections.abc import Collection, Sequence
 
 from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument, redact_addresses
-from hpcgate.server.scheduler.base import Output
-from hpcgate.server.scheduler.jobmodels import (
+from hpcgate.server.scheduler.commands import Output, RunWithInput
+from hpcgate.server.scheduler.jobs import (
     TIME_WINDOWS,
     Job,
     JobDescription,
     JobMetadata,
     JobQuery,
     JobState,
-    RunWithInput,
 )
 from hpcgate.server.scheduler.slurm import jobparse
 from hpcgate.server.scheduler.slurm.failures import UNREACHABLE, unavailable
-from hpcgate.server.scheduler.slurm.status import _checked
+from hpcgate.server.scheduler.slurm.status import checked_stdout
 
 # Environment variables that sbatch itself reads (or that decide which sbatch
 # runs). They reach the job through --export only, never through sbatch's own
@@ -248,7 +247,7 @@ class SlurmJobs:
         if shown.exit_status != 0 and _INVALID_JOB in shown.stderr.decode(errors="replace"):
             # slurmctld has forgotten the job: only the accounting knows it.
             return await self._metadata_from_sacct(run, job_id)
-        streams = jobparse.stream_paths_from_scontrol(_checked(["scontrol"], shown))
+        streams = jobparse.stream_paths_from_scontrol(checked_stdout(["scontrol"], shown))
         # `scontrol write batch_script` exits 0 even when it fails (e.g. another
         # user's job): only a clean stderr means stdout holds the script.
         text = script.stdout.decode(errors="replace")
@@ -273,7 +272,7 @@ class SlurmJobs:
                 continue  # cancelling a finished job changes nothing; FirecREST says 204 too
             raise _error(ErrorKind.FAILED_PRECONDITION, problem, "JOB_NOT_CANCELLABLE")
         if output.exit_status != 0:
-            _checked(["scancel"], output)
+            checked_stdout(["scancel"], output)
 
     async def attach(self, run: RunWithInput, job_id: int, command: str) -> None:
         """``srun --jobid --overlap`` running ``command``; waits for it to finish."""
@@ -342,7 +341,7 @@ class SlurmJobs:
         output = await run(argv)
         if output.exit_status != 0 and _INVALID_JOB in output.stderr.decode(errors="replace"):
             return []  # a Slurm that honours --jobs with --json, asked about a forgotten job
-        return jobparse.jobs_from_squeue_json(_checked(argv, output), int(time.time()))
+        return jobparse.jobs_from_squeue_json(checked_stdout(argv, output), int(time.time()))
 
     async def _sacct(self, run: RunWithInput, selection: Sequence[str]) -> list[Job]:
         """sacct's jobs for ``selection``, with exit codes that can be trusted."""
@@ -359,7 +358,7 @@ class SlurmJobs:
             output, codes = await asyncio.gather(run(argv), run(codes_argv))
         else:
             output = await run(argv)
-        jobs, version = jobparse.jobs_from_sacct_json(_checked(argv, output))
+        jobs, version = jobparse.jobs_from_sacct_json(checked_stdout(argv, output))
         if version is not None:
             self._sacct_exit_codes = version.sacct_json_exit_codes
         if self._sacct_exit_codes or not jobs:
@@ -367,7 +366,7 @@ class SlurmJobs:
         if codes is None:
             codes = await run(codes_argv)
         return jobparse.with_exit_codes(
-            jobs, jobparse.exit_codes_from_sacct(_checked(codes_argv, codes))
+            jobs, jobparse.exit_codes_from_sacct(checked_stdout(codes_argv, codes))
         )
 
     async def _metadata_from_sacct(self, run: RunWithInput, job_id: int) -> list[JobMetadata]:

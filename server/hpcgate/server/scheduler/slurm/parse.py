@@ -12,7 +12,14 @@ import re
 from datetime import datetime
 from typing import Any
 
-from hpcgate.server.scheduler.models import Account, Node, Partition, PosixId, Reservation, UserInfo
+from hpcgate.server.scheduler.cluster import (
+    Account,
+    Node,
+    Partition,
+    PosixId,
+    Reservation,
+    UserInfo,
+)
 
 # FirecREST's NodeState values; Slurm's base states and flags map onto them.
 _BASE_STATES = {
@@ -55,7 +62,8 @@ def node_states(base: str, flags: list[str]) -> list[str]:
     return states
 
 
-def _number(value: Any) -> int | None:
+def number(value: Any) -> int | None:
+    """A Slurm JSON count (plain, or {"set", "number"}); None when unset or infinite."""
     if isinstance(value, dict):  # newer Slurm: {"set": true, "number": n}
         value = value.get("number") if value.get("set") else None
     if not isinstance(value, int | float) or value in _NO_VALUES or value < 0:
@@ -68,7 +76,7 @@ def nodes_from_sinfo_json(text: str) -> list[Node]:
     data = json.loads(text)
     nodes = []
     for raw in data.get("nodes", []):
-        load = _number(raw.get("cpu_load"))
+        load = number(raw.get("cpu_load"))
         state = raw.get("state", "unknown")
         base = state[0] if isinstance(state, list) and state else str(state)
         flags = list(raw.get("state_flags", []))
@@ -78,20 +86,20 @@ def nodes_from_sinfo_json(text: str) -> list[Node]:
             Node(
                 name=raw["name"],
                 state=node_states(base, flags),
-                cpus=_number(raw.get("cpus")) or 0,
-                sockets=_number(raw.get("sockets")),
-                cores=_number(raw.get("cores")),
-                threads=_number(raw.get("threads")),
+                cpus=number(raw.get("cpus")) or 0,
+                sockets=number(raw.get("sockets")),
+                cores=number(raw.get("cores")),
+                threads=number(raw.get("threads")),
                 cpu_load=None if load is None else load / 100.0,  # Slurm reports load x 100
-                free_memory=_number(raw.get("free_memory")),
-                alloc_memory=_number(raw.get("alloc_memory")),
-                alloc_cpus=_number(raw.get("alloc_cpus")),
-                idle_cpus=_number(raw.get("idle_cpus")),
+                free_memory=number(raw.get("free_memory")),
+                alloc_memory=number(raw.get("alloc_memory")),
+                alloc_cpus=number(raw.get("alloc_cpus")),
+                idle_cpus=number(raw.get("idle_cpus")),
                 features=raw.get("active_features") or raw.get("features") or None,
                 address=raw.get("address") or None,
                 hostname=raw.get("hostname") or None,
                 partitions=list(raw.get("partitions", [])),
-                weight=_number(raw.get("weight")),
+                weight=number(raw.get("weight")),
             )
         )
     return nodes

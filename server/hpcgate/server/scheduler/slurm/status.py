@@ -6,19 +6,19 @@ import asyncio
 from collections.abc import Sequence
 
 from hpcgate.server.errors import ErrorKind, ServiceError
-from hpcgate.server.scheduler.base import Output, Run
-from hpcgate.server.scheduler.models import Node, Partition, Reservation, UserInfo
+from hpcgate.server.scheduler.cluster import Node, Partition, Reservation, UserInfo
+from hpcgate.server.scheduler.commands import Output, Run
 from hpcgate.server.scheduler.slurm import parse
 from hpcgate.server.scheduler.slurm.failures import checked
 
 
-def _checked(argv: Sequence[str], output: Output) -> str:
+def checked_stdout(argv: Sequence[str], output: Output) -> str:
     """stdout of a command that must succeed (see :mod:`.failures` for how failures read)."""
     return checked(argv, output)
 
 
 async def _run(run: Run, argv: Sequence[str]) -> str:
-    return _checked(argv, await run(argv))
+    return checked_stdout(argv, await run(argv))
 
 
 class SlurmStatus:

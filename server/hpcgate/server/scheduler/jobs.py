@@ -1,4 +1,4 @@
-"""Batch jobs as plain data, and the interface of a job-scheduler adapter.
+"""Batch jobs as plain data, and the interface of a job-scheduler adapter (:class:`JobScheduler`).
 
 Nothing here knows Slurm, protobuf or HTTP: the Slurm adapter
 (:mod:`hpcgate.server.scheduler.slurm.jobs`) produces these values, the watch
@@ -10,11 +10,11 @@ share.
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from hpcgate.server.scheduler.base import Output
+from hpcgate.server.scheduler.commands import RunWithInput
 
 
 class JobState(enum.Enum):
@@ -161,16 +161,6 @@ class JobQuery:
     account: str | None = None
     name: str | None = None
     time_window: str = DEFAULT_TIME_WINDOW
-
-
-class RunWithInput(Protocol):
-    """Runs one command (argv, quoted by the runner) as the calling user, with optional stdin.
-
-    :meth:`hpcgate.server.ssh.pool.SSHPool.run` bound to a user and a
-    deadline is one; it also serves where a plain ``Run`` is expected.
-    """
-
-    def __call__(self, argv: Sequence[str], *, stdin: bytes | None = None) -> Awaitable[Output]: ...
 
 
 class JobScheduler(Protocol):

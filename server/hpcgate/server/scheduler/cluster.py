@@ -1,12 +1,17 @@
-"""What a scheduler reports, as plain data (no protobuf, no HTTP).
+"""What a scheduler reports of the cluster and of a user, and the adapter interface for it.
 
-Field names follow the hpcgate.v1 messages so that servicers map them with
-``Message(**asdict(value))``.
+Nodes, partitions, reservations and a user's accounts as plain data (no
+protobuf, no HTTP), and :class:`SchedulerStatus`, what the Status service
+asks of a scheduler adapter. Field names follow the hpcgate.v1 messages so
+that servicers map them with ``Message(**asdict(value))``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
+
+from hpcgate.server.scheduler.commands import Run
 
 
 @dataclass(frozen=True)
@@ -77,3 +82,13 @@ class UserInfo:
     group: PosixId
     groups: list[PosixId]
     accounts: list[Account]
+
+
+class SchedulerStatus(Protocol):
+    """What the Status service asks of a scheduler."""
+
+    async def ping(self, run: Run) -> None: ...
+    async def nodes(self, run: Run) -> list[Node]: ...
+    async def partitions(self, run: Run, show_hidden: bool) -> list[Partition]: ...
+    async def reservations(self, run: Run) -> list[Reservation]: ...
+    async def user_info(self, run: Run, username: str) -> UserInfo: ...
