@@ -8,14 +8,16 @@ contracts (:mod:`.needs`) and looked up by the name of the RPC being
 served. The :class:`Call` it returns hands each domain what that domain
 needs, built here and nowhere else: a runner of scheduler commands, a
 filesystem :class:`~hpcgate.server.filesystem.ops.Remote`, a transfer
-:class:`~hpcgate.server.transfer.jobs.Submitter`.
+:class:`~hpcgate.server.transfer.jobs.Submitter`, a job watcher.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, cast
 
 from hpcgate.server.auth.authz import authorize
 from hpcgate.server.auth.interceptor import current_identity
@@ -26,6 +28,7 @@ from hpcgate.server.filesystem.paths import check_path
 from hpcgate.server.observability import current_request
 from hpcgate.server.runtime import Runtime, SystemRuntime
 from hpcgate.server.scheduler.jobmodels import RunWithInput
+from hpcgate.server.scheduler.watch import Subscription
 from hpcgate.server.servicers.context import Context
 from hpcgate.server.servicers.needs import NEEDS
 from hpcgate.server.ssh.pool import deadline_after
@@ -75,6 +78,21 @@ class Call:
             names=self.system.names,
         )
         return remote, list(checked.values())
+
+    @contextlib.asynccontextmanager
+    async def watcher(
+        self, context: Context, job_ids: frozenset[int]
+    ) -> AsyncIterator[Subscription]:
+        """The caller's watcher of ``job_ids`` (none: all the caller's jobs) on the system's hub.
+
+        It leaves the hub when the block ends, and also when the stream is
+        dropped while suspended between messages (the block then never ends).
+        """
+        hub = self.system.watch
+        async with hub.subscribe(self.user, job_ids) as watcher:
+            # grpc-stubs types the callback as a class; any callable of the context works.
+            cast(Any, context).add_done_callback(lambda _: hub.unsubscribe(watcher))
+            yield watcher
 
     def submitter(self) -> Submitter:
         """Submits the caller's transfer jobs; the caller's job watchers hear of each."""

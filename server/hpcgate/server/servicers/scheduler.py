@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import fields
-from typing import Any, cast
 
 from google.protobuf import json_format
 
@@ -184,11 +183,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         call = begin(self._runtime, request.system_name, context)
         watched = job_ids(request.job_ids)
         bounds = _bounds(request)
-        hub = call.system.watch
-        async with hub.subscribe(call.user, watched) as watcher:
-            # Also when the stream is dropped while suspended between messages.
-            # (grpc-stubs types the callback as a class; any callable of the context works.)
-            cast(Any, context).add_done_callback(lambda _: hub.unsubscribe(watcher))
+        async with call.watcher(context, watched) as watcher:
             baseline = await bounds.within(watcher.baseline())
             await context.send_initial_metadata(())
             if baseline is None:

@@ -6,11 +6,9 @@ import time
 from dataclasses import asdict
 from datetime import datetime
 
-from hpcgate.server.auth.interceptor import current_identity
 from hpcgate.server.config import SystemConfig
 from hpcgate.server.health.checker import ServiceHealth
-from hpcgate.server.runtime import Runtime, SystemRuntime
-from hpcgate.server.scheduler.jobmodels import RunWithInput
+from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.call import begin
 from hpcgate.server.servicers.context import Context
 from hpcgate.server.servicers.convert import timestamp
@@ -90,10 +88,6 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
         self._systems: tuple[tuple[datetime | None, ...], status_pb2.ListSystemsResponse] | None
         self._systems = None
 
-    def _scheduler_call(self, name: str, context: Context) -> tuple[SystemRuntime, RunWithInput]:
-        call = begin(self._runtime, name, context)
-        return call.system, call.run
-
     async def ListSystems(
         self, request: status_pb2.ListSystemsRequest, context: Context
     ) -> status_pb2.ListSystemsResponse:
@@ -128,8 +122,8 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
     async def ListNodes(
         self, request: status_pb2.ListNodesRequest, context: Context
     ) -> status_pb2.ListNodesResponse:
-        system, run = self._scheduler_call(request.system_name, context)
-        nodes = await system.scheduler.nodes(run)
+        call = begin(self._runtime, request.system_name, context)
+        nodes = await call.system.scheduler.nodes(call.run)
         return status_pb2.ListNodesResponse(
             nodes=[status_pb2.NodeModel(**asdict(node)) for node in nodes]
         )
@@ -137,8 +131,8 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
     async def ListPartitions(
         self, request: status_pb2.ListPartitionsRequest, context: Context
     ) -> status_pb2.ListPartitionsResponse:
-        system, run = self._scheduler_call(request.system_name, context)
-        partitions = await system.scheduler.partitions(run, request.show_hidden)
+        call = begin(self._runtime, request.system_name, context)
+        partitions = await call.system.scheduler.partitions(call.run, request.show_hidden)
         return status_pb2.ListPartitionsResponse(
             partitions=[status_pb2.PartitionModel(**asdict(p)) for p in partitions]
         )
@@ -146,8 +140,8 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
     async def ListReservations(
         self, request: status_pb2.ListReservationsRequest, context: Context
     ) -> status_pb2.ListReservationsResponse:
-        system, run = self._scheduler_call(request.system_name, context)
-        reservations = await system.scheduler.reservations(run)
+        call = begin(self._runtime, request.system_name, context)
+        reservations = await call.system.scheduler.reservations(call.run)
         return status_pb2.ListReservationsResponse(
             reservations=[status_pb2.ReservationModel(**asdict(r)) for r in reservations]
         )
@@ -155,6 +149,6 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
     async def GetUserInfo(
         self, request: status_pb2.GetUserInfoRequest, context: Context
     ) -> status_pb2.GetUserInfoResponse:
-        system, run = self._scheduler_call(request.system_name, context)
-        info = await system.scheduler.user_info(run, current_identity().username)
+        call = begin(self._runtime, request.system_name, context)
+        info = await call.system.scheduler.user_info(call.run, call.user)
         return status_pb2.GetUserInfoResponse(**asdict(info))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import grpc
 
@@ -221,10 +221,8 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
         """Stream the transfer's state from the caller's job poller and its object."""
         call, sub = self._begin(request.system_name, context)
         watched = job_id(request.job_id)
-        hub, scheduler = call.system.watch, call.system.config.scheduler
-        async with hub.subscribe(call.user, frozenset({watched})) as watcher:
-            # Also when the stream is dropped while suspended between messages.
-            cast(Any, context).add_done_callback(lambda _: hub.unsubscribe(watcher))
+        scheduler = call.config.scheduler
+        async with call.watcher(context, frozenset({watched})) as watcher:
             states = progress.watch(
                 sub,
                 call.system.staging,
