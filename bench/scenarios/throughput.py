@@ -6,7 +6,7 @@ same run with a payload the size of a ListSystems reply: what the RPC stack
 alone costs on this machine. Floor and figures take turns within each run. Each
 ratio is a figure's rate over the echo rate at the same concurrency.
 ListSystems touches no SSH, so the ratio measures hpcgate's own per-call
-overhead (interceptors, auth, servicer) and, over REST, the edge's.
+overhead (the method table's per-call wrapper, auth, servicer) and, over REST, the edge's.
 """
 
 from __future__ import annotations

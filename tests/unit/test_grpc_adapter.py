@@ -20,8 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from hpcgate.server.rpc import grpc_adapter
+from hpcgate.server.rpc.context import Context
 from hpcgate.server.rpc.grpc_adapter import GenericHandler, Handler, Registrar
-from hpcgate.server.rpc.method_table import Around, Context, Metadata, MethodTable
+from hpcgate.server.rpc.method_table import Around, Metadata, MethodTable
 from hpcgate.v1 import (
     filesystem_pb2,
     filesystem_pb2_grpc,

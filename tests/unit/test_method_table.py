@@ -7,7 +7,8 @@ from typing import Any
 import grpc
 import pytest
 
-from hpcgate.server.rpc.method_table import Around, Context, Metadata, MethodTable
+from hpcgate.server.rpc.context import Context
+from hpcgate.server.rpc.method_table import Around, Metadata, MethodTable
 from hpcgate.v1 import status_pb2, status_pb2_grpc
 
 

@@ -45,7 +45,7 @@ class RestOptions(_message.Message):
     public: _builtins.bool
     """The RPC needs no bearer token (liveness). The edge then asks for none,
     and the OpenAPI document says so; the server's list of public methods
-    (hpcgate.server.auth.interceptor) names the same RPCs.
+    (hpcgate.server.rpc.authentication) names the same RPCs.
     """
     def __init__(
         self,

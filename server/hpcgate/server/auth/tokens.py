@@ -158,8 +158,9 @@ class TokenValidator:
         None too once the entry is stale: older than the cache's TTL, verified
         with a key set since replaced, or the token now too close to expiry
         (:meth:`validate` then refuses it with the reason). The server's
-        interceptor tries this first: almost every call carries a token seen
-        before, and this costs a dictionary lookup and a clock read.
+        authentication hook (:mod:`hpcgate.server.rpc.authentication`) tries
+        this first: almost every call carries a token seen before, and this
+        costs a dictionary lookup and a clock read.
         """
         cached = self._verified.get(token)
         if cached is None:

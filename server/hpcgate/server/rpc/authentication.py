@@ -15,8 +15,9 @@ from typing import Any
 from hpcgate.server.auth.tokens import Identity, TokenValidator, refusal
 from hpcgate.server.config import AuthConfig
 from hpcgate.server.errors import ServiceError
+from hpcgate.server.rpc.context import Context
 from hpcgate.server.rpc.errors import abort
-from hpcgate.server.rpc.method_table import Around, Context, Metadata
+from hpcgate.server.rpc.method_table import Around, Metadata
 from hpcgate.server.rpc.observability import current_request
 
 log = logging.getLogger(__name__)

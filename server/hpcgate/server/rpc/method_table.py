@@ -22,12 +22,12 @@ import grpc
 
 from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.rpc import grpc_adapter
+from hpcgate.server.rpc.context import Context
 from hpcgate.server.rpc.errors import abort
 from hpcgate.server.rpc.grpc_adapter import Behaviour, GenericHandler, Handler
 
 log = logging.getLogger(__name__)
 
-Context = grpc.aio.ServicerContext[Any, Any]
 Metadata = Iterable[tuple[str, Any]]  # a call's invocation metadata: (key, value) pairs
 # A handler's behaviour, made async: (request or request iterator, context) -> reply(s).
 Unary = Callable[[Any, Context], Awaitable[Any]]

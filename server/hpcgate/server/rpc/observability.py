@@ -29,8 +29,9 @@ from typing import Any, TextIO
 import grpc
 
 from hpcgate.server.errors import ServiceError
+from hpcgate.server.rpc.context import Context
 from hpcgate.server.rpc.errors import grpc_code
-from hpcgate.server.rpc.method_table import Around, Context, Metadata
+from hpcgate.server.rpc.method_table import Around, Metadata
 from hpcgate.server.rpc.metrics import RPC_METRICS
 
 ACCESS_LOGGER = "hpcgate.access"

@@ -25,11 +25,11 @@ from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.paths import check_path
 from hpcgate.server.filesystem.remote import Remote
 from hpcgate.server.rpc.authentication import current_identity
+from hpcgate.server.rpc.context import Context
 from hpcgate.server.rpc.observability import current_request
 from hpcgate.server.runtime import Runtime, SystemRuntime
 from hpcgate.server.scheduler.commands import RunWithInput
 from hpcgate.server.scheduler.watch import Subscription
-from hpcgate.server.servicers.context import Context
 from hpcgate.server.servicers.needs import NEEDS
 from hpcgate.server.ssh import deadline_after
 from hpcgate.server.transfer.jobs import Submitter

@@ -13,8 +13,8 @@ from google.protobuf.message import Message
 
 from hpcgate.server.filesystem import listing, metadata, operations, ranges
 from hpcgate.server.filesystem.remote import Remote
+from hpcgate.server.rpc.context import Context
 from hpcgate.server.servicers.call import Call, begin
-from hpcgate.server.servicers.context import Context
 from hpcgate.server.servicers.convert import timestamp
 from hpcgate.server.servicers.filesystem_streams import FilesystemStreams
 from hpcgate.v1 import filesystem_pb2

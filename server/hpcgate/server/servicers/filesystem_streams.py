@@ -15,10 +15,10 @@ from google.api import httpbody_pb2
 
 from hpcgate.server.errors import invalid_argument
 from hpcgate.server.filesystem import bulk, content
+from hpcgate.server.rpc.context import Context
 from hpcgate.server.rpc.errors import grpc_code
 from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.call import begin
-from hpcgate.server.servicers.context import Context
 from hpcgate.server.servicers.convert import timestamp
 from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
 

@@ -14,12 +14,12 @@ from dataclasses import fields
 from google.protobuf import json_format
 
 from hpcgate.server.errors import invalid_argument
+from hpcgate.server.rpc.context import Context
 from hpcgate.server.runtime import Runtime
 from hpcgate.server.scheduler import requests
 from hpcgate.server.scheduler.following import Kind, Sighting, WatchBounds, follow
 from hpcgate.server.scheduler.jobs import Job, JobDescription, JobStatus, JobTime
 from hpcgate.server.servicers.call import begin
-from hpcgate.server.servicers.context import Context
 from hpcgate.server.servicers.convert import job_id, job_ids, timestamp
 from hpcgate.v1 import scheduler_pb2, scheduler_pb2_grpc
 

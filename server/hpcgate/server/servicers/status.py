@@ -8,9 +8,9 @@ from datetime import datetime
 
 from hpcgate.server.config import SystemConfig
 from hpcgate.server.health.checker import ServiceHealth
+from hpcgate.server.rpc.context import Context
 from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.call import begin
-from hpcgate.server.servicers.context import Context
 from hpcgate.server.servicers.convert import timestamp
 from hpcgate.v1 import status_pb2, status_pb2_grpc
 

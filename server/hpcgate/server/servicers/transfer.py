@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument
+from hpcgate.server.rpc.context import Context
 from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.call import Call, begin
-from hpcgate.server.servicers.context import Context
 from hpcgate.server.servicers.convert import job_id, timestamp
 from hpcgate.server.transfer import progress, service
 from hpcgate.server.transfer.jobs import Submitter, TransferJob

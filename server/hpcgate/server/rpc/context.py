@@ -1,4 +1,4 @@
-"""The servicer context type shared by every servicer."""
+"""The servicer context type shared by every servicer and by the method table's concerns."""
 
 from typing import Any
 
