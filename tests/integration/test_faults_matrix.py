@@ -150,10 +150,29 @@ ROWS = {
 }
 
 
+def _unanswered(load: Load, since: float) -> set[tuple[str, str]]:
+    """The (kind, user) pairs with no call started after ``since`` that answered 200."""
+    ok = {(o.kind, o.user) for o in load.outcomes if o.started >= since and o.status == 200}
+    return {(kind, user) for kind in KINDS for user in USERS} - ok
+
+
 def _all_answer(load: Load, since: float) -> bool:
     """Whether every kind of call, for every user, answered 200 after ``since``."""
-    ok = {(o.kind, o.user) for o in load.outcomes if o.started >= since and o.status == 200}
-    return ok >= {(kind, user) for kind in KINDS for user in USERS}
+    return not _unanswered(load, since)
+
+
+def _since(load: Load, since: float) -> str:
+    """What the calls still unanswered did after ``since`` (for a failure's message)."""
+    missing = _unanswered(load, since)
+    seen = [o for o in load.outcomes if (o.kind, o.user) in missing and o.ended >= since]
+    return (
+        "; ".join(
+            f"{o.kind}/{o.user} +{o.started - since:.1f}s..+{o.ended - since:.1f}s"
+            f" {o.status} {o.reason}"
+            for o in seen[-12:]
+        )
+        or f"{sorted(missing)}: no call ended since"
+    )
 
 
 async def _upload(service: LiveService) -> httpx.Response:
@@ -191,7 +210,10 @@ async def test_only_calls_needing_the_part_fail_then_all_recover(
                 undone = "stopped" in row and running(part)
             restored = time.monotonic()
             recovered = partial(_all_answer, load, restored)
-            await eventually(recovered, RECOVERY, "every call answers again")
+            try:
+                await eventually(recovered, RECOVERY, "every call answers again")
+            except AssertionError as error:
+                raise AssertionError(f"{error}: {_since(load, restored)}") from None
         if undone:
             continue  # another session started the part again during the window: retry
         failing = load.between(began, ended, needs)
