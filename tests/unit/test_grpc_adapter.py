@@ -18,6 +18,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc._cython import cygrpc  # type: ignore[attr-defined]  # the internals of point 4
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from unit.test_method_table import served
 
 from hpcgate.server.rpc import grpc_adapter
 from hpcgate.server.rpc.context import Context
@@ -198,24 +199,19 @@ async def test_a_real_server_serves_through_the_table_alone() -> None:
     status_pb2_grpc.add_StatusServicer_to_server(_Status(), table.as_server())
     status_name = status_pb2.DESCRIPTOR.services_by_name["Status"].full_name
     grpc_adapter.add_reflection((status_name, reflection.SERVICE_NAME), table.as_server())
-    server = grpc.aio.server()
 
     def by_name(*args: Any) -> None:
         raise AssertionError("the table registered methods by name")
 
-    server.add_registered_method_handlers = by_name  # type: ignore[attr-defined]
-    table.install(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = status_pb2_grpc.StatusStub(channel)
-            await stub.GetLiveness(status_pb2.GetLivenessRequest())
-            with pytest.raises(grpc.aio.AioRpcError) as aborted:
-                await stub.ListSystems(status_pb2.ListSystemsRequest())
-            services = await _list_services(channel)
-    finally:
-        await server.stop(None)
+    def forbid_by_name(server: grpc.aio.Server) -> None:
+        server.add_registered_method_handlers = by_name  # type: ignore[attr-defined]
+
+    async with served(table, forbid_by_name) as channel:
+        stub = status_pb2_grpc.StatusStub(channel)
+        await stub.GetLiveness(status_pb2.GetLivenessRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as aborted:
+            await stub.ListSystems(status_pb2.ListSystemsRequest())
+        services = await _list_services(channel)
     assert aborted.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert aborted.value.details() == "aborted on purpose"
     assert set(services) == {status_name, reflection.SERVICE_NAME}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -31,6 +33,23 @@ class Recorder:
         return _Note()
 
 
+@contextlib.asynccontextmanager
+async def served(
+    table: MethodTable, prepare: Callable[[grpc.aio.Server], None] = lambda server: None
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to a loopback server serving ``table`` (``prepare`` sees it first)."""
+    server = grpc.aio.server()
+    prepare(server)
+    table.install(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+    finally:
+        await server.stop(None)
+
+
 class Liveness(status_pb2_grpc.StatusServicer):
     async def GetLiveness(
         self, request: status_pb2.GetLivenessRequest, context: Context
@@ -42,23 +61,16 @@ async def test_registered_methods_run_in_hooks_and_unknown_ones_are_unimplemente
     recorder = Recorder()
     table = MethodTable([recorder])
     status_pb2_grpc.add_StatusServicer_to_server(Liveness(), table.as_server())
-    server = grpc.aio.server()
-    table.install(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = status_pb2_grpc.StatusStub(channel)
-            await stub.GetLiveness(status_pb2.GetLivenessRequest())
-            # A method of the service that the servicer does not implement:
-            # the generated base raises NotImplementedError, the table maps it.
-            with pytest.raises(grpc.aio.AioRpcError) as missing:
-                await stub.ListSystems(status_pb2.ListSystemsRequest())
-            unknown = channel.unary_unary("/nope.Nothing/Here", None, None)
-            with pytest.raises(grpc.aio.AioRpcError) as nowhere:
-                await unknown(b"")
-    finally:
-        await server.stop(None)
+    async with served(table) as channel:
+        stub = status_pb2_grpc.StatusStub(channel)
+        await stub.GetLiveness(status_pb2.GetLivenessRequest())
+        # A method of the service that the servicer does not implement:
+        # the generated base raises NotImplementedError, the table maps it.
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.ListSystems(status_pb2.ListSystemsRequest())
+        unknown = channel.unary_unary("/nope.Nothing/Here", None, None)
+        with pytest.raises(grpc.aio.AioRpcError) as nowhere:
+            await unknown(b"")
     liveness, systems = "/hpcgate.v1.Status/GetLiveness", "/hpcgate.v1.Status/ListSystems"
     assert recorder.events == [
         ("enter", liveness),
