@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 
 import pytest
+from unit.test_tarstream import archive_of
 
 from hpcgate.server.errors import ErrorKind
 from hpcgate.server.filesystem import bulk
@@ -23,16 +23,7 @@ def test_relay_parses_the_archive_however_it_is_cut(tar_format: int, piece: int)
         "/d/empty": b"",
         "/d/unasked": b"skipped",
     }
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as archive:
-        directory = tarfile.TarInfo("/d/dir")
-        directory.type = tarfile.DIRTYPE
-        archive.addfile(directory)
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(content), 0o640, 1_700_000_000
-            archive.addfile(info, io.BytesIO(content))
-    data = buffer.getvalue()
+    data = archive_of(tar_format, files)
     wanted = ["/d/dir", "/d/" + "n" * 150, "/d/ünï\ncode", "/d/empty", "/d/missing"]
     relay = bulk.TarRelay([bulk.Target(i, p, "") for i, p in enumerate(wanted)], 300)
     for start in range(0, len(data), piece):

@@ -42,7 +42,8 @@ class Recorder:
         self._open = None
 
 
-def _archive(tar_format: int, files: dict[str, bytes]) -> bytes:
+def archive_of(tar_format: int, files: dict[str, bytes]) -> bytes:
+    """A tar of a directory ``/d/dir`` and ``files`` (name -> content) in ``tar_format``."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as archive:
         directory = tarfile.TarInfo("/d/dir")
@@ -68,7 +69,7 @@ FILES = {
 @pytest.mark.parametrize("piece", [1, 100, 512, 1 << 30])
 def test_members_and_data_however_the_stream_is_cut(tar_format: int, piece: int) -> None:
     files = FILES if tar_format != tarfile.USTAR_FORMAT else {"/d/" + "p" * 120 + "/f": b"ok"}
-    data = _archive(tar_format, files)
+    data = archive_of(tar_format, files)
     sink = Recorder()
     reader = TarReader(sink)
     for start in range(0, len(data), piece):
@@ -80,14 +81,14 @@ def test_members_and_data_however_the_stream_is_cut(tar_format: int, piece: int)
 
 
 def test_a_stream_cut_inside_a_member_is_truncated() -> None:
-    data = _archive(tarfile.GNU_FORMAT, {"/d/f": b"y" * 2000})
+    data = archive_of(tarfile.GNU_FORMAT, {"/d/f": b"y" * 2000})
     reader = TarReader(Recorder())
     reader.feed(data[: 512 * 3])  # the directory, the file's header, 1 KiB of its data
     assert reader.truncated and not reader.ended
 
 
 def test_a_corrupt_header_is_internal() -> None:
-    data = bytearray(_archive(tarfile.GNU_FORMAT, {"/d/f": b"z"}))
+    data = bytearray(archive_of(tarfile.GNU_FORMAT, {"/d/f": b"z"}))
     data[0] ^= 0xFF  # the directory header's checksum no longer matches
     with pytest.raises(ServiceError) as caught:
         TarReader(Recorder()).feed(bytes(data))

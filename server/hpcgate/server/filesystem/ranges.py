@@ -170,6 +170,13 @@ async def _read_range(remote: Remote, path: str, range_of: RangeOf, limit: int) 
     return data.decode("utf-8", "replace"), size
 
 
+def _counted(nbytes: int | None, lines: int | None) -> tuple[Literal["lines", "bytes"], int]:
+    """What head/tail counted and how many: bytes if asked, else lines (default 10)."""
+    if nbytes is not None:
+        return "bytes", nbytes
+    return "lines", lines if lines is not None else DEFAULT_LINES
+
+
 async def head(
     remote: Remote, path: str, nbytes: int | None, lines: int | None, skip: bool, limit: int
 ) -> FileContent:
@@ -180,10 +187,8 @@ async def head(
         return await head_range(read, size, nbytes, lines, skip)
 
     content, _ = await _read_range(remote, path, range_of, limit)
-    count = nbytes if nbytes is not None else lines if lines is not None else DEFAULT_LINES
-    return FileContent(
-        content, "bytes" if nbytes is not None else "lines", 0, -count if skip else count
-    )
+    unit, count = _counted(nbytes, lines)
+    return FileContent(content, unit, 0, -count if skip else count)
 
 
 async def tail(
@@ -196,10 +201,8 @@ async def tail(
         return await tail_range(read, size, nbytes, lines, skip)
 
     content, _ = await _read_range(remote, path, range_of, limit)
-    count = nbytes if nbytes is not None else lines if lines is not None else DEFAULT_LINES
-    return FileContent(
-        content, "bytes" if nbytes is not None else "lines", count if skip else -count, -1
-    )
+    unit, count = _counted(nbytes, lines)
+    return FileContent(content, unit, count if skip else -count, -1)
 
 
 async def view(remote: Remote, path: str, offset: int | None, size: int | None, limit: int) -> str:
