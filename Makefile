@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 PROTO_SRC := $(wildcard proto/hpcgate/v1/*.proto)
 GEN_DIR := clients/hpcgate/v1
 
-.PHONY: install proto proto-check lint test test-fast run stop bench cluster cluster-stop clean
+.PHONY: install proto proto-check lint test test-fast run stop bench bench-instructions cluster cluster-stop clean
 
 install: $(VENV)/.installed
 
@@ -68,6 +68,11 @@ stop:
 # scenario fails or returns wrong bytes. BENCH_ARGS="--only load --reps 3".
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Instructions per request of the server and the edge (callgrind): repeatable
+# on a noisy machine, for before/after comparisons. See bench/instructions.py.
+bench-instructions: install
+	$(PY) bench/instructions.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .hpcgate .pytest_cache .mypy_cache .ruff_cache
