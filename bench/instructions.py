@@ -62,10 +62,14 @@ def _control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
 
 
-def _dumped(out_dir: Path, name: str, pid: int, before: set[Path]) -> int:
+def _dumps(out_dir: Path, pid: int) -> set[Path]:
+    return set(out_dir.glob(f"cg.{pid}")) | set(out_dir.glob(f"cg.{pid}.*"))
+
+
+def _dumped(out_dir: Path, pid: int, before: set[Path]) -> int:
     """Instructions in the dump ``callgrind_control -d`` just wrote (its summary line)."""
     for _ in range(200):
-        new = set(out_dir.glob(f"cg.{name}.{pid}*")) - before
+        new = _dumps(out_dir, pid) - before
         if new:
             break
         time.sleep(0.05)
@@ -90,10 +94,10 @@ def _window(
     took = time.monotonic() - started
     counts = {}
     for name, pid in pids.items():
-        before = set(out_dir.glob(f"cg.{name}.{pid}*"))
+        before = _dumps(out_dir, pid)
         _control(pid, "-d")
         _control(pid, "-i", "off")
-        counts[name] = _dumped(out_dir, name, pid, before)
+        counts[name] = _dumped(out_dir, pid, before)
     return took, counts
 
 
@@ -106,12 +110,17 @@ def measure(tree: Path, requests: int) -> dict[str, Any]:
     import localsite
 
     out_dir = tree / ".hpcgate" / "instructions"
-    spawn, local_config = devrun._spawn, localsite.local_config
-
-    def under_callgrind(name: str, argv: list[str], run_dir: Path = out_dir) -> int:
-        valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
-        valgrind.append(f"--callgrind-out-file={run_dir}/cg.{name}.%p")
-        return int(spawn(name, [*valgrind, *argv], run_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    local_config = localsite.local_config
+    # dev/run.py starts both processes with sys.executable: point it at a shim
+    # that runs the same interpreter under callgrind, instrumentation off.
+    shim = out_dir / "python-under-callgrind"
+    shim.write_text(
+        "#!/bin/sh\n"
+        f"exec valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file={out_dir}/cg.%p"
+        f' {sys.executable} "$@"\n'
+    )
+    shim.chmod(0o755)
 
     def quiet(*args: Any, **kwargs: Any) -> dict[str, Any]:
         config: dict[str, Any] = local_config(*args, **kwargs)
@@ -121,9 +130,9 @@ def measure(tree: Path, requests: int) -> dict[str, Any]:
             config["auth"]["jwks_refresh_interval"] = 3600
         return config
 
-    devrun._spawn = under_callgrind
     devrun.local_config = quiet  # type: ignore[attr-defined]  # run.py imports it by name
     cluster = devrun.start_cluster()
+    sys.executable = str(shim)  # after the cluster: only the two processes run under it
     for stale in out_dir.glob("cg.*"):
         stale.unlink()
     issuer, config_path, config = devrun.write_config(cluster, out_dir)
