@@ -109,6 +109,8 @@ APT_PACKAGES = (
     "mariadb-client",
     # Transfer jobs move bytes between S3 and the filesystem with curl.
     "curl",
+    # The load balancer of deploy/nginx, tested in front of the edges and servers.
+    "nginx",
 )
 REQUIRED_FILES = (
     "/usr/sbin/sshd",
@@ -125,6 +127,7 @@ REQUIRED_FILES = (
     "/usr/sbin/mariadbd",
     "/usr/bin/curl",  # transfer jobs move bytes to and from S3 with it
     "/usr/bin/mariadb",
+    "/usr/sbin/nginx",
     "/usr/bin/mariadb-install-db",
 )
 PORT_NAMES = ("ssh", "slurmctld", "slurmd", "slurmdbd", "mysql", "s3")
