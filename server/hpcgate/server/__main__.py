@@ -27,7 +27,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     # uvloop: the same asyncio API on libuv. grpc.aio runs on any asyncio
     # loop; on this one a call costs ~10 % less CPU (make bench).
-    uvloop.run(serve(settings, args.listen))
+    try:
+        uvloop.run(serve(settings, args.listen))
+    except ConfigError as error:  # found at start-up: a TLS file that cannot be read
+        print(f"hpcgate-server: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from hpcgate.server.config import Settings
+from hpcgate.server.config import ConfigError, Settings, TLSConfig
 from hpcgate.server.health.checker import OnChange
 from hpcgate.server.rpc import grpc_adapter
 from hpcgate.server.rpc.authentication import Authentication
@@ -180,7 +180,7 @@ async def start(settings: Settings, listen: str | None = None) -> Running:
     table.install(server)
 
     address = listen or settings.server.listen
-    port = server.add_insecure_port(address)
+    port = _listen(server, address, settings.server.tls)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()
@@ -191,6 +191,23 @@ async def start(settings: Settings, listen: str | None = None) -> Running:
         metrics, _ = start_http_server(int(metrics_port), addr=host or "127.0.0.1")
     log.info("hpcgate server listening on %s", address.rsplit(":", 1)[0] + f":{port}")
     return Running(server, port, health_servicer, runtime, settings, metrics)
+
+
+def _listen(server: grpc.aio.Server, address: str, tls: TLSConfig | None) -> int:
+    """Open the listener on ``address``: TLS (mutual with a client CA) when configured."""
+    if tls is None:
+        return server.add_insecure_port(address)
+    try:
+        chain = tls.certificate.read_bytes()
+        client_ca = tls.client_ca.read_bytes() if tls.client_ca else None
+    except OSError as error:
+        raise ConfigError(f"server.tls: cannot read {error.filename}: {error.strerror}") from None
+    credentials = grpc.ssl_server_credentials(
+        [(tls.key.reveal().encode(), chain)],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+    return server.add_secure_port(address, credentials)
 
 
 async def serve(settings: Settings, listen: str | None = None) -> None:

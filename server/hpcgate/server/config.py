@@ -345,10 +345,26 @@ class CredentialsConfig(_Model):
     service_account: str | None = None
 
 
+class TLSConfig(_Model):
+    """TLS of the gRPC listener.
+
+    ``certificate`` is the server's PEM chain, ``key`` its PEM private key.
+    With ``client_ca`` the TLS is mutual: a client must present a certificate
+    that CA signed (the edges', say), or the handshake fails.
+    """
+
+    certificate: Path
+    key: Secret
+    client_ca: Path | None = None
+
+
 class ServerConfig(_Model):
     """Where the server listens."""
 
     listen: str = "127.0.0.1:50051"
+    # Without it the listener is plaintext: for loopback only, since bearer
+    # tokens cross it.
+    tls: TLSConfig | None = None
     metrics_listen: str | None = "127.0.0.1:9464"
     # Seconds that in-flight RPCs get to finish on shutdown.
     shutdown_grace: float = Field(10.0, ge=0)
