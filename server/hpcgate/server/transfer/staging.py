@@ -40,6 +40,7 @@ from dataclasses import asdict
 from typing import Any, ParamSpec, TypeVar
 
 from hpcgate.server.config import S3Config
+from hpcgate.server.coordination import Coordinator, MemoryCoordinator
 from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.transfer.records import (
     DownloadPlan,
@@ -101,12 +102,15 @@ class Staging:
         clock: Callable[[], float] = time.time,
         *,
         gate: Callable[[], None] | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
         """``gate`` raises UNAVAILABLE while the health checker finds S3 down.
 
         Without it, a call to a hung store waits out botocore's timeouts and
-        retries (minutes) before it fails.
+        retries (minutes) before it fails. ``coordinator``: in a fleet, one
+        replica at a time sweeps (the holder of the system's sweep lease).
         """
+        self._coordinator: Coordinator = coordinator or MemoryCoordinator()
         self.system = system
         self.config = config
         self.clients = S3Clients(config, name=f"s3-{system}")
@@ -450,6 +454,11 @@ class Staging:
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.sweep_interval)
+            # The lease outlives one interval, so its holder keeps sweeping
+            # and the others only take over when it stops.
+            lease = f"s3-sweep:{self.system.lower()}"
+            if await self._coordinator.claim(lease, 2 * self.config.sweep_interval) is None:
+                continue  # another replica sweeps this store
             try:
                 aborted = await self.sweep()
             except Exception as error:  # the store may be down: try again next time
