@@ -109,6 +109,8 @@ APT_PACKAGES = (
     "mariadb-client",
     # Transfer jobs move bytes between S3 and the filesystem with curl.
     "curl",
+    # The shared coordination of a fleet of replicas (the fleet tests start their own).
+    "redis-server",
 )
 REQUIRED_FILES = (
     "/usr/sbin/sshd",
@@ -126,6 +128,7 @@ REQUIRED_FILES = (
     "/usr/bin/curl",  # transfer jobs move bytes to and from S3 with it
     "/usr/bin/mariadb",
     "/usr/bin/mariadb-install-db",
+    "/usr/bin/redis-server",
 )
 PORT_NAMES = ("ssh", "slurmctld", "slurmd", "slurmdbd", "mysql", "s3")
 # Start order; stop goes through STOP_WAVES.
