@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
+from redisserver import RedisServer
 
 from hpcgate.server.coordination import LOCAL
 from hpcgate.server.coordination.redis import RETRY_AFTER, RedisCoordinator
-from redisserver import RedisServer
 
 # redis-server comes with the cluster's packages (dev/cluster), not with the venv.
 pytestmark = pytest.mark.cluster
