@@ -250,3 +250,11 @@ async def test_without_redis_replicas_serve_say_so_and_recover(
             break
         await asyncio.sleep(0.5)
     assert health == [True] * REPLICAS
+
+
+async def test_one_replica_at_a_time_sweeps_the_s3_store(fleet: list[LiveService]) -> None:
+    stagings = [r.running.runtime.system(SYSTEM).staging for r in fleet]
+    assert all(staging is not None for staging in stagings)
+    for _ in range(2):  # the same holder keeps its turn
+        swept = [await s.sweep_if_ours() for s in stagings if s is not None]
+        assert [n is not None for n in swept].count(True) == 1, swept

@@ -15,6 +15,8 @@ from redisserver import RedisServer
 
 from hpcgate.server.coordination import LOCAL
 from hpcgate.server.coordination.redis import RETRY_AFTER, RedisCoordinator
+from hpcgate.server.health.checker import HealthChecker
+from hpcgate.server.health.probes import Probe
 
 # redis-server comes with the cluster's packages (dev/cluster), not with the venv.
 pytestmark = pytest.mark.cluster
@@ -110,3 +112,38 @@ async def test_without_redis_a_replica_acts_alone_at_once_and_recovers(
         await a.publish("jobs", b"back", ("poller", token))
         await asyncio.sleep(0.2)
     assert heard and heard[0] == b"back"
+
+
+async def test_one_replica_probes_and_every_replica_reports_its_results(
+    redis_server: RedisServer,
+) -> None:
+    """Three checkers of one system on one Redis: one probes, all answer alike."""
+    prefix = f"h{time.monotonic_ns()}:"
+    coordinators = [RedisCoordinator(redis_server.url, prefix, lease_ttl=2.0) for _ in range(3)]
+    probed: list[int] = []
+
+    def probe_of(replica: int) -> Probe:
+        async def check() -> None:
+            probed.append(replica)
+
+        return Probe("ssh", check)
+
+    checkers = [
+        HealthChecker("daint", [probe_of(i)], 0.3, 1.0, coordinator=c)
+        for i, c in enumerate(coordinators)
+    ]
+    try:
+        for checker in checkers:
+            checker.start()
+        await asyncio.sleep(2.0)
+        assert len(set(probed)) == 1, probed  # one prober ...
+        assert len(probed) <= 2.0 / 0.3 + 2  # ... once per interval
+        # ... and every replica reports its findings (and Redis's health).
+        for checker in checkers:
+            assert {r.service_type for r in checker.results()} == {"ssh", "coordination"}
+            assert all(r.healthy for r in checker.results())
+    finally:
+        for checker in checkers:
+            await checker.stop()
+        for coordinator in coordinators:
+            await coordinator.close()

@@ -8,8 +8,9 @@ connect timeout. Changes are pushed to ``grpc.health.v1`` by a callback.
 
 In a fleet one replica probes each system (the holder of its lease) and
 stores the results in the shared store; the others read them every interval
-instead of probing. When the holder is gone and its results have lapsed,
-or the store is down, a replica probes for itself. :meth:`HealthChecker.results`
+instead of probing; when the prober dies, its lease lapses before its
+results do, and another replica takes the probing over. With the store
+down, each replica probes for itself. :meth:`HealthChecker.results`
 then also carries a ``coordination`` entry: whether the shared store answers.
 """
 
@@ -115,10 +116,10 @@ class HealthChecker:
                 shared = _SHARED.dump_json(list(self._results.values()))
                 await coordinator.store(self._lease, shared, 3 * self._interval + self._timeout)
             return
+        # Nothing stored yet: the prober's first round is under way (its
+        # results outlive its lease, so a dead prober is replaced first).
         stored = await coordinator.load(self._lease)
-        if stored is None:
-            await self.check_now()  # the prober's results lapsed: see for ourselves
-        else:
+        if stored is not None:
             await self._record(_SHARED.validate_json(stored))
 
     async def _probe(self, probe: Probe) -> ServiceHealth:

@@ -210,7 +210,7 @@ class Poller:
                 )
         except Exception:
             log.exception("the job poller of %s failed", self.user)
-            self._fail_all(ServiceError(ErrorKind.INTERNAL, "the job watch failed", "WATCH_FAILED"))
+            self.fail_all(ServiceError(ErrorKind.INTERNAL, "the job watch failed", "WATCH_FAILED"))
         finally:
             for listening in self._listening:
                 listening.close()
@@ -272,7 +272,7 @@ class Poller:
 
     async def _end(self, error: ServiceError, token: int) -> None:
         """End every watch of the user, here and on the other replicas."""
-        self._fail_all(error)
+        self.fail_all(error)
         failure = sharing.Failure(
             self.hub.coordinator.replica, error.code, error.message, error.reason
         )
@@ -284,7 +284,7 @@ class Poller:
         if result.sender == self.hub.coordinator.replica:
             return
         if isinstance(result, sharing.Failure):
-            self._fail_all(result.error())
+            self.fail_all(result.error())
             self.task.cancel()
             return
         joining = [j for j in self.joining if j.joined <= result.joined]
@@ -362,7 +362,7 @@ class Poller:
         # The first answer only sets what "before" means.
         return bool(changes) and settled
 
-    def _fail_all(self, error: ServiceError) -> None:
+    def fail_all(self, error: ServiceError) -> None:
         """End every watch of this poller with ``error``."""
         for watcher in self._followers():
             watcher.fail(error)

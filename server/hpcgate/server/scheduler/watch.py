@@ -133,7 +133,7 @@ class WatchHub:
             ErrorKind.UNAVAILABLE, "the server is shutting down", "SERVER_SHUTDOWN"
         )
         for poller in pollers:
-            poller._fail_all(closing)
+            poller.fail_all(closing)
             poller.task.cancel()
         await asyncio.gather(*(p.task for p in pollers), return_exceptions=True)
         self._pollers.clear()

@@ -451,16 +451,22 @@ class Staging:
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_loop(), name=f"s3-sweep-{self.system}")
 
+    async def sweep_if_ours(self) -> int | None:
+        """Sweep if this replica's turn: None while another replica holds the sweep.
+
+        The lease outlives one interval, so its holder keeps sweeping and the
+        others take over only when it stops.
+        """
+        lease = f"s3-sweep:{self.system.lower()}"
+        if await self._coordinator.claim(lease, 2 * self.config.sweep_interval) is None:
+            return None
+        return await self.sweep()
+
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.sweep_interval)
-            # The lease outlives one interval, so its holder keeps sweeping
-            # and the others only take over when it stops.
-            lease = f"s3-sweep:{self.system.lower()}"
-            if await self._coordinator.claim(lease, 2 * self.config.sweep_interval) is None:
-                continue  # another replica sweeps this store
             try:
-                aborted = await self.sweep()
+                aborted = await self.sweep_if_ours()
             except Exception as error:  # the store may be down: try again next time
                 log.warning("%s: S3 sweep failed: %s", self.system, error)
             else:
