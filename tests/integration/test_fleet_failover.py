@@ -126,7 +126,7 @@ async def test_killed_holder_hands_over_within_the_lease_and_no_transition_is_lo
     metadata = [("authorization", f"Bearer {issuer.token('alice')}")]
     first, second = replicas
     description = scheduler_pb2.JobDescriptionModel(
-        working_directory="/scratch/alice", script="#!/bin/bash\nsleep 12\n"
+        working_directory="/scratch/alice", script="#!/bin/bash\nsleep 25\n"
     )
     submitted = await first.stub.SubmitJob(
         scheduler_pb2.SubmitJobRequest(system_name=SYSTEM, job=description), metadata=metadata
@@ -137,10 +137,14 @@ async def test_killed_holder_hands_over_within_the_lease_and_no_transition_is_lo
         watches = [r.stub.WatchJobs(watch, metadata=metadata) for r in replicas]
         await asyncio.gather(*(w.initial_metadata() for w in watches))
         collecting = [asyncio.ensure_future(collect(w)) for w in watches]
-        await asyncio.sleep(2 * LEASE_TTL)  # the job starts; the holder polls
+        await asyncio.sleep(LEASE_TTL)  # the job starts; the holder polls
+        # The poll interval backs off while nothing changes: watch a while.
         counts = [await r.polls() for r in replicas]
-        await asyncio.sleep(1.5)
-        moving = [await r.polls() > c for r, c in zip(replicas, counts, strict=True)]
+        for _ in range(100):
+            moving = [await r.polls() > c for r, c in zip(replicas, counts, strict=True)]
+            if any(moving):
+                break
+            await asyncio.sleep(0.1)
         assert moving.count(True) == 1, moving  # one poller, fleet-wide
         holder, survivor = (first, second) if moving[0] else (second, first)
         held = collecting[replicas.index(holder)]
