@@ -111,6 +111,8 @@ APT_PACKAGES = (
     "curl",
     # The load balancer of deploy/nginx, tested in front of the edges and servers.
     "nginx",
+    # The shared coordination of a fleet of replicas (the fleet tests start their own).
+    "redis-server",
 )
 REQUIRED_FILES = (
     "/usr/sbin/sshd",
@@ -129,6 +131,7 @@ REQUIRED_FILES = (
     "/usr/bin/mariadb",
     "/usr/sbin/nginx",
     "/usr/bin/mariadb-install-db",
+    "/usr/bin/redis-server",
 )
 PORT_NAMES = ("ssh", "slurmctld", "slurmd", "slurmdbd", "mysql", "s3")
 # Start order; stop goes through STOP_WAVES.

@@ -92,3 +92,15 @@ def test_server_refuses_to_start_naming_the_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "systems.0.ssh.timeouts.connect" in result.stderr
+
+
+def test_coordination_is_in_memory_by_default_and_redis_needs_a_url() -> None:
+    assert parse_config(SKELETON_CONFIG).coordination.backend == "memory"
+    data = copy.deepcopy(SKELETON_CONFIG)
+    data["coordination"] = {"backend": "redis"}
+    with pytest.raises(ConfigError, match=r"coordination: .*url: required with backend redis"):
+        parse_config(data)
+    data["coordination"] = {"backend": "redis", "url": "redis://127.0.0.1:6379/0"}
+    settings = parse_config(data)
+    assert settings.coordination.url == "redis://127.0.0.1:6379/0"
+    assert settings.coordination.lease_ttl == 10.0

@@ -70,6 +70,11 @@ def test_the_site_file_loads_with_the_servers_model() -> None:
     site = yaml.safe_load(_one("ConfigMap", "hpcgate-site")["data"]["site.yaml"])
     settings = parse_config(site)
     assert settings.server.listen.endswith(":50051")
+    # Replicas coordinate through the Redis of redis.yaml.
+    assert settings.coordination.backend == "redis"
+    redis = _one("Service", "hpcgate-redis")
+    port = redis["spec"]["ports"][0]["port"]
+    assert settings.coordination.url == f"redis://{redis['metadata']['name']}:{port}/0"
     # Secrets come by reference: files mounted from Secrets, or variables set from them.
     server = _container("hpcgate-server")
     mounts = [m["mountPath"] for m in server["volumeMounts"]]

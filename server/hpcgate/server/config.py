@@ -374,10 +374,35 @@ class ServerConfig(_Model):
     max_pending_rpcs: int = Field(20_000, ge=1)
 
 
+class CoordinationConfig(_Model):
+    """What the server's replicas share, and where (the README's "Replicas").
+
+    ``memory`` (the default): one process, nothing shared. ``redis``: the
+    replicas share their job pollers, health probes, per-user SSH limits
+    and S3 sweeps through the Redis server at ``url``.
+    """
+
+    backend: Literal["memory", "redis"] = "memory"
+    # redis://host:port/db (or rediss:// for TLS); required with backend redis.
+    url: str | None = None
+    # Prefix of every key and channel, so several fleets can share one Redis.
+    prefix: str = "hpcgate:"
+    # Seconds a lease (a poller, a prober) or an SSH slot outlives its holder's
+    # last renewal: how long a dead replica's duties wait for another.
+    lease_ttl: float = Field(10.0, ge=1, le=300)
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> CoordinationConfig:
+        if self.backend == "redis" and not self.url:
+            raise ValueError("url: required with backend redis (redis://host:port)")
+        return self
+
+
 class Settings(_Model):
     """The whole configuration file."""
 
     server: ServerConfig = ServerConfig()
+    coordination: CoordinationConfig = CoordinationConfig()
     auth: AuthConfig | None = None
     credentials: CredentialsConfig = CredentialsConfig()
     systems: list[SystemConfig] = Field(min_length=1)

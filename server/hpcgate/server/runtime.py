@@ -3,8 +3,9 @@
 A :class:`SystemRuntime` bundles one system's configuration, its SSH pool,
 its scheduler adapters, its job-watch hub, its small-file read batcher,
 its health checker and its cache of user and group names. The
-:class:`Runtime` owns them all, starts the checkers, and on shutdown ends the
-watches and closes the pools.
+:class:`Runtime` owns them all and the coordinator they share with the
+fleet's other replicas (:mod:`.coordination`), starts the checkers, and on
+shutdown ends the watches and closes the pools.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from hpcgate.server.config import Settings, SystemConfig
+from hpcgate.server.coordination import build_coordinator
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.names import IdNames
 from hpcgate.server.filesystem.smallreads import SmallReads
@@ -80,7 +82,9 @@ class Runtime:
 
     def __init__(self, settings: Settings, on_health_change: OnChange | None = None) -> None:
         self.settings = settings
-        self.pools = PoolManager(settings)
+        # What the replicas of a fleet share (in memory: this process alone).
+        self.coordinator = build_coordinator(settings.coordination)
+        self.pools = PoolManager(settings, coordinator=self.coordinator)
         self.systems: dict[str, SystemRuntime] = {}
         service_account = settings.credentials.service_account
         for config in settings.systems:
@@ -97,6 +101,7 @@ class Runtime:
                 config.probing.interval,
                 config.probing.timeout,
                 on_health_change,
+                self.coordinator,
             )
             jobs = SlurmJobs()
             timeout = config.ssh.timeouts.command
@@ -107,10 +112,16 @@ class Runtime:
                 partial(checker.require, "ssh", "scheduler"),
                 config.scheduler.poll_min_interval,
                 config.scheduler.poll_max_interval,
+                self.coordinator,
             )
             staging = None
             if config.s3 is not None:
-                staging = Staging(config.name, config.s3, gate=partial(checker.require, "s3"))
+                staging = Staging(
+                    config.name,
+                    config.s3,
+                    gate=partial(checker.require, "s3"),
+                    coordinator=self.coordinator,
+                )
             self.systems[config.name.lower()] = SystemRuntime(
                 config,
                 pool,
@@ -151,3 +162,4 @@ class Runtime:
         await asyncio.gather(*(s.watch.close() for s in self.systems.values()))
         await asyncio.gather(*(s.reads.close() for s in self.systems.values()))
         await self.pools.close()
+        await self.coordinator.close()

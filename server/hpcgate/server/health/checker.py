@@ -5,6 +5,13 @@ by ``probing.timeout``, and keeps the latest result per service. Requests
 consult it through :meth:`HealthChecker.require`, so a call to a service
 known to be down fails at once with UNAVAILABLE instead of waiting for a
 connect timeout. Changes are pushed to ``grpc.health.v1`` by a callback.
+
+In a fleet one replica probes each system (the holder of its lease) and
+stores the results in the shared store; the others read them every interval
+instead of probing; when the prober dies, its lease lapses before its
+results do, and another replica takes the probing over. With the store
+down, each replica probes for itself. :meth:`HealthChecker.results`
+then also carries a ``coordination`` entry: whether the shared store answers.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from pydantic import TypeAdapter
+
+from hpcgate.server.coordination import LOCAL, Coordinator, MemoryCoordinator
 from hpcgate.server.errors import ErrorKind, ServiceError, redact_addresses
 from hpcgate.server.health.probes import Probe
 
@@ -36,6 +46,8 @@ class ServiceHealth:
 
 
 OnChange = Callable[[str, dict[str, bool]], Awaitable[None]]
+
+_SHARED: TypeAdapter[list[ServiceHealth]] = TypeAdapter(list[ServiceHealth])
 
 
 def _describe(error: BaseException) -> str:
@@ -57,8 +69,12 @@ class HealthChecker:
         interval: float,
         timeout: float,
         on_change: OnChange | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
+        """``coordinator`` shares the probing with the fleet (default: this process alone)."""
         self.system = system
+        self._coordinator: Coordinator = coordinator or MemoryCoordinator()
+        self._lease = f"health:{system.lower()}"
         self._probes = list(probes)
         self._interval = interval
         self._timeout = timeout
@@ -83,8 +99,28 @@ class HealthChecker:
     async def _loop(self) -> None:
         while True:
             started = time.monotonic()
-            await self.check_now()
+            await self._round()
             await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
+
+    async def _round(self) -> None:
+        """Probe, or, in a fleet, take the results of the replica whose turn it is."""
+        coordinator = self._coordinator
+        if not coordinator.shared:
+            await self.check_now()
+            return
+        # The lease outlives a round (probes included) so the holder keeps it.
+        token = await coordinator.claim(self._lease, 2 * self._interval + self._timeout)
+        if token is not None:
+            await self.check_now()
+            if token != LOCAL:
+                shared = _SHARED.dump_json(list(self._results.values()))
+                await coordinator.store(self._lease, shared, 3 * self._interval + self._timeout)
+            return
+        # Nothing stored yet: the prober's first round is under way (its
+        # results outlive its lease, so a dead prober is replaced first).
+        stored = await coordinator.load(self._lease)
+        if stored is not None:
+            await self._record(_SHARED.validate_json(stored))
 
     async def _probe(self, probe: Probe) -> ServiceHealth:
         started = time.monotonic()
@@ -99,8 +135,11 @@ class HealthChecker:
 
     async def check_now(self) -> None:
         """Run every probe once and record the results."""
+        await self._record(await asyncio.gather(*(self._probe(p) for p in self._probes)))
+
+    async def _record(self, results: Sequence[ServiceHealth]) -> None:
+        """Keep ``results`` as the latest; report a change."""
         before = self.by_type()
-        results = await asyncio.gather(*(self._probe(p) for p in self._probes))
         self._results = {(r.service_type, r.path): r for r in results}
         self.last_run = datetime.now(UTC)
         self._first_run.set()
@@ -118,7 +157,14 @@ class HealthChecker:
                 await self._on_change(self.system, after)
 
     def results(self) -> list[ServiceHealth]:
-        return list(self._results.values())
+        """The latest result per probe; in a fleet, the shared store's health too."""
+        results = list(self._results.values())
+        state = self._coordinator.health()
+        if state.shared and self.last_run is not None:
+            results.append(
+                ServiceHealth("coordination", state.healthy, self.last_run, message=state.message)
+            )
+        return results
 
     def by_type(self) -> dict[str, bool]:
         """Healthy per service type (a type is healthy when all its probes are)."""

@@ -69,6 +69,7 @@ from functools import partial
 import asyncssh
 
 from hpcgate.server.config import Settings, SSHConfig, SystemConfig
+from hpcgate.server.coordination import Coordinator, MemoryCoordinator
 from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.ssh import login
 from hpcgate.server.ssh.connection import (
@@ -84,6 +85,7 @@ from hpcgate.server.ssh.credentials import (
 )
 from hpcgate.server.ssh.deadlines import MIN_COMMAND_TIME, command_timeout, cut_to_deadline
 from hpcgate.server.ssh.errors import describe, unavailable
+from hpcgate.server.ssh.fleet import FleetSlots
 from hpcgate.server.ssh.metrics import PoolMetrics
 from hpcgate.server.ssh.shares import Share
 from hpcgate.server.ssh.userpool import UserPool, UserStats
@@ -103,8 +105,17 @@ class PoolStats:
 class SSHPool:
     """The SSH connections to one system, pooled per user. See the module doc."""
 
-    def __init__(self, system: SystemConfig, credentials: CredentialProvider) -> None:
-        """``credentials`` supplies each user's key and certificate at connect time."""
+    def __init__(
+        self,
+        system: SystemConfig,
+        credentials: CredentialProvider,
+        coordinator: Coordinator | None = None,
+    ) -> None:
+        """``credentials`` supplies each user's key and certificate at connect time.
+
+        ``coordinator``: in a fleet, a user's ``max_connections`` counts every
+        replica's connections (:mod:`.fleet`); by default this process alone.
+        """
         self.name = system.name
         self.ssh: SSHConfig = system.ssh
         self.limits = system.ssh.pool
@@ -117,6 +128,9 @@ class SSHPool:
             system.name, "scheduler", self.limits.scheduler_commands, self.scheduler_timeout
         )
         self._credentials = credentials
+        self.fleet = FleetSlots(
+            system.name, coordinator or MemoryCoordinator(), self.limits.max_connections
+        )
         self._users: dict[str, UserPool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Every connection whose transport is open, pooled or draining.
@@ -237,6 +251,7 @@ class SSHPool:
         for conn in connections:
             conn.close()
         await asyncio.gather(*(conn.wait_closed() for conn in connections))
+        await self.fleet.close()
 
     # -- used by UserPool (its PoolOwner) ----------------------------------
 
@@ -326,14 +341,21 @@ class SSHPool:
 class PoolManager:
     """One :class:`SSHPool` per configured system, sharing one credential provider."""
 
-    def __init__(self, settings: Settings, credentials: CredentialProvider | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        credentials: CredentialProvider | None = None,
+        coordinator: Coordinator | None = None,
+    ) -> None:
         """Build the pools; ``credentials`` defaults to what ``settings.credentials`` says."""
         if credentials is None:
             credentials = build_credential_provider(
                 settings.credentials,
                 allow_port_forwarding=any(s.ssh.proxy_jump for s in settings.systems),
             )
-        self._pools = {s.name.lower(): SSHPool(s, credentials) for s in settings.systems}
+        self._pools = {
+            s.name.lower(): SSHPool(s, credentials, coordinator) for s in settings.systems
+        }
 
     def pool(self, system_name: str) -> SSHPool:
         """The pool of ``system_name`` (case-insensitive); NOT_FOUND if not configured."""

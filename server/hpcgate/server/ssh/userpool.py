@@ -26,6 +26,7 @@ from hpcgate.server.config import SSHPoolLimits, SSHTimeouts
 from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.ssh.connection import Connection, SlotKind
 from hpcgate.server.ssh.errors import unavailable
+from hpcgate.server.ssh.fleet import FleetSlots
 from hpcgate.server.ssh.metrics import PoolMetrics
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 # Seconds between connection attempts after one failed, while other
 # connections of the user still serve its queue.
 CONNECT_RETRY_DELAY = 1.0
+# Seconds before a queue that found the user's fleet-wide slots all taken
+# (by other replicas) asks again.
+FLEET_RETRY_DELAY = 0.25
 
 
 class PoolOwner(Protocol):
@@ -45,6 +49,8 @@ class PoolOwner(Protocol):
     closed: bool
     # Every connection whose transport is open, pooled or draining.
     live: set[Connection]
+    # The users' connections counted fleet-wide.
+    fleet: FleetSlots
 
     def spawn(self, coro: Coroutine[object, object, None]) -> None:
         """Run ``coro`` as a background task that closing the pool cancels."""
@@ -111,6 +117,9 @@ class UserPool:
         # After a failed connect, no further one before this time while
         # connections exist (they serve the queue meanwhile).
         self.grow_after = 0.0
+        # The fleet-wide slot of each connection (see :mod:`.fleet`).
+        self.slots: dict[Connection, str] = {}
+        self._fleet_retry: asyncio.TimerHandle | None = None
 
     @property
     def idle(self) -> bool:
@@ -263,17 +272,36 @@ class UserPool:
             self.owner.spawn(self._connect())
 
     async def _connect(self) -> None:
-        """Open one connection (a background task: no request owns it)."""
+        """Open one connection (a background task: no request owns it).
+
+        It takes one of the user's fleet-wide slots first; with all taken by
+        other replicas, the queue asks again shortly (their connections
+        close when idle) and is served by this replica's connections meanwhile.
+        """
+        try:
+            slot = await self.owner.fleet.take(self.user)
+        except BaseException:
+            self.connecting -= 1
+            raise
+        if slot is None:
+            self.connecting -= 1
+            self._retry_fleet()
+            return
         try:
             conn = await self.owner.open_connection(self.user, self._lost)
         except ServiceError as error:
             self.connecting -= 1
+            self.owner.fleet.give(self.user, slot)
             self._connect_failed(error)
             return
         except BaseException:
             self.connecting -= 1
+            self.owner.fleet.give(self.user, slot)
             raise
         self.connecting -= 1
+        self.slots[conn] = slot
+        if conn.conn.is_closed():  # its loss was reported already
+            self.owner.fleet.give(self.user, self.slots.pop(conn))
         if conn.conn.is_closed() or self.owner.closed:
             conn.retired = True  # never pooled: the loss callback ignores it
             conn.close()
@@ -290,6 +318,18 @@ class UserPool:
         if conn.in_use == 0:
             self._arm_idle_timer(conn)
 
+    def _retry_fleet(self) -> None:
+        """Try to grow again soon: the fleet had no slot for this user."""
+        if self._fleet_retry is None:
+            self._fleet_retry = asyncio.get_running_loop().call_later(
+                FLEET_RETRY_DELAY, self._fleet_retried
+            )
+        self.owner.forget_if_idle(self)
+
+    def _fleet_retried(self) -> None:
+        self._fleet_retry = None
+        self._grow()
+
     def _connect_failed(self, error: ServiceError) -> None:
         """Fail the queue when no connection exists or is coming; else let it wait."""
         self.owner.metrics.connect_failed(error.reason)
@@ -303,6 +343,9 @@ class UserPool:
     def _lost(self, conn: Connection, exc: Exception | None) -> None:
         """asyncssh reports ``conn`` closed; drop it unless the pool closed it."""
         self.owner.live.discard(conn)
+        slot = self.slots.pop(conn, None)
+        if slot is not None:
+            self.owner.fleet.give(self.user, slot)
         if conn.retired:
             return
         log.warning(

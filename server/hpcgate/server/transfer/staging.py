@@ -40,6 +40,7 @@ from dataclasses import asdict
 from typing import Any, ParamSpec, TypeVar
 
 from hpcgate.server.config import S3Config
+from hpcgate.server.coordination import Coordinator, MemoryCoordinator
 from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.transfer.records import (
     DownloadPlan,
@@ -101,12 +102,15 @@ class Staging:
         clock: Callable[[], float] = time.time,
         *,
         gate: Callable[[], None] | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
         """``gate`` raises UNAVAILABLE while the health checker finds S3 down.
 
         Without it, a call to a hung store waits out botocore's timeouts and
-        retries (minutes) before it fails.
+        retries (minutes) before it fails. ``coordinator``: in a fleet, one
+        replica at a time sweeps (the holder of the system's sweep lease).
         """
+        self._coordinator: Coordinator = coordinator or MemoryCoordinator()
         self.system = system
         self.config = config
         self.clients = S3Clients(config, name=f"s3-{system}")
@@ -447,11 +451,22 @@ class Staging:
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_loop(), name=f"s3-sweep-{self.system}")
 
+    async def sweep_if_ours(self) -> int | None:
+        """Sweep if this replica's turn: None while another replica holds the sweep.
+
+        The lease outlives one interval, so its holder keeps sweeping and the
+        others take over only when it stops.
+        """
+        lease = f"s3-sweep:{self.system.lower()}"
+        if await self._coordinator.claim(lease, 2 * self.config.sweep_interval) is None:
+            return None
+        return await self.sweep()
+
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.sweep_interval)
             try:
-                aborted = await self.sweep()
+                aborted = await self.sweep_if_ours()
             except Exception as error:  # the store may be down: try again next time
                 log.warning("%s: S3 sweep failed: %s", self.system, error)
             else:
