@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from hpcgate.edge.app import create_app
 from hpcgate.edge.body import BodyLimits
 from hpcgate.edge.serve import EdgeServer, ServeOptions, edge_config
+from hpcgate.edge.upstream import UpstreamTLS
 
 
 def main(argv: list[str] | None = None) -> None:
     defaults, serving = BodyLimits(), ServeOptions()
     parser = argparse.ArgumentParser(prog="hpcgate-edge", description=__doc__)
-    parser.add_argument("--server", default="127.0.0.1:50051", help="gRPC server, host:port")
+    parser.add_argument(
+        "--server",
+        default="127.0.0.1:50051",
+        help="gRPC server(s): host:port, a comma-separated list, or a resolver target such as"
+        " dns:///servers.example.org:50051 (calls are balanced round robin)",
+    )
+    parser.add_argument("--server-ca", type=Path, help="TLS to the servers, trusting this CA (PEM)")
+    parser.add_argument(
+        "--client-cert", type=Path, help="with --server-ca: the edge's certificate (mutual TLS)"
+    )
+    parser.add_argument("--client-key", type=Path, help="with --client-cert: its private key")
     parser.add_argument("--host", default=serving.host, help="address to listen on")
     parser.add_argument("--port", type=int, default=serving.port, help="port to listen on")
     parser.add_argument(
@@ -65,7 +77,11 @@ def main(argv: list[str] | None = None) -> None:
         min_rate=args.body_min_rate,
         grace=args.body_grace,
     )
-    app = create_app(args.server, timeout=args.timeout, limits=limits)
+    mutual = (args.client_cert, args.client_key)
+    if any(mutual) and not (args.server_ca and all(mutual)):
+        parser.error("--client-cert and --client-key go together, with --server-ca")
+    tls = UpstreamTLS(args.server_ca, args.client_cert, args.client_key) if args.server_ca else None
+    app = create_app(args.server, timeout=args.timeout, limits=limits, tls=tls)
     options = ServeOptions(
         host=args.host,
         port=args.port,

@@ -46,6 +46,7 @@ from hpcgate.edge.headers import ResponseHeaders, attachment, set_username, user
 from hpcgate.edge.jsonmap import to_json
 from hpcgate.edge.openapi import openapi_document
 from hpcgate.edge.transcode import BadRequestError, Built, body_limit, build_request
+from hpcgate.edge.upstream import UpstreamTLS, open_channel
 from hpcgate.v1 import status_pb2
 
 _FORWARDED_HEADERS = ("authorization",)
@@ -92,8 +93,18 @@ def _username(metadata: Any) -> str:
 class Edge:
     """Holds the gRPC channel and serves every binding through it."""
 
-    def __init__(self, target: str, timeout: float, limits: BodyLimits) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout: float,
+        limits: BodyLimits,
+        idempotent: frozenset[str] = frozenset(),
+        tls: UpstreamTLS | None = None,
+    ) -> None:
         self.target = target
+        # RPC paths retried on UNAVAILABLE (those of GET routes), and TLS to the servers.
+        self.idempotent = idempotent
+        self.tls = tls
         self.timeout = timeout
         self.limits = limits
         self.channel: grpc.aio.Channel | None = None
@@ -106,7 +117,7 @@ class Edge:
 
     def open(self) -> None:
         """Open the channel to the server (the app's lifespan starts)."""
-        self.channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        self.channel = open_channel(self.target, self.idempotent, CHANNEL_OPTIONS, self.tls)
         self._callables.clear()
 
     async def close(self) -> None:
@@ -361,8 +372,9 @@ def create_app(
     timeout: float = 300.0,
     max_form_body: int | None = None,
     limits: BodyLimits | None = None,
+    tls: UpstreamTLS | None = None,
 ) -> EdgeApp:
-    """The edge for the gRPC server at ``target`` (``host:port``).
+    """The edge for the gRPC server(s) at ``target`` (see :mod:`.upstream`).
 
     ``limits`` bound what the edge reads of a body, and how patiently;
     ``max_form_body`` overrides their upload limit (multipart bodies).
@@ -370,8 +382,9 @@ def create_app(
     limits = limits or BodyLimits()
     if max_form_body is not None:
         limits = dataclasses.replace(limits, upload=max_form_body)
-    edge = Edge(target, timeout, limits)
     bindings = bindings_of(hpcgate_services())
+    reads = frozenset(b.rpc_path for b in bindings if b.verb == "GET")
+    edge = Edge(target, timeout, limits, reads, tls)
     by_path: dict[str, dict[str, Binding]] = {}
     for binding in bindings:  # already sorted, most specific first
         by_path.setdefault(binding.route_path, {})[binding.verb] = binding

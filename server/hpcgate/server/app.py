@@ -132,8 +132,11 @@ EDGE_UPLOAD_BODY = 64 * 1024 * 1024
 TEXT_EXPANSION = 3
 
 
+KEEPALIVE_MS = 60_000
+
+
 def _channel_options(settings: Settings) -> list[tuple[str, int]]:
-    """Message size limits, and how many calls may wait.
+    """Message size limits, how many calls may wait, and keepalive.
 
     The limits sit above everything the servicers let through, so that a
     size limit is always the servicer's FILE_TOO_LARGE (HTTP 413 with its
@@ -156,6 +159,16 @@ def _channel_options(settings: Settings) -> list[tuple[str, int]]:
         # above auth.max_token_bytes the server refuses it itself (TOKEN_TOO_LARGE).
         ("grpc.max_metadata_size", METADATA_LIMIT),
         ("grpc.absolute_max_metadata_size", METADATA_LIMIT),
+        # Keepalive: ping each client every KEEPALIVE_MS, so that a quiet watch
+        # stream keeps a proxy's connection in use and a vanished client is
+        # noticed; and take the pings of clients that do the same (the edges
+        # ping every 30 s while a call is open). gRPC's default would answer a
+        # ping more often than every 5 minutes without data with GOAWAY.
+        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 0),
     ]
 
 

@@ -22,6 +22,11 @@ from grpc_status import rpc_status
 from hpcgate.server.errors import ErrorKind, ServiceError
 
 DOMAIN = "hpcgate.dev"
+# Trailing metadata of a server's own UNAVAILABLE (a backend down): a negative
+# pushback tells a gRPC client's retry policy not to try again. Retries on
+# UNAVAILABLE are for a replica that went away (the edge's service config,
+# hpcgate/edge/upstream.py); a hung scheduler must cost one timeout, not three.
+NO_RETRY = ("grpc-retry-pushback-ms", "-1")
 
 # Every kind by name, so that the REST edge's HTTP statuses follow the codes
 # it always had; tests/unit/test_rpc_errors.py checks that none is missing.
@@ -69,9 +74,15 @@ def to_status(error: ServiceError) -> grpc.Status:
             )
         )
         details.append(bad)
-    code: int = grpc_code(error.code).value[0]
-    status = status_pb2.Status(code=code, message=error.message, details=details)
-    return rpc_status.to_status(status)
+    grpc_status = grpc_code(error.code)
+    code: int = grpc_status.value[0]
+    status = rpc_status.to_status(
+        status_pb2.Status(code=code, message=error.message, details=details)
+    )
+    if grpc_status is grpc.StatusCode.UNAVAILABLE:
+        trailing = (*status.trailing_metadata, NO_RETRY)
+        status = cast(Any, status)._replace(trailing_metadata=trailing)
+    return status
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: ServiceError) -> NoReturn:
