@@ -12,8 +12,9 @@ server batches them itself:
   rate of direct reads (``data_operation.direct_read_burst`` and
   ``direct_read_rate``, a token bucket) and nothing is queued: a lone
   download, or a handful, keeps SFTP's latency (1.4 ms, against ~4.5 ms for
-  starting the batch's processes). How many reads are in flight is no
-  measure of load: gRPC queues arriving calls before they reach the
+  starting the batch's processes). So does a lone read whatever the bucket
+  says: downloads one after another never wait for a batch of one. How
+  many reads are in flight is no measure of load: gRPC queues arriving calls before they reach the
   servicer, so a server saturated by 1,000 concurrent downloads still sees
   only a few in flight at a time.
 * Beyond that it queues. A batch takes the queued paths (up to
@@ -148,12 +149,21 @@ class _UserReads:
         self.refilled = now
 
     def take_direct(self) -> bool:
-        """Whether a read may go straight to SFTP now (and if so, spend its token)."""
+        """Whether a read may go straight to SFTP now (and if so, spend its token).
+
+        A lone read (nothing else of the user's in flight or queued) goes
+        direct even with the bucket empty: its batch would carry that one
+        file only, and cost a tar's processes plus :data:`GATHER_TIME` for it
+        (downloads one after another took ~3x the SFTP floor each). A burst
+        of 0 turns direct reads off altogether.
+        """
         self._refill()
-        if self.queue or self.tokens < 1:
+        if self.queue:
             return False
-        self.tokens -= 1
-        return True
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return self.burst > 0 and not self.direct and not self.batches
 
     def forgettable(self) -> bool:
         """Nothing in flight and the bucket full again: a fresh state would be the same."""
