@@ -89,11 +89,12 @@ async def _run(
                 ClientPerConnection(stack.rest_url, stack.headers(), plan.timeout) as rest,
             ):
                 ctx = Context(stack, plan, dataset, ssh, channel, http, rest, sizes)
-                figures = [await memory.server_rss(ctx, "idle")]
+                idle = await memory.rss(ctx, memory.IDLE)
+                figures = list(idle)
                 for name in selected:
                     figures += await _guarded(name, SCENARIOS[name], ctx, notes)
-                    if name == "small_files":
-                        figures.append(await memory.server_rss(ctx, "after small files"))
+                    if name in ("small_files", "load"):
+                        figures += await memory.settled(ctx, idle, f"after {name}")
                 return figures
         finally:
             try:

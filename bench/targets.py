@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bench.model import Figure, Status
-from bench.scenarios.small_files import REST
+from bench.scenarios import load, memory
+from bench.scenarios.small_files import REST, REST_AIOHTTP
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,36 @@ TARGETS = (
         2.0,
     ),
     Target(
+        "1,000 files over REST (aiohttp): <= 1.0x SFTP floor",
+        "small_files",
+        REST_AIOHTTP,
+        {"n": 1000},
+        "ratio",
+        "<=",
+        1.0,
+    ),
+    Target(
+        "1,000 files over REST (httpx): <= 1.5x SFTP floor",
+        "small_files",
+        REST,
+        {"n": 1000},
+        "ratio",
+        "<=",
+        1.5,
+    ),
+    *(
+        Target(
+            f"One small download over REST ({client}): <= 2x SFTP floor",
+            "small_files",
+            figure,
+            {"n": 1},
+            "ratio",
+            "<=",
+            2.0,
+        )
+        for client, figure in (("aiohttp", REST_AIOHTTP), ("httpx", REST))
+    ),
+    Target(
         "Bulk retrieval of 1,000 files: <= 0.1 s",
         "small_files",
         "gRPC BulkDownload (1 call)",
@@ -77,6 +108,54 @@ TARGETS = (
             0.7,
         )
         for c in (1, 64)
+    ),
+    Target(
+        f"Load, {load.STATUS}: server + edge CPU <= 0.35 ms per request",
+        "load",
+        f"{load.STATUS}: {load.CPU}",
+        {},
+        "median",
+        "<=",
+        0.35,
+    ),
+    Target(
+        f"Load, {load.STATUS}: >= 3,000 req/s",
+        "load",
+        f"{load.STATUS}: throughput",
+        {},
+        "median",
+        ">=",
+        3000,
+    ),
+    Target(
+        f"Load, {load.STATUS}: p99 <= 300 ms",
+        "load",
+        f"{load.STATUS}: p99 latency",
+        {},
+        "median",
+        "<=",
+        300,
+    ),
+    Target(
+        "Server + edge idle: <= 150 MiB RSS",
+        "memory",
+        f"{memory.BOTH}, {memory.IDLE}",
+        {},
+        "median",
+        "<=",
+        150,
+    ),
+    *(
+        Target(
+            f"Server + edge RSS {when}: <= 1.1x idle",
+            "memory",
+            f"{memory.BOTH}, {when}, up to {memory.SETTLE_TIME:.0f} s later",
+            {},
+            "ratio",
+            "<=",
+            memory.SETTLED,
+        )
+        for when in ("after small_files", "after load")
     ),
     *(
         Target(

@@ -33,6 +33,8 @@ MAX_DURATION = "120s"  # upper bound only: the harness stops wrk after 10 reques
 REQUEST_TIMEOUT = "30s"
 LUA = ROOT / "bench" / "wrk.lua"
 SOCKET_ERRORS = ("connect_errors", "read_errors", "write_errors", "timeouts")
+CPU = "server + edge CPU per request"
+STATUS = "GET /status/systems"
 
 
 def wrk_path() -> str:
@@ -88,6 +90,7 @@ def _figures(target: str, params: dict[str, Any]) -> dict[str, Figure]:
         "errors": figure("errors (non-2xx + socket)", "count"),
         "server_cpu": figure("server CPU per request", "ms"),
         "edge_cpu": figure("edge CPU per request", "ms"),
+        "cpu": figure(CPU, "ms"),
     }
 
 
@@ -114,6 +117,7 @@ async def _target(ctx: Context, wrk: str, target: str, path: str) -> list[Figure
             "errors": result["non2xx"] + sum(result[k] for k in SOCKET_ERRORS),
             "server_cpu": cpu["server"] * 1000 / requests,
             "edge_cpu": cpu["edge"] * 1000 / requests,
+            "cpu": (cpu["server"] + cpu["edge"]) * 1000 / requests,
         }
 
     await measure_many(figures, ctx.plan, once)
@@ -129,6 +133,6 @@ async def run(ctx: Context) -> list[Figure]:
         failed = Figure(SCENARIO, "wrk", "", status=Status.FAILED, detail=str(error))
         return [failed]
     ls = f"/filesystem/{ctx.stack.system}/ops/ls?path={quote(ctx.dataset.tiny_dir)}"
-    figures = await _target(ctx, wrk, "GET /status/systems", "/status/systems")
+    figures = await _target(ctx, wrk, STATUS, "/status/systems")
     figures += await _target(ctx, wrk, "GET ops/ls (10 entries)", ls)
     return figures

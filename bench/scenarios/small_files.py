@@ -22,7 +22,7 @@ import asyncssh
 import httpx
 
 from bench.context import Context
-from bench.httpclients import CONNECTIONS, ClientPerConnection
+from bench.httpclients import CONNECTIONS, AiohttpClient, ClientPerConnection
 from bench.measure import Stopwatch, check_http, measure, unimplemented_is_not_available
 from bench.model import Figure, WrongBytesError
 from bench.remote import SMALL_SIZE, output, small_name, verify
@@ -32,6 +32,7 @@ from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
 SCENARIO = "small_files"
 BASELINE = "SFTP floor"
 REST = f"REST download (httpx, {CONNECTIONS} clients x 1 connection)"
+REST_AIOHTTP = f"REST download (aiohttp, one session of {CONNECTIONS} connections)"
 HTTP_FLOOR = f"REST client floor (httpx, {CONNECTIONS} clients, trivial HTTP server)"
 Fetch = Callable[[list[str]], Awaitable[list[bytes]]]
 
@@ -170,8 +171,8 @@ async def _rest_floor(floor: ClientPerConnection, count: int) -> float:
     return elapsed
 
 
-def _fetchers(ctx: Context) -> dict[str, Fetch]:
-    """The ways of fetching files through hpcgate, by figure name."""
+def _fetchers(ctx: Context, aio: AiohttpClient) -> dict[str, Fetch]:
+    """The ways of fetching files through hpcgate, by figure name (``aio``: to the edge)."""
     stub = filesystem_pb2_grpc.FilesystemStub(ctx.channel)
     system, metadata = ctx.stack.system, ctx.stack.metadata()
 
@@ -191,6 +192,13 @@ def _fetchers(ctx: Context) -> dict[str, Fetch]:
             check_http(response)
         return [response.content for response in responses]
 
+    async def rest_aiohttp(paths: list[str]) -> list[bytes]:
+        url = f"/filesystem/{system}/ops/download"
+        responses = await aio.get_all(url, [{"path": path} for path in paths])
+        for response in responses:
+            check_http(response)
+        return [response.content for response in responses]
+
     async def rest_one_client(paths: list[str]) -> list[bytes]:
         return list(await asyncio.gather(*(_rest(ctx.http, system, path) for path in paths)))
 
@@ -201,6 +209,7 @@ def _fetchers(ctx: Context) -> dict[str, Fetch]:
         "gRPC DownloadStream (1 RPC/file)": stream,
         "gRPC Download (1 RPC/file)": unary,
         REST: rest,
+        REST_AIOHTTP: rest_aiohttp,
         "REST download (httpx, one client)": rest_one_client,
         "gRPC BulkDownload (1 call)": bulk,
     }
@@ -251,8 +260,11 @@ async def _floors(ctx: Context, floor: ClientPerConnection, count: int) -> list[
 async def run(ctx: Context) -> list[Figure]:
     """Every N: the three floors, then every hpcgate path, each checked byte for byte."""
     figures: list[Figure] = []
-    fetchers = _fetchers(ctx)
-    async with ClientPerConnection(ctx.stack.http_floor_url, {}, ctx.plan.timeout) as floor:
+    async with (
+        ClientPerConnection(ctx.stack.http_floor_url, {}, ctx.plan.timeout) as floor,
+        AiohttpClient(ctx.stack.rest_url, ctx.stack.headers(), ctx.plan.timeout) as aio,
+    ):
+        fetchers = _fetchers(ctx, aio)
         for count in ctx.sizes:
             figures += await _floors(ctx, floor, count)
             paths = ctx.dataset.small_paths(count)

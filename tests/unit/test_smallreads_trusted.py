@@ -24,3 +24,16 @@ def test_only_diagnostics_about_absent_files_are_trusted() -> None:
     assert not smallreads.trusted(CommandResult(124, b"", b""))
     # Two writers' lines interleaved on one pipe are not understood, so not trusted.
     assert not smallreads.trusted(CommandResult(2, b"", b"find: tar: " + absent))
+
+
+def test_a_lone_read_goes_direct_even_with_the_bucket_empty() -> None:
+    state = smallreads.UserReads(burst=1, rate=0.0, tokens=1)
+    assert state.take_direct()  # the burst's one token
+    state.direct = 1
+    assert not state.take_direct()  # another read in flight, no token: it queues
+    state.direct = 0
+    assert state.take_direct()  # alone again: a batch of one would only add latency
+    state.batches = 1
+    assert not state.take_direct()
+    off = smallreads.UserReads(burst=0, rate=0.0, tokens=0)
+    assert not off.take_direct()  # a burst of 0 batches every read

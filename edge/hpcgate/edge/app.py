@@ -45,6 +45,7 @@ from hpcgate.edge.guard import TokenRefusedError, TokenVerifier, bearer_token
 from hpcgate.edge.headers import ResponseHeaders, attachment, set_username, username_of
 from hpcgate.edge.jsonmap import to_json
 from hpcgate.edge.openapi import openapi_document
+from hpcgate.edge.rendered import RenderedReplies
 from hpcgate.edge.transcode import BadRequestError, Built, body_limit, build_request
 from hpcgate.edge.upstream import UpstreamTLS, open_channel
 from hpcgate.v1 import status_pb2
@@ -108,9 +109,11 @@ class Edge:
         self.timeout = timeout
         self.limits = limits
         self.channel: grpc.aio.Channel | None = None
-        # One multi-callable per RPC path, built on first use: building one
-        # per request costs more than a small RPC's own work in the edge.
-        self._callables: dict[str, Any] = {}
+        # One multi-callable per RPC path (and reply form), built on first
+        # use: building one per request costs more than a small RPC's own
+        # work in the edge.
+        self._callables: dict[tuple[str, bool], Any] = {}
+        self.rendered = RenderedReplies()
         self.verifier = TokenVerifier(self._verify)
         self.draining = False
         self._streams: set[grpc.aio.UnaryStreamCall[Any, Any]] = set()
@@ -139,9 +142,15 @@ class Edge:
         metadata.append(("x-request-id", request_id))
         return metadata
 
-    def _callable(self, path: str, streaming: bool, deserialize: Callable[[bytes], Any]) -> Any:
-        """The multi-callable of the RPC at ``path`` on the current channel (cached)."""
-        callable_ = self._callables.get(path)
+    def _callable(
+        self, path: str, streaming: bool, deserialize: Callable[[bytes], Any] | None
+    ) -> Any:
+        """The multi-callable of the RPC at ``path`` on the current channel (cached).
+
+        ``deserialize`` None: the call answers the reply's bytes, unparsed.
+        """
+        key = (path, deserialize is None)
+        callable_ = self._callables.get(key)
         if callable_ is None:
             if self.channel is None:  # an app driven without its lifespan (ASGI test transport)
                 self.open()
@@ -150,17 +159,17 @@ class Edge:
             callable_ = factory(
                 path, request_serializer=_serialize, response_deserializer=deserialize
             )
-            self._callables[path] = callable_
+            self._callables[key] = callable_
         return callable_
 
     def _call(self, binding: Binding) -> Any:
-        return self._callable(
-            binding.rpc_path, binding.server_streaming, binding.response_class.FromString
-        )
+        # A JSON reply stays bytes until it is rendered (:mod:`.rendered`).
+        deserialize = None if _renders_json(binding) else binding.response_class.FromString
+        return self._callable(binding.rpc_path, binding.server_streaming, deserialize)
 
     async def _verify(self, token: str) -> str:
         """Ask the server about ``token``: the username it accepts it for, or its refusal."""
-        verify = self._callable(_VERIFY_PATH, False, status_pb2.ListSystemsResponse.FromString)
+        verify = self._callable(_VERIFY_PATH, False, None)  # only the verdict counts
         call = verify(
             status_pb2.ListSystemsRequest(),
             metadata=[("authorization", f"Bearer {token}")],
@@ -243,9 +252,12 @@ class Edge:
             set_username(request.scope, username)
         return self._reply(binding, reply, built.message)
 
-    def _reply(
-        self, binding: Binding, reply: message.Message, rpc_request: message.Message
-    ) -> Response:
+    def _reply(self, binding: Binding, reply: Any, rpc_request: message.Message) -> Response:
+        if _renders_json(binding):  # the reply's bytes
+            body = self.rendered.body(
+                binding.response_class, binding.rpc_path, binding.response_body, reply
+            )
+            return Response(body, binding.success_code, media_type="application/json")
         if binding.raw_response:
             body = reply
             response = Response(
@@ -258,12 +270,7 @@ class Edge:
             if name:
                 response.headers["content-disposition"] = attachment(name)
             return response
-        if binding.success_code == 204:
-            return Response(status_code=204)
-        if binding.response_body:
-            value = to_json(reply).get(binding.response_body)
-            return JSONResponse(value, binding.success_code)
-        return JSONResponse(to_json(reply), binding.success_code)
+        return Response(status_code=204)
 
     async def _stream(self, binding: Binding, built: Built, request: Request) -> Response:
         """A server-streaming RPC as Server-Sent Events, or NDJSON when asked for."""
@@ -327,6 +334,11 @@ class Edge:
         return StreamingResponse(
             events(), binding.success_code, media_type=NDJSON if ndjson else SSE
         )
+
+
+def _renders_json(binding: Binding) -> bool:
+    """Whether ``binding`` answers its unary reply as a JSON body."""
+    return not (binding.raw_response or binding.server_streaming or binding.success_code == 204)
 
 
 def _serialize(request: message.Message) -> bytes:
