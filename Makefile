@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 PROTO_SRC := $(wildcard proto/hpcgate/v1/*.proto)
 GEN_DIR := clients/hpcgate/v1
 
-.PHONY: install proto proto-check lint test test-fast run stop bench bench-instructions cluster cluster-stop clean
+.PHONY: install proto proto-check lint test test-fast run fleet stop bench bench-instructions cluster cluster-stop clean
 
 install: $(VENV)/.installed
 
@@ -58,7 +58,12 @@ cluster-stop:
 run: install
 	$(PY) dev/run.py start
 
+# The service as a fleet: 3 server replicas on Redis, 2 edges, nginx in front.
+fleet: install
+	$(PY) dev/fleet.py start
+
 stop:
+	-$(PY) dev/fleet.py stop
 	-$(PY) dev/run.py stop
 	-$(PY) dev/cluster/cluster.py stop
 

@@ -55,7 +55,7 @@ def start_cluster() -> dict[str, Any]:
     return info
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     if pid <= 0:  # kill(0 or -1, ...) would address whole process groups
         return False
     try:
@@ -70,7 +70,8 @@ def _pids() -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _spawn(name: str, argv: list[str], run_dir: Path = RUN) -> int:
+def spawn_process(name: str, argv: list[str], run_dir: Path = RUN) -> int:
+    """Start ``argv`` in a session of its own (pid == process group), logging to ``name.log``."""
     log = (run_dir / f"{name}.log").open("ab")
     process = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
@@ -111,7 +112,7 @@ def spawn_oidc(run_dir: Path) -> dict[str, Any]:
     port = free_port()
     argv = [sys.executable, str(ROOT / "dev" / "oidc.py"), "--state", str(run_dir)]
     argv += ["--port", str(port)]
-    return {"pid": _spawn("oidc", argv, run_dir), "address": f"http://127.0.0.1:{port}"}
+    return {"pid": spawn_process("oidc", argv, run_dir), "address": f"http://127.0.0.1:{port}"}
 
 
 def spawn_service(config_path: Path, run_dir: Path) -> dict[str, Any]:
@@ -128,9 +129,9 @@ def spawn_service(config_path: Path, run_dir: Path) -> dict[str, Any]:
     edge_argv = [sys.executable, "-m", "hpcgate.edge", "--server", grpc_target]
     edge_argv += ["--port", str(rest_port)]
     return {
-        "server": {"pid": _spawn("server", server_argv, run_dir), "address": grpc_target},
+        "server": {"pid": spawn_process("server", server_argv, run_dir), "address": grpc_target},
         "edge": {
-            "pid": _spawn("edge", edge_argv, run_dir),
+            "pid": spawn_process("edge", edge_argv, run_dir),
             "address": f"http://127.0.0.1:{rest_port}",
         },
     }
@@ -140,10 +141,10 @@ def stop_processes(pids: dict[str, Any]) -> None:
     """SIGTERM each process group of ``pids`` (the shape :func:`spawn_service` returns)."""
     for name, entry in pids.items():
         pid = entry.get("pid", -1)
-        if _alive(pid):
+        if alive(pid):
             os.killpg(pid, signal.SIGTERM)  # started in its own session: pid == pgid
             for _ in range(50):
-                if not _alive(pid):
+                if not alive(pid):
                     break
                 time.sleep(0.1)
             print(f"stopped {name} (pid {pid})", file=sys.stderr)
@@ -165,7 +166,7 @@ def start() -> dict[str, Any]:
     config_path = RUN / "hpcgate.yaml"
 
     pids = _pids()
-    if not all(_alive(pids.get(name, {}).get("pid", -1)) for name in ("oidc", "server", "edge")):
+    if not all(alive(pids.get(name, {}).get("pid", -1)) for name in ("oidc", "server", "edge")):
         stop_service()
         # The provider first: its address is the issuer the server trusts.
         pids = {"oidc": spawn_oidc(RUN)}
@@ -205,7 +206,7 @@ def stop_service() -> None:
     (RUN / "pids.json").unlink(missing_ok=True)
 
 
-def _banner(facts: dict[str, Any]) -> str:
+def banner(facts: dict[str, Any]) -> str:
     rest, system, alice = facts["rest"], facts["system"], facts["tokens"]["alice"]
     oidc = facts["oidc"]
     alice_client, bob_client = oidc["clients"]["alice"], oidc["clients"]["bob"]
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("command", choices=["start", "stop"])
     args = parser.parse_args(argv)
     if args.command == "start":
-        print(_banner(start()))
+        print(banner(start()))
     else:
         stop_service()
 

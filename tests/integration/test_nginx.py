@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -25,14 +24,12 @@ import grpc
 import httpx
 import pytest
 import uvicorn
+from fleet import NGINX, nginx_main, render_nginx
 from grpc_status import rpc_status
 
 from conftest import LiveService, free_port, serve_asgi
 from hpcgate.edge.app import create_app
 from hpcgate.v1 import status_pb2, status_pb2_grpc
-
-CONF = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "hpcgate.conf"
-NGINX = "/usr/sbin/nginx"
 
 
 @dataclass
@@ -42,57 +39,19 @@ class Nginx:
     directory: Path
 
     def access_log(self) -> str:
-        return (self.directory / "access.log").read_text()
+        return (self.directory / "nginx-access.log").read_text()
 
     def error_log(self) -> str:
-        return (self.directory / "error.log").read_text()
-
-
-def _upstream(conf: str, name: str, addresses: list[str]) -> str:
-    """``conf`` with upstream ``name``'s server lines replaced by ``addresses``."""
-    block = re.search(rf"upstream {name} \{{.*?\n\}}", conf, re.DOTALL)
-    assert block is not None, f"no upstream {name} in {CONF}"
-    body = re.sub(r"\n    server [^;]+;", "", block.group(0))
-    lines = "".join(f"\n    server {a} max_fails=1 fail_timeout=5s;" for a in addresses)
-    return conf.replace(block.group(0), body.replace("{", "{" + lines, 1))
-
-
-def _render(edges: list[str], servers: list[str], rest_port: int, grpc_port: int) -> str:
-    conf = CONF.read_text()
-    conf = _upstream(conf, "hpcgate_edges", edges)
-    conf = _upstream(conf, "hpcgate_servers", servers)
-    conf, rest = re.subn(r"listen 8080;", f"listen 127.0.0.1:{rest_port};", conf)
-    conf, grpc_ = re.subn(r"listen 50050 http2;", f"listen 127.0.0.1:{grpc_port} http2;", conf)
-    assert rest == grpc_ == 1, "the shipped listeners changed: update this test"
-    return conf
+        return (self.directory / "nginx-error.log").read_text()
 
 
 def _start(directory: Path, conf: str) -> subprocess.Popen[bytes]:
     (directory / "hpcgate.conf").write_text(conf)
-    temp = {k: directory / k for k in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
-    main = f"""
-user root;
-worker_processes 1;
-pid {directory}/nginx.pid;
-error_log {directory}/error.log warn;
-daemon off;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {directory}/access.log;
-    client_body_temp_path {temp["body"]};
-    proxy_temp_path {temp["proxy"]};
-    fastcgi_temp_path {temp["fastcgi"]};
-    uwsgi_temp_path {temp["uwsgi"]};
-    scgi_temp_path {temp["scgi"]};
-    include {directory}/hpcgate.conf;
-}}
-"""
-    (directory / "nginx.conf").write_text(main)
-    check = subprocess.run(
-        [NGINX, "-t", "-c", str(directory / "nginx.conf")], capture_output=True, text=True
-    )
+    main = directory / "nginx.conf"
+    main.write_text(nginx_main(directory, directory / "hpcgate.conf"))
+    check = subprocess.run([NGINX, "-t", "-c", str(main)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
-    return subprocess.Popen([NGINX, "-c", str(directory / "nginx.conf")])
+    return subprocess.Popen([NGINX, "-c", str(main)])
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
@@ -123,7 +82,7 @@ def nginx(
     live: LiveService, edges: list[tuple[str, uvicorn.Server]], tmp_path: Path
 ) -> Iterator[Nginx]:
     rest_port, grpc_port = free_port(), free_port()
-    conf = _render([a for a, _ in edges], [live.grpc_target], rest_port, grpc_port)
+    conf = render_nginx([a for a, _ in edges], [live.grpc_target], rest_port, grpc_port)
     process = _start(tmp_path, conf)
     try:
         _wait_listening(rest_port, process)
