@@ -109,9 +109,9 @@ def measure(tree: Path, requests: int) -> dict[str, Any]:
     sys.path[:0] = [str(tree / "dev"), str(tree)]
     os.chdir(tree)
     import grpc
-    import run as devrun  # the measured tree's own
 
     import localsite
+    import run as devrun  # the measured tree's own
     from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
 
     out_dir = tree / ".hpcgate" / "instructions"

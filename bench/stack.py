@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import run as devrun
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import run as devrun
 from bench import ROOT
 from bench.procfs import alive
 from devkeys import DevIssuer

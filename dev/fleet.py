@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from localsite import SYSTEM, local_config
+from oidc import Provider
 from run import (
     ROOT,
     STATE,
@@ -30,11 +33,9 @@ from run import (
     spawn_process,
     start_cluster,
     stop_processes,
+    tls_facts,
     wait_http,
 )
-
-from localsite import SYSTEM, local_config
-from oidc import Provider
 
 FLEET = STATE / "fleet"
 SERVERS = 3
@@ -183,6 +184,7 @@ def start() -> dict[str, Any]:
 
     provider = Provider.load_or_create(issuer, FLEET / "oidc.json")
     facts = {
+        "tls": tls_facts(FLEET / "tls"),
         "grpc": f"127.0.0.1:{grpc_port}",
         "rest": rest,
         "system": SYSTEM,

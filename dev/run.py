@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from devkeys import DevIssuer
+from devtls import DevCA
 from localsite import SYSTEM, local_config
 from oidc import TOKEN_LIFETIME, Provider
 
@@ -182,6 +183,7 @@ def start() -> dict[str, Any]:
     provider = Provider.load_or_create(pids["oidc"]["address"], RUN / "oidc.json")
 
     facts = {
+        "tls": tls_facts(RUN / "tls"),
         "grpc": pids["server"]["address"],
         "rest": rest,
         "system": SYSTEM,
@@ -199,6 +201,20 @@ def start() -> dict[str, Any]:
     }
     (STATE / "dev.json").write_text(json.dumps(facts, indent=2))
     return facts
+
+
+def tls_facts(directory: Path) -> dict[str, Any]:
+    """The development CA in ``directory`` (made there once) and its certificates' files.
+
+    For trying ``server.tls`` and the edge's ``--server-ca``/``--client-cert``
+    (README "TLS"); the development service itself stays plaintext on loopback.
+    """
+    ca = DevCA.load_or_create(directory)
+    return {
+        "ca": str(ca.ca),
+        "server": {"certificate": str(ca.server.certificate), "key": str(ca.server.key)},
+        "edge": {"certificate": str(ca.client.certificate), "key": str(ca.client.key)},
+    }
 
 
 def stop_service() -> None:
@@ -248,6 +264,8 @@ auth = ClientCredentialsAuth(alice["client_id"], alice["client_secret"], dev["oi
 client = Firecrest(firecrest_url=dev["rest"], authorization=auth)
 print(client.list_files(dev["system"], "/home/alice"))
 PY
+
+A development CA for trying TLS (server.tls, hpcgate-edge --server-ca): {facts["tls"]["ca"]}
 
 The same facts are in .hpcgate/dev.json. Stop everything with: make stop
 """

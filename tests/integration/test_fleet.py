@@ -21,7 +21,6 @@ from typing import cast
 import pytest
 from integration.test_scheduler import cancel_quietly, ssh_output, submit
 from integration.test_watch import COMPLETED, assert_lifecycle_order, collect, open_watch
-from redisserver import RedisServer
 
 from cluster_fixture import Cluster
 from conftest import LiveService, Service, live_settings, start_service
@@ -29,6 +28,7 @@ from devkeys import DevIssuer
 from hpcgate.server.config import CredentialsConfig
 from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc, status_pb2, status_pb2_grpc
 from localsite import SYSTEM
+from redisserver import RedisServer
 
 REPLICAS = 3
 LEASE_TTL = 3.0

@@ -11,12 +11,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from redisserver import RedisServer
 
 from hpcgate.server.coordination import LOCAL
 from hpcgate.server.coordination.redis import RETRY_AFTER, RedisCoordinator
 from hpcgate.server.health.checker import HealthChecker
 from hpcgate.server.health.probes import Probe
+from redisserver import RedisServer
 
 # redis-server comes with the cluster's packages (dev/cluster), not with the venv.
 pytestmark = pytest.mark.cluster

@@ -27,13 +27,13 @@ import httpx
 import pytest
 import yaml
 from integration.test_watch import COMPLETED, assert_lifecycle_order, collect
-from redisserver import RedisServer
 
 from cluster_fixture import Cluster
 from conftest import free_port, live_settings
 from devkeys import DevIssuer
 from hpcgate.v1 import scheduler_pb2, scheduler_pb2_grpc
 from localsite import SYSTEM
+from redisserver import RedisServer
 
 LEASE_TTL = 3.0
 

@@ -8,6 +8,7 @@ process behind.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -61,14 +62,16 @@ def test_the_banner_names_the_service_and_every_replica(fleet: dict[str, Any]) -
 
 async def test_rest_and_grpc_through_nginx(fleet: dict[str, Any]) -> None:
     headers = {"Authorization": f"Bearer {fleet['tokens']['alice']}"}
-    with httpx.Client(base_url=fleet["rest"], headers=headers, timeout=30) as http:
-        listing = http.get(f"/filesystem/{fleet['system']}/ops/ls", params={"path": "/home/alice"})
+    async with httpx.AsyncClient(base_url=fleet["rest"], headers=headers, timeout=30) as http:
+        listing = await http.get(
+            f"/filesystem/{fleet['system']}/ops/ls", params={"path": "/home/alice"}
+        )
         assert listing.status_code == 200, listing.text
         deadline = time.monotonic() + 60
         health: dict[str, bool] = {}
         while "coordination" not in health and time.monotonic() < deadline:
-            time.sleep(0.5)  # until the fleet's one prober has reported
-            systems = http.get("/status/systems").json()["systems"]
+            await asyncio.sleep(0.5)  # until the fleet's one prober has reported
+            systems = (await http.get("/status/systems")).json()["systems"]
             health = {h["serviceType"]: h["healthy"] for h in systems[0]["servicesHealth"]}
     assert health.get("coordination") is True, health  # the replicas share Redis
     assert health.get("ssh") is True, health

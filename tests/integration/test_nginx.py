@@ -24,10 +24,10 @@ import grpc
 import httpx
 import pytest
 import uvicorn
-from fleet import NGINX, nginx_main, render_nginx
 from grpc_status import rpc_status
 
 from conftest import LiveService, free_port, serve_asgi
+from fleet import NGINX, nginx_main, render_nginx
 from hpcgate.edge.app import create_app
 from hpcgate.v1 import status_pb2, status_pb2_grpc
 

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-import run as devrun
 from firecrest import ClientCredentialsAuth
 
+import run as devrun
 from oidc import Provider
 
 

@@ -14,15 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
-from devtls import DevCA
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import SKELETON_CONFIG
+from conftest import SKELETON_CONFIG, serve_asgi
+from devtls import DevCA
+from hpcgate.edge import create_app
+from hpcgate.edge.upstream import UpstreamTLS
 from hpcgate.server.app import Running, start
 from hpcgate.server.config import ConfigError, parse_config
 
 HEALTH = health_pb2.HealthCheckRequest(service="")
+ANY_TOKEN = {"Authorization": "Bearer e30.e30.x"}  # the skeleton checks no token's signature
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +128,30 @@ async def test_mutual_tls_wants_a_client_certificate_the_ca_signed(
         with pytest.raises(grpc.aio.AioRpcError) as forged:
             await _check(channel)
     assert forged.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_the_edge_reaches_a_mutual_tls_server_with_its_certificate(
+    ca: DevCA, mtls_server: tuple[Running, str]
+) -> None:
+    _, target = mtls_server
+    tls = UpstreamTLS(ca.ca, ca.client.certificate, ca.client.key)
+    web, task, url = await serve_asgi(create_app(target, tls=tls))
+    try:
+        async with httpx.AsyncClient(base_url=url, headers=ANY_TOKEN) as http:
+            reply = await http.get("/status/systems")
+        assert reply.status_code == 200, reply.text
+    finally:
+        web.should_exit = True
+        await task
+    # Without its certificate the same edge is refused at the handshake: 503, never plaintext.
+    web, task, url = await serve_asgi(create_app(target, tls=UpstreamTLS(ca.ca)))
+    try:
+        async with httpx.AsyncClient(base_url=url, headers=ANY_TOKEN) as http:
+            reply = await http.get("/status/systems")
+        assert reply.status_code == 503, reply.text
+    finally:
+        web.should_exit = True
+        await task
 
 
 async def test_an_unreadable_certificate_stops_the_start_with_the_key_named(
