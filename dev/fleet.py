@@ -172,8 +172,10 @@ def start() -> dict[str, Any]:
         }
         (FLEET / "pids.json").write_text(json.dumps(pids, indent=2))
 
-        for target in servers:
-            _wait_grpc_serving(target, FLEET / "server0.log")
+        for index, target in enumerate(servers):
+            log = FLEET / f"server{index}.log"
+            _wait_grpc_serving(target, log)
+            wait_http(pids[f"server{index}"]["metrics"], 30, log)
         for edge in edges:
             wait_http(f"http://{edge}/status/liveness/", 30, FLEET / "edge0.log")
         rest = f"http://127.0.0.1:{rest_port}"
