@@ -8,15 +8,23 @@ export PATH := $(BIN):$(PATH)
 PROTO_SRC := $(wildcard proto/hpcgate/v1/*.proto)
 GEN_DIR := clients/hpcgate/v1
 
-.PHONY: install proto proto-check lint test test-fast run stop bench bench-instructions cluster cluster-stop clean
+.PHONY: install dist proto proto-check lint test test-fast run stop bench bench-instructions cluster cluster-stop clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The three distributions (clients/, server/, edge/) editable, and the
+# workspace's dev tooling; pip resolves hpcgate-server's and hpcgate-edge's
+# `hpcgate==` requirement to the editable clients/ in the same run.
+$(VENV)/.installed: pyproject.toml clients/pyproject.toml server/pyproject.toml edge/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e ./clients -e ./server -e ./edge -e '.[dev]'
 	touch $@
+
+# The three wheels (hpcgate, hpcgate-server, hpcgate-edge) into dist/.
+dist: install
+	rm -rf dist
+	for part in clients server edge; do $(PY) -m build -q --wheel --outdir dist $$part || exit 1; done
 
 # Generate the Python stubs (+ .pyi typing stubs and a descriptor set with
 # comments, which the edge reads for its OpenAPI descriptions).
@@ -24,7 +32,7 @@ proto: install
 	rm -f $(GEN_DIR)/*_pb2*.py $(GEN_DIR)/*_pb2*.pyi $(GEN_DIR)/hpcgate.binpb
 	$(PY) -m grpc_tools.protoc -Iproto -Ithird_party/googleapis \
 	  --python_out=clients --grpc_python_out=clients \
-	  --mypy_out=quiet:clients --mypy_grpc_out=generate_concrete_servicer_stubs,only_async,quiet:clients \
+	  --mypy_out=quiet:clients --mypy_grpc_out=generate_concrete_servicer_stubs,quiet:clients \
 	  --include_imports --include_source_info \
 	  --descriptor_set_out=$(GEN_DIR)/hpcgate.binpb \
 	  $(PROTO_SRC)
@@ -75,4 +83,4 @@ bench-instructions: install
 	$(PY) bench/instructions.py $(BENCH_ARGS)
 
 clean:
-	rm -rf .hpcgate .pytest_cache .mypy_cache .ruff_cache
+	rm -rf dist .hpcgate .pytest_cache .mypy_cache .ruff_cache

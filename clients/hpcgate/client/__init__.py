@@ -1,0 +1,1 @@
+"""The typed Python client of hpcgate: ``Client`` (sync) and ``AsyncClient``."""
