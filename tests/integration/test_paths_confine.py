@@ -237,7 +237,10 @@ async def test_streams_and_bulk_refuse_links_out(
 
 
 async def test_an_upload_into_a_link_to_tmp_is_refused(
-    http: httpx.AsyncClient, stub: filesystem_pb2_grpc.FilesystemAsyncStub, live: LiveService, trap: Trap
+    http: httpx.AsyncClient,
+    stub: filesystem_pb2_grpc.FilesystemAsyncStub,
+    live: LiveService,
+    trap: Trap,
 ) -> None:
     before = await trap.snapshot()
     reply = await http.post(

@@ -26,7 +26,16 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("dist")
     for part in ("clients", "server", "edge"):
         subprocess.run(
-            [sys.executable, "-m", "build", "-q", "--wheel", "--outdir", str(out), str(ROOT / part)],
+            [
+                sys.executable,
+                "-m",
+                "build",
+                "-q",
+                "--wheel",
+                "--outdir",
+                str(out),
+                str(ROOT / part),
+            ],
             check=True,
             capture_output=True,
         )
