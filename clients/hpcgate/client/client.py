@@ -66,7 +66,8 @@ class _Base:
             private_key=private_key,
         )
 
-    def _system(self, system: str | None) -> str:
+    def resolve_system(self, system: str | None) -> str:
+        """``system``, or the client's default one; an error when neither is set."""
         chosen = system or self.default_system
         if not chosen:
             raise ValueError("system: give one here or as the client's default")
@@ -153,13 +154,13 @@ class Client(_Base):
 
         ``fields`` are further ``JobDescriptionModel`` fields (name, account, env, ...).
         """
-        chosen = self._system(system)
+        chosen = self.resolve_system(system)
         request = self._job_request(chosen, script, script_path, working_directory, fields)
         return Job(self, chosen, self.scheduler.SubmitJob(request).job_id)
 
     def job(self, job_id: int, *, system: str | None = None) -> Job:
         """A handle on an existing job."""
-        return Job(self, self._system(system), job_id)
+        return Job(self, self.resolve_system(system), job_id)
 
     def upload(
         self,
@@ -172,7 +173,7 @@ class Client(_Base):
     ) -> filesystem_pb2.UploadStreamResponse:
         """Upload a local file of any size over ``UploadStream`` (SHA-256 checked by the server)."""
         requests = upload_requests(
-            Path(local), self._system(system), remote, overwrite=overwrite, progress=progress
+            Path(local), self.resolve_system(system), remote, overwrite=overwrite, progress=progress
         )
         return self.filesystem.UploadStream(requests)
 
@@ -186,7 +187,7 @@ class Client(_Base):
     ) -> Path:
         """Download a remote file of any size over ``DownloadStream``; checks its SHA-256."""
         request = filesystem_pb2.DownloadStreamRequest(
-            system_name=self._system(system), path=remote
+            system_name=self.resolve_system(system), path=remote
         )
         writer = StreamWriter(Path(local), progress)
         try:
@@ -213,7 +214,7 @@ class Client(_Base):
         """
         writer = BulkWriter(Path(into), progress, total)
         for response in self.filesystem.BulkDownload(
-            self._bulk_request(self._system(system), paths, chunk_size)
+            self._bulk_request(self.resolve_system(system), paths, chunk_size)
         ):
             writer.feed(response)
         return writer.result
@@ -269,13 +270,13 @@ class AsyncClient(_Base):
         **fields: Any,
     ) -> AsyncJob:
         """Submit a batch job; as :meth:`Client.submit`."""
-        chosen = self._system(system)
+        chosen = self.resolve_system(system)
         request = self._job_request(chosen, script, script_path, working_directory, fields)
         return AsyncJob(self, chosen, (await self.scheduler.SubmitJob(request)).job_id)
 
     def job(self, job_id: int, *, system: str | None = None) -> AsyncJob:
         """A handle on an existing job."""
-        return AsyncJob(self, self._system(system), job_id)
+        return AsyncJob(self, self.resolve_system(system), job_id)
 
     async def upload(
         self,
@@ -288,7 +289,7 @@ class AsyncClient(_Base):
     ) -> filesystem_pb2.UploadStreamResponse:
         """As :meth:`Client.upload` (the file is read between the sends, in chunks)."""
         requests = upload_requests(
-            Path(local), self._system(system), remote, overwrite=overwrite, progress=progress
+            Path(local), self.resolve_system(system), remote, overwrite=overwrite, progress=progress
         )
         return await self.filesystem.UploadStream(requests)
 
@@ -302,7 +303,7 @@ class AsyncClient(_Base):
     ) -> Path:
         """As :meth:`Client.download`."""
         request = filesystem_pb2.DownloadStreamRequest(
-            system_name=self._system(system), path=remote
+            system_name=self.resolve_system(system), path=remote
         )
         writer = StreamWriter(Path(local), progress)
         try:
@@ -326,7 +327,7 @@ class AsyncClient(_Base):
         """As :meth:`Client.download_many`."""
         writer = BulkWriter(Path(into), progress, total)
         async for response in self.filesystem.BulkDownload(
-            self._bulk_request(self._system(system), paths, chunk_size)
+            self._bulk_request(self.resolve_system(system), paths, chunk_size)
         ):
             writer.feed(response)
         return writer.result
