@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 PROTO_SRC := $(wildcard proto/hpcgate/v1/*.proto)
 GEN_DIR := clients/hpcgate/v1
 
-.PHONY: install dist proto proto-check lint test test-fast run stop bench bench-instructions cluster cluster-stop clean
+.PHONY: install dist breaking proto proto-check lint test test-fast run stop bench bench-instructions cluster cluster-stop clean
 
 install: $(VENV)/.installed
 
@@ -42,12 +42,21 @@ proto-check: proto
 	@git diff --exit-code --stat -- $(GEN_DIR) || { echo "generated stubs are stale: run 'make proto' and commit"; exit 1; }
 	@test -z "$$(git status --porcelain -- $(GEN_DIR))" || { git status --porcelain -- $(GEN_DIR); echo "untracked generated files: run 'make proto' and commit"; exit 1; }
 
-lint: install
+lint: install breaking
 	$(BIN)/buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# The contracts stay backward compatible (wire and JSON) with the last
+# release: the newest v* tag, or, before the first, where this branch left
+# main. It would have caught 2007057 renaming TransferDownloadRequest's field
+# 2 from `path` to `source_path` (JSON names are part of the contract).
+BREAKING_AGAINST ?= $(shell git describe --tags --abbrev=0 --match 'v*' 2>/dev/null || git merge-base HEAD main 2>/dev/null || git merge-base HEAD origin/main 2>/dev/null)
+breaking: install
+	@test -n "$(BREAKING_AGAINST)" || { echo "breaking: no release (v* tag) or main to compare with"; exit 1; }
+	$(BIN)/buf breaking --against '.git#ref=$(BREAKING_AGAINST)'
 
 # The whole suite: lint, stale-stub check, unit and integration tests (the
 # integration tests start the loopback cluster themselves).
