@@ -11,6 +11,9 @@ themselves: ``submit`` returning a job handle (``wait``/``watch``),
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +21,7 @@ from typing import Any, Self, cast
 
 import grpc
 
+from hpcgate.client import staged
 from hpcgate.client.channel import CallPolicy, aio_channel, channel_credentials, sync_channel
 from hpcgate.client.credentials import StaticToken, TokenSource
 from hpcgate.client.files import (
@@ -35,8 +39,12 @@ from hpcgate.v1 import (
     scheduler_pb2,
     scheduler_pb2_grpc,
     status_pb2_grpc,
+    transfer_pb2,
     transfer_pb2_grpc,
 )
+
+# Files larger than this go through the staged S3 transfer by default.
+STAGE_ABOVE = 1024 * 1024 * 1024
 
 
 class _Base:
@@ -53,8 +61,12 @@ class _Base:
         certificate_chain: Path | None = None,
         private_key: Path | None = None,
         policy: CallPolicy | None = None,
+        stage_above: int | None = STAGE_ABOVE,
+        account: str | None = None,
     ) -> None:
         self.target = target
+        self.stage_above = stage_above
+        self.account = account
         self.token = StaticToken(token) if isinstance(token, str) else token
         self.default_system = system
         self.policy = policy or CallPolicy()
@@ -89,6 +101,28 @@ class _Base:
         else:
             job.script_path = cast(str, script_path)
         return scheduler_pb2.SubmitJobRequest(system_name=system, job=job)
+
+    def _stage_upload_request(
+        self, system: str, remote: str, size: int
+    ) -> transfer_pb2.TransferUploadRequest:
+        directives = transfer_pb2.TransferDirectivesParams(transfer_method="s3", file_size=size)
+        return transfer_pb2.TransferUploadRequest(
+            system_name=system, path=remote, account=self.account, transfer_directives=directives
+        )
+
+    def _stage_download_request(
+        self, system: str, remote: str
+    ) -> transfer_pb2.TransferDownloadRequest:
+        directives = transfer_pb2.TransferDirectivesParams(transfer_method="s3")
+        return transfer_pb2.TransferDownloadRequest(
+            system_name=system,
+            source_path=remote,
+            account=self.account,
+            transfer_directives=directives,
+        )
+
+    def _stages(self, size: int) -> bool:
+        return self.stage_above is not None and size > self.stage_above
 
     @staticmethod
     def _bulk_request(
@@ -171,11 +205,66 @@ class Client(_Base):
         overwrite: bool = True,
         progress: Progress | None = None,
     ) -> filesystem_pb2.UploadStreamResponse:
-        """Upload a local file of any size over ``UploadStream`` (SHA-256 checked by the server)."""
-        requests = upload_requests(
-            Path(local), self.resolve_system(system), remote, overwrite=overwrite, progress=progress
-        )
+        """Upload a local file over ``UploadStream`` (SHA-256 checked by the server).
+
+        Above ``stage_above`` bytes it goes through :meth:`upload_staged` instead.
+        """
+        chosen, path = self.resolve_system(system), Path(local)
+        if self._stages(path.stat().st_size):
+            self.upload_staged(path, remote, system=chosen, progress=progress)
+            return filesystem_pb2.UploadStreamResponse(
+                path=remote, size=path.stat().st_size, sha256=_sha256(path)
+            )
+        requests = upload_requests(path, chosen, remote, overwrite=overwrite, progress=progress)
         return self.filesystem.UploadStream(requests)
+
+    def upload_staged(
+        self,
+        local: str | Path,
+        remote: str,
+        *,
+        system: str | None = None,
+        parallel: int = 4,
+        progress: Progress | None = None,
+    ) -> transfer_pb2.TransferStatus:
+        """Upload through S3: parallel, individually retried parts, then the mover job.
+
+        Waits for the job and compares the remote file's SHA-256 with the local one.
+        """
+        chosen, path = self.resolve_system(system), Path(local)
+        started = self.transfer.Upload(
+            self._stage_upload_request(chosen, remote, path.stat().st_size)
+        )
+        staged.put_parts(started.transfer_directives, path, parallel=parallel, progress=progress)
+        watch = transfer_pb2.WatchTransferRequest(
+            system_name=chosen, job_id=started.transfer_job.job_id
+        )
+        status = staged.final(self.transfer.WatchTransfer(watch))
+        staged.check(self._remote_sha256(chosen, remote), _sha256(path), path)
+        return status
+
+    def download_staged(
+        self,
+        remote: str,
+        local: str | Path,
+        *,
+        system: str | None = None,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Download through S3: a job stages the file, then one GET; SHA-256 checked."""
+        chosen, path = self.resolve_system(system), Path(local)
+        started = self.transfer.Download(self._stage_download_request(chosen, remote))
+        watch = transfer_pb2.WatchTransferRequest(
+            system_name=chosen, job_id=started.transfer_job.job_id
+        )
+        status = staged.final(self.transfer.WatchTransfer(watch))
+        url = status.transfer_directives.download_url or started.transfer_directives.download_url
+        staged.check(self._remote_sha256(chosen, remote), staged.fetch(url, path, progress), path)
+        return path
+
+    def _remote_sha256(self, system: str, remote: str) -> str:
+        request = filesystem_pb2.ChecksumRequest(system_name=system, path=remote)
+        return self.filesystem.Checksum(request).output.checksum
 
     def download(
         self,
@@ -185,10 +274,17 @@ class Client(_Base):
         system: str | None = None,
         progress: Progress | None = None,
     ) -> Path:
-        """Download a remote file of any size over ``DownloadStream``; checks its SHA-256."""
-        request = filesystem_pb2.DownloadStreamRequest(
-            system_name=self.resolve_system(system), path=remote
-        )
+        """Download a remote file over ``DownloadStream``; checks its SHA-256.
+
+        Above ``stage_above`` bytes (one ``Stat`` tells) it goes through
+        :meth:`download_staged` instead.
+        """
+        chosen = self.resolve_system(system)
+        if self.stage_above is not None:
+            stat = filesystem_pb2.StatRequest(system_name=chosen, path=remote)
+            if self._stages(self.filesystem.Stat(stat).output.size):
+                return self.download_staged(remote, local, system=chosen, progress=progress)
+        request = filesystem_pb2.DownloadStreamRequest(system_name=chosen, path=remote)
         writer = StreamWriter(Path(local), progress)
         try:
             for message in self.filesystem.DownloadStream(request):
@@ -288,10 +384,66 @@ class AsyncClient(_Base):
         progress: Progress | None = None,
     ) -> filesystem_pb2.UploadStreamResponse:
         """As :meth:`Client.upload` (the file is read between the sends, in chunks)."""
-        requests = upload_requests(
-            Path(local), self.resolve_system(system), remote, overwrite=overwrite, progress=progress
-        )
+        chosen, path = self.resolve_system(system), Path(local)
+        size = _size(path)
+        if self._stages(size):
+            await self.upload_staged(path, remote, system=chosen, progress=progress)
+            digest = await asyncio.to_thread(_sha256, path)
+            return filesystem_pb2.UploadStreamResponse(path=remote, size=size, sha256=digest)
+        requests = upload_requests(path, chosen, remote, overwrite=overwrite, progress=progress)
         return await self.filesystem.UploadStream(requests)
+
+    async def upload_staged(
+        self,
+        local: str | Path,
+        remote: str,
+        *,
+        system: str | None = None,
+        parallel: int = 4,
+        progress: Progress | None = None,
+    ) -> transfer_pb2.TransferStatus:
+        """As :meth:`Client.upload_staged` (the HTTP parts run in worker threads)."""
+        chosen, path = self.resolve_system(system), Path(local)
+        started = await self.transfer.Upload(
+            self._stage_upload_request(chosen, remote, _size(path))
+        )
+        await asyncio.to_thread(
+            staged.put_parts,
+            started.transfer_directives,
+            path,
+            parallel=parallel,
+            progress=progress,
+        )
+        status = await self._final(chosen, started.transfer_job.job_id)
+        expected = await self._remote_sha256(chosen, remote)
+        staged.check(expected, await asyncio.to_thread(_sha256, path), path)
+        return status
+
+    async def download_staged(
+        self,
+        remote: str,
+        local: str | Path,
+        *,
+        system: str | None = None,
+        progress: Progress | None = None,
+    ) -> Path:
+        """As :meth:`Client.download_staged`."""
+        chosen, path = self.resolve_system(system), Path(local)
+        started = await self.transfer.Download(self._stage_download_request(chosen, remote))
+        status = await self._final(chosen, started.transfer_job.job_id)
+        url = status.transfer_directives.download_url or started.transfer_directives.download_url
+        got = await asyncio.to_thread(staged.fetch, url, path, progress)
+        staged.check(await self._remote_sha256(chosen, remote), got, path)
+        return path
+
+    async def _final(self, system: str, job_id: int) -> transfer_pb2.TransferStatus:
+        watch = transfer_pb2.WatchTransferRequest(system_name=system, job_id=job_id)
+        states = [event async for event in self.transfer.WatchTransfer(watch)]
+        return staged.final(states)
+
+    async def _remote_sha256(self, system: str, remote: str) -> str:
+        request = filesystem_pb2.ChecksumRequest(system_name=system, path=remote)
+        return (await self.filesystem.Checksum(request)).output.checksum
 
     async def download(
         self,
@@ -302,9 +454,12 @@ class AsyncClient(_Base):
         progress: Progress | None = None,
     ) -> Path:
         """As :meth:`Client.download`."""
-        request = filesystem_pb2.DownloadStreamRequest(
-            system_name=self.resolve_system(system), path=remote
-        )
+        chosen = self.resolve_system(system)
+        if self.stage_above is not None:
+            stat = filesystem_pb2.StatRequest(system_name=chosen, path=remote)
+            if self._stages((await self.filesystem.Stat(stat)).output.size):
+                return await self.download_staged(remote, local, system=chosen, progress=progress)
+        request = filesystem_pb2.DownloadStreamRequest(system_name=chosen, path=remote)
         writer = StreamWriter(Path(local), progress)
         try:
             async for message in self.filesystem.DownloadStream(request):
@@ -331,3 +486,15 @@ class AsyncClient(_Base):
         ):
             writer.feed(response)
         return writer.result
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while chunk := source.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _size(path: Path) -> int:
+    return os.stat(path).st_size
