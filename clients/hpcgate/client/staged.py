@@ -29,6 +29,7 @@ ENDED = {T.TRANSFER_PHASE_SUCCEEDED, T.TRANSFER_PHASE_FAILED}
 PART_ATTEMPTS = 4
 HTTP_TIMEOUT = 300.0
 READ = 1024 * 1024
+_OCTETS = {"Content-Type": "application/octet-stream"}
 
 
 class TransferError(HpcgateError):
@@ -59,7 +60,8 @@ def _put_part(url: str, local: Path, offset: int, size: int) -> str:
         with local.open("rb") as source:
             source.seek(offset)
             body = source.read(size)
-        request = urllib.request.Request(url, data=body, method="PUT")
+        # urllib would label the body a form, which S3 servers may parse as one.
+        request = urllib.request.Request(url, data=body, method="PUT", headers=_OCTETS)
         try:
             with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as answer:
                 return str(answer.headers["ETag"])
@@ -97,7 +99,12 @@ def put_parts(
         for n, etag in enumerate(etags, 1)
     )
     document = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
-    request = urllib.request.Request(directives.complete_upload_url, data=document, method="POST")
+    request = urllib.request.Request(
+        directives.complete_upload_url,
+        data=document,
+        method="POST",
+        headers={"Content-Type": "application/xml"},
+    )
     with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT):
         pass
 
