@@ -48,6 +48,13 @@ IDEMPOTENT: dict[str, tuple[str, ...]] = {
     "Transfer": ("GetTransfer",),
 }
 SERVICES = ("Status", "Filesystem", "Scheduler", "Transfer")
+# The streaming methods of each service, which get no default deadline.
+METHODS: dict[str, frozenset[str]] = {
+    "Status": frozenset(),
+    "Filesystem": frozenset({"DownloadStream", "UploadStream", "BulkDownload"}),
+    "Scheduler": frozenset({"WatchJobs"}),
+    "Transfer": frozenset({"WatchTransfer"}),
+}
 # Streams carry whole files and watches last long: no default deadline on them.
 STREAMS = {"DownloadStream", "UploadStream", "BulkDownload", "WatchJobs", "WatchTransfer"}
 
@@ -93,6 +100,10 @@ def service_config(policy: CallPolicy) -> str:
                     "retryPolicy": retry,
                 }
             )
+        # The other streams by name, so the service's deadline below skips them.
+        others = [m for m in STREAMS - set(idempotent) if m in METHODS[service]]
+        if others:
+            configs.append({"name": [{"service": full, "method": m} for m in sorted(others)]})
         # Every other method of the service: a deadline, no retry.
         configs.append({"name": [{"service": full}], "timeout": f"{policy.deadline}s"})
     return json.dumps({"methodConfig": configs})
