@@ -160,8 +160,7 @@ def measure(tree: Path, requests: int) -> dict[str, Any]:
 
     channel = grpc.insecure_channel(processes["server"]["address"])
     metadata = (("authorization", f"Bearer {token}"),)
-    # (The generated .pyi describe the asyncio stubs only; this client is the sync one.)
-    files: Any = filesystem_pb2_grpc.FilesystemStub(channel)  # type: ignore[arg-type]
+    files = filesystem_pb2_grpc.FilesystemStub(channel)
     f1 = f"{fixed}/f1"
 
     def download_stream() -> None:

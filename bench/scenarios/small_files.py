@@ -72,7 +72,7 @@ def _untar(archive: bytes, count: int) -> list[bytes]:
 
 
 async def _download_stream(
-    stub: filesystem_pb2_grpc.FilesystemStub, system: str, path: str, metadata: Metadata
+    stub: filesystem_pb2_grpc.FilesystemAsyncStub, system: str, path: str, metadata: Metadata
 ) -> bytes:
     """One DownloadStream call, checked as the contract asks (header, data, trailer digest)."""
     request = filesystem_pb2.DownloadStreamRequest(system_name=system, path=path)
@@ -137,7 +137,7 @@ class _Bulk:
 
 
 async def _bulk(
-    stub: filesystem_pb2_grpc.FilesystemStub, system: str, paths: list[str], metadata: Metadata
+    stub: filesystem_pb2_grpc.FilesystemAsyncStub, system: str, paths: list[str], metadata: Metadata
 ) -> list[bytes]:
     request = filesystem_pb2.BulkDownloadRequest(
         system_name=system, files=filesystem_pb2.BulkDownloadFiles(paths=paths)

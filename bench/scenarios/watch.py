@@ -83,7 +83,7 @@ async def _scrape(url: str) -> str:
 class _Watchers:
     """The streams, and what they have received so far."""
 
-    stub: scheduler_pb2_grpc.SchedulerStub
+    stub: scheduler_pb2_grpc.SchedulerAsyncStub
     request: scheduler_pb2.WatchJobsRequest
     metadata: Metadata
     initial: int = 0

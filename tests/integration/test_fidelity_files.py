@@ -161,7 +161,7 @@ def limit_of(live: LiveService) -> int:
 
 
 @pytest.fixture
-async def roomy(live: LiveService) -> AsyncIterator[filesystem_pb2_grpc.FilesystemStub]:
+async def roomy(live: LiveService) -> AsyncIterator[filesystem_pb2_grpc.FilesystemAsyncStub]:
     """A gRPC client that accepts replies beyond gRPC's default 4 MiB, as a Download needs."""
     channel = grpc.aio.insecure_channel(
         live.grpc_target, options=[("grpc.max_receive_message_length", -1)]
@@ -185,7 +185,7 @@ def assert_413(response: httpx.Response, message: str) -> None:
 async def test_a_file_of_exactly_the_limit_can_be_viewed_and_downloaded(
     live: LiveService,
     rest: httpx.AsyncClient,
-    roomy: filesystem_pb2_grpc.FilesystemStub,
+    roomy: filesystem_pb2_grpc.FilesystemAsyncStub,
     alice: asyncssh.SSHClientConnection,
     workdir: str,
     kind: str,
@@ -222,7 +222,7 @@ async def test_a_file_of_exactly_the_limit_can_be_viewed_and_downloaded(
 async def test_over_the_limit_is_firecrests_413_never_transport_text(
     live: LiveService,
     rest: httpx.AsyncClient,
-    roomy: filesystem_pb2_grpc.FilesystemStub,
+    roomy: filesystem_pb2_grpc.FilesystemAsyncStub,
     alice: asyncssh.SSHClientConnection,
     workdir: str,
 ) -> None:

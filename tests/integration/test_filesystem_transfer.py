@@ -78,7 +78,7 @@ async def workdir(alice_ssh: asyncssh.SSHClientConnection) -> AsyncIterator[str]
 
 
 @pytest.fixture
-def stub(live: LiveService) -> filesystem_pb2_grpc.FilesystemStub:
+def stub(live: LiveService) -> filesystem_pb2_grpc.FilesystemAsyncStub:
     return filesystem_pb2_grpc.FilesystemStub(live.channel)
 
 
@@ -166,7 +166,7 @@ async def _aiter(
 
 
 async def _download_stream(
-    stub: filesystem_pb2_grpc.FilesystemStub,
+    stub: filesystem_pb2_grpc.FilesystemAsyncStub,
     live: LiveService,
     path: str,
     user: str = "alice",
@@ -190,7 +190,7 @@ async def _download_stream(
 
 async def test_50_mib_stream_round_trip_keeps_the_sha256(
     live: LiveService,
-    stub: filesystem_pb2_grpc.FilesystemStub,
+    stub: filesystem_pb2_grpc.FilesystemAsyncStub,
     workdir: str,
     alice_ssh: asyncssh.SSHClientConnection,
 ) -> None:
@@ -221,7 +221,7 @@ async def test_50_mib_stream_round_trip_keeps_the_sha256(
 
 async def test_download_stream_of_a_range(
     live: LiveService,
-    stub: filesystem_pb2_grpc.FilesystemStub,
+    stub: filesystem_pb2_grpc.FilesystemAsyncStub,
     workdir: str,
     alice_ssh: asyncssh.SSHClientConnection,
 ) -> None:
@@ -247,7 +247,7 @@ async def test_download_stream_of_a_range(
 
 async def test_cancelled_upload_leaves_neither_target_nor_temporary_file(
     live: LiveService,
-    stub: filesystem_pb2_grpc.FilesystemStub,
+    stub: filesystem_pb2_grpc.FilesystemAsyncStub,
     workdir: str,
     alice_ssh: asyncssh.SSHClientConnection,
 ) -> None:
@@ -283,7 +283,7 @@ async def test_cancelled_upload_leaves_neither_target_nor_temporary_file(
 
 async def test_digest_mismatch_is_data_loss_and_writes_nothing(
     live: LiveService,
-    stub: filesystem_pb2_grpc.FilesystemStub,
+    stub: filesystem_pb2_grpc.FilesystemAsyncStub,
     workdir: str,
     alice_ssh: asyncssh.SSHClientConnection,
 ) -> None:
@@ -309,7 +309,7 @@ async def test_digest_mismatch_is_data_loss_and_writes_nothing(
 )
 async def test_malformed_uploads_write_nothing(
     live: LiveService,
-    stub: filesystem_pb2_grpc.FilesystemStub,
+    stub: filesystem_pb2_grpc.FilesystemAsyncStub,
     workdir: str,
     alice_ssh: asyncssh.SSHClientConnection,
     options: dict[str, int],
@@ -324,7 +324,7 @@ async def test_malformed_uploads_write_nothing(
 
 async def test_existing_target_needs_overwrite(
     live: LiveService,
-    stub: filesystem_pb2_grpc.FilesystemStub,
+    stub: filesystem_pb2_grpc.FilesystemAsyncStub,
     workdir: str,
     alice_ssh: asyncssh.SSHClientConnection,
 ) -> None:
@@ -357,7 +357,7 @@ async def test_existing_target_needs_overwrite(
 
 
 async def test_upload_stream_into_a_missing_directory_is_not_found(
-    live: LiveService, stub: filesystem_pb2_grpc.FilesystemStub, workdir: str
+    live: LiveService, stub: filesystem_pb2_grpc.FilesystemAsyncStub, workdir: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stub.UploadStream(
@@ -499,7 +499,7 @@ async def test_size_limit_is_413_over_rest(
 
 async def _round_trip(
     live: LiveService,
-    stub: filesystem_pb2_grpc.FilesystemStub,
+    stub: filesystem_pb2_grpc.FilesystemAsyncStub,
     http: httpx.AsyncClient,
     alice_ssh: asyncssh.SSHClientConnection,
     directory: str,
@@ -539,7 +539,7 @@ async def _round_trip(
 
 async def test_adversarial_names_round_trip_over_grpc_and_rest(
     live: LiveService,
-    stub: filesystem_pb2_grpc.FilesystemStub,
+    stub: filesystem_pb2_grpc.FilesystemAsyncStub,
     workdir: str,
     alice_ssh: asyncssh.SSHClientConnection,
 ) -> None:
@@ -561,7 +561,7 @@ async def test_adversarial_names_round_trip_over_grpc_and_rest(
 
 async def test_bob_cannot_read_or_write_alices_files(
     live: LiveService,
-    stub: filesystem_pb2_grpc.FilesystemStub,
+    stub: filesystem_pb2_grpc.FilesystemAsyncStub,
     workdir: str,
     alice_ssh: asyncssh.SSHClientConnection,
 ) -> None:
@@ -592,7 +592,7 @@ async def test_bob_cannot_read_or_write_alices_files(
 
 
 async def test_paths_outside_the_filesystems_are_invalid(
-    live: LiveService, stub: filesystem_pb2_grpc.FilesystemStub
+    live: LiveService, stub: filesystem_pb2_grpc.FilesystemAsyncStub
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await _download_stream(stub, live, "/etc/passwd")

@@ -119,7 +119,7 @@ async def http(live: LiveService) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture(scope="module")
-def stub(live: LiveService) -> filesystem_pb2_grpc.FilesystemStub:
+def stub(live: LiveService) -> filesystem_pb2_grpc.FilesystemAsyncStub:
     return filesystem_pb2_grpc.FilesystemStub(live.channel)
 
 
@@ -200,7 +200,7 @@ async def test_ls_lists_links_out_as_links_and_refuses_to_follow_them(
 
 
 async def test_streams_and_bulk_refuse_links_out(
-    stub: filesystem_pb2_grpc.FilesystemStub, live: LiveService, trap: Trap
+    stub: filesystem_pb2_grpc.FilesystemAsyncStub, live: LiveService, trap: Trap
 ) -> None:
     metadata = live.metadata("alice")
     request = filesystem_pb2.DownloadStreamRequest(system_name=SYSTEM, path=trap.passwd)
@@ -237,7 +237,10 @@ async def test_streams_and_bulk_refuse_links_out(
 
 
 async def test_an_upload_into_a_link_to_tmp_is_refused(
-    http: httpx.AsyncClient, stub: filesystem_pb2_grpc.FilesystemStub, live: LiveService, trap: Trap
+    http: httpx.AsyncClient,
+    stub: filesystem_pb2_grpc.FilesystemAsyncStub,
+    live: LiveService,
+    trap: Trap,
 ) -> None:
     before = await trap.snapshot()
     reply = await http.post(

@@ -37,7 +37,7 @@ TERMINAL = {
 }
 
 
-def stub(live: LiveService) -> scheduler_pb2_grpc.SchedulerStub:
+def stub(live: LiveService) -> scheduler_pb2_grpc.SchedulerAsyncStub:
     return scheduler_pb2_grpc.SchedulerStub(live.channel)
 
 

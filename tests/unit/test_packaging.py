@@ -1,4 +1,4 @@
-"""The client and stubs install without the server's dependencies."""
+"""The client and stubs (dist `hpcgate`) install without the server's dependencies."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ SERVER_ONLY = {
 }
 
 
-def _requirements() -> list[Requirement]:
-    return [Requirement(text) for text in requires("hpcgate") or []]
+def _requirements(dist: str = "hpcgate") -> list[Requirement]:
+    return [Requirement(text) for text in requires(dist) or []]
 
 
 def test_base_install_pulls_no_server_dependencies() -> None:
@@ -29,10 +29,8 @@ def test_base_install_pulls_no_server_dependencies() -> None:
     assert {"grpcio", "protobuf"} <= base
 
 
-def test_server_extra_brings_them() -> None:
-    server = {
-        r.name.lower()
-        for r in _requirements()
-        if r.marker is not None and r.marker.evaluate({"extra": "server"})
-    }
-    assert {"asyncssh", "boto3", "pyjwt", "pydantic"} <= server
+def test_the_server_distribution_brings_them_and_the_client() -> None:
+    server = {r.name.lower(): r for r in _requirements("hpcgate-server")}
+    assert {"asyncssh", "boto3", "pyjwt", "pydantic", "hpcgate"} <= set(server)
+    edge = {r.name.lower() for r in _requirements("hpcgate-edge")}
+    assert {"starlette", "uvicorn", "hpcgate"} <= edge

@@ -7,7 +7,22 @@ from collections import abc as _abc
 from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
 from hpcgate.v1 import filesystem_pb2 as _filesystem_pb2
+import abc as _abc_1
+import grpc as _grpc
+import sys
+import typing as _typing
 
+if sys.version_info >= (3, 11):
+    from typing import Self as _Self
+else:
+    from typing_extensions import Self as _Self
+
+_T = _typing.TypeVar("_T")
+
+class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
+
+class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
+    ...
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
@@ -20,54 +35,57 @@ class FilesystemStub:
     Long-running operations on large trees are in the Transfer service.
     """
 
-    def __init__(self, channel: _aio.Channel) -> None: ...
-    Ls: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.LsRequest, _filesystem_pb2.LsResponse]
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> FilesystemAsyncStub: ...
+    Ls: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.LsRequest, _filesystem_pb2.LsResponse]
     """List the contents of the given directory (`ls`)."""
-    Head: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.HeadRequest, _filesystem_pb2.HeadResponse]
+    Head: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.HeadRequest, _filesystem_pb2.HeadResponse]
     """Output the first part of file/s (`head`)."""
-    Tail: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.TailRequest, _filesystem_pb2.TailResponse]
+    Tail: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.TailRequest, _filesystem_pb2.TailResponse]
     """Output the last part of a file (`tail`)."""
-    View: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.ViewRequest, _filesystem_pb2.ViewResponse]
+    View: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.ViewRequest, _filesystem_pb2.ViewResponse]
     """View file content (up to the configured maximum of bytes per request)."""
-    Checksum: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.ChecksumRequest, _filesystem_pb2.ChecksumResponse]
+    Checksum: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.ChecksumRequest, _filesystem_pb2.ChecksumResponse]
     """Output the checksum of a file (using SHA-256 algorithm)."""
-    FileType: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.FileTypeRequest, _filesystem_pb2.FileTypeResponse]
+    FileType: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.FileTypeRequest, _filesystem_pb2.FileTypeResponse]
     """Output the type of a file or directory (`file`)."""
-    Stat: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.StatRequest, _filesystem_pb2.StatResponse]
+    Stat: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.StatRequest, _filesystem_pb2.StatResponse]
     """Output the `stat` of a file."""
-    Chmod: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.ChmodRequest, _filesystem_pb2.ChmodResponse]
+    Chmod: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.ChmodRequest, _filesystem_pb2.ChmodResponse]
     """Change the permission mode of a file (`chmod`)."""
-    Chown: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.ChownRequest, _filesystem_pb2.ChownResponse]
+    Chown: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.ChownRequest, _filesystem_pb2.ChownResponse]
     """Change the ownership of a given file (`chown`)."""
-    Mkdir: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.MkdirRequest, _filesystem_pb2.MkdirResponse]
+    Mkdir: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.MkdirRequest, _filesystem_pb2.MkdirResponse]
     """Create directory operation (`mkdir`)."""
-    Symlink: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.SymlinkRequest, _filesystem_pb2.SymlinkResponse]
+    Symlink: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.SymlinkRequest, _filesystem_pb2.SymlinkResponse]
     """Create symlink operation (`ln`)."""
-    Rm: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.RmRequest, _filesystem_pb2.RmResponse]
+    Rm: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.RmRequest, _filesystem_pb2.RmResponse]
     """Delete file or directory operation (`rm`)."""
-    Compress: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.CompressRequest, _filesystem_pb2.CompressResponse]
+    Compress: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.CompressRequest, _filesystem_pb2.CompressResponse]
     """Compress files and directories using `tar` command."""
-    Extract: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.ExtractRequest, _filesystem_pb2.ExtractResponse]
+    Extract: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.ExtractRequest, _filesystem_pb2.ExtractResponse]
     """Extract `tar` `gzip` archives."""
-    Download: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.DownloadRequest, _httpbody_pb2.HttpBody]
+    Download: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.DownloadRequest, _httpbody_pb2.HttpBody]
     """Download a small file (up to the configured maximum size). The reply is
     the file's raw bytes (`application/octet-stream`). Larger files: use
     DownloadStream, or Transfer.Download through S3.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
-    Upload: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.UploadRequest, _filesystem_pb2.UploadResponse]
+    Upload: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.UploadRequest, _filesystem_pb2.UploadResponse]
     """Upload a small file (up to the configured maximum size) as
     `multipart/form-data`; the file is written to the directory `path` under
     the file name given in the form part.
     """
-    DownloadStream: _aio.UnaryStreamMultiCallable[_filesystem_pb2.DownloadStreamRequest, _filesystem_pb2.DownloadStreamResponse]
+    DownloadStream: _grpc.UnaryStreamMultiCallable[_filesystem_pb2.DownloadStreamRequest, _filesystem_pb2.DownloadStreamResponse]
     """Stream one file (or a byte range of it) to the client, without size
     limit. Replies, in order: one header (size, mode, mtime), zero or more
     data chunks, one trailer with the SHA-256 of every byte sent. The client
     must check the digest and discard the data if it differs or if the
     stream ends without a trailer. gRPC only.
     """
-    UploadStream: _aio.StreamUnaryMultiCallable[_filesystem_pb2.UploadStreamRequest, _filesystem_pb2.UploadStreamResponse]
+    UploadStream: _grpc.StreamUnaryMultiCallable[_filesystem_pb2.UploadStreamRequest, _filesystem_pb2.UploadStreamResponse]
     """Stream one file from the client to the cluster, without size limit.
     Requests, in order: one header (system, target file, options), zero or
     more data chunks, one trailer with the client's SHA-256 of the bytes.
@@ -80,7 +98,88 @@ class FilesystemStub:
     mismatch fails with DATA_LOSS; an existing target without `overwrite`
     fails with ALREADY_EXISTS. gRPC only.
     """
-    BulkDownload: _aio.UnaryStreamMultiCallable[_filesystem_pb2.BulkDownloadRequest, _filesystem_pb2.BulkDownloadResponse]
+    BulkDownload: _grpc.UnaryStreamMultiCallable[_filesystem_pb2.BulkDownloadRequest, _filesystem_pb2.BulkDownloadResponse]
+    """Stream many files in one call: a list of named files, or a directory
+    tree (optionally recursive and filtered by a glob). Each reply carries
+    one or more entries, so many small files travel in one message; the
+    entries of one file are contiguous (header, data chunks, end) and files
+    never interleave. A file that cannot be read yields an error entry and
+    the stream goes on with the next file; only a failure of the whole
+    request (unknown system, unreadable root, ...) ends the call with an
+    error status. Designed so that the server can relay a remote `tar`
+    stream. gRPC only.
+    """
+
+@_typing.type_check_only
+class FilesystemAsyncStub(FilesystemStub):
+    """Filesystem gives direct, synchronous access to the files of a system:
+    FirecREST's `/filesystem/{system_name}/ops/` endpoints, which run one
+    command (or one SFTP request) on the cluster and answer with its result,
+    plus gRPC-native streaming transfers without FirecREST's size limits.
+    Long-running operations on large trees are in the Transfer service.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Ls: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.LsRequest, _filesystem_pb2.LsResponse]  # type: ignore[assignment]
+    """List the contents of the given directory (`ls`)."""
+    Head: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.HeadRequest, _filesystem_pb2.HeadResponse]  # type: ignore[assignment]
+    """Output the first part of file/s (`head`)."""
+    Tail: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.TailRequest, _filesystem_pb2.TailResponse]  # type: ignore[assignment]
+    """Output the last part of a file (`tail`)."""
+    View: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.ViewRequest, _filesystem_pb2.ViewResponse]  # type: ignore[assignment]
+    """View file content (up to the configured maximum of bytes per request)."""
+    Checksum: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.ChecksumRequest, _filesystem_pb2.ChecksumResponse]  # type: ignore[assignment]
+    """Output the checksum of a file (using SHA-256 algorithm)."""
+    FileType: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.FileTypeRequest, _filesystem_pb2.FileTypeResponse]  # type: ignore[assignment]
+    """Output the type of a file or directory (`file`)."""
+    Stat: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.StatRequest, _filesystem_pb2.StatResponse]  # type: ignore[assignment]
+    """Output the `stat` of a file."""
+    Chmod: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.ChmodRequest, _filesystem_pb2.ChmodResponse]  # type: ignore[assignment]
+    """Change the permission mode of a file (`chmod`)."""
+    Chown: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.ChownRequest, _filesystem_pb2.ChownResponse]  # type: ignore[assignment]
+    """Change the ownership of a given file (`chown`)."""
+    Mkdir: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.MkdirRequest, _filesystem_pb2.MkdirResponse]  # type: ignore[assignment]
+    """Create directory operation (`mkdir`)."""
+    Symlink: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.SymlinkRequest, _filesystem_pb2.SymlinkResponse]  # type: ignore[assignment]
+    """Create symlink operation (`ln`)."""
+    Rm: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.RmRequest, _filesystem_pb2.RmResponse]  # type: ignore[assignment]
+    """Delete file or directory operation (`rm`)."""
+    Compress: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.CompressRequest, _filesystem_pb2.CompressResponse]  # type: ignore[assignment]
+    """Compress files and directories using `tar` command."""
+    Extract: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.ExtractRequest, _filesystem_pb2.ExtractResponse]  # type: ignore[assignment]
+    """Extract `tar` `gzip` archives."""
+    Download: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.DownloadRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Download a small file (up to the configured maximum size). The reply is
+    the file's raw bytes (`application/octet-stream`). Larger files: use
+    DownloadStream, or Transfer.Download through S3.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    Upload: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.UploadRequest, _filesystem_pb2.UploadResponse]  # type: ignore[assignment]
+    """Upload a small file (up to the configured maximum size) as
+    `multipart/form-data`; the file is written to the directory `path` under
+    the file name given in the form part.
+    """
+    DownloadStream: _aio.UnaryStreamMultiCallable[_filesystem_pb2.DownloadStreamRequest, _filesystem_pb2.DownloadStreamResponse]  # type: ignore[assignment]
+    """Stream one file (or a byte range of it) to the client, without size
+    limit. Replies, in order: one header (size, mode, mtime), zero or more
+    data chunks, one trailer with the SHA-256 of every byte sent. The client
+    must check the digest and discard the data if it differs or if the
+    stream ends without a trailer. gRPC only.
+    """
+    UploadStream: _aio.StreamUnaryMultiCallable[_filesystem_pb2.UploadStreamRequest, _filesystem_pb2.UploadStreamResponse]  # type: ignore[assignment]
+    """Stream one file from the client to the cluster, without size limit.
+    Requests, in order: one header (system, target file, options), zero or
+    more data chunks, one trailer with the client's SHA-256 of the bytes.
+    The server writes into a temporary file next to the target, checks the
+    byte count and the digest, and only then renames the temporary file
+    onto the target (an atomic rename on the same filesystem). On any
+    failure (digest or size mismatch, stream ended without trailer,
+    cancellation, I/O error) the temporary file is removed: the target is
+    never left half-written, it is either untouched or complete. A digest
+    mismatch fails with DATA_LOSS; an existing target without `overwrite`
+    fails with ALREADY_EXISTS. gRPC only.
+    """
+    BulkDownload: _aio.UnaryStreamMultiCallable[_filesystem_pb2.BulkDownloadRequest, _filesystem_pb2.BulkDownloadResponse]  # type: ignore[assignment]
     """Stream many files in one call: a list of named files, or a directory
     tree (optionally recursive and filtered by a glob). Each reply carries
     one or more entries, so many small files travel in one message; the
@@ -103,106 +202,106 @@ class FilesystemServicer:
     def Ls(
         self,
         request: _filesystem_pb2.LsRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.LsRequest, _abc.Awaitable[_filesystem_pb2.LsResponse]],
-    ) -> _abc.Awaitable[_filesystem_pb2.LsResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_pb2.LsResponse, _abc.Awaitable[_filesystem_pb2.LsResponse]]:
         """List the contents of the given directory (`ls`)."""
 
     def Head(
         self,
         request: _filesystem_pb2.HeadRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.HeadRequest, _abc.Awaitable[_filesystem_pb2.HeadResponse]],
-    ) -> _abc.Awaitable[_filesystem_pb2.HeadResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_pb2.HeadResponse, _abc.Awaitable[_filesystem_pb2.HeadResponse]]:
         """Output the first part of file/s (`head`)."""
 
     def Tail(
         self,
         request: _filesystem_pb2.TailRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.TailRequest, _abc.Awaitable[_filesystem_pb2.TailResponse]],
-    ) -> _abc.Awaitable[_filesystem_pb2.TailResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_pb2.TailResponse, _abc.Awaitable[_filesystem_pb2.TailResponse]]:
         """Output the last part of a file (`tail`)."""
 
     def View(
         self,
         request: _filesystem_pb2.ViewRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.ViewRequest, _abc.Awaitable[_filesystem_pb2.ViewResponse]],
-    ) -> _abc.Awaitable[_filesystem_pb2.ViewResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_pb2.ViewResponse, _abc.Awaitable[_filesystem_pb2.ViewResponse]]:
         """View file content (up to the configured maximum of bytes per request)."""
 
     def Checksum(
         self,
         request: _filesystem_pb2.ChecksumRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.ChecksumRequest, _abc.Awaitable[_filesystem_pb2.ChecksumResponse]],
-    ) -> _abc.Awaitable[_filesystem_pb2.ChecksumResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_pb2.ChecksumResponse, _abc.Awaitable[_filesystem_pb2.ChecksumResponse]]:
         """Output the checksum of a file (using SHA-256 algorithm)."""
 
     def FileType(
         self,
         request: _filesystem_pb2.FileTypeRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.FileTypeRequest, _abc.Awaitable[_filesystem_pb2.FileTypeResponse]],
-    ) -> _abc.Awaitable[_filesystem_pb2.FileTypeResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_pb2.FileTypeResponse, _abc.Awaitable[_filesystem_pb2.FileTypeResponse]]:
         """Output the type of a file or directory (`file`)."""
 
     def Stat(
         self,
         request: _filesystem_pb2.StatRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.StatRequest, _abc.Awaitable[_filesystem_pb2.StatResponse]],
-    ) -> _abc.Awaitable[_filesystem_pb2.StatResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_pb2.StatResponse, _abc.Awaitable[_filesystem_pb2.StatResponse]]:
         """Output the `stat` of a file."""
 
     def Chmod(
         self,
         request: _filesystem_pb2.ChmodRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.ChmodRequest, _abc.Awaitable[_filesystem_pb2.ChmodResponse]],
-    ) -> _abc.Awaitable[_filesystem_pb2.ChmodResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_pb2.ChmodResponse, _abc.Awaitable[_filesystem_pb2.ChmodResponse]]:
         """Change the permission mode of a file (`chmod`)."""
 
     def Chown(
         self,
         request: _filesystem_pb2.ChownRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.ChownRequest, _abc.Awaitable[_filesystem_pb2.ChownResponse]],
-    ) -> _abc.Awaitable[_filesystem_pb2.ChownResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_pb2.ChownResponse, _abc.Awaitable[_filesystem_pb2.ChownResponse]]:
         """Change the ownership of a given file (`chown`)."""
 
     def Mkdir(
         self,
         request: _filesystem_pb2.MkdirRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.MkdirRequest, _abc.Awaitable[_filesystem_pb2.MkdirResponse]],
-    ) -> _abc.Awaitable[_filesystem_pb2.MkdirResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_pb2.MkdirResponse, _abc.Awaitable[_filesystem_pb2.MkdirResponse]]:
         """Create directory operation (`mkdir`)."""
 
     def Symlink(
         self,
         request: _filesystem_pb2.SymlinkRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.SymlinkRequest, _abc.Awaitable[_filesystem_pb2.SymlinkResponse]],
-    ) -> _abc.Awaitable[_filesystem_pb2.SymlinkResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_pb2.SymlinkResponse, _abc.Awaitable[_filesystem_pb2.SymlinkResponse]]:
         """Create symlink operation (`ln`)."""
 
     def Rm(
         self,
         request: _filesystem_pb2.RmRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.RmRequest, _abc.Awaitable[_filesystem_pb2.RmResponse]],
-    ) -> _abc.Awaitable[_filesystem_pb2.RmResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_pb2.RmResponse, _abc.Awaitable[_filesystem_pb2.RmResponse]]:
         """Delete file or directory operation (`rm`)."""
 
     def Compress(
         self,
         request: _filesystem_pb2.CompressRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.CompressRequest, _abc.Awaitable[_filesystem_pb2.CompressResponse]],
-    ) -> _abc.Awaitable[_filesystem_pb2.CompressResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_pb2.CompressResponse, _abc.Awaitable[_filesystem_pb2.CompressResponse]]:
         """Compress files and directories using `tar` command."""
 
     def Extract(
         self,
         request: _filesystem_pb2.ExtractRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.ExtractRequest, _abc.Awaitable[_filesystem_pb2.ExtractResponse]],
-    ) -> _abc.Awaitable[_filesystem_pb2.ExtractResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_pb2.ExtractResponse, _abc.Awaitable[_filesystem_pb2.ExtractResponse]]:
         """Extract `tar` `gzip` archives."""
 
     def Download(
         self,
         request: _filesystem_pb2.DownloadRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.DownloadRequest, _abc.Awaitable[_httpbody_pb2.HttpBody]],
-    ) -> _abc.Awaitable[_httpbody_pb2.HttpBody]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """Download a small file (up to the configured maximum size). The reply is
         the file's raw bytes (`application/octet-stream`). Larger files: use
         DownloadStream, or Transfer.Download through S3.
@@ -212,8 +311,8 @@ class FilesystemServicer:
     def Upload(
         self,
         request: _filesystem_pb2.UploadRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.UploadRequest, _abc.Awaitable[_filesystem_pb2.UploadResponse]],
-    ) -> _abc.Awaitable[_filesystem_pb2.UploadResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_pb2.UploadResponse, _abc.Awaitable[_filesystem_pb2.UploadResponse]]:
         """Upload a small file (up to the configured maximum size) as
         `multipart/form-data`; the file is written to the directory `path` under
         the file name given in the form part.
@@ -222,8 +321,8 @@ class FilesystemServicer:
     def DownloadStream(
         self,
         request: _filesystem_pb2.DownloadStreamRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.DownloadStreamRequest, _abc.AsyncIterator[_filesystem_pb2.DownloadStreamResponse]],
-    ) -> _abc.AsyncIterator[_filesystem_pb2.DownloadStreamResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_filesystem_pb2.DownloadStreamResponse], _abc.AsyncIterator[_filesystem_pb2.DownloadStreamResponse]]:
         """Stream one file (or a byte range of it) to the client, without size
         limit. Replies, in order: one header (size, mode, mtime), zero or more
         data chunks, one trailer with the SHA-256 of every byte sent. The client
@@ -233,9 +332,9 @@ class FilesystemServicer:
 
     def UploadStream(
         self,
-        request_iterator: _abc.AsyncIterator[_filesystem_pb2.UploadStreamRequest],
-        context: _aio.ServicerContext[_abc.AsyncIterator[_filesystem_pb2.UploadStreamRequest], _abc.Awaitable[_filesystem_pb2.UploadStreamResponse]],
-    ) -> _abc.Awaitable[_filesystem_pb2.UploadStreamResponse]:
+        request_iterator: _MaybeAsyncIterator[_filesystem_pb2.UploadStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_pb2.UploadStreamResponse, _abc.Awaitable[_filesystem_pb2.UploadStreamResponse]]:
         """Stream one file from the client to the cluster, without size limit.
         Requests, in order: one header (system, target file, options), zero or
         more data chunks, one trailer with the client's SHA-256 of the bytes.
@@ -252,8 +351,8 @@ class FilesystemServicer:
     def BulkDownload(
         self,
         request: _filesystem_pb2.BulkDownloadRequest,
-        context: _aio.ServicerContext[_filesystem_pb2.BulkDownloadRequest, _abc.AsyncIterator[_filesystem_pb2.BulkDownloadResponse]],
-    ) -> _abc.AsyncIterator[_filesystem_pb2.BulkDownloadResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_filesystem_pb2.BulkDownloadResponse], _abc.AsyncIterator[_filesystem_pb2.BulkDownloadResponse]]:
         """Stream many files in one call: a list of named files, or a directory
         tree (optionally recursive and filtered by a glob). Each reply carries
         one or more entries, so many small files travel in one message; the
@@ -265,4 +364,4 @@ class FilesystemServicer:
         stream. gRPC only.
         """
 
-def add_FilesystemServicer_to_server(servicer: FilesystemServicer, server: _aio.Server) -> None: ...
+def add_FilesystemServicer_to_server(servicer: FilesystemServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

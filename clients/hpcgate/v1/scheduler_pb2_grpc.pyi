@@ -6,7 +6,22 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from hpcgate.v1 import scheduler_pb2 as _scheduler_pb2
+import abc as _abc_1
+import grpc as _grpc
+import sys
+import typing as _typing
 
+if sys.version_info >= (3, 11):
+    from typing import Self as _Self
+else:
+    from typing_extensions import Self as _Self
+
+_T = _typing.TypeVar("_T")
+
+class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
+
+class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
+    ...
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
@@ -17,28 +32,69 @@ class SchedulerStub:
     `/compute` section and adds the streaming WatchJobs.
     """
 
-    def __init__(self, channel: _aio.Channel) -> None: ...
-    ListJobs: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListJobsRequest, _scheduler_pb2.ListJobsResponse]
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> SchedulerAsyncStub: ...
+    ListJobs: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListJobsRequest, _scheduler_pb2.ListJobsResponse]
     """Get status of all jobs: the caller's jobs (or all visible jobs with
     `allusers`) active within the time window.
     """
-    SubmitJob: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.SubmitJobRequest, _scheduler_pb2.SubmitJobResponse]
+    SubmitJob: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.SubmitJobRequest, _scheduler_pb2.SubmitJobResponse]
     """Submit a new job. Answers 201 with the new job's id."""
-    GetJob: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetJobRequest, _scheduler_pb2.GetJobResponse]
+    GetJob: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetJobRequest, _scheduler_pb2.GetJobResponse]
     """Get status of a job by `{job_id}`. A job array or heterogeneous job
     yields one entry per component.
     """
-    CancelJob: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CancelJobRequest, _scheduler_pb2.CancelJobResponse]
+    CancelJob: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.CancelJobRequest, _scheduler_pb2.CancelJobResponse]
     """Cancel a job. Answers 204 with no body."""
-    AttachJob: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.AttachJobRequest, _scheduler_pb2.AttachJobResponse]
+    AttachJob: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.AttachJobRequest, _scheduler_pb2.AttachJobResponse]
     """Attach a process to a job by `{job_id}`: run a command inside the job's
     allocation (Slurm: `srun --overlap --jobid`). Answers 204 with no body.
     """
-    GetJobMetadata: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetJobMetadataRequest, _scheduler_pb2.GetJobMetadataResponse]
+    GetJobMetadata: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetJobMetadataRequest, _scheduler_pb2.GetJobMetadataResponse]
     """Get metadata of a job by `{job_id}`: its batch script and standard
     stream paths.
     """
-    WatchJobs: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchJobsRequest, _scheduler_pb2.WatchJobsResponse]
+    WatchJobs: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.WatchJobsRequest, _scheduler_pb2.WatchJobsResponse]
+    """Watch job state changes (hpcgate, no FirecREST equivalent). The server
+    sends one event per observed state change of a watched job, optionally
+    preceded by one snapshot per job. The stream ends when every named job
+    has reached a terminal state, when a bound in the request is reached,
+    or when the client cancels; watching all of the caller's jobs (no
+    `job_ids`) only ends by a bound or by the client. On REST it is served
+    as Server-Sent Events or newline-delimited JSON.
+    """
+
+@_typing.type_check_only
+class SchedulerAsyncStub(SchedulerStub):
+    """Scheduler submits, inspects, cancels and watches batch jobs on a system's
+    workload manager (Slurm first, PBS later). It mirrors FirecREST v2's
+    `/compute` section and adds the streaming WatchJobs.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ListJobs: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListJobsRequest, _scheduler_pb2.ListJobsResponse]  # type: ignore[assignment]
+    """Get status of all jobs: the caller's jobs (or all visible jobs with
+    `allusers`) active within the time window.
+    """
+    SubmitJob: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.SubmitJobRequest, _scheduler_pb2.SubmitJobResponse]  # type: ignore[assignment]
+    """Submit a new job. Answers 201 with the new job's id."""
+    GetJob: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetJobRequest, _scheduler_pb2.GetJobResponse]  # type: ignore[assignment]
+    """Get status of a job by `{job_id}`. A job array or heterogeneous job
+    yields one entry per component.
+    """
+    CancelJob: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CancelJobRequest, _scheduler_pb2.CancelJobResponse]  # type: ignore[assignment]
+    """Cancel a job. Answers 204 with no body."""
+    AttachJob: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.AttachJobRequest, _scheduler_pb2.AttachJobResponse]  # type: ignore[assignment]
+    """Attach a process to a job by `{job_id}`: run a command inside the job's
+    allocation (Slurm: `srun --overlap --jobid`). Answers 204 with no body.
+    """
+    GetJobMetadata: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetJobMetadataRequest, _scheduler_pb2.GetJobMetadataResponse]  # type: ignore[assignment]
+    """Get metadata of a job by `{job_id}`: its batch script and standard
+    stream paths.
+    """
+    WatchJobs: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchJobsRequest, _scheduler_pb2.WatchJobsResponse]  # type: ignore[assignment]
     """Watch job state changes (hpcgate, no FirecREST equivalent). The server
     sends one event per observed state change of a watched job, optionally
     preceded by one snapshot per job. The stream ends when every named job
@@ -57,8 +113,8 @@ class SchedulerServicer:
     def ListJobs(
         self,
         request: _scheduler_pb2.ListJobsRequest,
-        context: _aio.ServicerContext[_scheduler_pb2.ListJobsRequest, _abc.Awaitable[_scheduler_pb2.ListJobsResponse]],
-    ) -> _abc.Awaitable[_scheduler_pb2.ListJobsResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListJobsResponse, _abc.Awaitable[_scheduler_pb2.ListJobsResponse]]:
         """Get status of all jobs: the caller's jobs (or all visible jobs with
         `allusers`) active within the time window.
         """
@@ -66,15 +122,15 @@ class SchedulerServicer:
     def SubmitJob(
         self,
         request: _scheduler_pb2.SubmitJobRequest,
-        context: _aio.ServicerContext[_scheduler_pb2.SubmitJobRequest, _abc.Awaitable[_scheduler_pb2.SubmitJobResponse]],
-    ) -> _abc.Awaitable[_scheduler_pb2.SubmitJobResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.SubmitJobResponse, _abc.Awaitable[_scheduler_pb2.SubmitJobResponse]]:
         """Submit a new job. Answers 201 with the new job's id."""
 
     def GetJob(
         self,
         request: _scheduler_pb2.GetJobRequest,
-        context: _aio.ServicerContext[_scheduler_pb2.GetJobRequest, _abc.Awaitable[_scheduler_pb2.GetJobResponse]],
-    ) -> _abc.Awaitable[_scheduler_pb2.GetJobResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.GetJobResponse, _abc.Awaitable[_scheduler_pb2.GetJobResponse]]:
         """Get status of a job by `{job_id}`. A job array or heterogeneous job
         yields one entry per component.
         """
@@ -82,15 +138,15 @@ class SchedulerServicer:
     def CancelJob(
         self,
         request: _scheduler_pb2.CancelJobRequest,
-        context: _aio.ServicerContext[_scheduler_pb2.CancelJobRequest, _abc.Awaitable[_scheduler_pb2.CancelJobResponse]],
-    ) -> _abc.Awaitable[_scheduler_pb2.CancelJobResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.CancelJobResponse, _abc.Awaitable[_scheduler_pb2.CancelJobResponse]]:
         """Cancel a job. Answers 204 with no body."""
 
     def AttachJob(
         self,
         request: _scheduler_pb2.AttachJobRequest,
-        context: _aio.ServicerContext[_scheduler_pb2.AttachJobRequest, _abc.Awaitable[_scheduler_pb2.AttachJobResponse]],
-    ) -> _abc.Awaitable[_scheduler_pb2.AttachJobResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.AttachJobResponse, _abc.Awaitable[_scheduler_pb2.AttachJobResponse]]:
         """Attach a process to a job by `{job_id}`: run a command inside the job's
         allocation (Slurm: `srun --overlap --jobid`). Answers 204 with no body.
         """
@@ -98,8 +154,8 @@ class SchedulerServicer:
     def GetJobMetadata(
         self,
         request: _scheduler_pb2.GetJobMetadataRequest,
-        context: _aio.ServicerContext[_scheduler_pb2.GetJobMetadataRequest, _abc.Awaitable[_scheduler_pb2.GetJobMetadataResponse]],
-    ) -> _abc.Awaitable[_scheduler_pb2.GetJobMetadataResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.GetJobMetadataResponse, _abc.Awaitable[_scheduler_pb2.GetJobMetadataResponse]]:
         """Get metadata of a job by `{job_id}`: its batch script and standard
         stream paths.
         """
@@ -107,8 +163,8 @@ class SchedulerServicer:
     def WatchJobs(
         self,
         request: _scheduler_pb2.WatchJobsRequest,
-        context: _aio.ServicerContext[_scheduler_pb2.WatchJobsRequest, _abc.AsyncIterator[_scheduler_pb2.WatchJobsResponse]],
-    ) -> _abc.AsyncIterator[_scheduler_pb2.WatchJobsResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_scheduler_pb2.WatchJobsResponse], _abc.AsyncIterator[_scheduler_pb2.WatchJobsResponse]]:
         """Watch job state changes (hpcgate, no FirecREST equivalent). The server
         sends one event per observed state change of a watched job, optionally
         preceded by one snapshot per job. The stream ends when every named job
@@ -118,4 +174,4 @@ class SchedulerServicer:
         as Server-Sent Events or newline-delimited JSON.
         """
 
-def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _aio.Server) -> None: ...
+def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

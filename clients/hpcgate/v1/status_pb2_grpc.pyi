@@ -6,7 +6,22 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from hpcgate.v1 import status_pb2 as _status_pb2
+import abc as _abc_1
+import grpc as _grpc
+import sys
+import typing as _typing
 
+if sys.version_info >= (3, 11):
+    from typing import Self as _Self
+else:
+    from typing_extensions import Self as _Self
+
+_T = _typing.TypeVar("_T")
+
+class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
+
+class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
+    ...
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
@@ -18,20 +33,49 @@ class StatusStub:
     `/status` section.
     """
 
-    def __init__(self, channel: _aio.Channel) -> None: ...
-    ListSystems: _aio.UnaryUnaryMultiCallable[_status_pb2.ListSystemsRequest, _status_pb2.ListSystemsResponse]
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> StatusAsyncStub: ...
+    ListSystems: _grpc.UnaryUnaryMultiCallable[_status_pb2.ListSystemsRequest, _status_pb2.ListSystemsResponse]
     """Get the list of systems and health status."""
-    GetLiveness: _aio.UnaryUnaryMultiCallable[_status_pb2.GetLivenessRequest, _status_pb2.GetLivenessResponse]
+    GetLiveness: _grpc.UnaryUnaryMultiCallable[_status_pb2.GetLivenessRequest, _status_pb2.GetLivenessResponse]
     """Get liveness status of the service: when the health checker last ran
     for each system. The path keeps FirecREST's trailing slash.
     """
-    ListNodes: _aio.UnaryUnaryMultiCallable[_status_pb2.ListNodesRequest, _status_pb2.ListNodesResponse]
+    ListNodes: _grpc.UnaryUnaryMultiCallable[_status_pb2.ListNodesRequest, _status_pb2.ListNodesResponse]
     """Get the list of nodes of a `{system_name}`."""
-    ListPartitions: _aio.UnaryUnaryMultiCallable[_status_pb2.ListPartitionsRequest, _status_pb2.ListPartitionsResponse]
+    ListPartitions: _grpc.UnaryUnaryMultiCallable[_status_pb2.ListPartitionsRequest, _status_pb2.ListPartitionsResponse]
     """Get the list of partitions of a `{system_name}`."""
-    ListReservations: _aio.UnaryUnaryMultiCallable[_status_pb2.ListReservationsRequest, _status_pb2.ListReservationsResponse]
+    ListReservations: _grpc.UnaryUnaryMultiCallable[_status_pb2.ListReservationsRequest, _status_pb2.ListReservationsResponse]
     """Get the list of reservations of a `{system_name}`."""
-    GetUserInfo: _aio.UnaryUnaryMultiCallable[_status_pb2.GetUserInfoRequest, _status_pb2.GetUserInfoResponse]
+    GetUserInfo: _grpc.UnaryUnaryMultiCallable[_status_pb2.GetUserInfoRequest, _status_pb2.GetUserInfoResponse]
+    """Get current user information on a `{system_name}`: POSIX user, primary
+    group, all groups, and the scheduler accounts the user may charge.
+    """
+
+@_typing.type_check_only
+class StatusAsyncStub(StatusStub):
+    """Status reports the configured systems and their health, and what the
+    scheduler of one system knows about its nodes, partitions and
+    reservations, and about the calling user. It mirrors FirecREST v2's
+    `/status` section.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ListSystems: _aio.UnaryUnaryMultiCallable[_status_pb2.ListSystemsRequest, _status_pb2.ListSystemsResponse]  # type: ignore[assignment]
+    """Get the list of systems and health status."""
+    GetLiveness: _aio.UnaryUnaryMultiCallable[_status_pb2.GetLivenessRequest, _status_pb2.GetLivenessResponse]  # type: ignore[assignment]
+    """Get liveness status of the service: when the health checker last ran
+    for each system. The path keeps FirecREST's trailing slash.
+    """
+    ListNodes: _aio.UnaryUnaryMultiCallable[_status_pb2.ListNodesRequest, _status_pb2.ListNodesResponse]  # type: ignore[assignment]
+    """Get the list of nodes of a `{system_name}`."""
+    ListPartitions: _aio.UnaryUnaryMultiCallable[_status_pb2.ListPartitionsRequest, _status_pb2.ListPartitionsResponse]  # type: ignore[assignment]
+    """Get the list of partitions of a `{system_name}`."""
+    ListReservations: _aio.UnaryUnaryMultiCallable[_status_pb2.ListReservationsRequest, _status_pb2.ListReservationsResponse]  # type: ignore[assignment]
+    """Get the list of reservations of a `{system_name}`."""
+    GetUserInfo: _aio.UnaryUnaryMultiCallable[_status_pb2.GetUserInfoRequest, _status_pb2.GetUserInfoResponse]  # type: ignore[assignment]
     """Get current user information on a `{system_name}`: POSIX user, primary
     group, all groups, and the scheduler accounts the user may charge.
     """
@@ -46,15 +90,15 @@ class StatusServicer:
     def ListSystems(
         self,
         request: _status_pb2.ListSystemsRequest,
-        context: _aio.ServicerContext[_status_pb2.ListSystemsRequest, _abc.Awaitable[_status_pb2.ListSystemsResponse]],
-    ) -> _abc.Awaitable[_status_pb2.ListSystemsResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_status_pb2.ListSystemsResponse, _abc.Awaitable[_status_pb2.ListSystemsResponse]]:
         """Get the list of systems and health status."""
 
     def GetLiveness(
         self,
         request: _status_pb2.GetLivenessRequest,
-        context: _aio.ServicerContext[_status_pb2.GetLivenessRequest, _abc.Awaitable[_status_pb2.GetLivenessResponse]],
-    ) -> _abc.Awaitable[_status_pb2.GetLivenessResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_status_pb2.GetLivenessResponse, _abc.Awaitable[_status_pb2.GetLivenessResponse]]:
         """Get liveness status of the service: when the health checker last ran
         for each system. The path keeps FirecREST's trailing slash.
         """
@@ -62,31 +106,31 @@ class StatusServicer:
     def ListNodes(
         self,
         request: _status_pb2.ListNodesRequest,
-        context: _aio.ServicerContext[_status_pb2.ListNodesRequest, _abc.Awaitable[_status_pb2.ListNodesResponse]],
-    ) -> _abc.Awaitable[_status_pb2.ListNodesResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_status_pb2.ListNodesResponse, _abc.Awaitable[_status_pb2.ListNodesResponse]]:
         """Get the list of nodes of a `{system_name}`."""
 
     def ListPartitions(
         self,
         request: _status_pb2.ListPartitionsRequest,
-        context: _aio.ServicerContext[_status_pb2.ListPartitionsRequest, _abc.Awaitable[_status_pb2.ListPartitionsResponse]],
-    ) -> _abc.Awaitable[_status_pb2.ListPartitionsResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_status_pb2.ListPartitionsResponse, _abc.Awaitable[_status_pb2.ListPartitionsResponse]]:
         """Get the list of partitions of a `{system_name}`."""
 
     def ListReservations(
         self,
         request: _status_pb2.ListReservationsRequest,
-        context: _aio.ServicerContext[_status_pb2.ListReservationsRequest, _abc.Awaitable[_status_pb2.ListReservationsResponse]],
-    ) -> _abc.Awaitable[_status_pb2.ListReservationsResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_status_pb2.ListReservationsResponse, _abc.Awaitable[_status_pb2.ListReservationsResponse]]:
         """Get the list of reservations of a `{system_name}`."""
 
     def GetUserInfo(
         self,
         request: _status_pb2.GetUserInfoRequest,
-        context: _aio.ServicerContext[_status_pb2.GetUserInfoRequest, _abc.Awaitable[_status_pb2.GetUserInfoResponse]],
-    ) -> _abc.Awaitable[_status_pb2.GetUserInfoResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_status_pb2.GetUserInfoResponse, _abc.Awaitable[_status_pb2.GetUserInfoResponse]]:
         """Get current user information on a `{system_name}`: POSIX user, primary
         group, all groups, and the scheduler accounts the user may charge.
         """
 
-def add_StatusServicer_to_server(servicer: StatusServicer, server: _aio.Server) -> None: ...
+def add_StatusServicer_to_server(servicer: StatusServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,7 +6,22 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from hpcgate.v1 import transfer_pb2 as _transfer_pb2
+import abc as _abc_1
+import grpc as _grpc
+import sys
+import typing as _typing
 
+if sys.version_info >= (3, 11):
+    from typing import Self as _Self
+else:
+    from typing_extensions import Self as _Self
+
+_T = _typing.TypeVar("_T")
+
+class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
+
+class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
+    ...
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
@@ -22,28 +37,31 @@ class TransferStub:
     service.
     """
 
-    def __init__(self, channel: _aio.Channel) -> None: ...
-    Upload: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferUploadRequest, _transfer_pb2.TransferUploadResponse]
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> TransferAsyncStub: ...
+    Upload: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.TransferUploadRequest, _transfer_pb2.TransferUploadResponse]
     """Create asynchronous upload operation: returns presigned URLs to upload
     the file (S3 multipart upload) and the job that moves it from the
     bucket to `sourcePath` once the upload is complete.
     """
-    Download: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferDownloadRequest, _transfer_pb2.TransferDownloadResponse]
+    Download: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.TransferDownloadRequest, _transfer_pb2.TransferDownloadResponse]
     """Create asynchronous download operation: returns the job that copies the
     file into the bucket and the presigned URL to download it from there
     once the job has completed.
     """
-    Cp: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferCpRequest, _transfer_pb2.TransferCpResponse]
+    Cp: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.TransferCpRequest, _transfer_pb2.TransferCpResponse]
     """Create copy file or directory operation (`cp`)."""
-    Mv: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferMvRequest, _transfer_pb2.TransferMvResponse]
+    Mv: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.TransferMvRequest, _transfer_pb2.TransferMvResponse]
     """Create move file or directory operation (`mv`)."""
-    Rm: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferRmRequest, _transfer_pb2.TransferRmResponse]
+    Rm: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.TransferRmRequest, _transfer_pb2.TransferRmResponse]
     """Create remove file or directory operation (`rm`)."""
-    Compress: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferCompressRequest, _transfer_pb2.TransferCompressResponse]
+    Compress: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.TransferCompressRequest, _transfer_pb2.TransferCompressResponse]
     """Create compress file or directory operation (`tar`)."""
-    Extract: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferExtractRequest, _transfer_pb2.TransferExtractResponse]
+    Extract: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.TransferExtractRequest, _transfer_pb2.TransferExtractResponse]
     """Create extract file operation (`tar`)."""
-    GetTransfer: _aio.UnaryUnaryMultiCallable[_transfer_pb2.GetTransferRequest, _transfer_pb2.GetTransferResponse]
+    GetTransfer: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.GetTransferRequest, _transfer_pb2.GetTransferResponse]
     """Get the state of one of the caller's transfers, by its job id: the
     job's state together with, for upload and download, the state of the
     object in the staging bucket (how many parts a client has uploaded, or
@@ -53,7 +71,59 @@ class TransferStub:
     way. Other users' jobs, and jobs that are no transfer, are NOT_FOUND.
     (hpcgate only: FirecREST has no equivalent.)
     """
-    WatchTransfer: _aio.UnaryStreamMultiCallable[_transfer_pb2.WatchTransferRequest, _transfer_pb2.WatchTransferResponse]
+    WatchTransfer: _grpc.UnaryStreamMultiCallable[_transfer_pb2.WatchTransferRequest, _transfer_pb2.WatchTransferResponse]
+    """Stream the state of one of the caller's transfers: its current state
+    first, then every change (job state, parts uploaded or staged), until
+    the transfer has succeeded or failed; then the stream ends (OK). Job
+    states come from the caller's job poller, shared with WatchJobs. On
+    REST the stream is served as Server-Sent Events, or as NDJSON when
+    `Accept: application/x-ndjson` asks for it. (hpcgate only.)
+    """
+
+@_typing.type_check_only
+class TransferAsyncStub(TransferStub):
+    """Transfer runs long file operations as scheduler jobs on the system:
+    FirecREST's `/filesystem/{system_name}/transfer/` endpoints. Large data
+    moves between the client and the cluster through S3 (presigned URLs): the
+    API answers with the URLs and with the job that moves the bytes between
+    the bucket and the cluster filesystem; it never carries the payload.
+    Copy, move, remove, compress and extract of large trees run as jobs too.
+    Every reply names the job, which can be followed with the Scheduler
+    service.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Upload: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferUploadRequest, _transfer_pb2.TransferUploadResponse]  # type: ignore[assignment]
+    """Create asynchronous upload operation: returns presigned URLs to upload
+    the file (S3 multipart upload) and the job that moves it from the
+    bucket to `sourcePath` once the upload is complete.
+    """
+    Download: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferDownloadRequest, _transfer_pb2.TransferDownloadResponse]  # type: ignore[assignment]
+    """Create asynchronous download operation: returns the job that copies the
+    file into the bucket and the presigned URL to download it from there
+    once the job has completed.
+    """
+    Cp: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferCpRequest, _transfer_pb2.TransferCpResponse]  # type: ignore[assignment]
+    """Create copy file or directory operation (`cp`)."""
+    Mv: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferMvRequest, _transfer_pb2.TransferMvResponse]  # type: ignore[assignment]
+    """Create move file or directory operation (`mv`)."""
+    Rm: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferRmRequest, _transfer_pb2.TransferRmResponse]  # type: ignore[assignment]
+    """Create remove file or directory operation (`rm`)."""
+    Compress: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferCompressRequest, _transfer_pb2.TransferCompressResponse]  # type: ignore[assignment]
+    """Create compress file or directory operation (`tar`)."""
+    Extract: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferExtractRequest, _transfer_pb2.TransferExtractResponse]  # type: ignore[assignment]
+    """Create extract file operation (`tar`)."""
+    GetTransfer: _aio.UnaryUnaryMultiCallable[_transfer_pb2.GetTransferRequest, _transfer_pb2.GetTransferResponse]  # type: ignore[assignment]
+    """Get the state of one of the caller's transfers, by its job id: the
+    job's state together with, for upload and download, the state of the
+    object in the staging bucket (how many parts a client has uploaded, or
+    the job has staged). A finished download comes with a freshly presigned
+    `downloadUrl`. An upload or download whose multipart upload can no
+    longer complete (its job ended, or its time is up) is aborted on the
+    way. Other users' jobs, and jobs that are no transfer, are NOT_FOUND.
+    (hpcgate only: FirecREST has no equivalent.)
+    """
+    WatchTransfer: _aio.UnaryStreamMultiCallable[_transfer_pb2.WatchTransferRequest, _transfer_pb2.WatchTransferResponse]  # type: ignore[assignment]
     """Stream the state of one of the caller's transfers: its current state
     first, then every change (job state, parts uploaded or staged), until
     the transfer has succeeded or failed; then the stream ends (OK). Job
@@ -76,8 +146,8 @@ class TransferServicer:
     def Upload(
         self,
         request: _transfer_pb2.TransferUploadRequest,
-        context: _aio.ServicerContext[_transfer_pb2.TransferUploadRequest, _abc.Awaitable[_transfer_pb2.TransferUploadResponse]],
-    ) -> _abc.Awaitable[_transfer_pb2.TransferUploadResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfer_pb2.TransferUploadResponse, _abc.Awaitable[_transfer_pb2.TransferUploadResponse]]:
         """Create asynchronous upload operation: returns presigned URLs to upload
         the file (S3 multipart upload) and the job that moves it from the
         bucket to `sourcePath` once the upload is complete.
@@ -86,8 +156,8 @@ class TransferServicer:
     def Download(
         self,
         request: _transfer_pb2.TransferDownloadRequest,
-        context: _aio.ServicerContext[_transfer_pb2.TransferDownloadRequest, _abc.Awaitable[_transfer_pb2.TransferDownloadResponse]],
-    ) -> _abc.Awaitable[_transfer_pb2.TransferDownloadResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfer_pb2.TransferDownloadResponse, _abc.Awaitable[_transfer_pb2.TransferDownloadResponse]]:
         """Create asynchronous download operation: returns the job that copies the
         file into the bucket and the presigned URL to download it from there
         once the job has completed.
@@ -96,43 +166,43 @@ class TransferServicer:
     def Cp(
         self,
         request: _transfer_pb2.TransferCpRequest,
-        context: _aio.ServicerContext[_transfer_pb2.TransferCpRequest, _abc.Awaitable[_transfer_pb2.TransferCpResponse]],
-    ) -> _abc.Awaitable[_transfer_pb2.TransferCpResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfer_pb2.TransferCpResponse, _abc.Awaitable[_transfer_pb2.TransferCpResponse]]:
         """Create copy file or directory operation (`cp`)."""
 
     def Mv(
         self,
         request: _transfer_pb2.TransferMvRequest,
-        context: _aio.ServicerContext[_transfer_pb2.TransferMvRequest, _abc.Awaitable[_transfer_pb2.TransferMvResponse]],
-    ) -> _abc.Awaitable[_transfer_pb2.TransferMvResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfer_pb2.TransferMvResponse, _abc.Awaitable[_transfer_pb2.TransferMvResponse]]:
         """Create move file or directory operation (`mv`)."""
 
     def Rm(
         self,
         request: _transfer_pb2.TransferRmRequest,
-        context: _aio.ServicerContext[_transfer_pb2.TransferRmRequest, _abc.Awaitable[_transfer_pb2.TransferRmResponse]],
-    ) -> _abc.Awaitable[_transfer_pb2.TransferRmResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfer_pb2.TransferRmResponse, _abc.Awaitable[_transfer_pb2.TransferRmResponse]]:
         """Create remove file or directory operation (`rm`)."""
 
     def Compress(
         self,
         request: _transfer_pb2.TransferCompressRequest,
-        context: _aio.ServicerContext[_transfer_pb2.TransferCompressRequest, _abc.Awaitable[_transfer_pb2.TransferCompressResponse]],
-    ) -> _abc.Awaitable[_transfer_pb2.TransferCompressResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfer_pb2.TransferCompressResponse, _abc.Awaitable[_transfer_pb2.TransferCompressResponse]]:
         """Create compress file or directory operation (`tar`)."""
 
     def Extract(
         self,
         request: _transfer_pb2.TransferExtractRequest,
-        context: _aio.ServicerContext[_transfer_pb2.TransferExtractRequest, _abc.Awaitable[_transfer_pb2.TransferExtractResponse]],
-    ) -> _abc.Awaitable[_transfer_pb2.TransferExtractResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfer_pb2.TransferExtractResponse, _abc.Awaitable[_transfer_pb2.TransferExtractResponse]]:
         """Create extract file operation (`tar`)."""
 
     def GetTransfer(
         self,
         request: _transfer_pb2.GetTransferRequest,
-        context: _aio.ServicerContext[_transfer_pb2.GetTransferRequest, _abc.Awaitable[_transfer_pb2.GetTransferResponse]],
-    ) -> _abc.Awaitable[_transfer_pb2.GetTransferResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfer_pb2.GetTransferResponse, _abc.Awaitable[_transfer_pb2.GetTransferResponse]]:
         """Get the state of one of the caller's transfers, by its job id: the
         job's state together with, for upload and download, the state of the
         object in the staging bucket (how many parts a client has uploaded, or
@@ -146,8 +216,8 @@ class TransferServicer:
     def WatchTransfer(
         self,
         request: _transfer_pb2.WatchTransferRequest,
-        context: _aio.ServicerContext[_transfer_pb2.WatchTransferRequest, _abc.AsyncIterator[_transfer_pb2.WatchTransferResponse]],
-    ) -> _abc.AsyncIterator[_transfer_pb2.WatchTransferResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_transfer_pb2.WatchTransferResponse], _abc.AsyncIterator[_transfer_pb2.WatchTransferResponse]]:
         """Stream the state of one of the caller's transfers: its current state
         first, then every change (job state, parts uploaded or staged), until
         the transfer has succeeded or failed; then the stream ends (OK). Job
@@ -156,4 +226,4 @@ class TransferServicer:
         `Accept: application/x-ndjson` asks for it. (hpcgate only.)
         """
 
-def add_TransferServicer_to_server(servicer: TransferServicer, server: _aio.Server) -> None: ...
+def add_TransferServicer_to_server(servicer: TransferServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,1 @@
+"""The ``hpcgate`` command line (Typer + Rich) over :mod:`hpcgate.client`."""
