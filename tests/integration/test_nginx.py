@@ -197,4 +197,4 @@ async def test_nginx_routes_around_a_dead_edge(
     assert codes == [200] * 20
     # ... and the dead edge was tried, refused, and stepped over.
     dead_address = edges[0][0]
-    assert f"upstream: \"http://{dead_address}" in nginx.error_log()
+    assert f'upstream: "http://{dead_address}' in nginx.error_log()

@@ -14,6 +14,7 @@ import shlex
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
 import asyncssh
 import pytest
@@ -43,13 +44,19 @@ class Swap:
         return f"{self.work}/d/f"
 
     async def run(self, script: str) -> str:
-        result = await self.conn.run(shlex.join(["sh", "-c", script, "sh", self.work, self.outside]))
+        argv = ["sh", "-c", script, "sh", self.work, self.outside]
+        result = await self.conn.run(shlex.join(argv))
         assert result.exit_status == 0, result.stderr
         return str(result.stdout)
 
     async def swap_out(self) -> None:
         """Replace the directory ``d`` by a link to the outside directory."""
         await self.run('mv -- "$1/d" "$1/d.old" && ln -s -- "$2" "$1/d"')
+
+
+async def _read(handle: asyncssh.SFTPClientFile) -> bytes:
+    """The whole file (opened "rb": bytes, whatever asyncssh's stubs infer)."""
+    return cast(bytes, await handle.read())
 
 
 @pytest.fixture
@@ -80,7 +87,8 @@ async def test_a_read_is_refused_when_a_directory_is_swapped_after_the_resolve(
 
 async def test_a_swap_to_another_place_inside_is_path_changed(swap: Swap) -> None:
     real = CONFINE.check(swap.file, await swap.sftp.realpath(swap.file))
-    await swap.run('mkdir -- "$1/e" && echo other > "$1/e/f" && mv -- "$1/d" "$1/d.old" && ln -s e "$1/d"')
+    await swap.run('mkdir -- "$1/e" && echo other > "$1/e/f"')
+    await swap.run('mv -- "$1/d" "$1/d.old" && ln -s e "$1/d"')
     with pytest.raises(ServiceError) as refused:
         async with opened(swap.sftp, CONFINE, real, swap.file):
             pass
@@ -103,7 +111,7 @@ async def test_an_upload_is_refused_and_writes_nothing_outside_after_a_swap(swap
 async def test_normal_reads_and_uploads_work_and_keep_the_model_true(swap: Swap) -> None:
     for _ in range(3):
         async with opened(swap.sftp, CONFINE, await swap.sftp.realpath(swap.file), swap.file) as h:
-            assert await h.read() == b"inside\n"
+            assert await _read(h) == b"inside\n"
     taken = set(model_of(swap.sftp).taken or ())
     target = f"{swap.work}/d/up.txt"
     async with AtomicWrite(swap.sftp, target, shown=target, confine=CONFINE) as out:
@@ -122,11 +130,11 @@ async def test_a_stale_model_is_learned_again_not_refused(swap: Swap) -> None:
     behind = await swap.sftp.open(f"{swap.work}/d.behind", "wb")
     try:
         async with opened(swap.sftp, CONFINE, real, swap.file) as handle:
-            assert await handle.read() == b"inside\n"
+            assert await _read(handle) == b"inside\n"
     finally:
         await behind.close()
     # ...and a model that is plainly wrong (claims nothing open).
     model.taken = set()
     async with opened(swap.sftp, CONFINE, real, swap.file) as handle:
-        assert await handle.read() == b"inside\n"
+        assert await _read(handle) == b"inside\n"
     assert model.taken and 0 in model.taken  # learned again: sftp-server holds its stdin
