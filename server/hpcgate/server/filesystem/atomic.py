@@ -6,6 +6,17 @@ everything arrived and checked out; on any failure or cancellation the
 temporary file is removed and the target is untouched. A temporary file a
 dead server left behind is swept later (:mod:`.sweep`), by its name
 (:func:`temp_name`).
+
+Given a :class:`~.confine.Confine`, the temporary file is opened by
+:func:`~.handles.verified_open`: its handle must lead to the resolved
+directory asked for, so the bytes, written through that handle, land
+inside. The final rename is by path and cannot carry them out: it moves
+whatever entry the temporary *name* reaches now. Were a directory on the
+path swapped for a link after the open, that name reaches a place where the
+file written is not (it stays in the directory its handle reached), so the
+rename fails or moves only what someone else put there, under a random
+name, within a directory the caller may write anyway; the written bytes
+never leave the filesystems.
 """
 
 from __future__ import annotations
@@ -21,7 +32,9 @@ from types import TracebackType
 import asyncssh
 
 from hpcgate.server.errors import ErrorKind, ServiceError
+from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import sftp_error
+from hpcgate.server.filesystem.handles import close, verified_open
 
 # Longest file name (one path component) Linux filesystems take, in bytes.
 NAME_MAX = 255
@@ -84,8 +97,11 @@ class AtomicWrite:
         mode: int | None = None,
         size: int | None = None,
         shown: str | None = None,
+        confine: Confine | None = None,
     ) -> None:
         self._sftp = sftp
+        # With it, the temporary file's handle must lead where it was asked to.
+        self._confine = confine
         self.target = target
         # The name errors give: the caller's path, not the resolved one.
         self.shown = shown or target
@@ -94,6 +110,7 @@ class AtomicWrite:
         self._size = size
         self.temp = temp_name(target)
         self._file: asyncssh.SFTPClientFile | None = None
+        self._fd: int | None = None
         self._buffer = bytearray()
         self._offset = 0
         self._writes: deque[asyncio.Future[int]] = deque()
@@ -112,7 +129,12 @@ class AtomicWrite:
             mode = stat.S_IMODE(existing.permissions or 0)
         attrs = asyncssh.SFTPAttrs(permissions=mode) if mode is not None else asyncssh.SFTPAttrs()
         try:
-            self._file = await self._sftp.open(self.temp, "xb", attrs)
+            if self._confine is None:
+                self._file = await self._sftp.open(self.temp, "xb", attrs)
+            else:
+                self._file, self._fd = await verified_open(
+                    self._sftp, self._confine, self.temp, self.shown, "xb", attrs
+                )
             if mode is not None:
                 await self._file.chmod(mode)  # open()'s mode went through the umask
         except asyncssh.SFTPError as error:
@@ -189,7 +211,7 @@ class AtomicWrite:
             await self._wait_oldest()
         file, self._file = self._file, None
         try:
-            await file.close()
+            await self._close(file)
         except asyncssh.SFTPError as error:
             raise sftp_error(error, self.shown) from error
         try:
@@ -220,5 +242,12 @@ class AtomicWrite:
         file, self._file = self._file, None
         with contextlib.suppress(asyncssh.Error, OSError):
             if file is not None:
-                await file.close()
+                await self._close(file)
             await self._sftp.remove(self.temp)
+
+    async def _close(self, file: asyncssh.SFTPClientFile) -> None:
+        """Close the temporary file, through the fd model if it was opened through it."""
+        if self._fd is None:
+            await file.close()
+        else:
+            await close(self._sftp, file, self._fd)

@@ -16,19 +16,31 @@ How the check and the act are kept together, by transport:
   and acts on the bare name there with a command that does not follow a
   last link (``stat`` without ``-L``, ``chown -h``, ``rm``). A link swapped
   in after the check is never followed: the fd and the cwd are held.
-* **SFTP** (reads, uploads, mkdir, symlink, chmod, ls): SFTP v3, all that
-  OpenSSH speaks, has no openat, no O_NOFOLLOW and no way from a handle to
-  its path or inode. So the path is resolved with ``realpath`` and the
-  operation acts on the *resolved* path, whose every component was a real
-  directory inside a filesystem when resolved. A link made beforehand (the
-  attack of issue 14) is therefore always caught; what remains is a swap of
-  one of those directories for a link leading outside within the ~0.3 ms
-  between two requests on the same channel. hpcgate itself makes no such
-  link (symlink and extract refuse them), so that takes a process on the
-  cluster, run by a user who may write that directory's parent, racing the
-  request. Closing that too would take a look at sftp-server's
-  ``/proc/self/fd`` after each open (measured: 2.6 ms, more than the read
-  itself), so reads stay on the resolved path.
+* **SFTP reads and uploads** (content, ranges, checksum's size check, the
+  ``.part`` file of every upload): the path is resolved (``realpath``),
+  checked, and the resolved path opened; then the *handle* is checked
+  (:mod:`.handles`): a readlink of sftp-server's ``/proc/self/fd/N``,
+  pipelined behind the open (no round trip added; a per-client model of
+  sftp-server's open fds predicts N), must name exactly the resolved path.
+  A directory on the path swapped for a link between the resolve and the
+  open makes the handle lead elsewhere: it is closed and refused
+  (PATH_OUTSIDE_FILESYSTEMS, or PATH_CHANGED if the place is inside). Data
+  then flows through the held handle only; an upload's final rename is by
+  path, but moves only what the temporary name reaches then, never the
+  bytes written (see :mod:`.atomic`).
+* **Other SFTP steps** (mkdir, symlink, chmod, rm of one file, ls): SFTP v3,
+  all that OpenSSH speaks, has no openat and no O_NOFOLLOW, and these make
+  no handle to check; they act on the resolved path, whose every component
+  was a real directory inside a filesystem when resolved. A link made
+  beforehand (the attack of issue 14) is always caught; what remains is a
+  swap of one of those directories for a link leading outside within the
+  ~0.3 ms between two requests. That takes a process on the cluster, run by
+  a user who may write that directory's parent, racing the request (hpcgate
+  itself makes no such link: symlink and extract refuse them). These are
+  not hot paths: a one-step confined shell command would close it
+  (``at`` + bare name for mkdir/symlink/rm, ``chmod`` of
+  ``/proc/self/fd/3`` after ``exec 3<`` for chmod, mind that an unreadable
+  file cannot be opened so), as would ``ls`` by ``cd -P`` + ``inside``.
 * **Batches** (small-file reads, bulk download): one ``realpath -m`` over
   all paths in the batch's own command drops every path that leads outside
   before tar opens anything; no round trip is added. tar then opens by

@@ -27,6 +27,7 @@ from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument
 from hpcgate.server.filesystem.atomic import NAME_MAX, AtomicWrite
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import sftp_error
+from hpcgate.server.filesystem.handles import opened
 
 # Data chunk of a stream when the client does not choose, and the bounds of
 # a client's choice: chunks stay far below gRPC's 4 MiB message limit.
@@ -138,7 +139,8 @@ async def _stat_regular(
     """Where ``path`` leads (which must be inside) and its attributes (a regular file's).
 
     Checked before opening: opening a FIFO would block the user's whole SFTP
-    channel until a writer appears. The caller opens the resolved path.
+    channel until a writer appears. The caller opens the resolved path and
+    checks where the handle leads (:func:`.handles.opened`).
     """
     real, attrs = await confine.resolved_stat(sftp, path)
     mode = attrs.permissions or 0
@@ -187,7 +189,7 @@ async def read_small(sftp: asyncssh.SFTPClient, confine: Confine, path: str, lim
     if size > limit:
         raise _too_large("download", path, size, limit)
     try:
-        async with sftp.open(real, "rb", block_size=_block_size(sftp, size)) as file:
+        async with opened(sftp, confine, real, path, block_size=_block_size(sftp, size)) as file:
             return b"".join([block async for block in _windows(file, 0, size)])
     except asyncssh.SFTPError as error:
         raise sftp_error(error, path) from error
@@ -203,7 +205,7 @@ async def write_small(
     if len(content) > limit:
         raise _too_large("upload", target, len(content), limit)
     real = await confine.resolve_entry(sftp, target)
-    async with AtomicWrite(sftp, real, overwrite=True, shown=target) as out:
+    async with AtomicWrite(sftp, real, overwrite=True, shown=target, confine=confine) as out:
         await out.write(content)
         await out.commit()
 
@@ -273,7 +275,7 @@ async def stream_read(
     digest = hashlib.sha256()
     sent = 0
     try:
-        async with sftp.open(real, "rb", block_size=_block_size(sftp, count)) as file:
+        async with opened(sftp, confine, real, path, block_size=_block_size(sftp, count)) as file:
             async for block in _windows(file, offset, count):
                 digest.update(block)
                 for start in range(0, len(block), chunk):
@@ -319,7 +321,7 @@ async def stream_write(
     claimed: str | None = None
     real = await confine.resolve_entry(sftp, target)
     async with AtomicWrite(
-        sftp, real, overwrite=overwrite, mode=mode, size=size, shown=target
+        sftp, real, overwrite=overwrite, mode=mode, size=size, shown=target, confine=confine
     ) as out:
         async for part in parts:
             if claimed is not None:

@@ -16,6 +16,7 @@ from typing import Literal
 import asyncssh
 
 from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument, invalid_in_words
+from hpcgate.server.filesystem.handles import opened
 from hpcgate.server.filesystem.remote import Remote
 
 # Bytes read per request when scanning a file for line boundaries.
@@ -151,13 +152,14 @@ RangeOf = Callable[[ReadAt, int], Awaitable[tuple[int, int]]]
 async def _read_range(remote: Remote, path: str, range_of: RangeOf, limit: int) -> tuple[str, int]:
     """The text of the byte range ``range_of`` picks in ``path`` (and the file size).
 
-    The file opened is the resolved one (see :mod:`.confine`). Fails with
+    The file opened is the resolved one, checked by its handle (see
+    :mod:`.handles`). Fails with
     RESOURCE_EXHAUSTED when the range is longer than ``limit``.
     """
     async with remote.sftp(path) as client:
         real, attrs = await remote.confine.resolved_stat(client, path)
         size = regular_size(attrs, path)
-        async with client.open(real, "rb") as handle:
+        async with opened(client, remote.confine, real, path) as handle:
 
             async def read(offset: int, length: int) -> bytes:
                 data: bytes = await handle.read(length, offset)
