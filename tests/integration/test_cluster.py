@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 import boto3
 import httpx
+import jwt
 import pytest
 from botocore.config import Config
 
@@ -246,3 +247,57 @@ async def test_alice_cannot_read_bobs_private_file(cluster: Cluster) -> None:
                         await f.read()
         finally:
             await bob.run(f"rm -f {path} ~/private.txt", check=False)
+
+
+# --------------------------------------------------------------------------- slurmrestd
+
+
+async def _rest_get(cluster: Cluster, path: str, user: str, token: str) -> httpx.Response:
+    rest = cluster.raw["slurmrestd"]
+    async with httpx.AsyncClient(base_url=rest["url"], timeout=10) as client:
+        return await client.get(
+            f"/slurm/{rest['api_version']}/{path}",
+            headers={"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": token},
+        )
+
+
+async def _scontrol_token(cluster: Cluster, user: str) -> str:
+    """A JWT for ``user`` as a site's user gets one: ``scontrol token``, run as that user."""
+    r = await run_as(cluster, user, "scontrol token lifespan=120")
+    assert r.returncode == 0, r.stderr
+    key, _, token = str(r.stdout).strip().partition("=")
+    assert key == "SLURM_JWT" and token, r.stdout
+    return token
+
+
+async def test_slurmrestd_answers_a_users_scontrol_token(cluster: Cluster) -> None:
+    token = await _scontrol_token(cluster, "alice")
+    ping = await _rest_get(cluster, "ping", "alice", token)
+    assert ping.status_code == 200, ping.text
+    body = ping.json()
+    assert body["errors"] == []
+    assert [p["ping"] for p in body["pings"]] == ["UP"]
+    assert body["meta"]["plugin"]["type"] == f"openapi/{cluster.raw['slurmrestd']['api_version']}"
+
+
+async def test_slurmrestd_accepts_a_token_minted_from_the_key(cluster: Cluster) -> None:
+    # What a site's gateway does: sign {sun, iat, exp} with the cluster's HS256 key.
+    key = await asyncio.to_thread(Path(cluster.raw["slurmrestd"]["jwt_key"]).read_bytes)
+    now = int(time.time())
+    token = jwt.encode({"sun": "bob", "iat": now, "exp": now + 60}, key, algorithm="HS256")
+    r = await _rest_get(cluster, "ping", "bob", token)
+    assert r.status_code == 200, r.text
+    assert r.json()["errors"] == []
+
+
+async def test_slurmrestd_refuses_a_token_of_another_user(cluster: Cluster) -> None:
+    token = await _scontrol_token(cluster, "alice")
+    r = await _rest_get(cluster, "ping", "bob", token)
+    assert r.status_code != 200, r.text
+    forged = await _rest_get(cluster, "ping", "alice", token[:-4] + "AAAA")
+    assert forged.status_code != 200, forged.text
+
+
+async def test_jwt_key_is_root_only(cluster: Cluster) -> None:
+    mode = await asyncio.to_thread(Path(cluster.raw["slurmrestd"]["jwt_key"]).stat)
+    assert (mode.st_uid, mode.st_mode & 0o777) == (0, 0o600)

@@ -126,6 +126,8 @@ class SSHConfig(_Model):
 class SchedulerConfig(_Model):
     """The system's batch scheduler."""
 
+    # The scheduler plug-in (hpcgate.server.scheduler.plugins.PLUGINS): a new
+    # scheduler adds its name here and its factory there.
     type: Literal["slurm"] = "slurm"
     version: str | None = None
     # How the scheduler is reached; only commands over SSH for now.

@@ -22,9 +22,10 @@ from hpcgate.server.filesystem.smallreads import SmallReads
 from hpcgate.server.filesystem.sweep import PartSweeper
 from hpcgate.server.health.checker import HealthChecker, OnChange
 from hpcgate.server.health.probes import probes_for
+from hpcgate.server.scheduler.cluster import SchedulerStatus
 from hpcgate.server.scheduler.commands import RunWithInput
-from hpcgate.server.scheduler.slurm.jobs import SlurmJobs
-from hpcgate.server.scheduler.slurm.status import SlurmStatus
+from hpcgate.server.scheduler.jobs import JobScheduler
+from hpcgate.server.scheduler.plugins import scheduler_for
 from hpcgate.server.scheduler.watch import RunnerFactory, WatchHub
 from hpcgate.server.ssh import PoolManager, SSHPool, deadline_after
 from hpcgate.server.systems import resolve_system
@@ -37,10 +38,11 @@ class SystemRuntime:
 
     config: SystemConfig
     pool: SSHPool
-    scheduler: SlurmStatus
+    # The scheduler plug-in's adapters (scheduler.type): status, and jobs below.
+    scheduler: SchedulerStatus
     health: HealthChecker
     # Jobs: submit, list, cancel ... (the Scheduler service).
-    jobs: SlurmJobs
+    jobs: JobScheduler
     # The job pollers feeding WatchJobs, one per user.
     watch: WatchHub
     # Small-file reads, batched per user under load.
@@ -89,7 +91,8 @@ class Runtime:
         service_account = settings.credentials.service_account
         for config in settings.systems:
             pool = self.pools.pool(config.name)
-            scheduler = SlurmStatus()
+            plugin = scheduler_for(config.scheduler)
+            scheduler = plugin.status
             probes = (
                 probes_for(config, partial(pool.run, service_account), scheduler)
                 if service_account
@@ -103,7 +106,7 @@ class Runtime:
                 on_health_change,
                 self.coordinator,
             )
-            jobs = SlurmJobs()
+            jobs = plugin.jobs
             timeout = config.ssh.timeouts.command
             hub = WatchHub(
                 config.name,
