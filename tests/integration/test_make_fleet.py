@@ -94,7 +94,7 @@ def test_each_replica_answers_on_its_own(fleet: dict[str, Any]) -> None:
     alive = [s for i, s in enumerate(servers) if f"server{i}" != fleet.get("killed")]
     urls = [server["metrics"] for server in alive]
     urls += [f"{edge}/status/liveness/" for edge in fleet["replicas"]["edges"]]
-    answers = {}
+    answers: dict[str, int | str] = {}
     for url in urls:
         try:
             answers[url] = httpx.get(url, timeout=10).status_code
