@@ -12,9 +12,12 @@ import asyncio
 import os
 import socket
 import subprocess
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -528,3 +531,65 @@ async def test_an_object_absent_by_its_jobs_doing_is_not_taken_for_lost(
     state = await progress.get(sub, staging, lost_id)
     assert state.phase is Phase.FAILED and "gone from S3" in state.message, state.message
     assert cluster.cancelled == [lost_id]
+
+
+async def test_egress_sends_a_part_again_when_s3_stored_other_bytes(
+    endpoint: str, tmp_path: Path
+) -> None:
+    """A store answering a part's PUT with another ETag than the bytes' MD5: sent again.
+
+    A front for the first part's presigned URL answers its first PUT with a
+    wrong ETag (what S3 says when it stored other bytes) and passes the next
+    one on to the store: the job resends that part and the download is whole.
+    """
+    staging = staging_for(endpoint)
+    source = tmp_path / "source.bin"
+    data = os.urandom(PART + 7)
+    source.write_bytes(data)
+    download = await staging.open_download("kim", str(source), len(data), PART)
+    stored = download.part_urls[0]
+    puts: list[int] = []
+
+    class Front(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_PUT(self) -> None:
+            assert "Transfer-Encoding" not in self.headers  # a part has a known length
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            puts.append(len(body))
+            etag = '"' + "0" * 32 + '"'  # the MD5 of other bytes
+            if len(puts) > 1:
+                octets = {"Content-Type": "application/octet-stream"}  # not a form
+                passed = urllib.request.Request(stored, data=body, method="PUT", headers=octets)
+                with urllib.request.urlopen(passed) as answer:
+                    etag = answer.headers["ETag"]
+            self.send_response(200)
+            self.send_header("ETag", etag)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    front = ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    try:
+        script = scripts.egress(
+            [],
+            source=str(source),
+            size=len(data),
+            part_size=PART,
+            part_urls=[f"http://127.0.0.1:{front.server_address[1]}/p1", *download.part_urls[1:]],
+            complete_url=download.complete_url,
+            abort_url=download.abort_url,
+            delete_url=download.delete_url,
+        )
+        result = await asyncio.to_thread(bash, script)
+    finally:
+        front.shutdown()
+        front.server_close()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "than were read; sending it again" in result.stdout
+    assert puts == [PART, PART]
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(download.download_url)).content == data

@@ -38,8 +38,10 @@ for ((i = 0; i < parts; i++)); do
     md5=${md5%% *}
     etag=""
     for attempt in 1 2 3; do
-        code=$(read_part | curl -sS -T - -H "Content-Length: $length" -o /dev/null \
-            -D "$work/put" -w '%{http_code}' "${part_urls[i]}" 2>>"$work/curl.err")
+        # A known length, never chunked: curl would send both headers for a
+        # pipe (invalid HTTP; S3 refuses chunked parts).
+        code=$(read_part | curl -sS -T - -H "Content-Length: $length" -H "Transfer-Encoding:" \
+            -o /dev/null -D "$work/put" -w '%{http_code}' "${part_urls[i]}" 2>>"$work/curl.err")
         if [ "$code" = 200 ]; then
             etag=$(header etag "$work/put")
             etag=${etag//\"/}
