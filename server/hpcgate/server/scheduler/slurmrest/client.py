@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from hpcgate.server.errors import ErrorKind, ServiceError
+from hpcgate.server.scheduler.tally import note_request
 
 # Gives a user's token, at once or awaited (a token command runs a process).
 TokenSource = Callable[[str], str | Awaitable[str]]
@@ -107,6 +108,7 @@ class SlurmRestClient:
             token = await token
         headers = {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": token}
         self.sent[user] += 1
+        note_request()
         try:
             return await self._http.request(method, path, headers=headers, json=body)
         except httpx.TransportError as e:
