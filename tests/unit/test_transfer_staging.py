@@ -342,7 +342,7 @@ class FakeCluster:
         self.commands.append(list(argv))
         return Output()
 
-    async def submit(self, run: Any, job: JobDescription) -> int:
+    async def submit(self, run: Any, user: str, job: JobDescription) -> int:
         self.submitted.append(job)
         return 77
 
@@ -378,7 +378,7 @@ async def test_a_refused_submission_aborts_its_upload(endpoint: str) -> None:
     staging = Staging(config.name, config.s3)
 
     class Refusing(FakeCluster):
-        async def submit(self, run: Any, job: JobDescription) -> int:
+        async def submit(self, run: Any, user: str, job: JobDescription) -> int:
             raise ServiceError(ErrorKind.PERMISSION_DENIED, "no", "NO")
 
     fake = Refusing()

@@ -17,6 +17,7 @@ from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.scheduler import sharing
 from hpcgate.server.scheduler.commands import Output, RunWithInput
 from hpcgate.server.scheduler.jobs import Job, JobScheduler
+from hpcgate.server.scheduler.tally import tallied
 from hpcgate.server.scheduler.watchers import Baseline, JobEvent, Subscription
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ BACKOFF = 2.0
 POLLS = Counter("hpcgate_scheduler_polls_total", "Job-state polls run for watchers", ["system"])
 POLL_COMMANDS = Counter(
     "hpcgate_scheduler_commands_total",
-    "Scheduler commands (squeue, sacct) run by the watch pollers",
+    "Scheduler commands (squeue, sacct) or slurmrestd requests of the watch pollers",
     ["system"],
 )
 
@@ -313,16 +314,21 @@ class Poller:
                 named |= ids
         run = self.hub.runner(self.user)
 
-        async def counted(argv: Sequence[str], *, stdin: bytes | None = None) -> Output:
+        def count() -> None:
             self.commands += 1
             self.hub.commands_run += 1
             POLL_COMMANDS.labels(self.hub.system).inc()
+
+        async def counted(argv: Sequence[str], *, stdin: bytes | None = None) -> Output:
+            count()
             return await run(argv, stdin=stdin)
 
         self.polls += 1
         self.hub.polls += 1
         POLLS.labels(self.hub.system).inc()
-        return await self.hub.scheduler.snapshot(counted, self.user, named)
+        # A REST plug-in's requests are counted with the commands (see .tally).
+        with tallied(count):
+            return await self.hub.scheduler.snapshot(counted, self.user, named)
 
     def _publish(self, view: Mapping[int, Job], observed: float, joining: list[_Joiner]) -> bool:
         """Send the changes in ``view`` to the watchers, baselines to ``joining``.

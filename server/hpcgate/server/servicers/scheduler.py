@@ -130,7 +130,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         call = begin(self._runtime, request.system_name, context)
         if not request.HasField("job"):
             raise invalid_argument("job", "is required")
-        new_id = await call.system.jobs.submit(call.run, job_description(request.job))
+        new_id = await call.system.jobs.submit(call.run, call.user, job_description(request.job))
         call.system.watch.nudge(call.user)  # the user's watchers will want to see it start
         return scheduler_pb2.SubmitJobResponse(job_id=new_id)
 
@@ -138,14 +138,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.GetJobRequest, context: Context
     ) -> scheduler_pb2.GetJobResponse:
         call = begin(self._runtime, request.system_name, context)
-        jobs = await call.system.jobs.job(call.run, job_id(request.job_id))
+        jobs = await call.system.jobs.job(call.run, call.user, job_id(request.job_id))
         return scheduler_pb2.GetJobResponse(jobs=[job_message(job) for job in jobs])
 
     async def CancelJob(
         self, request: scheduler_pb2.CancelJobRequest, context: Context
     ) -> scheduler_pb2.CancelJobResponse:
         call = begin(self._runtime, request.system_name, context)
-        await call.system.jobs.cancel(call.run, job_id(request.job_id))
+        await call.system.jobs.cancel(call.run, call.user, job_id(request.job_id))
         call.system.watch.nudge(call.user)
         return scheduler_pb2.CancelJobResponse()
 
@@ -155,14 +155,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         call = begin(self._runtime, request.system_name, context)
         target = job_id(request.job_id)
         command = requests.text(request.command, "command")
-        await call.system.jobs.attach(call.run, target, command)
+        await call.system.jobs.attach(call.run, call.user, target, command)
         return scheduler_pb2.AttachJobResponse()
 
     async def GetJobMetadata(
         self, request: scheduler_pb2.GetJobMetadataRequest, context: Context
     ) -> scheduler_pb2.GetJobMetadataResponse:
         call = begin(self._runtime, request.system_name, context)
-        found = await call.system.jobs.metadata(call.run, job_id(request.job_id))
+        found = await call.system.jobs.metadata(call.run, call.user, job_id(request.job_id))
         return scheduler_pb2.GetJobMetadataResponse(
             jobs=[
                 scheduler_pb2.JobMetadataModel(**{f.name: getattr(m, f.name) for f in fields(m)})

@@ -162,7 +162,7 @@ async def _lookup(staging: Staging | None, sub: Submitter, operation: str, job_i
 async def _cancel(sub: Submitter, job_id: int) -> str:
     """Cancel a transfer's job that can no longer succeed; what happened, for the message."""
     try:
-        await sub.jobs.cancel(sub.run, job_id)
+        await sub.jobs.cancel(sub.run, sub.user, job_id)
     except ServiceError as error:
         log.warning("transfer job %d: cannot cancel it: %s", job_id, error.message)
         return f"; cancelling its job failed: {error.message}"
@@ -255,7 +255,7 @@ async def describe(
 
 async def get(sub: Submitter, staging: Staging | None, job_id: int) -> TransferState:
     """The state of the caller's transfer job ``job_id`` (NOT_FOUND for anything else)."""
-    job, operation = _own_transfer(sub, await sub.jobs.job(sub.run, job_id), job_id)
+    job, operation = _own_transfer(sub, await sub.jobs.job(sub.run, sub.user, job_id), job_id)
     lookup = await _lookup(staging, sub, operation, job_id)
     return await describe(sub, staging, job, operation, lookup)
 
