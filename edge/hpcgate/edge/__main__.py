@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from hpcgate.edge.app import create_app
+from hpcgate.edge.app import HEARTBEAT_SECONDS, create_app
 from hpcgate.edge.body import BodyLimits
 from hpcgate.edge.serve import EdgeServer, ServeOptions, edge_config
 from hpcgate.edge.upstream import UpstreamTLS
@@ -64,6 +65,13 @@ def main(argv: list[str] | None = None) -> None:
         help="time a client has to send a request's headers, in seconds",
     )
     parser.add_argument(
+        "--sse-heartbeat",
+        type=float,
+        default=float(os.environ.get("HPCGATE_EDGE_SSE_HEARTBEAT", HEARTBEAT_SECONDS)),
+        help="seconds of silence after which an SSE stream gets a ': keepalive' comment"
+        " (0: none; default $HPCGATE_EDGE_SSE_HEARTBEAT or %(default)s)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         type=float,
         default=serving.shutdown_grace,
@@ -81,7 +89,11 @@ def main(argv: list[str] | None = None) -> None:
     if any(mutual) and not (args.server_ca and all(mutual)):
         parser.error("--client-cert and --client-key go together, with --server-ca")
     tls = UpstreamTLS(args.server_ca, args.client_cert, args.client_key) if args.server_ca else None
-    app = create_app(args.server, timeout=args.timeout, limits=limits, tls=tls)
+    if args.sse_heartbeat < 0:
+        parser.error("--sse-heartbeat must not be negative")
+    app = create_app(
+        args.server, timeout=args.timeout, limits=limits, tls=tls, heartbeat=args.sse_heartbeat
+    )
     options = ServeOptions(
         host=args.host,
         port=args.port,

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-import json
 import os
 import posixpath
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,6 +45,7 @@ from hpcgate.edge.headers import ResponseHeaders, attachment, set_username, user
 from hpcgate.edge.jsonmap import to_json
 from hpcgate.edge.openapi import openapi_document
 from hpcgate.edge.rendered import RenderedReplies
+from hpcgate.edge.streams import HEARTBEAT, frame, replies, resume_from_header
 from hpcgate.edge.transcode import BadRequestError, Built, body_limit, build_request
 from hpcgate.edge.upstream import UpstreamTLS, open_channel
 from hpcgate.v1 import status_pb2
@@ -65,6 +65,8 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
 ]
 SSE = "text/event-stream"
+# Default heartbeat of SSE streams, in seconds: shorter than any proxy's idle timeout.
+HEARTBEAT_SECONDS = 15.0
 # Trailing metadata in which the server names the authenticated caller.
 USERNAME_METADATA = "hpcgate-username"
 # The call that asks the server about a token: authenticated, and cheap for
@@ -101,8 +103,11 @@ class Edge:
         limits: BodyLimits,
         idempotent: frozenset[str] = frozenset(),
         tls: UpstreamTLS | None = None,
+        heartbeat: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.target = target
+        # Seconds of silence after which an SSE stream gets a comment line (0: never).
+        self.heartbeat = heartbeat
         # RPC paths retried on UNAVAILABLE (those of GET routes), and TLS to the servers.
         self.idempotent = idempotent
         self.tls = tls
@@ -279,6 +284,7 @@ class Edge:
                 "the edge is shutting down", None, 503, SHUTTING_DOWN, close=True
             )
         spelled = built.spelled
+        resume_from_header(built.message, request.headers)
         call = self._call(binding)(built.message, metadata=self._metadata(request))
         self._streams.add(call)
         # Wait for the server to accept the call (headers), so that an
@@ -298,17 +304,15 @@ class Edge:
             self._streams.discard(call)
             return rpc_error_response(error, spelled, username_of(request.scope))
         ndjson = NDJSON in request.headers.get("accept", "")
+        heartbeat = 0.0 if ndjson else self.heartbeat
 
         def item(kind: str, data: dict[str, Any]) -> bytes:
-            text = json.dumps(data, separators=(",", ":"))
-            if ndjson:
-                return (text + "\n").encode()
-            return (f"event: {kind}\ndata: {text}\n\n" if kind else f"data: {text}\n\n").encode()
+            return frame(ndjson, kind, data)
 
         async def events() -> AsyncIterator[bytes]:
             try:
-                async for reply in call:
-                    yield item("", to_json(reply))
+                async for reply in replies(call, heartbeat):
+                    yield HEARTBEAT if reply is None else item("", to_json(reply))
             except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
                 ended_by_drain = self.draining and (
                     isinstance(error, asyncio.CancelledError)
@@ -385,18 +389,20 @@ def create_app(
     max_form_body: int | None = None,
     limits: BodyLimits | None = None,
     tls: UpstreamTLS | None = None,
+    heartbeat: float = HEARTBEAT_SECONDS,
 ) -> EdgeApp:
     """The edge for the gRPC server(s) at ``target`` (see :mod:`.upstream`).
 
     ``limits`` bound what the edge reads of a body, and how patiently;
-    ``max_form_body`` overrides their upload limit (multipart bodies).
+    ``max_form_body`` overrides their upload limit (multipart bodies);
+    ``heartbeat`` is the SSE streams' keepalive interval (:mod:`.streams`).
     """
     limits = limits or BodyLimits()
     if max_form_body is not None:
         limits = dataclasses.replace(limits, upload=max_form_body)
     bindings = bindings_of(hpcgate_services())
     reads = frozenset(b.rpc_path for b in bindings if b.verb == "GET")
-    edge = Edge(target, timeout, limits, reads, tls)
+    edge = Edge(target, timeout, limits, reads, tls, heartbeat)
     by_path: dict[str, dict[str, Binding]] = {}
     for binding in bindings:  # already sorted, most specific first
         by_path.setdefault(binding.route_path, {})[binding.verb] = binding
