@@ -17,20 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
-import os
 import posixpath
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import message
+from grpc_health.v1 import health_pb2
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from hpcgate.edge.accesslog import AccessLog
 from hpcgate.edge.bindings import Binding, bindings_of, hpcgate_services
 from hpcgate.edge.body import BodyError, BodyLimits, check_declared, has_body
 from hpcgate.edge.errors import (
@@ -41,9 +41,11 @@ from hpcgate.edge.errors import (
     stream_error_body,
 )
 from hpcgate.edge.guard import TokenRefusedError, TokenVerifier, bearer_token
-from hpcgate.edge.headers import ResponseHeaders, attachment, set_username, username_of
+from hpcgate.edge.headers import attachment, set_username, username_of
 from hpcgate.edge.jsonmap import to_json
+from hpcgate.edge.observe import Observed, request_id_of, set_route
 from hpcgate.edge.openapi import openapi_document
+from hpcgate.edge.probes import CHECK_TIMEOUT, HEALTH_CHECK, Readiness
 from hpcgate.edge.rendered import RenderedReplies
 from hpcgate.edge.streams import HEARTBEAT, frame, replies, resume_from_header
 from hpcgate.edge.transcode import BadRequestError, Built, body_limit, build_request
@@ -51,10 +53,6 @@ from hpcgate.edge.upstream import UpstreamTLS, open_channel
 from hpcgate.v1 import status_pb2
 
 _FORWARDED_HEADERS = ("authorization",)
-# Request ids of requests without x-request-id: a per-process random prefix
-# and a counter (uuid4 per request showed in the edge's profile).
-_ID_PREFIX = os.urandom(6).hex()
-_ids = itertools.count(1)
 NDJSON = "application/x-ndjson"
 # Small downloads, views and uploads travel in one message. The server
 # enforces the size limit (maxOpsFileSize, a text reply up to three times
@@ -122,6 +120,7 @@ class Edge:
         self.verifier = TokenVerifier(self._verify)
         self.draining = False
         self._streams: set[grpc.aio.UnaryStreamCall[Any, Any]] = set()
+        self.readiness = Readiness(self._health_check, lambda: self.draining)
 
     def open(self) -> None:
         """Open the channel to the server (the app's lifespan starts)."""
@@ -143,9 +142,13 @@ class Edge:
 
     def _metadata(self, request: Request) -> list[tuple[str, str]]:
         metadata = [(h, request.headers[h]) for h in _FORWARDED_HEADERS if h in request.headers]
-        request_id = request.headers.get("x-request-id") or f"{_ID_PREFIX}-{next(_ids)}"
-        metadata.append(("x-request-id", request_id))
+        metadata.append(("x-request-id", request_id_of(request.scope)))
         return metadata
+
+    def _health_check(self) -> Any:
+        """A grpc.health.v1 check of the whole server, over the edge's channel."""
+        check = self._callable(HEALTH_CHECK, False, health_pb2.HealthCheckResponse.FromString)
+        return check(health_pb2.HealthCheckRequest(), timeout=CHECK_TIMEOUT)
 
     def _callable(
         self, path: str, streaming: bool, deserialize: Callable[[bytes], Any] | None
@@ -349,10 +352,13 @@ def _serialize(request: message.Message) -> bytes:
     return request.SerializeToString()
 
 
-def _endpoint(edge: Edge, by_verb: dict[str, Binding]) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(
+    edge: Edge, template: str, by_verb: dict[str, Binding]
+) -> Callable[[Request], Awaitable[Response]]:
     allowed = ", ".join(sorted(by_verb))
 
     async def endpoint(request: Request) -> Response:
+        set_route(request.scope, template)
         binding = by_verb.get(request.method)
         if binding is None:
             # The most specific template that matches the path decides: a
@@ -373,11 +379,12 @@ def _endpoint(edge: Edge, by_verb: dict[str, Binding]) -> Callable[[Request], Aw
 
 
 class EdgeApp:
-    """The edge's ASGI application (headers on every response), and its :class:`Edge`."""
+    """The edge's ASGI application (observed, headers on every response), and its :class:`Edge`."""
 
-    def __init__(self, app: ASGIApp, edge: Edge) -> None:
+    def __init__(self, app: ASGIApp, edge: Edge, access_log: AccessLog | None) -> None:
         self.edge = edge
-        self._app = ResponseHeaders(app)
+        self.access_log = access_log
+        self._app = Observed(app, access_log)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self._app(scope, receive, send)
@@ -390,12 +397,14 @@ def create_app(
     limits: BodyLimits | None = None,
     tls: UpstreamTLS | None = None,
     heartbeat: float = HEARTBEAT_SECONDS,
+    access_log: AccessLog | None = None,
 ) -> EdgeApp:
     """The edge for the gRPC server(s) at ``target`` (see :mod:`.upstream`).
 
     ``limits`` bound what the edge reads of a body, and how patiently;
     ``max_form_body`` overrides their upload limit (multipart bodies);
-    ``heartbeat`` is the SSE streams' keepalive interval (:mod:`.streams`).
+    ``heartbeat`` is the SSE streams' keepalive interval (:mod:`.streams`);
+    ``access_log`` gets a line per request (:mod:`.accesslog`; None: no log).
     """
     limits = limits or BodyLimits()
     if max_form_body is not None:
@@ -408,14 +417,31 @@ def create_app(
         by_path.setdefault(binding.route_path, {})[binding.verb] = binding
     # Every verb reaches the endpoint, which answers 405 itself.
     routes = [
-        Route(path, _endpoint(edge, verbs), methods=_ALL_VERBS) for path, verbs in by_path.items()
+        Route(path, _endpoint(edge, path, verbs), methods=_ALL_VERBS)
+        for path, verbs in by_path.items()
     ]
     document = openapi_document(bindings)
 
-    async def openapi(_: Request) -> Response:
+    async def openapi(request: Request) -> Response:
+        set_route(request.scope, "/openapi.json")
         return JSONResponse(document)
 
-    routes.insert(0, Route("/openapi.json", openapi, methods=["GET"]))
+    async def healthz(request: Request) -> Response:
+        set_route(request.scope, "/healthz")
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(request: Request) -> Response:
+        set_route(request.scope, "/readyz")
+        verdict = await edge.readiness.verdict()
+        if verdict.ready:
+            return JSONResponse({"status": "ready"})
+        return bad_request_response(verdict.message, None, 503, verdict.reason)
+
+    routes[:0] = [
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -424,5 +450,7 @@ def create_app(
             yield
         finally:
             await edge.close()
+            if access_log is not None:
+                access_log.flush()
 
-    return EdgeApp(Starlette(routes=routes, lifespan=lifespan), edge)
+    return EdgeApp(Starlette(routes=routes, lifespan=lifespan), edge, access_log)
