@@ -333,7 +333,9 @@ async def _rest_events(
         lines = [line async for line in response.aiter_lines() if line]
         kind = response.headers["content-type"]
     if accept is None:
-        # Every SSE event is an id line and a data line (ids resume watches).
+        # Every SSE event is an id line and a data line (ids resume watches);
+        # a slow job may also see heartbeat comments.
+        lines = [line for line in lines if line != ": keepalive"]
         assert all(line.startswith(("id: ", "data: ")) for line in lines), lines
         ids = [line.removeprefix("id: ") for line in lines if line.startswith("id: ")]
         lines = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
