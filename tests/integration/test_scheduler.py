@@ -94,6 +94,16 @@ async def eventually(
         await asyncio.sleep(0.5)
 
 
+async def running(live: LiveService, user: str, job_id: int, within: float = 30) -> Any:
+    """The job once Slurm runs it."""
+    return await eventually(
+        lambda: get_job(live, user, job_id),
+        lambda job: job.status.normalized_state == scheduler_pb2.JOB_STATE_RUNNING,
+        within,
+        f"job {job_id} running",
+    )
+
+
 async def finished(
     live: LiveService, user: str, job_id: int, *, steps: bool = False, within: float = 60
 ) -> Any:
@@ -361,12 +371,7 @@ async def test_attach_runs_inside_the_allocation(
 ) -> None:
     job_id = await submit(live, "alice", "sleep 60")
     try:
-        await eventually(
-            lambda: get_job(live, "alice", job_id),
-            lambda j: j.status.normalized_state == scheduler_pb2.JOB_STATE_RUNNING,
-            30,
-            "job running",
-        )
+        await running(live, "alice", job_id)
         out = f"{workdir('alice')}/attach-{uuid.uuid4().hex}.txt"
         response = await rest.put(
             f"/compute/{live.system}/jobs/{job_id}/attach",

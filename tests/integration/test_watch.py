@@ -353,8 +353,13 @@ async def _rest_events(
         lines = [line async for line in response.aiter_lines() if line]
         kind = response.headers["content-type"]
     if accept is None:
-        assert all(line.startswith("data: ") for line in lines), lines
-        lines = [line.removeprefix("data: ") for line in lines]
+        # Every SSE event is an id line and a data line (ids resume watches);
+        # a slow job may also see heartbeat comments.
+        lines = [line for line in lines if line != ": keepalive"]
+        assert all(line.startswith(("id: ", "data: ")) for line in lines), lines
+        ids = [line.removeprefix("id: ") for line in lines if line.startswith("id: ")]
+        lines = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+        assert ids == [json.loads(line)["eventId"] for line in lines]
     return kind, [json.loads(line) for line in lines]
 
 

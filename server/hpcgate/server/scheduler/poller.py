@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 MAX_FAILED_POLLS = 3
 # Factor by which the interval grows after a poll that saw no change.
 BACKOFF = 2.0
+# Changes kept per job for resumed watches (a job has a handful of states).
+MAX_HISTORY = 16
 
 # Scheduler load of the watches: with one poller per user these grow with
 # users and intervals, not with watchers (make bench reads them).
@@ -112,6 +114,10 @@ class Poller:
         # Every job this poller has seen, as last seen (a job that drops out
         # of one answer and comes back unchanged is no change).
         self.known: dict[int, Job] = {}
+        # The recent changes of each known job, and since when they are
+        # complete: the first view, or the newest change dropped (resumed watches).
+        self.history: dict[int, list[JobEvent]] = {}
+        self.since: float | None = None
         self.interval = hub.min_interval
         self.polls = 0
         self.commands = 0
@@ -336,11 +342,15 @@ class Poller:
         Returns whether any job of the view changed state (or appeared).
         """
         settled = bool(self.known)
+        if self.since is None:
+            self.since = observed
         changes = []
         for job_id, job in view.items():
             before = self.known.get(job_id)
             if before is None or _state_changed(before, job):
-                changes.append(JobEvent(observed, job, None if before is None else before.status))
+                event = JobEvent(observed, job, None if before is None else before.status)
+                changes.append(event)
+                self._remember(event)
             self.known[job_id] = job
         for event in changes:
             for watcher in list(self.watchers):
@@ -364,9 +374,18 @@ class Poller:
                 continue
             self.watchers.add(watcher)
             jobs = {i: job for i, job in sorted(view.items()) if watcher.wants(job)}
-            watcher.put(Baseline(observed, jobs))
+            history = {i: tuple(self.history[i]) for i in jobs if i in self.history}
+            watcher.put(Baseline(observed, jobs, self.since, history))
         # The first answer only sets what "before" means.
         return bool(changes) and settled
+
+    def _remember(self, event: JobEvent) -> None:
+        """Keep ``event`` in its job's history; a change dropped from it narrows ``since``."""
+        history = self.history.setdefault(event.job.job_id, [])
+        history.append(event)
+        if len(history) > MAX_HISTORY:
+            dropped = history.pop(0)
+            self.since = max(self.since or dropped.observed, dropped.observed)
 
     def fail_all(self, error: ServiceError) -> None:
         """End every watch of this poller with ``error``."""

@@ -17,7 +17,14 @@ from hpcgate.server.errors import invalid_argument
 from hpcgate.server.rpc.context import Context
 from hpcgate.server.runtime import Runtime
 from hpcgate.server.scheduler import requests
-from hpcgate.server.scheduler.following import Kind, Sighting, WatchBounds, follow
+from hpcgate.server.scheduler.following import (
+    Kind,
+    Sighting,
+    WatchBounds,
+    event_id,
+    follow,
+    resume_point,
+)
 from hpcgate.server.scheduler.jobs import Job, JobDescription, JobStatus, JobTime
 from hpcgate.server.servicers.call import begin
 from hpcgate.server.servicers.convert import job_id, job_ids, timestamp
@@ -93,6 +100,7 @@ def _event(seen: Sighting) -> scheduler_pb2.WatchJobsResponse:
         job=job_message(seen.job),
         previous_normalized_state=_normalized(seen.previous),
         previous_state=None if seen.previous is None else seen.previous.state,
+        event_id=event_id(seen),
     )
 
 
@@ -180,6 +188,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         that changes are counted from; the response headers go out after it,
         so the REST edge answers with the right status either way.
         """
+        # A malformed id is the caller's error (400), whatever the scheduler's health.
+        resume = resume_point(request.last_event_id) if request.last_event_id else None
         call = begin(self._runtime, request.system_name, context)
         watched = job_ids(request.job_ids)
         bounds = _bounds(request)
@@ -188,5 +198,5 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             await context.send_initial_metadata(())
             if baseline is None:
                 return
-            async for seen in follow(watcher, baseline, bounds, request.send_initial):
+            async for seen in follow(watcher, baseline, bounds, request.send_initial, resume):
                 yield _event(seen)
