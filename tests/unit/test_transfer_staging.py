@@ -463,10 +463,10 @@ class LocalCluster(FakeCluster):
         done = await asyncio.to_thread(subprocess.run, list(argv), capture_output=True)
         return Output(done.returncode, done.stdout, done.stderr)
 
-    async def job(self, run: Any, job_id: int) -> list[Job]:
+    async def job(self, run: Any, user: str, job_id: int) -> list[Job]:
         return [job for job in self.running if job.job_id == job_id]
 
-    async def cancel(self, run: Any, job_id: int) -> None:
+    async def cancel(self, run: Any, user: str, job_id: int) -> None:
         self.cancelled.append(job_id)
 
 
