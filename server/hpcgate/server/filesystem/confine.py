@@ -53,9 +53,14 @@ How the check and the act are kept together, by transport:
   the reply, never the act.
 * **Batches** (small-file reads, bulk download): one ``realpath -m`` over
   all paths in the batch's own command drops every path that leads outside
-  before tar opens anything; no round trip is added. tar then opens by
-  path, so the same narrow swap remains as over SFTP (holding an fd per
-  file for tar to read through /proc would not scale to 100,000 files).
+  before tar opens anything; then each real directory is entered, checked
+  and held as an fd, and tar reads ``/proc/self/fd/K/NAME`` without
+  following a last link (:mod:`.held`): a directory swapped for a link after
+  the check is never walked again, a name swapped for a link is archived as
+  a link and dropped. Still one command per batch, no round trip added.
+  Left: a directory the user may enter but not read (mode 711) cannot be
+  opened by a shell, and directories beyond the fd budget; their files go
+  to tar by path (a last link still not followed).
 * **Archives**: extract judges tar's listing, then extracts in a second
   step; an archive rewritten in between by its owner is not judged again
   (a transfer job judges it again when it runs, see ``common.sh``).
