@@ -335,3 +335,32 @@ async def test_a_bulk_download_reads_nothing_outside_in_a_race(
     await _race(flip, bulk)
     assert OUTSIDE not in seen
     assert INSIDE in seen
+
+
+async def test_batches_read_in_a_directory_that_can_be_entered_but_not_read(
+    live: LiveService, batching: LiveService, flip: Flip
+) -> None:
+    """Such a directory cannot be held (opening it needs read permission): named by path."""
+    await flip.sh('printf shared > "$1/d/f" && chmod 311 -- "$1/d"')
+    try:
+        paths = [f"{flip.d}/f", f"{flip.d}/missing"]
+        request = filesystem_pb2.BulkDownloadRequest(
+            system_name=SYSTEM, files=filesystem_pb2.BulkDownloadFiles(paths=paths)
+        )
+        stub = filesystem_pb2_grpc.FilesystemStub(live.channel)
+        data, errors = b"", []
+        async for reply in stub.BulkDownload(request, metadata=live.metadata("alice")):
+            for entry in reply.entries:
+                data += entry.chunk
+                if entry.WhichOneof("kind") == "error":
+                    errors.append((entry.file_index, entry.error.message))
+        assert data == b"shared"
+        assert errors == [(1, f"{flip.d}/missing: Cannot stat: No such file or directory")]
+        batched = filesystem_pb2_grpc.FilesystemStub(batching.channel)
+        download = filesystem_pb2.DownloadRequest(system_name=SYSTEM, path=f"{flip.d}/f")
+        replies = await asyncio.gather(
+            *(batched.Download(download, metadata=batching.metadata("alice")) for _ in range(8))
+        )
+        assert {reply.data for reply in replies} == {b"shared"}
+    finally:
+        await flip.sh('chmod 700 -- "$1/d"')

@@ -15,7 +15,9 @@ on a path swapped for a link in between led tar outside. Holding an fd per
   which must be inside (else fd K becomes /dev/null): the directory held is
   the one checked;
 * tar (and find) inherit the fds. For them ``/proc/self/fd/K`` is the held
-  directory itself, not a path walked again, and tar without
+  directory itself, not a path walked again (a batch of one directory, the
+  usual one, enters it instead, ``cd /proc/$$/fd/10``, and names its files
+  ``./NAME``: a lookup through /proc costs tar ~4 us a file), and tar without
   ``--dereference`` does not follow ``NAME`` should it have become a link:
   it archives the link, which every reader drops as not a regular file.
 
@@ -41,11 +43,20 @@ from hpcgate.server.filesystem.tarstream import TAR_ARGV
 # as the link (links asked for were resolved by realpath before).
 HELD_TAR_ARGV = tuple(arg for arg in TAR_ARGV if arg != "--dereference")
 
-# Reads real paths (NUL-separated) on stdin; writes the number of held
-# directories, the number of paths outside, the directories, then one tar
-# name per path ("" if outside). ENVIRON: inside (an ERE), held_max.
+# Reads real paths (NUL-separated) on stdin; writes bash assignments (each
+# value single-quoted) of `outside` (how many lead outside), `dirs` (the
+# held directories, fd 10 first) and `names` (tar's name for each path, ""
+# if outside): bash takes them with one eval of a command substitution,
+# read in blocks, where `mapfile` would read a pipe byte by byte.
+# ENVIRON: inside (an ERE), held_max. No single quote may appear in it.
 _AWK = r"""
-BEGIN { RS = "\0"; ORS = "\0"; inside = ENVIRON["inside"]; max = ENVIRON["held_max"] + 0 }
+function q(s,    parts, n, i, out) {
+    n = split(s, parts, "\047")
+    out = parts[1]
+    for (i = 2; i <= n; i++) out = out "\047\\\047\047" parts[i]
+    return "\047" out "\047"
+}
+BEGIN { RS = "\0"; inside = ENVIRON["inside"]; max = ENVIRON["held_max"] + 0 }
 {
     if ($0 !~ inside) {
         name[NR] = ""
@@ -62,10 +73,11 @@ BEGIN { RS = "\0"; ORS = "\0"; inside = ENVIRON["inside"]; max = ENVIRON["held_m
     name[NR] = fd[d] == "" ? $0 : "/proc/self/fd/" fd[d] "/" substr($0, RLENGTH + 1)
 }
 END {
-    print dirs + 0
-    print outside + 0
-    for (j = 0; j < dirs; j++) print dir[j]
-    for (r = 1; r <= NR; r++) print name[r]
+    printf "outside=%d\ndirs=(", outside
+    for (j = 0; j < dirs; j++) printf " %s", q(dir[j])
+    printf " )\nnames=("
+    for (r = 1; r <= NR; r++) printf " %s", q(name[r])
+    printf " )\n"
 }
 """
 
@@ -84,32 +96,41 @@ END {
 # taking a held directory with it; so stderr goes to /dev/null by exec.
 _HOLD = """
 hold() {
-    local held dirs j fd lost=() i n k why real fds=()
-    mapfile -d '' -t held < <("$@" | LC_ALL=C awk 'AWK')
-    dirs=${held[0]:-0} outside=${held[1]:-0}
+    local dirs count j fd lost=() i n k why real fds=() awk=awk
+    # mawk where there is one: it starts in half gawk's time.
+    command -v mawk >/dev/null && awk=mawk
+    eval "$("$@" | LC_ALL=C "$awk" 'AWK')" || return 1
+    count=${#dirs[@]}
     exec 3>&2 2>/dev/null
-    for ((j = 0; j < dirs; j++)); do
+    for ((j = 0; j < count; j++)); do
         fd=$((10 + j))
         fds+=("/proc/$$/fd/$fd")
-        eval "exec $fd<\\\"\\${held[j + 2]}\\\"" && continue
-        if cd -P -- "${held[j + 2]}"; then
+        eval "exec $fd<\\\"\\${dirs[j]}\\\"" && continue
+        if cd -P -- "${dirs[j]}"; then
             case $PWD in PATTERN) lost[fd]=$PWD ;; esac
         else
-            why=$(stat -c "" -- "${held[j + 2]}/." 2>&1)
+            why=$(stat -c "" -- "${dirs[j]}/." 2>&1)
             printf 'hpcgate: unheld: %d %s\\n' "$fd" "${why##*: }" >&3
         fi
         eval "exec $fd</dev/null"
     done
     exec 2>&3 3>&-
-    if ((dirs > 1000)); then
+    if ((count > 1000)); then
         mapfile -d '' -t real < <(printf '%s\\0' "${fds[@]}" | xargs -0r readlink -z --)
-    elif ((dirs)); then
+    elif ((count)); then
         mapfile -d '' -t real < <(readlink -z -- "${fds[@]}")
     fi
-    for ((j = 0; j < dirs; j++)); do
+    for ((j = 0; j < count; j++)); do
         case ${real[j]} in PATTERN) ;; *) eval "exec $((10 + j))</dev/null" ;; esac
     done
-    names=("${held[@]:dirs + 2}")
+    # One directory, the usual batch: enter the held fd itself (cd onto the
+    # magic link reaches the open directory, not a path) and name the files
+    # "./NAME": tar then opens them in a plain directory, not through /proc.
+    if ((count == 1)) && [[ -z ${lost[10]} ]]; then
+        case ${real[0]} in
+            PATTERN) cd "/proc/$$/fd/10" && names=("${names[@]/#"/proc/self/fd/10/"/./}") ;;
+        esac
+    fi
     ((${#lost[@]})) || return 0
     for i in "${!names[@]}"; do
         n=${names[i]}
