@@ -41,15 +41,9 @@ from dataclasses import dataclass
 import asyncssh
 
 from hpcgate.server.errors import ErrorKind, ServiceError
+from hpcgate.server.filesystem import held
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import command_error, sftp_error
-from hpcgate.server.filesystem.held import (
-    HELD_TAR_ARGV,
-    HeldNames,
-    hold_function,
-    unheld,
-    why_unheld,
-)
 from hpcgate.server.filesystem.tarstream import DIRECTORY, Member, TarReader
 from hpcgate.server.ssh import CommandResult, SSHPool, retry_channel_open
 from hpcgate.server.ssh.deadlines import KILL_AFTER
@@ -282,8 +276,8 @@ async def _listdir(sftp: asyncssh.SFTPClient, path: str) -> list[tuple[str, int]
 def confined_tar(confine: Confine) -> str:
     """The bash script running the bulk tar over those stdin names that lead inside."""
     # tar first: a root's name might hold "TAR", tar's argv never "HOLD".
-    body = _CONFINED_TAR.replace("TAR", shlex.join(HELD_TAR_ARGV))
-    return body.replace("HOLD", hold_function(confine.case_pattern()))
+    body = _CONFINED_TAR.replace("TAR", shlex.join(held.HELD_TAR_ARGV))
+    return body.replace("HOLD", held.hold_function(confine.case_pattern()))
 
 
 async def _relay_tar(
@@ -303,14 +297,14 @@ async def _relay_tar(
     try:
         process.stdin.write(names)
         process.stdin.write_eof()
-        held = HeldNames(len(targets))
+        named = held.HeldNames(len(targets))
         relay: TarRelay | None = None
         while data := await process.stdout.read(READ_SIZE):
-            archive = held.feed(data)
-            if held.names is None:
+            archive = named.feed(data)
+            if named.names is None:
                 continue
             if relay is None:
-                relay = TarRelay(targets, chunk, held.names)
+                relay = TarRelay(targets, chunk, named.names)
             relay.feed(archive)
             for batch in relay.take():
                 yield batch
@@ -357,7 +351,7 @@ def _file_errors(stderr: bytes) -> dict[str, str]:
     (:func:`.held.unheld`), not tar's "Not a directory" of the fd left
     there.
     """
-    reasons = unheld(stderr.decode(errors="replace"))
+    reasons = held.unheld(stderr.decode(errors="replace"))
     found: dict[str, str] = {}
     for line in stderr.splitlines():
         match = _DIAGNOSTIC.match(line)
@@ -366,7 +360,7 @@ def _file_errors(stderr: bytes) -> dict[str, str]:
         raw, _ = codecs.escape_decode(match.group(1))
         name = raw.decode(errors="surrogateescape")
         message = match.group(2).decode(errors="replace")
-        why = why_unheld(name, reasons)
+        why = held.why_unheld(name, reasons)
         if why is not None:
             message = f"Cannot stat: {why}"
         found.setdefault(name, f"{name}: {message}")
