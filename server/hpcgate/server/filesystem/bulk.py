@@ -41,9 +41,10 @@ from dataclasses import dataclass
 import asyncssh
 
 from hpcgate.server.errors import ErrorKind, ServiceError
+from hpcgate.server.filesystem import held
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import command_error, sftp_error
-from hpcgate.server.filesystem.tarstream import DIRECTORY, TAR_ARGV, Member, TarReader
+from hpcgate.server.filesystem.tarstream import DIRECTORY, Member, TarReader
 from hpcgate.server.ssh import CommandResult, SSHPool, retry_channel_open
 from hpcgate.server.ssh.deadlines import KILL_AFTER
 
@@ -65,28 +66,24 @@ _TAR_OK = (0, 1, 2)
 _TIMED_OUT = (124, 128 + 9)
 # `tar: "NAME": MESSAGE` with NAME in C quoting.
 _DIAGNOSTIC = re.compile(rb'^tar: "((?:[^"\\]|\\.)*)": (.*)$')
-# The names arrive on stdin twice. The first copy ($1 bytes; head -c reads
-# no further) goes through one `realpath -m` and a count of those leading
-# outside ($2, an ERE): none, the usual case, and tar reads the second copy
-# as it is. Otherwise bash goes name by name (slow: it reads a pipe byte by
-# byte) and names the outside ones by position on stderr. No round trip is
-# added, and tar never opens a place outside (what it opens was resolved
-# moments before; see confine's docstring on batches).
+# The names arrive on stdin. One `realpath -m` resolves them all, then their
+# real directories are held and the files named through them (:mod:`.held`);
+# tar's names come first on stdout, one per asked name ("" for one leading
+# outside, which tar is not given), then the archive. The fd budget is the
+# hard limit (a recursive tree holds one fd per directory). No round trip is
+# added, and no directory swapped for a link leads tar outside.
 _CONFINED_TAR = """
-outside=$(head -c "$1" | LC_ALL=C xargs -0r realpath -z -m -- | LC_ALL=C grep -z -c -v -E -e "$2")
+ulimit -n "$(ulimit -Hn)" 2>/dev/null
+export inside=$1 held_max=$(($(ulimit -n) - 64))
+HOLD
+hold xargs -0r realpath -z -m --
+printf '%s\\0' "${names[@]}"
 if [ "$outside" = 0 ]; then
-    LC_ALL=C exec TAR
+    printf '%s\\0' "${names[@]}" | LC_ALL=C TAR
+else
+    printf '%s\\0' "${names[@]}" | LC_ALL=C grep -z . | LC_ALL=C TAR
 fi
-mapfile -d '' -t asked
-mapfile -d '' -t real < <(printf '%s\\0' "${asked[@]}" | xargs -0r realpath -z -m --)
-for i in "${!asked[@]}"; do
-    case ${real[i]} in
-        PATTERN) printf '%s\\0' "${asked[i]}" ;;
-        *) printf 'hpcgate: outside: %d\\n' "$i" >&2 ;;
-    esac
-done | LC_ALL=C TAR
 """
-_OUTSIDE = re.compile(rb"^hpcgate: outside: (\d+)$")
 OUTSIDE_WORDS = "leads outside the configured filesystems"
 
 
@@ -278,20 +275,9 @@ async def _listdir(sftp: asyncssh.SFTPClient, path: str) -> list[tuple[str, int]
 
 def confined_tar(confine: Confine) -> str:
     """The bash script running the bulk tar over those stdin names that lead inside."""
-    # tar first: a root's name might hold "TAR", tar's argv never "PATTERN".
-    body = _CONFINED_TAR.replace("TAR", shlex.join(TAR_ARGV))
-    return body.replace("PATTERN", confine.case_pattern())
-
-
-def _outside_errors(stderr: bytes, targets: list[Target]) -> dict[str, str]:
-    """The refusals the script named on stderr, by path."""
-    found = {}
-    for line in stderr.splitlines():
-        match = _OUTSIDE.match(line)
-        if match is not None and int(match.group(1)) < len(targets):
-            path = targets[int(match.group(1))].path
-            found[path] = f"{path}: {OUTSIDE_WORDS}"
-    return found
+    # tar first: a root's name might hold "TAR", tar's argv never "HOLD".
+    body = _CONFINED_TAR.replace("TAR", shlex.join(held.HELD_TAR_ARGV))
+    return body.replace("HOLD", held.hold_function(confine.case_pattern()))
 
 
 async def _relay_tar(
@@ -303,17 +289,23 @@ async def _relay_tar(
 ) -> AsyncIterator[list[BulkEvent]]:
     """Run tar over ``targets`` on ``conn`` and relay its archive as event batches."""
     names = b"".join(t.path.encode() + b"\0" for t in targets)
-    script = ["bash", "-c", confined_tar(confine), "bash", str(len(names)), confine.ere()]
+    script = ["bash", "-c", confined_tar(confine), "bash", confine.ere()]
     line = shlex.join(["timeout", f"--kill-after={KILL_AFTER}", f"{limit:.3f}", *script])
     started = time.monotonic()
     process = await retry_channel_open(conn, lambda: conn.create_process(line, encoding=None))
     stderr = asyncio.ensure_future(process.stderr.read())
     try:
-        process.stdin.write(names + names)  # checked, then archived: see _CONFINED_TAR
+        process.stdin.write(names)
         process.stdin.write_eof()
-        relay = TarRelay(targets, chunk)
+        named = held.HeldNames(len(targets))
+        relay: TarRelay | None = None
         while data := await process.stdout.read(READ_SIZE):
-            relay.feed(data)
+            archive = named.feed(data)
+            if named.names is None:
+                continue
+            if relay is None:
+                relay = TarRelay(targets, chunk, named.names)
+            relay.feed(archive)
             for batch in relay.take():
                 yield batch
         await process.wait_closed()
@@ -329,7 +321,11 @@ async def _relay_tar(
             raise command_error(
                 ["tar"], CommandResult(status if status is not None else -1, b"", diagnostics)
             )
-        relay.finish({**_file_errors(diagnostics), **_outside_errors(diagnostics, targets)})
+        if relay is None:
+            raise ServiceError(
+                ErrorKind.INTERNAL, "tar's step ended before it named its files", "TAR_TRUNCATED"
+            )
+        relay.finish(_file_errors(diagnostics))
         for batch in relay.take():
             yield batch
     finally:
@@ -349,7 +345,13 @@ async def _close(process: asyncssh.SSHClientProcess[bytes]) -> None:
 
 
 def _file_errors(stderr: bytes) -> dict[str, str]:
-    """tar's complaint per file name, from its stderr (``tar: "NAME": MESSAGE``)."""
+    """tar's complaint per file name, from its stderr (``tar: "NAME": MESSAGE``).
+
+    A file in a directory the step could not hold gets why it could not
+    (:func:`.held.unheld`), not tar's "Not a directory" of the fd left
+    there.
+    """
+    reasons = held.unheld(stderr.decode(errors="replace"))
     found: dict[str, str] = {}
     for line in stderr.splitlines():
         match = _DIAGNOSTIC.match(line)
@@ -358,6 +360,9 @@ def _file_errors(stderr: bytes) -> dict[str, str]:
         raw, _ = codecs.escape_decode(match.group(1))
         name = raw.decode(errors="surrogateescape")
         message = match.group(2).decode(errors="replace")
+        why = held.why_unheld(name, reasons)
+        if why is not None:
+            message = f"Cannot stat: {why}"
         found.setdefault(name, f"{name}: {message}")
     return found
 
@@ -404,10 +409,19 @@ class TarRelay:
     it was given); a target that is not a regular file becomes an error.
     """
 
-    def __init__(self, targets: Iterable[Target], chunk: int) -> None:
+    def __init__(
+        self, targets: Iterable[Target], chunk: int, names: Sequence[str] | None = None
+    ) -> None:
+        """``names``: what tar was given for each target (default its path; "" if left out
+        as outside the filesystems)."""
+        listed = list(targets)
         self._pending: dict[str, deque[Target]] = {}
-        for target in targets:
-            self._pending.setdefault(target.path, deque()).append(target)
+        self._outside: list[Target] = []
+        for target, name in zip(listed, names or [t.path for t in listed], strict=True):
+            if name:
+                self._pending.setdefault(name, deque()).append(target)
+            else:
+                self._outside.append(target)
         self._batcher = _Batcher(chunk)
         self._reader = TarReader(self)
         # The regular file being relayed, and the digest of its data so far.
@@ -462,12 +476,19 @@ class TarRelay:
                 "TAR_TRUNCATED",
             )
         missing = sorted(
-            (t for queue in self._pending.values() for t in queue), key=lambda t: t.index
+            ((target, name) for name, queue in self._pending.items() for target in queue),
+            key=lambda pair: pair[0].index,
         )
-        for target in missing:
-            message = diagnostics.get(target.path, f"{target.path}: not sent by tar")
+        failures = [(t, f"{t.path}: {OUTSIDE_WORDS}") for t in self._outside]
+        for target, name in missing:
+            said = diagnostics.get(name)
+            # tar names what it was given: say it of the asked path.
+            words = said.removeprefix(f"{name}: ") if said else "not sent by tar"
+            failures.append((target, f"{target.path}: {words}"))
+        for target, message in sorted(failures, key=lambda pair: pair[0].index):
             self._batcher.add(BulkError(target.index, target.path, _code(message), message))
         self._pending.clear()
+        self._outside.clear()
 
 
 def _code(message: str) -> ErrorKind:

@@ -9,13 +9,28 @@ PATH_OUTSIDE_FILESYSTEMS naming the request field.
 
 How the check and the act are kept together, by transport:
 
-* **Commands** (stat, file, checksum, chown, rm -r, tar): one shell step
-  checks and acts. Either it opens the file first and checks what the open
-  reached (``exec 3<"$p"``, then ``readlink /proc/self/fd/3``) and reads
-  from fd 3, or it enters the real directory (``cd -P``), checks ``$PWD``,
-  and acts on the bare name there with a command that does not follow a
-  last link (``stat`` without ``-L``, ``chown -h``, ``rm``). A link swapped
-  in after the check is never followed: the fd and the cwd are held.
+* **Commands** (stat, file, checksum, chown, chmod, mkdir, symlink, rm,
+  tar): one shell step checks and acts. Either it opens the file first and
+  checks what the open reached (``exec 3<"$p"``, then ``readlink
+  /proc/self/fd/3``) and acts through fd 3, or it enters the real directory
+  (``cd -P``), checks ``$PWD``, and acts on the bare name there with a
+  command that does not follow a last link (``stat`` without ``-L``,
+  ``chown -h``, ``rm``, ``mkdir``, ``ln -s -T``). A link swapped in after
+  the check is never followed: the fd and the cwd are held. ``mkdir -p``
+  enters the deepest existing ancestor, then makes, enters and checks one
+  component at a time. chmod follows a last link (chmod(1) does), so it
+  acts through something held: a directory it can enter as ``.``, a file
+  or directory it can read through its fd (``chmod /proc/self/fd/3``
+  reaches the open inode). What it can neither open nor enter (mode 000)
+  goes by name, after ``[ -L ]``, only where no one but the caller and root
+  can replace that name: the directory is the caller's or root's, and
+  others may not write it or it is sticky (a sticky directory lets only a
+  name's owner, the directory's owner and root replace it; the name must
+  be the caller's, else chmod(2) would fail anyway: EPERM is reported
+  without trying). A swap there is the caller's own doing, with nothing to
+  gain: the place it could lead to is one the caller may chmod directly.
+  Elsewhere it is refused (PATH_NOT_HELD). ACLs granting others write show
+  in the group bits (the mask), so they count as "others may write".
 * **SFTP reads and uploads** (content, ranges, checksum's size check, the
   ``.part`` file of every upload): the path is resolved (``realpath``),
   checked, and the resolved path opened; then the *handle* is checked
@@ -28,24 +43,24 @@ How the check and the act are kept together, by transport:
   then flows through the held handle only; an upload's final rename is by
   path, but moves only what the temporary name reaches then, never the
   bytes written (see :mod:`.atomic`).
-* **Other SFTP steps** (mkdir, symlink, chmod, rm of one file, ls): SFTP v3,
-  all that OpenSSH speaks, has no openat and no O_NOFOLLOW, and these make
-  no handle to check; they act on the resolved path, whose every component
-  was a real directory inside a filesystem when resolved. A link made
-  beforehand (the attack of issue 14) is always caught; what remains is a
-  swap of one of those directories for a link leading outside within the
-  ~0.3 ms between two requests. That takes a process on the cluster, run by
-  a user who may write that directory's parent, racing the request (hpcgate
-  itself makes no such link: symlink and extract refuse them). These are
-  not hot paths: a one-step confined shell command would close it
-  (``at`` + bare name for mkdir/symlink/rm, ``chmod`` of
-  ``/proc/self/fd/3`` after ``exec 3<`` for chmod, mind that an unreadable
-  file cannot be opened so), as would ``ls`` by ``cd -P`` + ``inside``.
+* **ls** (:mod:`.listing`, over SFTP): SFTP v3, all that OpenSSH speaks,
+  has no openat and no O_NOFOLLOW; a listing acts on the resolved path,
+  whose every component was a real directory inside when resolved. A link
+  made beforehand is always caught; what remains is a swap of one of those
+  directories within the ~0.3 ms between two requests (``cd -P`` +
+  ``inside`` in a shell step would close it). The same holds for the
+  entry the operations above list in their replies: a race there can fail
+  the reply, never the act.
 * **Batches** (small-file reads, bulk download): one ``realpath -m`` over
   all paths in the batch's own command drops every path that leads outside
-  before tar opens anything; no round trip is added. tar then opens by
-  path, so the same narrow swap remains as over SFTP (holding an fd per
-  file for tar to read through /proc would not scale to 100,000 files).
+  before tar opens anything; then each real directory is entered, checked
+  and held as an fd, and tar reads ``/proc/self/fd/K/NAME`` without
+  following a last link (:mod:`.held`): a directory swapped for a link after
+  the check is never walked again, a name swapped for a link is archived as
+  a link and dropped. Still one command per batch, no round trip added.
+  Left: a directory the user may enter but not read (mode 711) cannot be
+  opened by a shell, and directories beyond the fd budget; their files go
+  to tar by path (a last link still not followed).
 * **Archives**: extract judges tar's listing, then extracts in a second
   step; an archive rewritten in between by its owner is not judged again
   (a transfer job judges it again when it runs, see ``common.sh``).
@@ -73,6 +88,9 @@ REASON = "PATH_OUTSIDE_FILESYSTEMS"
 OUTSIDE_EXIT = 96
 # Exit status of a step that saw a path change under it (a link appeared).
 CHANGED_EXIT = 95
+# Exit status of a step that found nothing to hold where acting by name is
+# not safe (see chmod in :mod:`.operations`).
+UNSAFE_EXIT = 94
 # Checks where each argument leads: "F<path>" with every link followed,
 # "E<path>" for the entry itself (its directory resolved, its name kept).
 # A path need not exist (realpath -m): a target is often yet to be made.
@@ -217,36 +235,14 @@ class Confine:
     async def resolve_entry(self, client: asyncssh.SFTPClient, path: str) -> str:
         """Where the entry ``path`` itself lives: its directory resolved, its name kept.
 
-        For operations on a name rather than on what it leads to: creating
-        it, removing it, renaming onto it.
+        For operations on a name rather than on what it leads to: an
+        upload's target, renamed onto.
         """
         parent, name = posixpath.split(path)
         if not name:  # "/" itself
             return self.check(path, path)
         real = posixpath.join(await self.resolve(client, parent or "/", path), name)
         return self.check(path, real)
-
-    async def resolve_loose(self, client: asyncssh.SFTPClient, path: str) -> str:
-        """Where ``path`` would lead once created: its deepest existing ancestor resolved.
-
-        (``realpath -m``; OpenSSH's realpath already allows a missing last name.)
-        """
-        await self.learn_roots(client)
-        rest: list[str] = []
-        current = path
-        while True:
-            try:
-                real = str(await client.realpath(current))
-                break
-            except asyncssh.SFTPNoSuchFile:
-                current, name = posixpath.split(current)
-                rest.insert(0, name)
-                if current == "/":
-                    real = "/"
-                    break
-            except asyncssh.SFTPError as error:
-                raise sftp_error(error, path) from None
-        return self.check(path, _normal(posixpath.join(real, *rest)))
 
     # -- in shell steps ----------------------------------------------------------
 
@@ -276,9 +272,12 @@ class Confine:
             # dash's cd does not say why it failed; stat of "dir/." says it in the
             # system's words (Permission denied, No such file, Not a directory).
             "at() { d=${1%/*}; b=${1##*/}; d=${d:-/};"
-            ' cd -P -- "$d" 2>/dev/null || { stat -c "" -- "$d/." >/dev/null; exit 1; };'
+            # Should stat find it (a link or directory put back in between): changed.
+            f' cd -P -- "$d" 2>/dev/null || {{ stat -c "" -- "$d/." >/dev/null || exit 1;'
+            f" exit {CHANGED_EXIT}; }};"
             ' inside "${PWD%/}/$b" "$2"; }\n'
-            'to() { r=$(realpath -e -- "$1") || exit 1; at "$r" "$2"; }\n'
+            # (the "." keeps a trailing newline of a name through $(...))
+            'to() { r=$(realpath -e -- "$1" && echo .) || exit 1; r=${r%??}; at "$r" "$2"; }\n'
             'held() { r=$(readlink -e "/proc/self/fd/$1") || exit 1; inside "$r" "$2"; }\n'
         )
 

@@ -74,11 +74,31 @@ def _classify(text: str) -> tuple[ErrorKind, str] | None:
     return None
 
 
+def words_error(words: str, path: str, unknown: str = "SFTP_FAILURE") -> ServiceError:
+    """The ServiceError for a failure on ``path`` said in the C library's ``words``.
+
+    Classified by the words alone, never by a path that may hold them.
+    """
+    code, reason = _classify(words) or (ErrorKind.INTERNAL, unknown)
+    return ServiceError(code, f"{path}: {words}", reason, metadata={"path": path})
+
+
 def sftp_error(error: asyncssh.SFTPError, path: str) -> ServiceError:
     """The ServiceError for an SFTP failure on ``path``."""
-    words = _SFTP_WORDS.get(error.code, error.reason or "Failure")
-    code, reason = _classify(words) or (ErrorKind.INTERNAL, "SFTP_FAILURE")
-    return ServiceError(code, f"{path}: {words}", reason, metadata={"path": path})
+    return words_error(_SFTP_WORDS.get(error.code, error.reason or "Failure"), path)
+
+
+def step_error(output: Output, path: str) -> ServiceError:
+    """The ServiceError for a failed shell step acting on one ``path``.
+
+    A tool's message ends with the C library's words ("mkdir: cannot
+    create directory 'x': File exists"); the step acts on a bare name in a
+    held directory, so the words of its last line are told about ``path``,
+    the caller's own name for it.
+    """
+    lines = _strerror_words(output.stderr.decode(errors="replace")).strip().splitlines()
+    words = lines[-1].rpartition(": ")[2] if lines else f"exit status {output.exit_status}"
+    return words_error(words, path, "COMMAND_FAILED")
 
 
 def command_error(argv: Sequence[str], output: Output) -> ServiceError:

@@ -1,33 +1,81 @@
 """FirecREST's operations that change the filesystem: chmod, chown, mkdir, symlink, rm,
 and the archives (compress, extract), each run as the calling user.
 
-SFTP where it has the operation (chmod, mkdir, symlink, rm of a file),
-confined shell steps where it has not (chown by name, ``rm -r``, ``tar``).
-Each reply that carries an entry lists it as ``ls -ld`` would.
+Each is one confined shell step (:mod:`.confine`): the real place entered
+and checked inside, then the act on a bare name there, or through an open
+fd, in the same command, so that nothing swapped in after the check is
+followed. Each reply that carries an entry lists it as ``ls -ld`` would.
 """
 
 from __future__ import annotations
 
-import contextlib
 import posixpath
-import stat as statmod
-from collections.abc import AsyncIterator, Sequence
-
-import asyncssh
+from collections.abc import Sequence
 
 from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument
 from hpcgate.server.filesystem import archive
+from hpcgate.server.filesystem.confine import CHANGED_EXIT, UNSAFE_EXIT
+from hpcgate.server.filesystem.errors import step_error
 from hpcgate.server.filesystem.listing import FileEntry, single_entry
 from hpcgate.server.filesystem.parse import owner_spec, parse_mode, tar_compression
 from hpcgate.server.filesystem.remote import Remote
 from hpcgate.server.ssh import CommandResult
 
+# chmod: the real place entered (links followed, as chmod(1) does), then the
+# mode changed through something held, so that a name swapped for a link
+# after the check is never followed: a directory that can be entered is
+# changed as ".", a readable file or directory through its open fd (the
+# C library's chmod of /proc/self/fd/3 reaches the open inode). What can be
+# neither opened nor entered goes by its name only where no one but the
+# caller and root may replace that name (see the module docstring); a name
+# the caller does not own fails as chmod(2) would, EPERM. $1 path, $2 mode.
+_CHMOD = f"""
+to "$1" 1
+here=${{PWD%/}}/$b
+[ -L "$b" ] && exit {CHANGED_EXIT}
+if [ -d "$b" ] && [ -x "$b" ]; then
+    cd -P -- "$b" 2>/dev/null || exit {CHANGED_EXIT}
+    [ "$PWD" = "$here" ] || {{ inside "$PWD" 1; exit {CHANGED_EXIT}; }}
+    exec chmod -- "$2" .
+fi
+if [ -r "$b" ] && {{ [ -f "$b" ] || [ -d "$b" ]; }}; then
+    exec 3<"$b" || exit 1
+    r=$(readlink -n -e /proc/self/fd/3 && echo .) || exit 1
+    r=${{r%.}}
+    [ "$r" = "$here" ] || {{ inside "$r" 1; exit {CHANGED_EXIT}; }}
+    exec chmod -- "$2" /proc/self/fd/3
+fi
+[ -e "$b" ] || {{ printf '%s: No such file or directory\\n' "$1" >&2; exit 1; }}
+[ -O "$b" ] || {{ printf '%s: Operation not permitted\\n' "$1" >&2; exit 1; }}
+set -- "$1" "$2" $(stat -c '%u %a' .) "$(id -u)"
+[ "$3" = "$5" ] || [ "$3" = 0 ] || exit {UNSAFE_EXIT}
+[ $((0$4 & 022)) = 0 ] || [ $((0$4 & 01000)) != 0 ] || exit {UNSAFE_EXIT}
+[ -L "$b" ] && exit {CHANGED_EXIT}
+exec chmod -- "$2" "$b"
+"""
+
 
 async def chmod(remote: Remote, path: str, mode: str) -> FileEntry:
-    """Set the permission bits of ``path`` (of a link's target, as chmod(1) does)."""
-    bits = parse_mode(mode)
+    """``chmod MODE`` of what ``path`` leads to (a link's target, as chmod(1) does).
+
+    The mode text goes to chmod(1) as given (validated octal), so its rules
+    hold: a directory's set-user-ID and set-group-ID bits stay unless the
+    mode names them, FirecREST's behaviour.
+    """
+    parse_mode(mode)
+    _, result = await remote.confined_unchecked("chmod", _CHMOD, [path], [path, mode])
+    if result.exit_status == UNSAFE_EXIT:
+        raise ServiceError(
+            ErrorKind.FAILED_PRECONDITION,
+            f"{path}: the caller can neither read nor enter it, and users other than the"
+            " caller may replace names in its directory: its mode cannot be changed without"
+            " the risk of following a link swapped in (change it over SSH)",
+            "PATH_NOT_HELD",
+            metadata={"path": path},
+        )
+    if result.exit_status != 0:
+        raise step_error(result, path)
     async with remote.sftp(path) as client:
-        await client.chmod(await remote.confine.resolve(client, path), bits)
         return await single_entry(remote, client, path)
 
 
@@ -40,101 +88,88 @@ async def chown(remote: Remote, path: str, owner: str, group: str) -> FileEntry:
         return await single_entry(remote, client, path)
 
 
-async def _kind(client: asyncssh.SFTPClient, path: str, follow: bool = False) -> int | None:
-    """The file type bits of ``path``, or None if it does not exist (or is unreachable)."""
-    try:
-        attrs = await (client.stat(path) if follow else client.lstat(path))
-    except asyncssh.SFTPError:
-        return None
-    return statmod.S_IFMT(attrs.permissions or 0)
+async def _step(remote: Remote, name: str, body: str, paths: Sequence[str], shown: str) -> None:
+    """Run the confined step ``body`` over ``paths``; a failure is told about ``shown``."""
+    _, result = await remote.confined_unchecked(name, body, paths, paths)
+    if result.exit_status != 0:
+        raise step_error(result, shown)
 
 
-async def _creation_failed(client: asyncssh.SFTPClient, path: str) -> ServiceError | None:
-    """Why creating ``path`` failed, where SFTP v3's codes do not say it.
-
-    sftp-server answers EEXIST with the generic FX_FAILURE and ENOTDIR with
-    FX_NO_SUCH_FILE; look at the path and its parent to give mkdir(1)'s
-    words. None when neither explains the failure.
-    """
-    if await _kind(client, path) is not None:
-        return ServiceError(
-            ErrorKind.ALREADY_EXISTS,
-            f"{path}: File exists",
-            "ALREADY_EXISTS",
-            metadata={"path": path},
-        )
-    parent = posixpath.dirname(path)
-    kind = await _kind(client, parent, follow=True)
-    if kind is not None and kind != statmod.S_IFDIR:
-        return ServiceError(
-            ErrorKind.INVALID_ARGUMENT,
-            f"{path}: Not a directory",
-            "NOT_A_DIRECTORY",
-            metadata={"path": path},
-        )
-    return None
-
-
-@contextlib.asynccontextmanager
-async def _creating(client: asyncssh.SFTPClient, path: str) -> AsyncIterator[None]:
-    """Around an SFTP request that creates ``path``: explain FX_FAILURE and FX_NO_SUCH_FILE."""
-    try:
-        yield
-    except (asyncssh.SFTPFailure, asyncssh.SFTPNoSuchFile) as error:
-        reason = await _creation_failed(client, path)
-        if reason is None:
-            raise
-        raise reason from error
-
-
-async def _mkdir(client: asyncssh.SFTPClient, path: str, parent: bool) -> None:
-    """mkdir, or ``mkdir -p`` with ``parent`` (an existing directory is then fine)."""
-    if parent:
-        if await _kind(client, path, follow=True) == statmod.S_IFDIR:
-            return
-        above = posixpath.dirname(path)
-        if above != path and await _kind(client, above, follow=True) is None:
-            await _mkdir(client, above, parent=True)
-    async with _creating(client, path):
-        try:
-            await client.mkdir(path)
-        except asyncssh.SFTPFailure:
-            # Made meanwhile by someone else: fine for mkdir -p.
-            if not parent or await _kind(client, path, follow=True) != statmod.S_IFDIR:
-                raise
+# mkdir -p: an existing directory is fine (if inside). Else the deepest
+# existing ancestor is entered and checked, then each missing component made
+# by its bare name in the held, checked directory, entered, and checked
+# again: every directory made lands inside, whatever is swapped meanwhile.
+# $1 the path.
+_MKDIR_PARENTS = f"""
+p=$1 rest=
+while [ ! -e "$p" ] && [ ! -L "$p" ]; do
+    rest=${{p##*/}}${{rest:+/$rest}}
+    p=${{p%/*}}
+    p=${{p:-/}}
+done
+if [ -z "$rest" ]; then
+    [ -d "$p" ] || {{ printf '%s: File exists\\n' "$1" >&2; exit 1; }}
+    r=$(realpath -e -- "$p") || exit 1
+    inside "$r" 1
+    exit 0
+fi
+if ! cd -P -- "$p" 2>/dev/null; then
+    stat -c "" -- "$p/." >/dev/null || exit 1
+    exit {CHANGED_EXIT}
+fi
+inside "$PWD" 1
+here=${{PWD%/}}
+IFS=/
+set -f
+for c in $rest; do
+    e=$(mkdir -- "$c" 2>&1) || [ -d "$c" ] || {{ printf '%s\\n' "$e" >&2; exit 1; }}
+    cd -P -- "$c" 2>/dev/null || exit {CHANGED_EXIT}
+    here=$here/$c
+    [ "$PWD" = "$here" ] || {{ inside "$PWD" 1; exit {CHANGED_EXIT}; }}
+done
+"""
 
 
 async def mkdir(remote: Remote, path: str, parent: bool) -> FileEntry:
-    """Create a directory (and its missing parents with ``parent``)."""
+    """Create a directory (and its missing parents with ``parent``), as mkdir(1) would.
+
+    Made by its bare name in its real parent, entered and checked inside
+    in the same step: a directory on the path swapped for a link meanwhile
+    makes nothing outside.
+    """
+    body = _MKDIR_PARENTS if parent else 'at "$1" 1; exec mkdir -- "$b"'
+    await _step(remote, "mkdir", body, [path], path)
     async with remote.sftp(path) as client:
-        await _mkdir(client, await remote.confine.resolve_loose(client, path), parent)
         return await single_entry(remote, client, path)
+
+
+# The target judged where it would lead (it need not exist), the link made by
+# its bare name in its real, checked parent; -T: never inside a directory of
+# that name. $1 target, $2 link.
+_SYMLINK = """
+t=$(realpath -m -- "$1") || exit 1
+inside "$t" 1
+at "$2" 2
+exec ln -s -T -- "$1" "$b"
+"""
 
 
 async def symlink(remote: Remote, target: str, link: str) -> FileEntry:
     """Create ``link`` pointing at ``target`` (which need not exist, but must lead inside)."""
+    await _step(remote, "ln", _SYMLINK, [target, link], link)
     async with remote.sftp(link) as client:
-        real_link = await remote.confine.resolve_entry(client, link)
-        await remote.confine.resolve_loose(client, target)
-        async with _creating(client, real_link):
-            await client.symlink(target, real_link)
         return await single_entry(remote, client, link)
 
 
 async def rm(remote: Remote, path: str, roots: Sequence[str]) -> None:
-    """Delete a file or link (SFTP), or a directory tree (``rm -r``).
+    """Delete a file, a link (not what it leads to) or a directory tree: ``rm -r``.
 
+    By its bare name in its real, checked parent; rm never follows a link.
     A configured filesystem's root (in ``roots``) is never deleted.
     """
     if path.rstrip("/") in {r.rstrip("/") or "/" for r in roots}:
         raise invalid_argument("path", f"{path!r} is a filesystem root", "PATH_IS_ROOT")
-    async with remote.sftp(path) as client:
-        real = await remote.confine.resolve_entry(client, path)
-        attrs = await client.lstat(real)
-        if not statmod.S_ISDIR(attrs.permissions or 0):
-            await client.remove(real)
-            return
-    await remote.confined("rm", 'at "$1" 1; exec rm -r -- "$b"', [path], [path])
+    await _step(remote, "rm", 'at "$1" 1; exec rm -r -- "$b"', [path], path)
 
 
 # -- archives --------------------------------------------------------------------------
@@ -221,7 +256,7 @@ _EXTRACT = """
 exec 3<"$1" || exit 1
 held 3 1
 to "$2" 2
-cd -P -- "$b" || exit 1
+cd -P -- "$b" 2>/dev/null || exit {CHANGED_EXIT}
 inside "$PWD" 2
 shift 2
 exec tar -x "$@" -f - <&3

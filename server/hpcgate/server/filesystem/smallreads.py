@@ -21,12 +21,15 @@ server batches them itself:
   :data:`MAX_BATCH_FILES`), and a user has at most :data:`MAX_BATCHES` at
   once; while they run the queue grows, so batches grow with the load and no
   timer ever delays a read.
-* A batch runs, as the user, ``find -H <paths> -maxdepth 0 -type f -size
-  -<N>c -print0 | tar ... --files-from=-`` (the bulk download's tar, see
-  :mod:`hpcgate.server.filesystem.tarstream`): only regular files (links followed)
-  of at most the batch size limit are archived, so a FIFO is never opened and
-  a large file never rides along. Paths reach the shell only as positional
-  parameters.
+* A batch runs, as the user, one ``realpath -m`` of its paths, holds their
+  real directories and names each file through its held directory
+  (:mod:`.held`: no directory swapped for a link can lead tar outside), then
+  ``find -P <names> -maxdepth 0 -type f -size -<N>c -print0 | tar ...
+  --files-from=-`` (the bulk download's tar, see
+  :mod:`hpcgate.server.filesystem.tarstream`, without ``--dereference``):
+  only regular files (links were followed by realpath) of at most the batch
+  size limit are archived, so a FIFO is never opened and a large file never
+  rides along. Paths reach the shell only as positional parameters.
 * Whatever a batch does not bring back (missing, unreadable, a directory, too
   large, or a batch that failed) is read the ordinary way, so every answer
   and every error is exactly what SFTP alone gives. A batch is trusted only
@@ -58,7 +61,8 @@ from hpcgate.server.filesystem.content import (
     stream_held,
     stream_read,
 )
-from hpcgate.server.filesystem.tarstream import TAR_ARGV, Member, TarReader
+from hpcgate.server.filesystem.held import HELD_TAR_ARGV, HeldNames, hold_function
+from hpcgate.server.filesystem.tarstream import Member, TarReader
 from hpcgate.server.ssh import CommandResult, SSHPool, deadline_after
 
 log = logging.getLogger(__name__)
@@ -81,30 +85,29 @@ MAX_FILE = 64 * 1024
 BATCH_TIME_LIMIT = 30.0
 
 # "$1" is the size bound find takes (strictly less than, in bytes), "$2" the
-# ERE of the places inside; the rest are the paths. One `realpath -m` and a
-# count of those leading outside: none, the usual case, and all go on; else
-# only those leading inside do (bash, name by name), and the others fall back
-# to SFTP, which refuses them naming the field. Absolute paths start with
-# "/", so find never takes one for an option or an expression. find's
-# complaints (missing files) go nowhere: it only filters, and its lines would
-# interleave with tar's on one pipe.
+# ERE of the places inside; the rest are the paths. One `realpath -m`, then
+# the real directories held and the files named through them (:mod:`.held`);
+# the paths leading outside are left out (and fall back to SFTP, which
+# refuses them naming the field). tar's names for the paths come first on
+# stdout, then the archive. find keeps regular files under the bound, not
+# following a last link (-P), so a FIFO is never opened; its complaints
+# (missing files, the empty names of paths outside) go nowhere: it only
+# filters, and its lines would interleave with tar's on one pipe.
 _SCRIPT = """
-n=$1 inside=$2
+n=$1
+export inside=$2 held_max=1000
 shift 2
-if [ "$(LC_ALL=C realpath -z -m -- "$@" | LC_ALL=C grep -z -c -v -E -e "$inside")" != 0 ]; then
-    mapfile -d '' -t real < <(realpath -z -m -- "$@")
-    kept=()
-    for i in "${!real[@]}"; do
-        case ${real[i]} in PATTERN) kept+=("${@:i+1:1}") ;; esac
-    done
-    [ ${#kept[@]} -gt 0 ] || exit 0
-    set -- "${kept[@]}"
-fi
-find -H "$@" -maxdepth 0 -type f -size "-${n}c" -print0 2>/dev/null | LC_ALL=C TAR
+HOLD
+hold realpath -z -m -- "$@"
+printf '%s\\0' "${names[@]}"
+find -P "${names[@]}" -maxdepth 0 -type f -size "-${n}c" -print0 2>/dev/null | LC_ALL=C TAR
 """
 # tar diagnostics that only mean "this file is not in the archive".
 _ABSENT = (": Cannot open: ", ": Cannot stat: ")
 _TAR_GAVE_UP = "tar: Exiting with failure status due to previous errors"
+# What the held step says of paths it left out (outside, or in a directory
+# it could not hold): their reads fall back to SFTP, which says why.
+_HELD_SAYS = "hpcgate: "
 
 READS = Counter(
     "hpcgate_filesystem_small_reads_total",
@@ -337,7 +340,7 @@ class SmallReads:
                 # channel in time gives way, and its reads go to SFTP.
                 deadline=deadline_after(BATCH_TIME_LIMIT),
             )
-            files = _archived(result, self._bound)
+            files = _archived(result, self._bound, list(batch))
         except Exception as error:  # every waiter falls back and meets its own error
             log.info("read batch of %d files for %s failed: %s", len(batch), user, error)
         finally:
@@ -353,8 +356,9 @@ class SmallReads:
     def _script(self) -> str:
         # Built per batch: the roots' real places are learned on first use.
         pattern = self._confine.case_pattern()
-        # tar first: a root's name might hold "TAR", tar's argv never "PATTERN".
-        return _SCRIPT.replace("TAR", shlex.join(TAR_ARGV)).replace("PATTERN", pattern)
+        # tar first: a root's name might hold "TAR", tar's argv never "HOLD".
+        body = _SCRIPT.replace("TAR", shlex.join(HELD_TAR_ARGV))
+        return body.replace("HOLD", hold_function(pattern))
 
     def _forget_if_idle(self, user: str, state: UserReads) -> None:
         if state.forgettable() and self._users.get(user) is state:
@@ -373,7 +377,7 @@ def trusted(result: CommandResult) -> bool:
     if result.exit_status not in (0, 2):
         return False
     for line in result.stderr.decode(errors="replace").splitlines():
-        if line == _TAR_GAVE_UP:
+        if line == _TAR_GAVE_UP or line.startswith(_HELD_SAYS):
             continue
         if line.startswith("tar: ") and any(mark in line for mark in _ABSENT):
             continue
@@ -408,21 +412,34 @@ class _Collected:
         self._member, self._pieces = None, []
 
 
-def _archived(result: CommandResult, bound: int) -> dict[str, HeldFile]:
-    """The regular files of a trusted batch's archive, by path; nothing if it is not trusted."""
+def _archived(result: CommandResult, bound: int, paths: list[str]) -> dict[str, HeldFile]:
+    """The regular files of a trusted batch's archive, by asked path; nothing if not trusted.
+
+    stdout is tar's name for each of ``paths`` (:class:`.held.HeldNames`),
+    then the archive.
+    """
     if not trusted(result):
         log.info("read batch not trusted (exit %d): %r", result.exit_status, result.stderr[:500])
         return {}
-    if not result.stdout:
+    held = HeldNames(len(paths))
+    archive = held.feed(result.stdout)
+    if held.names is None:
+        log.warning("read batch returned no names for its paths")
+        return {}
+    if not archive:
         return {}  # nothing in the batch was inside and readable
     collected = _Collected(bound)
     reader = TarReader(collected)
     try:
-        reader.feed(result.stdout)
+        reader.feed(archive)
     except ServiceError as error:
         log.warning("read batch returned a malformed archive: %s", error.message)
         return {}
     if reader.truncated:
         log.warning("read batch returned a malformed archive: it ends inside a member's data")
         return {}
-    return collected.files
+    return {
+        path: collected.files[name]
+        for path, name in zip(paths, held.names, strict=True)
+        if name in collected.files
+    }
