@@ -112,6 +112,16 @@ done
 _ERE_SPECIAL = re.compile(r"[.\[\]()*+?{}|^$\\]")
 
 
+def path_changed(path: str, when: str) -> ServiceError:
+    """PATH_CHANGED (409): ``path`` changed while ``when`` (a link appeared); a retry may pass."""
+    return ServiceError(
+        ErrorKind.ABORTED,
+        f"{path}: changed while {when} (a link appeared); try again",
+        "PATH_CHANGED",
+        metadata={"path": path},
+    )
+
+
 def _normal(path: str) -> str:
     return "/" + posixpath.normpath(path).lstrip("/")
 
@@ -207,6 +217,11 @@ class Confine:
         try:
             real = str(await client.realpath(path))
         except asyncssh.SFTPError as error:
+            if error.code == asyncssh.FX_BAD_MESSAGE:
+                # sftp-server's realpath reads each component it saw as a link;
+                # one swapped for a directory in between gives EINVAL, which it
+                # sends as "Bad message": the path changed under the request.
+                raise path_changed(path, "was resolved") from None
             raise sftp_error(error, path) from None
         return self.check(asked or path, real)
 
@@ -316,9 +331,4 @@ class Confine:
             lines = stderr.decode(errors="replace").strip().splitlines()
             raise self.refusal(paths[index], lines[-1] if lines else "?")
         if exit_status == CHANGED_EXIT:
-            raise ServiceError(
-                ErrorKind.ABORTED,
-                f"{paths[0]}: changed while the operation ran (a link appeared); try again",
-                "PATH_CHANGED",
-                metadata={"path": paths[0]},
-            )
+            raise path_changed(paths[0], "the operation ran")

@@ -40,8 +40,7 @@ from dataclasses import dataclass, field
 
 import asyncssh
 
-from hpcgate.server.errors import ErrorKind, ServiceError
-from hpcgate.server.filesystem.confine import Confine
+from hpcgate.server.filesystem.confine import Confine, path_changed
 
 # How many fds one learning looks at (in one round trip); sftp-server itself
 # holds 3 to 5, and each open handle one more.
@@ -80,15 +79,6 @@ def model_of(client: asyncssh.SFTPClient) -> FdModel:
     if model is None:
         model = _MODELS[client] = FdModel()
     return model
-
-
-def _changed(path: str) -> ServiceError:
-    return ServiceError(
-        ErrorKind.ABORTED,
-        f"{path}: changed while it was opened (a link appeared); try again",
-        "PATH_CHANGED",
-        metadata={"path": path},
-    )
 
 
 async def _close(model: FdModel, file: asyncssh.SFTPClientFile, fd: int) -> None:
@@ -193,7 +183,7 @@ async def verified_open(
     model.taken = None  # its fd is unknown; learn again on the next open
     if isinstance(where, str) and where.startswith("/") and not confine.inside(where):
         raise confine.refusal(shown, where)
-    raise _changed(shown)
+    raise path_changed(shown, "it was opened")
 
 
 async def close(client: asyncssh.SFTPClient, file: asyncssh.SFTPClientFile, fd: int) -> None:
