@@ -29,11 +29,13 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_PYTHON = Path("/usr/bin/python3")
-HOME = Path("/home/alice")
+USER = "alice"
+HOME = Path(f"/home/{USER}")
 PLACE = ".hpcgate-job-python"
 # The local distributions the jobs need (the client, the plugin).
 LOCAL = ("clients", "clients/snakemake-executor-plugin-hpcgate")
@@ -115,6 +117,27 @@ def ensure(root: Path = ROOT, home: Path = HOME) -> Path:
         stamp.write_text(wanted)
     _readable(target)
     return python
+
+
+def snakemake_argv(python: Path, args: Sequence[str], user: str = USER) -> list[str]:
+    """``python -m snakemake args`` as ``user``.
+
+    setpriv execs Snakemake itself with the user's ids (no shell or runuser
+    in between), so a signal sent to the process reaches Snakemake.
+    """
+    ids = [f"--reuid={user}", f"--regid={user}", "--init-groups"]
+    return ["setpriv", *ids, "--", str(python), "-m", "snakemake", *args]
+
+
+def snakemake_env(python: Path, user: str = USER, **extra: str) -> dict[str, str]:
+    """A clean environment for Snakemake as ``user``: the environment's bin first on PATH."""
+    return {
+        "HOME": f"/home/{user}",
+        "PATH": f"{python.parent}:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
 
 
 if __name__ == "__main__":

@@ -21,13 +21,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import jobpython
 import pytest
 
+import jobpython
 from cluster_fixture import Cluster
 from conftest import LiveService
 
-USER = "alice"
+USER = jobpython.USER
 RUN_TIMEOUT = 150.0
 
 # Seven rules: one input, a fan-out of four, their gather, a rule with
@@ -154,24 +154,10 @@ async def _start(
     log = workdir / ".snakemake-run.log"
     handle = log.open("wb")
     _chown(log)
-    env = {
-        "HOME": f"/home/{USER}",
-        "PATH": f"{python.parent}:/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-    }
-    # setpriv execs Snakemake itself as alice: a signal to the process reaches it.
     process = await asyncio.create_subprocess_exec(
-        "setpriv",
-        f"--reuid={USER}",
-        f"--regid={USER}",
-        "--init-groups",
-        "--",
-        str(python),
-        "-m",
-        "snakemake",
-        *args,
+        *jobpython.snakemake_argv(python, args),
         cwd=workdir,
-        env=env,
+        env=jobpython.snakemake_env(python),
         stdout=handle,
         stderr=asyncio.subprocess.STDOUT,
     )

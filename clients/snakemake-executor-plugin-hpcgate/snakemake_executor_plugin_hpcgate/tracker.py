@@ -10,8 +10,10 @@ When the stream drops (server restart, network, the scheduler down) it is
 reopened with ``send_initial``, after a pause that doubles on every failed
 attempt up to ``MAX_BACKOFF`` and starts again at ``MIN_BACKOFF`` once an
 event arrives. The snapshot of the new stream carries the state each job
-reached meanwhile; a job the workflow still waits for that ended so long ago
-that the scheduler no longer lists it is asked for once with ``GetJob``.
+reached meanwhile (Slurm lists ended jobs for ``MinJobAge``, 300 s by
+default); in case a job ended longer ago than that, every job the workflow
+still waits for is asked for once with ``GetJob`` when the reopened stream
+delivers its first event.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class JobTracker:
         self._expected: set[int] = set()
         self._stop = threading.Event()
         self._call: object | None = None
-        self.connects = 0  # streams opened (observability, tests)
+        self.connects = 0  # streams that delivered an event (observability, tests)
         self.events = 0  # events received
         self._thread = threading.Thread(target=self._run, name="hpcgate-watch", daemon=True)
 
@@ -96,10 +98,13 @@ class JobTracker:
             try:
                 call = self._client.scheduler.WatchJobs(request)
                 self._call = call
-                self.connects += 1
-                if self.connects > 1:
-                    self._reconcile()
+                opened = False
                 for event in call:
+                    if not opened:  # the first event: the stream is up
+                        opened = True
+                        self.connects += 1
+                        if self.connects > 1:
+                            self._reconcile()
                     self.events += 1
                     backoff = MIN_BACKOFF
                     self._record(event.job)
