@@ -51,7 +51,7 @@ import jobpython
 from bench.context import Context
 from bench.measure import describe
 from bench.model import Figure, Status
-from bench.scenarios.watch import COMMANDS, _count, _scrape
+from bench.scenarios.watch import COMMANDS, count_metric, scrape
 
 SCENARIO = "snakemake"
 JOBS = 20
@@ -187,7 +187,7 @@ async def _run_one(ctx: Context, plugin: str, python: Path) -> _Outcome:
             log.chmod(0o666)
             conf = ctx.stack.cluster["slurm"]["env"]["SLURM_CONF"]
             env["PATH"] = f"{_wrappers(workdir, log, conf)}:{env['PATH']}"
-        metrics_before = _count(await _scrape(ctx.stack.metrics_url), COMMANDS)
+        metrics_before = count_metric(await scrape(ctx.stack.metrics_url), COMMANDS)
         ctld_before, dbd_before = await asyncio.to_thread(_rpcs, slurm_env)
         started = time.monotonic()
         outcome.returncode, noticed, lines = await asyncio.wait_for(
@@ -196,7 +196,7 @@ async def _run_one(ctx: Context, plugin: str, python: Path) -> _Outcome:
         outcome.wall = time.monotonic() - started
         outcome.tail = "\n".join(lines[-30:])
         ctld_after, dbd_after = await asyncio.to_thread(_rpcs, slurm_env)
-        metrics_after = _count(await _scrape(ctx.stack.metrics_url), COMMANDS)
+        metrics_after = count_metric(await scrape(ctx.stack.metrics_url), COMMANDS)
         if ctld_after >= ctld_before:
             outcome.ctld_rpcs = ctld_after - ctld_before
         if dbd_after >= dbd_before:
