@@ -23,10 +23,12 @@ $(VENV)/.installed: pyproject.toml clients/pyproject.toml server/pyproject.toml 
 	  -e ./clients/snakemake-executor-plugin-hpcgate -e '.[dev]'
 	touch $@
 
-# The three wheels (hpcgate, hpcgate-server, hpcgate-edge) into dist/.
+# The three wheels (hpcgate, hpcgate-server, hpcgate-edge) and the Snakemake
+# plugin's (snakemake-executor-plugin-hpcgate) into dist/.
 dist: install
 	rm -rf dist
-	for part in clients server edge; do $(PY) -m build -q --wheel --outdir dist $$part || exit 1; done
+	for part in clients server edge clients/snakemake-executor-plugin-hpcgate; do \
+	  $(PY) -m build -q --wheel --outdir dist $$part || exit 1; done
 
 # Generate the Python stubs (+ .pyi typing stubs and a descriptor set with
 # comments, which the edge reads for its OpenAPI descriptions).

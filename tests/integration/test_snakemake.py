@@ -59,10 +59,11 @@ rule with_resources:
         mem_mb=300,
         runtime=7,
         slurm_partition="debug",
+        slurm_account="proj2",
         slurm_extra="--comment=from-snakemake",
     shell:
         "echo cpus=$SLURM_CPUS_PER_TASK mem=$SLURM_MEM_PER_NODE"
-        " partition=$SLURM_JOB_PARTITION"
+        " partition=$SLURM_JOB_PARTITION account=$SLURM_JOB_ACCOUNT"
         " limit=$(squeue -h -j $SLURM_JOB_ID -o %l) comment=$(squeue -h -j $SLURM_JOB_ID -o %k)"
         " > {output}"
 
@@ -201,12 +202,13 @@ async def test_a_workflow_runs_as_alice_with_keep_going(
     summary = (workdir / "summary.txt").read_text().splitlines()
     assert summary == [f"{s} raw {USER}" for s in "abcd"], run.output
     assert (workdir / "summary.txt").stat().st_uid == pwd.getpwnam(USER).pw_uid
-    # The resources reached sbatch: CPUs, memory, partition, time limit, slurm_extra.
+    # The resources reached sbatch: CPUs, memory, partition, account, time limit, slurm_extra.
     resources = (workdir / "resources.txt").read_text().split()
     assert resources == [
         "cpus=2",
         "mem=300",
         "partition=debug",
+        "account=proj2",
         "limit=7:00",
         "comment=from-snakemake",
     ], resources
