@@ -168,7 +168,12 @@ async def _start(
 
 async def _run(python: Path, workdir: Path, args: list[str]) -> Run:
     process, log = await _start(python, workdir, args)
-    returncode = await asyncio.wait_for(process.wait(), RUN_TIMEOUT)
+    try:
+        returncode = await asyncio.wait_for(process.wait(), RUN_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        pytest.fail(f"Snakemake ran for {RUN_TIMEOUT} s:\n{log.read_text(errors='replace')}")
     return Run(returncode, log.read_text(errors="replace"))
 
 

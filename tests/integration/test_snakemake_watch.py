@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from conftest import LiveService, free_port
-from hpcgate.client import Client
+from hpcgate.client import Client, NotFound
 from hpcgate.server.app import start
 from hpcgate.v1 import scheduler_pb2
 from snakemake_executor_plugin_hpcgate.tracker import JobTracker, is_terminal
@@ -66,3 +66,17 @@ async def test_the_tracker_reconnects_and_sees_an_end_during_the_outage(
     final = tracker.status(job.job_id)
     assert final is not None and final.normalized_state == S.JOB_STATE_COMPLETED, final
     assert tracker.connects >= 2
+
+
+async def test_a_refused_watch_ends_with_the_reason(live: LiveService) -> None:
+    client = Client(live.grpc_target, live.token("alice"), system="no-such-system")
+    tracker = JobTracker(client, "no-such-system")
+    try:
+        tracker.start()
+        await _until(lambda: tracker.error is not None, 30)
+    finally:
+        await asyncio.to_thread(tracker.stop)
+        client.close()
+    assert isinstance(tracker.error, NotFound), tracker.error
+    assert tracker.error.reason == "SYSTEM_NOT_FOUND", tracker.error
+    assert tracker.connects == 0

@@ -57,8 +57,9 @@ def _describe(status: scheduler_pb2.JobStatus) -> str:
 class Executor(RemoteExecutor):
     """Runs Snakemake's jobs as hpcgate batch jobs."""
 
-    def __post_init__(self) -> None:
-        self.settings: ExecutorSettings = self.workflow.executor_settings
+    def __init__(self, workflow: Any, logger: Any) -> None:
+        """Connect and open the watch first: the base class starts the status thread."""
+        self.settings: ExecutorSettings = workflow.executor_settings
         self.client: Client = open_client(self.settings)
         system = self.settings.system
         assert system is not None  # open_client checked it
@@ -70,7 +71,10 @@ class Executor(RemoteExecutor):
         if self.settings.staging:
             assert self.settings.remote_workdir is not None
             self.stager = Stager(self.client, system, Path.cwd(), self.settings.remote_workdir)
-        # The checks read memory only: they can be frequent.
+        super().__init__(workflow, logger)
+
+    def __post_init__(self) -> None:
+        """The checks read memory only: they can be frequent."""
         self.next_seconds_between_status_checks = self.settings.status_interval
 
     # -- what the node runs -------------------------------------------------------
@@ -142,7 +146,12 @@ class Executor(RemoteExecutor):
     async def check_active_jobs(
         self, active_jobs: list[SubmittedJobInfo]
     ) -> AsyncGenerator[SubmittedJobInfo, None]:
-        """Report ended jobs from the watch's latest states; yield the others."""
+        """Report ended jobs from the watch's latest states; yield the others.
+
+        A watch the server refused fails the workflow (Snakemake's executor error).
+        """
+        if self.tracker.error is not None:
+            raise WorkflowError(f"hpcgate: cannot watch the jobs: {self.tracker.error}")
         for info in active_jobs:
             assert info.external_jobid is not None
             job_id = int(info.external_jobid)

@@ -6,14 +6,16 @@ of each job it hears of in a dictionary. Snakemake's status checks read that
 dictionary: they cost no RPC and no scheduler command, however often they
 run. The server polls the scheduler once per user for every watch.
 
-When the stream drops (server restart, network, the scheduler down) it is
-reopened with ``send_initial``, after a pause that doubles on every failed
-attempt up to ``MAX_BACKOFF`` and starts again at ``MIN_BACKOFF`` once an
-event arrives. The snapshot of the new stream carries the state each job
-reached meanwhile (Slurm lists ended jobs for ``MinJobAge``, 300 s by
-default); in case a job ended longer ago than that, every job the workflow
-still waits for is asked for once with ``GetJob`` when the reopened stream
-delivers its first event.
+A refusal (bad credentials, no access to the system, an unknown system)
+ends the watch and is kept in ``error``: the executor then fails the
+workflow with it. When the stream drops otherwise (server restart,
+network, the scheduler down) it is reopened with ``send_initial``, after a
+pause that doubles on every failed attempt up to ``MAX_BACKOFF`` and
+starts again at ``MIN_BACKOFF`` once an event arrives. The snapshot of the
+new stream carries the state each job reached meanwhile (Slurm lists ended
+jobs for ``MinJobAge``, 300 s by default); in case a job ended longer ago
+than that, every job the workflow still waits for is asked for once with
+``GetJob`` when the reopened stream delivers its first event.
 """
 
 from __future__ import annotations
@@ -22,10 +24,21 @@ import logging
 import threading
 from collections.abc import Iterable
 
-from hpcgate.client import TERMINAL, Client, HpcgateError, NotFound
+from hpcgate.client import (
+    TERMINAL,
+    Client,
+    HpcgateError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from hpcgate.v1 import scheduler_pb2
 
 S = scheduler_pb2
+# Answers that another attempt would only repeat: the watch gives up, and the
+# workflow fails with the reason instead of waiting for ends it cannot learn.
+FINAL = (InvalidArgument, NotFound, PermissionDenied, Unauthenticated)
 MIN_BACKOFF = 0.5
 MAX_BACKOFF = 10.0
 
@@ -53,6 +66,7 @@ class JobTracker:
         self._call: object | None = None
         self.connects = 0  # streams that delivered an event (observability, tests)
         self.events = 0  # events received
+        self.error: HpcgateError | None = None  # why the watch gave up, if it did
         self._thread = threading.Thread(target=self._run, name="hpcgate-watch", daemon=True)
 
     def start(self) -> None:
@@ -112,6 +126,10 @@ class JobTracker:
                     log.info("hpcgate: the job watch ended; reopening it")
             except HpcgateError as error:
                 if self._stop.is_set():
+                    return
+                if isinstance(error, FINAL):
+                    log.error("hpcgate: the job watch is refused: %s", error)
+                    self.error = error
                     return
                 log.warning("hpcgate: job watch broke (%s); reopening in %.1f s", error, backoff)
                 if self._stop.wait(backoff):
