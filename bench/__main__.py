@@ -31,7 +31,16 @@ from bench.model import Figure, Status, fill_ratios
 from bench.procfs import machine
 from bench.remote import SMALL_COUNT, Link, create, remove
 from bench.report import table, write
-from bench.scenarios import big_dir, load, memory, small_files, snakemake, throughput, watch
+from bench.scenarios import (
+    big_dir,
+    fleet,
+    load,
+    memory,
+    small_files,
+    snakemake,
+    throughput,
+    watch,
+)
 from bench.stack import started
 from bench.targets import evaluate
 
@@ -41,6 +50,7 @@ SCENARIOS: dict[str, Scenario] = {
     "throughput": throughput.run,
     "load": load.run,
     "watch_fanout": watch.run,
+    "fleet": fleet.run,
     "snakemake": snakemake.run,
 }
 RESULTS = ROOT / "bench" / "results"

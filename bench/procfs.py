@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -49,17 +50,23 @@ def rss_bytes(pid: int) -> int:
 
 
 class CpuMeter:
-    """CPU seconds a set of processes used between :meth:`start` and :meth:`stop`."""
+    """CPU seconds sets of processes used between :meth:`start` and :meth:`stop`.
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self._pids = pids
+    ``pids``: by name, one process or several (a fleet's replicas: their sum).
+    """
+
+    def __init__(self, pids: Mapping[str, int | Sequence[int]]) -> None:
+        self._pids = {name: [p] if isinstance(p, int) else list(p) for name, p in pids.items()}
         self._start: dict[str, float] = {}
 
+    def _now(self) -> dict[str, float]:
+        return {name: sum(map(cpu_seconds, pids)) for name, pids in self._pids.items()}
+
     def start(self) -> None:
-        self._start = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+        self._start = self._now()
 
     def stop(self) -> dict[str, float]:
-        return {name: cpu_seconds(pid) - self._start[name] for name, pid in self._pids.items()}
+        return {name: seconds - self._start[name] for name, seconds in self._now().items()}
 
 
 def _cpu_model() -> str:

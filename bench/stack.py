@@ -47,6 +47,8 @@ class Stack:
     http_floor_url: str  # the trivial HTTP server beside the echo (bench/echo.py)
     pids: dict[str, int]  # "server", "edge", "echo"
     system: str = SYSTEM
+    # A fleet's processes by role ("server": its replicas...), where more than one.
+    replicas: dict[str, list[int]] = field(default_factory=dict)
     _tokens: dict[str, str] = field(default_factory=dict, repr=False)
 
     def token(self, user: str = "alice") -> str:
@@ -74,6 +76,10 @@ class Stack:
         if restarted:
             self.cluster = await asyncio.to_thread(_cluster_info)
         return restarted
+
+    def processes(self, role: str) -> list[int]:
+        """The pids of ``role`` ("server", "edge"): the replicas of a fleet, else the one."""
+        return self.replicas.get(role) or [self.pids[role]]
 
     @property
     def home(self) -> str:

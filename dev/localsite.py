@@ -12,16 +12,41 @@ from typing import Any
 from devkeys import DEV_AUDIENCE, DEV_ISSUER
 
 SYSTEM = "cluster"
+# The scheduler plug-ins the loopback cluster can be reached with.
+SCHEDULERS = ("slurm", "slurm-rest")
+
+
+def scheduler_block(cluster: dict[str, Any], plugin: str = "slurm") -> dict[str, Any]:
+    """The system's ``scheduler`` block: Slurm's commands over SSH, or its slurmrestd.
+
+    ``slurm-rest`` talks to the cluster's slurmrestd (on loopback, JWT auth),
+    minting each user's token with the cluster's key; the version is detected.
+    """
+    if plugin == "slurm":
+        return {"type": "slurm"}
+    if plugin != "slurm-rest":
+        raise ValueError(f"unknown scheduler plug-in {plugin!r}; one of {', '.join(SCHEDULERS)}")
+    rest = cluster["slurmrestd"]
+    return {
+        "type": "slurm-rest",
+        "url": rest["url"],
+        "api_version": "auto",
+        "jwt_key_file": rest["jwt_key"],
+    }
 
 
 def local_config(
-    cluster: dict[str, Any], jwks_file: Path | None = None, issuer: str | None = None
+    cluster: dict[str, Any],
+    jwks_file: Path | None = None,
+    issuer: str | None = None,
+    scheduler: str = "slurm",
 ) -> dict[str, Any]:
     """The server configuration for the loopback cluster.
 
     Tokens are those of the development issuer whose keys are in
     ``jwks_file``, or, given ``issuer``, those of that OIDC provider
     (dev/oidc.py), whose keys the server finds through its discovery document.
+    ``scheduler`` is the plug-in (:data:`SCHEDULERS`) the system uses.
     """
     ssh, s3 = cluster["ssh"], cluster["s3"]
     keys: dict[str, Any] = {"jwks_file": str(jwks_file)}
@@ -51,7 +76,7 @@ def local_config(
                     "known_hosts": ssh["known_hosts"],
                     "pool": {"max_connections": 4, "max_channels": ssh.get("max_sessions", 10)},
                 },
-                "scheduler": {"type": "slurm"},
+                "scheduler": scheduler_block(cluster, scheduler),
                 "filesystems": [
                     {"path": "/home", "data_type": "users", "default_work_dir": True},
                     {"path": "/scratch", "data_type": "scratch"},

@@ -173,7 +173,11 @@ def start() -> dict[str, Any]:
         pids = {"oidc": spawn_oidc(RUN)}
         issuer = pids["oidc"]["address"]
         wait_http(f"{issuer}/.well-known/openid-configuration", 30, RUN / "oidc.log")
-        config_path, _ = _write_server_config(local_config(cluster, issuer=issuer), RUN)
+        # HPCGATE_SCHEDULER=slurm-rest reaches Slurm through slurmrestd instead.
+        plugin = os.environ.get("HPCGATE_SCHEDULER", "slurm")
+        config_path, _ = _write_server_config(
+            local_config(cluster, issuer=issuer, scheduler=plugin), RUN
+        )
         pids.update(spawn_service(config_path, RUN))
         (RUN / "pids.json").write_text(json.dumps(pids, indent=2))
     config = yaml.safe_load(config_path.read_text())

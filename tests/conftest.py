@@ -165,26 +165,68 @@ class LiveService(Service):
         return {"Authorization": f"Bearer {self.token(user)}"}
 
 
-def live_settings(cluster: Cluster, jwks: Path, **system: Any) -> Settings:
-    """Settings for the loopback cluster; ``system`` overrides keys of the system."""
-    config = local_config(cluster.raw, jwks)
+def live_settings(cluster: Cluster, jwks: Path, plugin: str = "slurm", **system: Any) -> Settings:
+    """Settings for the loopback cluster; ``system`` overrides keys of the system.
+
+    ``plugin`` is the scheduler plug-in (localsite.SCHEDULERS) the system uses.
+    """
+    config = local_config(cluster.raw, jwks, scheduler=plugin)
     config["systems"][0].update({"probing": {"interval": 2, "timeout": 5}, **system})
     return parse_config(config)
 
 
-@pytest.fixture(scope="session")
-async def live(
-    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+async def _live(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, scheduler: str
 ) -> AsyncIterator[LiveService]:
-    """Server and edge on the loopback cluster, with real tokens (shared by the session)."""
+    """Server and edge on the loopback cluster with the ``scheduler`` plug-in, real tokens."""
     issuer = DevIssuer.generate()
     jwks = tmp_path_factory.mktemp("live") / "jwks.json"
     issuer.write_jwks(jwks)
-    settings = live_settings(cluster, jwks)
+    settings = live_settings(cluster, jwks, scheduler)
     async for service in start_service(settings):
         for system in service.running.runtime.systems.values():
             await system.health.wait_first_run()
         yield LiveService(**vars(service), issuer=issuer, system=SYSTEM)
+
+
+@pytest.fixture(scope="session")
+async def live_cli(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LiveService]:
+    """Server and edge on the loopback cluster, with real tokens (shared by the session)."""
+    async for service in _live(cluster, tmp_path_factory, "slurm"):
+        yield service
+
+
+@pytest.fixture(scope="session")
+def live(live_cli: LiveService) -> LiveService:
+    """The service of most tests: the scheduler reached by its commands over SSH."""
+    return live_cli
+
+
+@pytest.fixture(scope="session")
+async def live_rest(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LiveService]:
+    """As ``live``, the scheduler reached through slurmrestd (the ``slurm-rest`` plug-in)."""
+    async for service in _live(cluster, tmp_path_factory, "slurm-rest"):
+        yield service
+
+
+# The scheduler plug-ins the scheduler tests run once each with (see live_per_plugin).
+PLUGINS = ("slurm", "slurm-rest")
+
+
+def live_per_plugin(request: pytest.FixtureRequest) -> LiveService:
+    """The ``live`` service of the plug-in ``request.param`` names.
+
+    A test module runs its tests once per plug-in by overriding ``live``
+    with a fixture parametrised over :data:`PLUGINS` that returns this:
+    the same tests, the same answers.
+    """
+    name = "live_cli" if request.param == "slurm" else "live_rest"
+    service: LiveService = request.getfixturevalue(name)
+    return service
 
 
 # Short enough that a test outlives a token, long enough for a few calls per token.

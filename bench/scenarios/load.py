@@ -99,7 +99,7 @@ async def _target(ctx: Context, wrk: str, target: str, path: str) -> list[Figure
     figures = _figures(target, params)
     stack = ctx.stack
     threads = len(os.sched_getaffinity(0))  # one wrk thread per core
-    meter = CpuMeter({"server": stack.pids["server"], "edge": stack.pids["edge"]})
+    meter = CpuMeter({"server": stack.processes("server"), "edge": stack.processes("edge")})
 
     runs: list[dict[str, Any]] = []  # wrk's own figures of every run, warm-up first
 

@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+# The S3 server the cluster runs: moto's, with one thread-safety fix.
+MOTO_S3 = Path(__file__).resolve().with_name("moto_s3.py")
 DEFAULT_STATE_DIR = REPO / ".hpcgate" / "cluster"
 
 CLUSTER_NAME = "hpcgate"
@@ -827,7 +829,8 @@ StorageLoc=slurm_acct_db
         self.pip_seconds = ensure_moto()
         self.launch(
             "s3",
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.ports["s3"])],
+            # moto's server, with ETags hashed under each key's lock (see moto_s3.py).
+            [sys.executable, str(MOTO_S3), "-H", "127.0.0.1", "-p", str(self.ports["s3"])],
         )
 
     def start_slurmrestd(self) -> None:

@@ -11,11 +11,14 @@ import asyncio
 import hashlib
 import json
 import os
+import shlex
 import sys
+import time
 from pathlib import Path
 
 import pexpect
 
+from cluster_fixture import Cluster
 from conftest import LiveService
 
 HPCGATE = str(Path(sys.executable).with_name("hpcgate"))
@@ -114,3 +117,55 @@ async def test_watch_updates_when_the_job_finishes(
     seen, status = await asyncio.to_thread(watch)
     assert status == 0
     assert seen[-1] == "COMPLETED" and len(seen) >= 2  # the table changed in place
+
+
+async def test_get_many_cp_mv_rm_and_cancel(
+    live: LiveService, cluster: Cluster, remote_dir: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "config"
+    await _login(live, config)
+    files = {"a": "alpha\n", "b": "beta\n"}
+    async with cluster.connect("alice") as conn:
+        for name, text in files.items():
+            await conn.run(f"printf %s {shlex.quote(text)} > {shlex.quote(remote_dir)}/{name}")
+
+    into = tmp_path / "many"
+    remotes = [f"{remote_dir}/{name}" for name in files]
+    status, shown = await asyncio.to_thread(
+        _run, config, "get", "--many", *remotes, "-o", str(into)
+    )
+    assert status == 0, shown
+    assert "get 2 files" in shown  # one bar for the bulk call
+    assert {p.name: p.read_text() for p in into.iterdir()} == files
+
+    d = remote_dir
+    # (arguments, exit status, text the command shows): each row after the one before.
+    steps = [
+        (("cp", f"{d}/a", f"{d}/c"), 0, ""),
+        (("cat", f"{d}/c"), 0, "alpha"),
+        (("mv", f"{d}/c", f"{d}/m"), 0, ""),
+        (("stat", f"{d}/c"), 3, "No such file"),  # NOT_FOUND: moved away
+        (("cat", f"{d}/m"), 0, "alpha"),
+        (("rm", f"{d}/m"), 0, ""),
+        (("stat", f"{d}/m"), 3, "No such file"),
+    ]
+    for args, expected, text in steps:
+        status, shown = await asyncio.to_thread(_run, config, *args)
+        assert (status, text in shown) == (expected, True), (args, shown)
+
+    script = tmp_path / "long.sh"
+    script.write_text("#!/bin/bash\nsleep 300\n")
+    args = ("submit", str(script), "--workdir", remote_dir, "--name", "to-cancel")
+    status, shown = await asyncio.to_thread(_run, config, *args)
+    assert status == 0, shown
+    job_id = shown.split()[-1]
+    status, shown = await asyncio.to_thread(_run, config, "cancel", job_id)
+    assert status == 0, shown
+    deadline = time.monotonic() + 60
+    while True:
+        status, shown = await asyncio.to_thread(_run, config, "--json", "jobs")
+        states = {str(j["job_id"]): j["status"]["state"] for j in json.loads(shown)}
+        if states.get(job_id, "").startswith("CANCELLED"):
+            break
+        assert time.monotonic() < deadline, states.get(job_id)
+        await asyncio.sleep(1)

@@ -4,7 +4,9 @@ The shipped file is used as it is, but for its addresses: the upstreams'
 ``server`` lines point at this test's edges and server, the listeners at
 free loopback ports. Through it: REST and gRPC calls answer as they do
 directly (status codes and error reasons included), an upload streams
-through to the cluster, and a killed edge is routed around.
+through to the cluster, a killed edge is routed around, and an idle SSE
+watch outlives nginx's ``proxy_read_timeout`` (shortened to 1 s) thanks to
+the edge's heartbeats.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +28,7 @@ import httpx
 import pytest
 import uvicorn
 from grpc_status import rpc_status
+from integration.test_scheduler import cancel_quietly, running, submit
 
 from conftest import LiveService, free_port, serve_asgi
 from fleet import NGINX, nginx_main, render_nginx
@@ -88,12 +92,16 @@ def nginx(
         _wait_listening(rest_port, process)
         yield Nginx(f"http://127.0.0.1:{rest_port}", f"127.0.0.1:{grpc_port}", tmp_path)
     finally:
-        process.send_signal(signal.SIGQUIT)  # graceful: finish what is in flight
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGQUIT)  # graceful: finish what is in flight
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 async def test_rest_through_nginx_answers_as_the_edge_does(live: LiveService, nginx: Nginx) -> None:
@@ -157,3 +165,62 @@ async def test_nginx_routes_around_a_dead_edge(
     # ... and the dead edge was tried, refused, and stepped over.
     dead_address = edges[0][0]
     assert f'upstream: "http://{dead_address}' in nginx.error_log()
+
+
+@contextlib.contextmanager
+def _nginx_with_read_timeout(
+    directory: Path, edge: str, server: str, read_timeout: int
+) -> Iterator[str]:
+    """The shipped conf in front of one edge, with a short ``proxy_read_timeout``; its REST URL."""
+    rest_port, grpc_port = free_port(), free_port()
+    conf = render_nginx([edge], [server], rest_port, grpc_port)
+    conf, replaced = re.subn(
+        r"proxy_read_timeout \d+s;", f"proxy_read_timeout {read_timeout}s;", conf
+    )
+    assert replaced == 1, "the shipped conf has no proxy_read_timeout to shorten"
+    process = _start(directory, conf)
+    try:
+        _wait_listening(rest_port, process)
+        yield f"http://127.0.0.1:{rest_port}"
+    finally:
+        _stop(process)
+
+
+async def _idle_watch(live: LiveService, url: str, job_id: int, seconds: float) -> tuple[bool, int]:
+    """Watch ``job_id`` (quiet) for ``seconds``: (still open at the end, comment lines seen)."""
+    comments = 0
+    async with (
+        httpx.AsyncClient(base_url=url, headers=live.headers("bob"), timeout=None) as http,
+        http.stream("GET", f"/compute/{live.system}/jobs/watch", params={"jobIds": job_id}) as r,
+    ):
+        assert r.status_code == 200
+        try:
+            async with asyncio.timeout(seconds):
+                async for line in r.aiter_lines():
+                    comments += line.startswith(":")
+            return False, comments  # nginx ended it
+        except TimeoutError:
+            return True, comments
+        except httpx.HTTPError:
+            return False, comments  # nginx cut it mid-stream
+
+
+@pytest.mark.parametrize(("heartbeat", "stays_open"), [(0.4, True), (0.0, False)])
+async def test_an_idle_watch_outlives_the_proxy_timeout(
+    live: LiveService, tmp_path: Path, heartbeat: float, stays_open: bool
+) -> None:
+    """Idle for 3x nginx's proxy_read_timeout: open with heartbeats, cut without (the control)."""
+    server, task, edge_url = await serve_asgi(create_app(live.grpc_target, heartbeat=heartbeat))
+    job_id = await submit(live, "bob", "sleep 60")
+    try:
+        await running(live, "bob", job_id)  # the watch has nothing to say for a while
+        edge = edge_url.removeprefix("http://")
+        with _nginx_with_read_timeout(tmp_path, edge, live.grpc_target, 1) as url:
+            open_, comments = await _idle_watch(live, url, job_id, 3.5)
+    finally:
+        await cancel_quietly(live, "bob", job_id)
+        server.should_exit = True
+        await task
+    assert open_ is stays_open
+    if stays_open:
+        assert comments >= 5

@@ -39,7 +39,7 @@ from integration.test_scheduler import (
 )
 
 from cluster_fixture import Cluster
-from conftest import LiveService
+from conftest import PLUGINS, LiveService, live_per_plugin
 from hpcgate.v1 import scheduler_pb2
 from private_data import private_jobs
 
@@ -48,6 +48,13 @@ TAG = f"privacy-{uuid.uuid4().hex[:10]}"
 NO_SUCH_JOB = 3_999_999
 # How long a watch that wrongly found the job may run before the test sees it.
 WATCH_BOUND_S = 5
+
+
+@pytest.fixture(scope="module", params=PLUGINS)
+def live(request: pytest.FixtureRequest, cluster: Cluster) -> LiveService:
+    """Every test here runs once per scheduler plug-in: slurmrestd applies PrivateData too."""
+    del cluster  # (both services run on it)
+    return live_per_plugin(request)
 
 
 @dataclass(frozen=True)

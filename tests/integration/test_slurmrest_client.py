@@ -11,7 +11,7 @@ import pytest
 
 from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.scheduler.slurmrest.client import SlurmRestClient
-from hpcgate.server.scheduler.slurmrest.tokens import TokenMinter
+from hpcgate.server.scheduler.slurmrest.tokens import CommandTokens, TokenMinter
 
 if TYPE_CHECKING:
     from cluster_fixture import Cluster
@@ -47,5 +47,24 @@ async def test_slurmrestd_down_is_unavailable_with_its_reason(cluster: Cluster) 
             ErrorKind.UNAVAILABLE,
             "SLURMRESTD_UNAVAILABLE",
         )
+    finally:
+        await client.close()
+
+
+async def test_tokens_from_the_sites_command(cluster: Cluster) -> None:
+    """``token_command``: ``scontrol token`` (run as root, as CI does) mints each user's."""
+    conf = cluster.raw["slurm"]["conf"]
+    tokens = CommandTokens(
+        ["env", f"SLURM_CONF={conf}", "scontrol", "token", "username={user}", "lifespan=300"],
+        300,
+    )
+    client = SlurmRestClient(cluster.raw["slurmrestd"]["url"], tokens.token, timeout=10)
+    try:
+        body = await client.request("GET", "jobs", "bob")
+        assert body["errors"] == []
+        # Cached: a second request as bob runs no second command.
+        first = await tokens.token("bob")
+        assert await tokens.token("bob") == first
+        assert await tokens.token("alice") != first
     finally:
         await client.close()

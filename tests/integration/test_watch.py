@@ -23,8 +23,9 @@ from google.protobuf import duration_pb2
 from integration.test_scheduler import cancel_quietly, eventually, ssh_output, stub, submit
 
 from cluster_fixture import Cluster
-from conftest import LiveService
+from conftest import PLUGINS, LiveService, live_per_plugin
 from hpcgate.server.errors import ErrorKind
+from hpcgate.server.scheduler.slurmrest.jobs import SlurmRestJobs
 from hpcgate.server.scheduler.watch import WatchHub
 from hpcgate.v1 import scheduler_pb2
 
@@ -38,6 +39,19 @@ COMPLETED = scheduler_pb2.JOB_STATE_COMPLETED
 LIFECYCLE = [PENDING, RUNNING, COMPLETING, COMPLETED]
 # A watch in these tests never needs longer than this.
 WATCH_LIMIT = 120.0
+
+
+@pytest.fixture(scope="module", params=PLUGINS)
+def live(request: pytest.FixtureRequest, cluster: Cluster) -> LiveService:
+    """Every test here runs once per scheduler plug-in (CLI over SSH, slurmrestd)."""
+    del cluster  # (both services run on it)
+    return live_per_plugin(request)
+
+
+def _rest_requests(watch_hub: WatchHub) -> int:
+    """The slurmrestd requests made for alice so far (0 on the CLI plug-in)."""
+    adapter = watch_hub.scheduler
+    return adapter.requests_sent("alice") if isinstance(adapter, SlurmRestJobs) else 0
 
 
 def hub(live: LiveService) -> WatchHub:
@@ -214,6 +228,7 @@ async def test_200_watchers_share_one_poller(live: LiveService) -> None:
     config = live.running.runtime.system(live.system).config.scheduler
     job_ids = await asyncio.gather(*(submit(live, "alice", "sleep 2") for _ in range(20)))
     commands, polls = watch_hub.commands_run, watch_hub.polls
+    requests = _rest_requests(watch_hub)
     started = time.monotonic()
     calls = [open_watch(live, "alice", [job_ids[i % 20]], send_initial=True) for i in range(200)]
     await asyncio.gather(*(call.initial_metadata() for call in calls))
@@ -222,6 +237,7 @@ async def test_200_watchers_share_one_poller(live: LiveService) -> None:
     results = await asyncio.gather(*(collect(call) for call in calls))
     elapsed = time.monotonic() - started
     commands, polls = watch_hub.commands_run - commands, watch_hub.polls - polls
+    requests = _rest_requests(watch_hub) - requests
 
     for i, events in enumerate(results):
         assert {e.job.job_id for e in events} == {job_ids[i % 20]}
@@ -229,13 +245,17 @@ async def test_200_watchers_share_one_poller(live: LiveService) -> None:
         assert_lifecycle_order(events)
     intervals = elapsed / config.poll_min_interval
     print(
-        f"\n200 watchers, 20 jobs: {commands} scheduler commands in {polls} polls"
+        f"\n200 watchers, 20 jobs: {commands} scheduler commands or requests"
+        f" ({requests} to slurmrestd) in {polls} polls"
         f" over {elapsed:.1f} s ({intervals:.0f} minimum intervals)"
     )
     # One poller, never more often than the minimum interval ...
     assert polls <= intervals + 1
-    # ... and one set of commands per poll: one squeue while slurmctld knows the jobs.
+    # ... and one set of commands per poll: one squeue while slurmctld knows the jobs
+    # (slurm-rest: one GET of the jobs, counted with the commands; no command at all).
     assert commands <= polls
+    if isinstance(watch_hub.scheduler, SlurmRestJobs):
+        assert requests == commands == polls > 0
     await until(no_pollers(live), 5, "the poller ending")
 
 
@@ -333,8 +353,13 @@ async def _rest_events(
         lines = [line async for line in response.aiter_lines() if line]
         kind = response.headers["content-type"]
     if accept is None:
-        assert all(line.startswith("data: ") for line in lines), lines
-        lines = [line.removeprefix("data: ") for line in lines]
+        # Every SSE event is an id line and a data line (ids resume watches);
+        # a slow job may also see heartbeat comments.
+        lines = [line for line in lines if line != ": keepalive"]
+        assert all(line.startswith(("id: ", "data: ")) for line in lines), lines
+        ids = [line.removeprefix("id: ") for line in lines if line.startswith("id: ")]
+        lines = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+        assert ids == [json.loads(line)["eventId"] for line in lines]
     return kind, [json.loads(line) for line in lines]
 
 

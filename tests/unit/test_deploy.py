@@ -109,7 +109,12 @@ def test_probes_and_ports_match_what_the_processes_serve() -> None:
     assert service["spec"]["clusterIP"] == "None"  # every replica's address, for balancing
     http_port = int(args[args.index("--port") + 1])
     assert {p["name"]: p["containerPort"] for p in edge["ports"]}["http"] == http_port
-    assert edge["readinessProbe"]["httpGet"]["path"].startswith("/status/liveness")
+    assert edge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert edge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    metrics = args[args.index("--metrics-listen") + 1]
+    assert {p["name"]: p["containerPort"] for p in edge["ports"]}["metrics"] == int(
+        metrics.rpartition(":")[2]
+    )
 
 
 def test_graceful_shutdown_fits_in_the_termination_grace() -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import jwt
+import pytest
 
-from hpcgate.server.errors import ErrorKind
+from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.scheduler.slurmrest.client import classify
-from hpcgate.server.scheduler.slurmrest.tokens import TokenMinter
+from hpcgate.server.scheduler.slurmrest.tokens import CommandTokens, TokenMinter
 
 KEY = b"k" * 32
 
@@ -45,3 +46,17 @@ def test_slurm_errors_are_reported() -> None:
     assert error is not None
     assert error.code is ErrorKind.INTERNAL
     assert "Unspecified error" in str(error)
+
+
+async def test_a_failing_token_command_is_unavailable() -> None:
+    tokens = CommandTokens(["sh", "-c", "echo no key >&2; exit 3", "{user}"], 300)
+    with pytest.raises(ServiceError) as caught:
+        await tokens.token("alice")
+    assert (caught.value.code, caught.value.reason) == (ErrorKind.UNAVAILABLE, "SLURM_TOKEN")
+    assert "no key" in caught.value.message
+
+
+async def test_a_token_commands_output_is_the_token() -> None:
+    # `scontrol token` prints SLURM_JWT=...; {user} is one argv word, no shell.
+    tokens = CommandTokens(["echo", "SLURM_JWT=t-{user}"], 300)
+    assert await tokens.token("a b") == "t-a b"

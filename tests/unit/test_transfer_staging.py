@@ -12,9 +12,12 @@ import asyncio
 import os
 import socket
 import subprocess
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,10 @@ from moto.server import ThreadedMotoServer
 
 from hpcgate.server.config import SystemConfig, parse_config
 from hpcgate.server.errors import ErrorKind, ServiceError
-from hpcgate.server.scheduler.jobs import JobDescription
-from hpcgate.server.transfer import scripts, service
-from hpcgate.server.transfer.jobs import Submitter
+from hpcgate.server.scheduler.jobs import Job, JobDescription, JobState, JobStatus
+from hpcgate.server.transfer import progress, scripts, service
+from hpcgate.server.transfer.jobs import Submitter, log_paths
+from hpcgate.server.transfer.progress import Phase
 from hpcgate.server.transfer.records import Lost, ObjectState, UploadPlan
 from hpcgate.server.transfer.s3 import part_count, plan_parts
 from hpcgate.server.transfer.staging import Staging
@@ -338,7 +342,7 @@ class FakeCluster:
         self.commands.append(list(argv))
         return Output()
 
-    async def submit(self, run: Any, job: JobDescription) -> int:
+    async def submit(self, run: Any, user: str, job: JobDescription) -> int:
         self.submitted.append(job)
         return 77
 
@@ -374,7 +378,7 @@ async def test_a_refused_submission_aborts_its_upload(endpoint: str) -> None:
     staging = Staging(config.name, config.s3)
 
     class Refusing(FakeCluster):
-        async def submit(self, run: Any, job: JobDescription) -> int:
+        async def submit(self, run: Any, user: str, job: JobDescription) -> int:
             raise ServiceError(ErrorKind.PERMISSION_DENIED, "no", "NO")
 
     fake = Refusing()
@@ -445,3 +449,147 @@ async def test_s3_down_is_unavailable_without_the_endpoint(endpoint: str) -> Non
     assert caught.value.code == ErrorKind.UNAVAILABLE
     assert caught.value.reason == "S3_UNAVAILABLE"
     assert "127.0.0.1" not in caught.value.message and str(port) not in caught.value.message
+
+
+@dataclass
+class LocalCluster(FakeCluster):
+    """A cluster side that runs commands here (as the job's user would) and records cancels."""
+
+    running: list[Job] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+
+    async def run(self, argv: Any, *, stdin: bytes | None = None) -> Any:
+        self.commands.append(list(argv))
+        done = await asyncio.to_thread(subprocess.run, list(argv), capture_output=True)
+        return Output(done.returncode, done.stdout, done.stderr)
+
+    async def job(self, run: Any, user: str, job_id: int) -> list[Job]:
+        return [job for job in self.running if job.job_id == job_id]
+
+    async def cancel(self, run: Any, user: str, job_id: int) -> None:
+        self.cancelled.append(job_id)
+
+
+async def test_an_object_absent_by_its_jobs_doing_is_not_taken_for_lost(
+    endpoint: str, tmp_path: Path
+) -> None:
+    """S3 lists neither the upload nor the object while it completes a large one.
+
+    The egress job is held in its CompleteMultipartUpload POST (a listener that
+    takes it and does not answer) while the upload is no longer listed, as S3
+    shows a completion in flight: the job's log says it is completing, so the
+    transfer runs on. When the completion fails, the job says why and aborts:
+    that reason is the transfer's, and the ending job is not cancelled. A job
+    whose log says neither (none yet) has lost its object: cancelled.
+    """
+    config = system(endpoint)
+    assert config.s3 is not None
+    staging = Staging(config.name, config.s3)
+    source = tmp_path / "source.bin"
+    source.write_bytes(os.urandom(PART + 5))
+    plan = await staging.open_download("judy", str(source), PART + 5, PART)
+    lost = await staging.open_download("judy", str(source), PART + 5, PART)
+    job_id, lost_id = 4711, 4712
+    await staging.link(plan.manifest, job_id)
+    await staging.link(lost.manifest, lost_id)
+    running = JobStatus(state="RUNNING", normalized_state=JobState.RUNNING)
+    jobs = [Job(n, "OutgressFileTransfer", running, user="judy") for n in (job_id, lost_id)]
+    cluster = LocalCluster(running=[replace(j, working_directory=str(tmp_path)) for j in jobs])
+    sub = Submitter(config, cluster, cluster.run, "judy")  # type: ignore[arg-type]
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        script = scripts.egress(
+            [],
+            source=str(source),
+            size=PART + 5,
+            part_size=PART,
+            part_urls=plan.part_urls,
+            complete_url=f"http://127.0.0.1:{listener.getsockname()[1]}/complete",
+            abort_url=plan.abort_url,
+            delete_url=plan.delete_url,
+        )
+        output_log, _ = log_paths(str(tmp_path), job_id)
+        # The job's output goes to its log, as Slurm's does.
+        redirected = 'exec bash -c "$1" >"$0"'
+        egress = await asyncio.create_subprocess_exec("sh", "-c", redirected, output_log, script)
+        held, _ = await asyncio.to_thread(listener.accept)  # the job is completing now
+        assert await staging.abort(plan.manifest)  # what S3 lists meanwhile: nothing
+
+        state = await progress.get(sub, staging, job_id)
+        assert state.phase is Phase.RUNNING, state.message
+        assert "completing" in state.message and cluster.cancelled == []
+
+        held.close()  # the completion fails; the job says so and ends
+        assert await asyncio.wait_for(egress.wait(), 60) == 1
+    state = await progress.get(sub, staging, job_id)  # its end not polled yet
+    assert state.phase is Phase.FAILED, state.message
+    assert state.message.startswith("the job failed: completing the multipart upload failed")
+    assert cluster.cancelled == []
+
+    assert await staging.abort(lost.manifest)
+    state = await progress.get(sub, staging, lost_id)
+    assert state.phase is Phase.FAILED and "gone from S3" in state.message, state.message
+    assert cluster.cancelled == [lost_id]
+
+
+async def test_egress_sends_a_part_again_when_s3_stored_other_bytes(
+    endpoint: str, tmp_path: Path
+) -> None:
+    """A store answering a part's PUT with another ETag than the bytes' MD5: sent again.
+
+    A front for the first part's presigned URL answers its first PUT with a
+    wrong ETag (what S3 says when it stored other bytes) and passes the next
+    one on to the store: the job resends that part and the download is whole.
+    """
+    staging = staging_for(endpoint)
+    source = tmp_path / "source.bin"
+    data = os.urandom(PART + 7)
+    source.write_bytes(data)
+    download = await staging.open_download("kim", str(source), len(data), PART)
+    stored = download.part_urls[0]
+    puts: list[int] = []
+
+    class Front(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_PUT(self) -> None:
+            assert "Transfer-Encoding" not in self.headers  # a part has a known length
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            puts.append(len(body))
+            etag = '"' + "0" * 32 + '"'  # the MD5 of other bytes
+            if len(puts) > 1:
+                octets = {"Content-Type": "application/octet-stream"}  # not a form
+                passed = urllib.request.Request(stored, data=body, method="PUT", headers=octets)
+                with urllib.request.urlopen(passed) as answer:
+                    etag = answer.headers["ETag"]
+            self.send_response(200)
+            self.send_header("ETag", etag)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    front = ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    try:
+        script = scripts.egress(
+            [],
+            source=str(source),
+            size=len(data),
+            part_size=PART,
+            part_urls=[f"http://127.0.0.1:{front.server_address[1]}/p1", *download.part_urls[1:]],
+            complete_url=download.complete_url,
+            abort_url=download.abort_url,
+            delete_url=download.delete_url,
+        )
+        result = await asyncio.to_thread(bash, script)
+    finally:
+        front.shutdown()
+        front.server_close()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "than were read; sending it again" in result.stdout
+    assert puts == [PART, PART]
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(download.download_url)).content == data

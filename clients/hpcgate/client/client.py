@@ -21,9 +21,10 @@ from typing import Any, Self, cast
 
 import grpc
 
-from hpcgate.client import staged
+from hpcgate.client import resume, staged
 from hpcgate.client.channel import CallPolicy, aio_channel, channel_credentials, sync_channel
 from hpcgate.client.credentials import StaticToken, TokenSource
+from hpcgate.client.errors import HpcgateError
 from hpcgate.client.files import (
     BulkResult,
     BulkWriter,
@@ -63,10 +64,13 @@ class _Base:
         policy: CallPolicy | None = None,
         stage_above: int | None = STAGE_ABOVE,
         account: str | None = None,
+        resume_dir: Path | None = None,
     ) -> None:
         self.target = target
         self.stage_above = stage_above
         self.account = account
+        # Where staged uploads keep their parts' state (see resume.default_dir).
+        self.resume_dir = Path(resume_dir) if resume_dir else resume.default_dir()
         self.token = StaticToken(token) if isinstance(token, str) else token
         self.default_system = system
         self.policy = policy or CallPolicy()
@@ -229,19 +233,37 @@ class Client(_Base):
     ) -> transfer_pb2.TransferStatus:
         """Upload through S3: parallel, individually retried parts, then the mover job.
 
-        Waits for the job and compares the remote file's SHA-256 with the local one.
+        Resumable: the parts S3 stored are recorded under ``resume_dir``; an
+        upload of the same file to the same place (this process or a later
+        one, after a crash) sends only the others while its transfer still
+        waits for them. Waits for the job and compares the remote file's
+        SHA-256 with the local one.
         """
         chosen, path = self.resolve_system(system), Path(local)
-        started = self.transfer.Upload(
-            self._stage_upload_request(chosen, remote, path.stat().st_size)
-        )
-        staged.put_parts(started.transfer_directives, path, parallel=parallel, progress=progress)
-        watch = transfer_pb2.WatchTransferRequest(
-            system_name=chosen, job_id=started.transfer_job.job_id
-        )
+        identity = resume.Identity.of(self.target, chosen, remote, path)
+        state = resume.UploadState.load(self.resume_dir, identity)
+        if state is not None and not self._waits(chosen, state.job_id):
+            state.remove()
+            state = None
+        if state is None:
+            started = self.transfer.Upload(
+                self._stage_upload_request(chosen, remote, identity.size)
+            )
+            state = resume.UploadState.begin(self.resume_dir, identity, started)
+        staged.put_parts(state, path, parallel=parallel, progress=progress)
+        state.remove()
+        watch = transfer_pb2.WatchTransferRequest(system_name=chosen, job_id=state.job_id)
         status = staged.final(self.transfer.WatchTransfer(watch))
         staged.check(self._remote_sha256(chosen, remote), _sha256(path), path)
         return status
+
+    def _waits(self, system: str, job_id: int) -> bool:
+        """Whether the transfer ``job_id`` still waits for its client's parts."""
+        request = transfer_pb2.GetTransferRequest(system_name=system, job_id=job_id)
+        try:
+            return self.transfer.GetTransfer(request).transfer.phase in resume.WAITING
+        except HpcgateError:
+            return False
 
     def download_staged(
         self,
@@ -404,17 +426,21 @@ class AsyncClient(_Base):
     ) -> transfer_pb2.TransferStatus:
         """As :meth:`Client.upload_staged` (the HTTP parts run in worker threads)."""
         chosen, path = self.resolve_system(system), Path(local)
-        started = await self.transfer.Upload(
-            self._stage_upload_request(chosen, remote, _size(path))
-        )
-        await asyncio.to_thread(
-            staged.put_parts,
-            started.transfer_directives,
-            path,
-            parallel=parallel,
-            progress=progress,
-        )
-        status = await self._final(chosen, started.transfer_job.job_id)
+        identity = await asyncio.to_thread(resume.Identity.of, self.target, chosen, remote, path)
+        state = await asyncio.to_thread(resume.UploadState.load, self.resume_dir, identity)
+        if state is not None and not await self._waits(chosen, state.job_id):
+            state.remove()
+            state = None
+        if state is None:
+            started = await self.transfer.Upload(
+                self._stage_upload_request(chosen, remote, identity.size)
+            )
+            state = await asyncio.to_thread(
+                resume.UploadState.begin, self.resume_dir, identity, started
+            )
+        await asyncio.to_thread(staged.put_parts, state, path, parallel=parallel, progress=progress)
+        state.remove()
+        status = await self._final(chosen, state.job_id)
         expected = await self._remote_sha256(chosen, remote)
         staged.check(expected, await asyncio.to_thread(_sha256, path), path)
         return status
@@ -435,6 +461,14 @@ class AsyncClient(_Base):
         got = await asyncio.to_thread(staged.fetch, url, path, progress)
         staged.check(await self._remote_sha256(chosen, remote), got, path)
         return path
+
+    async def _waits(self, system: str, job_id: int) -> bool:
+        """As :meth:`Client._waits`."""
+        request = transfer_pb2.GetTransferRequest(system_name=system, job_id=job_id)
+        try:
+            return (await self.transfer.GetTransfer(request)).transfer.phase in resume.WAITING
+        except HpcgateError:
+            return False
 
     async def _final(self, system: str, job_id: int) -> transfer_pb2.TransferStatus:
         watch = transfer_pb2.WatchTransferRequest(system_name=system, job_id=job_id)

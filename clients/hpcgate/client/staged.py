@@ -2,7 +2,8 @@
 
 Upload: ``Transfer.Upload`` answers with presigned part URLs; the parts are
 PUT in parallel threads, each retried on its own (a failed part is resent,
-the parts already stored are kept: the upload resumes, it does not restart),
+the parts already stored are kept: the upload resumes, it does not restart;
+their ETags go to a state file, :mod:`.resume`, so a new process resumes too),
 then the CompleteMultipartUpload document is POSTed and a Slurm job moves the
 object into place. Download: ``Transfer.Download`` runs a job that stages the
 file in S3, then one GET of the presigned URL streams it to disk. Both wait
@@ -15,6 +16,7 @@ import hashlib
 import os
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from hpcgate.client.errors import HpcgateError, IntegrityError
 from hpcgate.client.files import Progress
+from hpcgate.client.resume import UploadState
 from hpcgate.v1 import transfer_pb2
 
 T = transfer_pb2
@@ -39,13 +42,13 @@ class TransferError(HpcgateError):
 class _Counter:
     """Bytes done across threads, reported to ``progress`` in order."""
 
-    def __init__(self, total: int, progress: Progress | None) -> None:
+    def __init__(self, total: int, progress: Progress | None, done: int = 0) -> None:
         self.total = total
-        self.done = 0
+        self.done = done
         self._lock = threading.Lock()
         self._progress = progress
         if progress:
-            progress(0, total)
+            progress(done, total)
 
     def add(self, count: int) -> None:
         with self._lock:
@@ -73,30 +76,40 @@ def _put_part(url: str, local: Path, offset: int, size: int) -> str:
 
 
 def put_parts(
-    directives: transfer_pb2.TransferDirectives,
+    state: UploadState,
     local: Path,
     *,
     parallel: int,
     progress: Progress | None,
 ) -> None:
-    """Upload ``local`` in the presigned parts, ``parallel`` at a time, and complete it."""
+    """Upload the parts of ``local`` that ``state`` lacks, ``parallel`` at a time; complete it.
+
+    Each part's ETag is recorded in ``state`` (its file) as soon as S3 stored
+    it, so a later attempt, in another process too, sends only the rest.
+    """
+    directives = state.directives
     total = local.stat().st_size
     part = directives.max_part_size or total or 1
     urls = list(directives.parts_upload_urls)
-    counter = _Counter(total, progress)
 
-    def one(index: int) -> str:
-        offset = index * part
-        size = max(0, min(part, total - offset))
-        etag = _put_part(urls[index], local, offset, size)
-        counter.add(size)
-        return etag
+    def size_of(index: int) -> int:
+        return max(0, min(part, total - index * part))
 
+    etags = {i: etag for i, etag in state.etags.items() if i < len(urls)}
+    counter = _Counter(total, progress, sum(size_of(i) for i in etags))
+
+    def one(index: int) -> None:
+        etag = _put_part(urls[index], local, index * part, size_of(index))
+        state.record(index, etag)
+        etags[index] = etag
+        counter.add(size_of(index))
+
+    missing = [index for index in range(len(urls)) if index not in etags]
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        etags = list(pool.map(one, range(len(urls))))
+        list(pool.map(one, missing))
     parts = "".join(
-        f"<Part><ETag>{etag}</ETag><PartNumber>{n}</PartNumber></Part>"
-        for n, etag in enumerate(etags, 1)
+        f"<Part><ETag>{etags[index]}</ETag><PartNumber>{index + 1}</PartNumber></Part>"
+        for index in range(len(urls))
     )
     document = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
     request = urllib.request.Request(
@@ -105,8 +118,13 @@ def put_parts(
         method="POST",
         headers={"Content-Type": "application/xml"},
     )
-    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT):
-        pass
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT):
+            pass
+    except urllib.error.HTTPError as error:
+        if error.code == 400:  # S3 refuses the parts listed: resuming them cannot work
+            state.remove()
+        raise
 
 
 def fetch(url: str, local: Path, progress: Progress | None) -> str:

@@ -497,6 +497,7 @@ class WatchJobsRequest(_message.Message):
     SEND_INITIAL_FIELD_NUMBER: _builtins.int
     MAX_DURATION_FIELD_NUMBER: _builtins.int
     MAX_EVENTS_FIELD_NUMBER: _builtins.int
+    LAST_EVENT_ID_FIELD_NUMBER: _builtins.int
     system_name: _builtins.str
     """Target system."""
     send_initial: _builtins.bool
@@ -506,6 +507,15 @@ class WatchJobsRequest(_message.Message):
     max_events: _builtins.int
     """Optional bound: end the stream (OK status) after this many events,
     initial snapshots included. Unset or 0 means no limit.
+    """
+    last_event_id: _builtins.str
+    """Resume a watch: the `event_id` of the last event the client received
+    (on REST also the SSE `Last-Event-ID` header). The stream then begins
+    with every change seen after that event, when the server has followed
+    the caller's jobs without a gap since then; otherwise with a resync,
+    one JOB_EVENT_TYPE_INITIAL snapshot of each watched job (whatever
+    `send_initial` says). Either way no state change is lost; an event
+    may come twice (same `event_id`). Not an id this server sent: INVALID_ARGUMENT.
     """
     @_builtins.property
     def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -527,10 +537,11 @@ class WatchJobsRequest(_message.Message):
         send_initial: _builtins.bool = ...,
         max_duration: _duration_pb2.Duration | None = ...,
         max_events: _builtins.int | None = ...,
+        last_event_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_events", b"_max_events", "max_duration", b"max_duration", "max_events", b"max_events"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_events", b"_max_events", "job_ids", b"job_ids", "max_duration", b"max_duration", "max_events", b"max_events", "send_initial", b"send_initial", "system_name", b"system_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_events", b"_max_events", "job_ids", b"job_ids", "last_event_id", b"last_event_id", "max_duration", b"max_duration", "max_events", b"max_events", "send_initial", b"send_initial", "system_name", b"system_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_events: _TypeAlias = _typing.Literal["max_events"]  # noqa: Y015
     _WhichOneofArgType__max_events: _TypeAlias = _typing.Literal["_max_events", b"_max_events"]  # noqa: Y015
@@ -551,6 +562,7 @@ class WatchJobsResponse(_message.Message):
     JOB_FIELD_NUMBER: _builtins.int
     PREVIOUS_NORMALIZED_STATE_FIELD_NUMBER: _builtins.int
     PREVIOUS_STATE_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
     event_type: Global___JobEventType.ValueType
     """Whether this is an initial snapshot or a state change."""
     previous_normalized_state: Global___JobState.ValueType
@@ -560,6 +572,11 @@ class WatchJobsResponse(_message.Message):
     previous_state: _builtins.str
     """Raw scheduler state before the change (e.g. "PENDING"); absent for
     initial snapshots and for jobs seen for the first time.
+    """
+    event_id: _builtins.str
+    """The event's id, to resume the watch after it (`last_event_id`): the
+    observation time in milliseconds and the job id. On REST it is also
+    the SSE event's `id:`.
     """
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
@@ -577,10 +594,11 @@ class WatchJobsResponse(_message.Message):
         job: Global___JobModel | None = ...,
         previous_normalized_state: Global___JobState.ValueType = ...,
         previous_state: _builtins.str | None = ...,
+        event_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_previous_state", b"_previous_state", "event_time", b"event_time", "job", b"job", "previous_state", b"previous_state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_previous_state", b"_previous_state", "event_time", b"event_time", "event_type", b"event_type", "job", b"job", "previous_normalized_state", b"previous_normalized_state", "previous_state", b"previous_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_previous_state", b"_previous_state", "event_id", b"event_id", "event_time", b"event_time", "event_type", b"event_type", "job", b"job", "previous_normalized_state", b"previous_normalized_state", "previous_state", b"previous_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__previous_state: _TypeAlias = _typing.Literal["previous_state"]  # noqa: Y015
     _WhichOneofArgType__previous_state: _TypeAlias = _typing.Literal["_previous_state", b"_previous_state"]  # noqa: Y015

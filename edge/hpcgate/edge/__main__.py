@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from hpcgate.edge.app import create_app
+from hpcgate.edge.accesslog import AccessLog
+from hpcgate.edge.app import HEARTBEAT_SECONDS, create_app
 from hpcgate.edge.body import BodyLimits
+from hpcgate.edge.metrics import serve_metrics
 from hpcgate.edge.serve import EdgeServer, ServeOptions, edge_config
 from hpcgate.edge.upstream import UpstreamTLS
 
@@ -64,6 +67,24 @@ def main(argv: list[str] | None = None) -> None:
         help="time a client has to send a request's headers, in seconds",
     )
     parser.add_argument(
+        "--sse-heartbeat",
+        type=float,
+        default=float(os.environ.get("HPCGATE_EDGE_SSE_HEARTBEAT", HEARTBEAT_SECONDS)),
+        help="seconds of silence after which an SSE stream gets a ': keepalive' comment"
+        " (0: none; default $HPCGATE_EDGE_SSE_HEARTBEAT or %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        default=os.environ.get("HPCGATE_EDGE_METRICS_LISTEN") or None,
+        help="host:port to serve Prometheus metrics on, off the REST port"
+        " (default $HPCGATE_EDGE_METRICS_LISTEN, else none)",
+    )
+    parser.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="write no JSON access-log line per request (on stderr otherwise)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         type=float,
         default=serving.shutdown_grace,
@@ -81,7 +102,19 @@ def main(argv: list[str] | None = None) -> None:
     if any(mutual) and not (args.server_ca and all(mutual)):
         parser.error("--client-cert and --client-key go together, with --server-ca")
     tls = UpstreamTLS(args.server_ca, args.client_cert, args.client_key) if args.server_ca else None
-    app = create_app(args.server, timeout=args.timeout, limits=limits, tls=tls)
+    if args.sse_heartbeat < 0:
+        parser.error("--sse-heartbeat must not be negative")
+    access_log = None if args.no_access_log else AccessLog()
+    app = create_app(
+        args.server,
+        timeout=args.timeout,
+        limits=limits,
+        tls=tls,
+        heartbeat=args.sse_heartbeat,
+        access_log=access_log,
+    )
+    if args.metrics_listen:
+        serve_metrics(args.metrics_listen)
     options = ServeOptions(
         host=args.host,
         port=args.port,

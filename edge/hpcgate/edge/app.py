@@ -17,21 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
-import json
-import os
 import posixpath
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import message
+from grpc_health.v1 import health_pb2
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from hpcgate.edge.accesslog import AccessLog
 from hpcgate.edge.bindings import Binding, bindings_of, hpcgate_services
 from hpcgate.edge.body import BodyError, BodyLimits, check_declared, has_body
 from hpcgate.edge.errors import (
@@ -42,19 +41,18 @@ from hpcgate.edge.errors import (
     stream_error_body,
 )
 from hpcgate.edge.guard import TokenRefusedError, TokenVerifier, bearer_token
-from hpcgate.edge.headers import ResponseHeaders, attachment, set_username, username_of
+from hpcgate.edge.headers import attachment, set_username, username_of
 from hpcgate.edge.jsonmap import to_json
+from hpcgate.edge.observe import Observed, request_id_of, set_route
 from hpcgate.edge.openapi import openapi_document
+from hpcgate.edge.probes import CHECK_TIMEOUT, HEALTH_CHECK, Readiness
 from hpcgate.edge.rendered import RenderedReplies
+from hpcgate.edge.streams import HEARTBEAT, frame, replies, resume_from_header
 from hpcgate.edge.transcode import BadRequestError, Built, body_limit, build_request
 from hpcgate.edge.upstream import UpstreamTLS, open_channel
 from hpcgate.v1 import status_pb2
 
 _FORWARDED_HEADERS = ("authorization",)
-# Request ids of requests without x-request-id: a per-process random prefix
-# and a counter (uuid4 per request showed in the edge's profile).
-_ID_PREFIX = os.urandom(6).hex()
-_ids = itertools.count(1)
 NDJSON = "application/x-ndjson"
 # Small downloads, views and uploads travel in one message. The server
 # enforces the size limit (maxOpsFileSize, a text reply up to three times
@@ -65,6 +63,8 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
 ]
 SSE = "text/event-stream"
+# Default heartbeat of SSE streams, in seconds: shorter than any proxy's idle timeout.
+HEARTBEAT_SECONDS = 15.0
 # Trailing metadata in which the server names the authenticated caller.
 USERNAME_METADATA = "hpcgate-username"
 # The call that asks the server about a token: authenticated, and cheap for
@@ -101,8 +101,11 @@ class Edge:
         limits: BodyLimits,
         idempotent: frozenset[str] = frozenset(),
         tls: UpstreamTLS | None = None,
+        heartbeat: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.target = target
+        # Seconds of silence after which an SSE stream gets a comment line (0: never).
+        self.heartbeat = heartbeat
         # RPC paths retried on UNAVAILABLE (those of GET routes), and TLS to the servers.
         self.idempotent = idempotent
         self.tls = tls
@@ -117,6 +120,7 @@ class Edge:
         self.verifier = TokenVerifier(self._verify)
         self.draining = False
         self._streams: set[grpc.aio.UnaryStreamCall[Any, Any]] = set()
+        self.readiness = Readiness(self._health_check, lambda: self.draining)
 
     def open(self) -> None:
         """Open the channel to the server (the app's lifespan starts)."""
@@ -138,9 +142,13 @@ class Edge:
 
     def _metadata(self, request: Request) -> list[tuple[str, str]]:
         metadata = [(h, request.headers[h]) for h in _FORWARDED_HEADERS if h in request.headers]
-        request_id = request.headers.get("x-request-id") or f"{_ID_PREFIX}-{next(_ids)}"
-        metadata.append(("x-request-id", request_id))
+        metadata.append(("x-request-id", request_id_of(request.scope)))
         return metadata
+
+    def _health_check(self) -> Any:
+        """A grpc.health.v1 check of the whole server, over the edge's channel."""
+        check = self._callable(HEALTH_CHECK, False, health_pb2.HealthCheckResponse.FromString)
+        return check(health_pb2.HealthCheckRequest(), timeout=CHECK_TIMEOUT)
 
     def _callable(
         self, path: str, streaming: bool, deserialize: Callable[[bytes], Any] | None
@@ -279,6 +287,7 @@ class Edge:
                 "the edge is shutting down", None, 503, SHUTTING_DOWN, close=True
             )
         spelled = built.spelled
+        resume_from_header(built.message, request.headers)
         call = self._call(binding)(built.message, metadata=self._metadata(request))
         self._streams.add(call)
         # Wait for the server to accept the call (headers), so that an
@@ -298,17 +307,15 @@ class Edge:
             self._streams.discard(call)
             return rpc_error_response(error, spelled, username_of(request.scope))
         ndjson = NDJSON in request.headers.get("accept", "")
+        heartbeat = 0.0 if ndjson else self.heartbeat
 
         def item(kind: str, data: dict[str, Any]) -> bytes:
-            text = json.dumps(data, separators=(",", ":"))
-            if ndjson:
-                return (text + "\n").encode()
-            return (f"event: {kind}\ndata: {text}\n\n" if kind else f"data: {text}\n\n").encode()
+            return frame(ndjson, kind, data)
 
         async def events() -> AsyncIterator[bytes]:
             try:
-                async for reply in call:
-                    yield item("", to_json(reply))
+                async for reply in replies(call, heartbeat):
+                    yield HEARTBEAT if reply is None else item("", to_json(reply))
             except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
                 ended_by_drain = self.draining and (
                     isinstance(error, asyncio.CancelledError)
@@ -345,10 +352,13 @@ def _serialize(request: message.Message) -> bytes:
     return request.SerializeToString()
 
 
-def _endpoint(edge: Edge, by_verb: dict[str, Binding]) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(
+    edge: Edge, template: str, by_verb: dict[str, Binding]
+) -> Callable[[Request], Awaitable[Response]]:
     allowed = ", ".join(sorted(by_verb))
 
     async def endpoint(request: Request) -> Response:
+        set_route(request.scope, template)
         binding = by_verb.get(request.method)
         if binding is None:
             # The most specific template that matches the path decides: a
@@ -369,11 +379,12 @@ def _endpoint(edge: Edge, by_verb: dict[str, Binding]) -> Callable[[Request], Aw
 
 
 class EdgeApp:
-    """The edge's ASGI application (headers on every response), and its :class:`Edge`."""
+    """The edge's ASGI application (observed, headers on every response), and its :class:`Edge`."""
 
-    def __init__(self, app: ASGIApp, edge: Edge) -> None:
+    def __init__(self, app: ASGIApp, edge: Edge, access_log: AccessLog | None) -> None:
         self.edge = edge
-        self._app = ResponseHeaders(app)
+        self.access_log = access_log
+        self._app = Observed(app, access_log)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self._app(scope, receive, send)
@@ -385,31 +396,52 @@ def create_app(
     max_form_body: int | None = None,
     limits: BodyLimits | None = None,
     tls: UpstreamTLS | None = None,
+    heartbeat: float = HEARTBEAT_SECONDS,
+    access_log: AccessLog | None = None,
 ) -> EdgeApp:
     """The edge for the gRPC server(s) at ``target`` (see :mod:`.upstream`).
 
     ``limits`` bound what the edge reads of a body, and how patiently;
-    ``max_form_body`` overrides their upload limit (multipart bodies).
+    ``max_form_body`` overrides their upload limit (multipart bodies);
+    ``heartbeat`` is the SSE streams' keepalive interval (:mod:`.streams`);
+    ``access_log`` gets a line per request (:mod:`.accesslog`; None: no log).
     """
     limits = limits or BodyLimits()
     if max_form_body is not None:
         limits = dataclasses.replace(limits, upload=max_form_body)
     bindings = bindings_of(hpcgate_services())
     reads = frozenset(b.rpc_path for b in bindings if b.verb == "GET")
-    edge = Edge(target, timeout, limits, reads, tls)
+    edge = Edge(target, timeout, limits, reads, tls, heartbeat)
     by_path: dict[str, dict[str, Binding]] = {}
     for binding in bindings:  # already sorted, most specific first
         by_path.setdefault(binding.route_path, {})[binding.verb] = binding
     # Every verb reaches the endpoint, which answers 405 itself.
     routes = [
-        Route(path, _endpoint(edge, verbs), methods=_ALL_VERBS) for path, verbs in by_path.items()
+        Route(path, _endpoint(edge, path, verbs), methods=_ALL_VERBS)
+        for path, verbs in by_path.items()
     ]
     document = openapi_document(bindings)
 
-    async def openapi(_: Request) -> Response:
+    async def openapi(request: Request) -> Response:
+        set_route(request.scope, "/openapi.json")
         return JSONResponse(document)
 
-    routes.insert(0, Route("/openapi.json", openapi, methods=["GET"]))
+    async def healthz(request: Request) -> Response:
+        set_route(request.scope, "/healthz")
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(request: Request) -> Response:
+        set_route(request.scope, "/readyz")
+        verdict = await edge.readiness.verdict()
+        if verdict.ready:
+            return JSONResponse({"status": "ready"})
+        return bad_request_response(verdict.message, None, 503, verdict.reason)
+
+    routes[:0] = [
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -418,5 +450,7 @@ def create_app(
             yield
         finally:
             await edge.close()
+            if access_log is not None:
+                access_log.flush()
 
-    return EdgeApp(Starlette(routes=routes, lifespan=lifespan), edge)
+    return EdgeApp(Starlette(routes=routes, lifespan=lifespan), edge, access_log)

@@ -10,7 +10,8 @@ details every error it raises) but from the gRPC library itself: the server
 unreachable, a message over a size limit, a deadline. Its text names
 transport internals (``ipv4:127.0.0.1:...: Connection refused``, "Received
 message larger than max"), so the edge answers such a status from its own
-table by code (:data:`TRANSPORT_ERRORS`) instead of passing the text on.
+table by code (:data:`TRANSPORT_ERRORS`) instead of passing the text on,
+and counts it (``hpcgate_edge_upstream_errors_total``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import grpc
 from google.protobuf import message
 from google.rpc import error_details_pb2, status_pb2
 from starlette.responses import JSONResponse
+
+from hpcgate.edge.metrics import upstream_error
 
 # Where FirecREST differs from google's canonical mapping it wins: an existing
 # target is 400, a remote timeout 408, an oversized file 413.
@@ -160,6 +163,7 @@ def status_response(
     """
     data = _details(trailers)
     if data is None:
+        upstream_error(code.name)
         known = TRANSPORT_ERRORS.get(code, _TRANSPORT_DEFAULT)
         body = error_body(known.message, {"reason": known.reason}, user)
         return JSONResponse(body, known.http_status)
@@ -175,6 +179,7 @@ def stream_error_body(
     """The error item that ends a stream which failed after it began, by the same rules."""
     data = _details(trailers)
     if data is None:
+        upstream_error(code.name)
         known = TRANSPORT_ERRORS.get(code, _TRANSPORT_DEFAULT)
         return {**error_body(known.message, {"reason": known.reason}, user), "code": code.name}
     return {**error_body(details or code.name, data, user), "code": code.name}

@@ -10,18 +10,19 @@ what the server reported into the scope (:func:`set_username`). Every
 response also gets ``X-Content-Type-Options: nosniff`` and
 ``Cache-Control: no-store`` (replies hold users' data and change).
 
-A pure ASGI wrapper around the whole application, outside Starlette's
-error middleware, so that 404, 405 and 500 answers carry the headers too
-(``BaseHTTPMiddleware`` would also cost a task per request).
+They are added outside Starlette's error middleware, by the edge's one ASGI
+wrapper (:class:`hpcgate.edge.observe.Observed`), so that 404, 405 and 500
+answers carry them too (``BaseHTTPMiddleware`` would also cost a task per
+request).
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterable
 from importlib import metadata
 from urllib.parse import quote
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 # The FirecREST v2 API level hpcgate implements. The OpenAPI document it
 # follows is 2.5.6's, but hpcgate also serves the job-list filters `name`
@@ -67,10 +68,14 @@ def attachment(filename: str) -> str:
 
 
 class ResponseHeaders:
-    """Adds the meta and safety headers to every HTTP response of ``app``."""
+    """The meta and safety headers of every HTTP response.
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    Added by :class:`hpcgate.edge.observe.Observed`, the one ASGI wrapper
+    around the whole application (a wrapper of its own cost a coroutine per
+    message sent).
+    """
+
+    def __init__(self) -> None:
         self._fixed = [
             (b"f7t-appversion", FIRECREST_API_VERSION.encode()),
             (b"x-hpcgate-version", hpcgate_version().encode()),
@@ -78,23 +83,17 @@ class ResponseHeaders:
             (b"cache-control", b"no-store"),
         ]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        timestamp = str(time.time()).encode()
+    def of(
+        self, scope: Scope, headers: Iterable[tuple[bytes, bytes]], timestamp: float
+    ) -> list[tuple[bytes, bytes]]:
+        """The headers of the response that ``scope``'s request gets: ``headers`` and ours.
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [
-                    (k, v) for k, v in message.get("headers", ()) if k.lower() != b"cache-control"
-                ]
-                headers += self._fixed
-                headers.append((b"f7t-timestamp", timestamp))
-                username = scope.get(_USERNAME)
-                if username:
-                    headers.append((b"f7t-authusername", username.encode()))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        ``timestamp`` is when the request began (``time.time()``, ``F7T-Timestamp``).
+        """
+        result = [(k, v) for k, v in headers if k.lower() != b"cache-control"]
+        result += self._fixed
+        result.append((b"f7t-timestamp", str(timestamp).encode()))
+        username = scope.get(_USERNAME)
+        if username:
+            result.append((b"f7t-authusername", username.encode()))
+        return result

@@ -11,6 +11,7 @@ shutdown ends the watches and closes the pools.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -88,13 +89,16 @@ class Runtime:
         self.coordinator = build_coordinator(settings.coordination)
         self.pools = PoolManager(settings, coordinator=self.coordinator)
         self.systems: dict[str, SystemRuntime] = {}
+        # What each system's scheduler plug-in holds open (closed last).
+        self._plugin_closers: list[Callable[[], Awaitable[None]]] = []
         service_account = settings.credentials.service_account
         for config in settings.systems:
             pool = self.pools.pool(config.name)
             plugin = scheduler_for(config.scheduler)
+            self._plugin_closers.append(plugin.close)
             scheduler = plugin.status
             probes = (
-                probes_for(config, partial(pool.run, service_account), scheduler)
+                probes_for(config, partial(pool.run, service_account), service_account, scheduler)
                 if service_account
                 else []
             )
@@ -165,4 +169,5 @@ class Runtime:
         await asyncio.gather(*(s.watch.close() for s in self.systems.values()))
         await asyncio.gather(*(s.reads.close() for s in self.systems.values()))
         await self.pools.close()
+        await asyncio.gather(*(close() for close in self._plugin_closers))
         await self.coordinator.close()

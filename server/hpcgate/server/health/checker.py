@@ -43,6 +43,9 @@ class ServiceHealth:
     latency: float | None = None
     message: str | None = None
     path: str | None = None
+    # The reason a gated call is refused with while this is unhealthy, when
+    # the probe tells one (see Probe.reasons); else SERVICE_UNHEALTHY.
+    reason: str | None = None
 
 
 OnChange = Callable[[str, dict[str, bool]], Awaitable[None]]
@@ -127,8 +130,15 @@ class HealthChecker:
         try:
             await asyncio.wait_for(probe.check(), self._timeout)
         except Exception as error:  # any failure is the probe's finding
+            reason = getattr(error, "reason", None)
             return ServiceHealth(
-                probe.service_type, False, datetime.now(UTC), None, _describe(error), probe.path
+                probe.service_type,
+                False,
+                datetime.now(UTC),
+                None,
+                _describe(error),
+                probe.path,
+                reason if reason in probe.reasons else None,
             )
         latency = time.monotonic() - started
         return ServiceHealth(probe.service_type, True, datetime.now(UTC), latency, None, probe.path)
@@ -184,6 +194,6 @@ class HealthChecker:
                 raise ServiceError(
                     ErrorKind.UNAVAILABLE,
                     f"{self.system}: {what} is unhealthy: {result.message}",
-                    "SERVICE_UNHEALTHY",
+                    result.reason or "SERVICE_UNHEALTHY",
                     metadata={"system": self.system, "service": result.service_type},
                 )

@@ -29,6 +29,9 @@ class Probe:
     service_type: str  # FirecREST's BackendServiceType: ssh, scheduler, filesystem, s3
     check: ProbeFn
     path: str | None = None  # the filesystem's mount point, for filesystem probes
+    # The failure reasons (ServiceError.reason) gated calls are refused with
+    # while the probe fails; any other failure is SERVICE_UNHEALTHY.
+    reasons: frozenset[str] = frozenset()
 
 
 class ProbeError(Exception):
@@ -71,15 +74,31 @@ def _s3(s3: S3Config) -> ProbeFn:
     return check
 
 
+def _scheduler(
+    system: SystemConfig, run_as_service: Run, service_account: str, scheduler: SchedulerStatus
+) -> Probe:
+    """The scheduler's ping, as the service account.
+
+    For ``slurm-rest`` that is slurmrestd's ``ping`` (which asks slurmctld
+    in turn): while slurmrestd does not answer, gated calls are refused
+    with its own reason, SLURMRESTD_UNAVAILABLE, and /status says so.
+    """
+    check = partial(scheduler.ping, run_as_service, service_account)
+    if system.scheduler.type == "slurm-rest":
+        return Probe("scheduler", check, reasons=frozenset({"SLURMRESTD_UNAVAILABLE"}))
+    return Probe("scheduler", check)
+
+
 def probes_for(
     system: SystemConfig,
     run_as_service: Callable[[Sequence[str]], Awaitable[Output]],
+    service_account: str,
     scheduler: SchedulerStatus,
 ) -> list[Probe]:
-    """The probes of every service ``system`` has."""
+    """The probes of every service ``system`` has, run as ``service_account``."""
     probes = [
         Probe("ssh", partial(_ssh, run_as_service)),
-        Probe("scheduler", partial(scheduler.ping, run_as_service)),
+        _scheduler(system, run_as_service, service_account, scheduler),
     ]
     probes += [
         Probe("filesystem", partial(_filesystem, run_as_service, fs.path), path=fs.path)

@@ -5,6 +5,14 @@ user's poller; :func:`follow` turns them into the events one WatchJobs
 stream reports: the snapshot of the baseline (if asked for), then each
 change, until the named jobs have all ended, the watch's time is up, or its
 event budget is spent (:class:`WatchBounds`).
+
+A watch can resume after an event it received (:func:`resume_point` reads
+the event's id back): when the poller has followed the user's jobs since
+before that event, the stream begins with every change it saw since then;
+otherwise (the poller started later: the stream was its last watcher, or
+the client came back to another replica) with a resync, the snapshot of
+every watched job. A client may see an event twice, never
+miss a state.
 """
 
 from __future__ import annotations
@@ -76,17 +84,50 @@ class WatchBounds:
             return None
 
 
+def _millis(epoch: float) -> int:
+    return round(epoch * 1000)
+
+
+def event_id(seen: Sighting) -> str:
+    """The id of ``seen``, to resume after it: observation time (ms) and job id."""
+    return f"{_millis(seen.observed)}-{seen.job.job_id}"
+
+
+def resume_point(last_event_id: str) -> int:
+    """When the event named by ``last_event_id`` was observed (epoch milliseconds)."""
+    millis, dash, job = last_event_id.partition("-")
+    if not (dash and millis.isdigit() and job.isdigit()):
+        raise invalid_argument("lastEventId", f"{last_event_id!r} is no event id of this watch")
+    return int(millis)
+
+
+def _opening(baseline: Baseline, send_initial: bool, resume: int | None) -> list[Sighting]:
+    """What a watch sends before the changes: a replay, a resync or the asked-for snapshot."""
+    since = baseline.since
+    if resume is not None and since is not None and _millis(since) <= resume:
+        # Every change since ``resume`` passed through this poller.
+        replay = [e for h in baseline.history.values() for e in h if _millis(e.observed) >= resume]
+        replay.sort(key=lambda e: (e.observed, e.job.job_id))
+        return [Sighting(Kind.CHANGE, e.observed, e.job, e.previous) for e in replay]
+    if resume is not None or send_initial:
+        return [Sighting(Kind.INITIAL, baseline.observed, job) for job in baseline.jobs.values()]
+    return []
+
+
 async def follow(
-    watcher: Subscription, baseline: Baseline, bounds: WatchBounds, send_initial: bool
+    watcher: Subscription,
+    baseline: Baseline,
+    bounds: WatchBounds,
+    send_initial: bool,
+    resume: int | None = None,
 ) -> AsyncIterator[Sighting]:
-    """The snapshot (if ``send_initial``), then the changes, until a named job set is done."""
+    """The opening (:func:`_opening`), then the changes, until a named job set is done."""
     named = bool(watcher.job_ids)
     open_jobs = {i for i, job in baseline.jobs.items() if not job.status.normalized_state.terminal}
-    if send_initial:
-        for job in baseline.jobs.values():
-            yield Sighting(Kind.INITIAL, baseline.observed, job)
-            if bounds.spend():
-                return
+    for seen in _opening(baseline, send_initial, resume):
+        yield seen
+        if bounds.spend():
+            return
     while open_jobs or not named:
         event = await bounds.within(watcher.next_event())
         if event is None:

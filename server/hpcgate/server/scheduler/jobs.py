@@ -166,11 +166,14 @@ class JobQuery:
 class JobScheduler(Protocol):
     """What the Scheduler service and the watch hub ask of a scheduler adapter.
 
-    Every method runs its commands through ``run``, i.e. as the calling user.
+    Every method runs its commands through ``run``, i.e. as the calling user,
+    and gets the caller's name: ``user`` (in ``jobs``, ``query.user``). An
+    adapter over SSH needs only ``run`` (the session already is the caller);
+    one over a REST API sends requests on behalf of ``user``.
     Errors are :class:`hpcgate.server.errors.ServiceError`.
     """
 
-    async def submit(self, run: RunWithInput, job: JobDescription) -> int:
+    async def submit(self, run: RunWithInput, user: str, job: JobDescription) -> int:
         """Submit ``job``; return its id."""
         ...
 
@@ -178,19 +181,19 @@ class JobScheduler(Protocol):
         """Live and recently finished jobs matching ``query``."""
         ...
 
-    async def job(self, run: RunWithInput, job_id: int) -> list[Job]:
+    async def job(self, run: RunWithInput, user: str, job_id: int) -> list[Job]:
         """Job ``job_id`` (several entries for an array or heterogeneous job); NOT_FOUND."""
         ...
 
-    async def metadata(self, run: RunWithInput, job_id: int) -> list[JobMetadata]:
+    async def metadata(self, run: RunWithInput, user: str, job_id: int) -> list[JobMetadata]:
         """Script and stream paths of job ``job_id``; NOT_FOUND."""
         ...
 
-    async def cancel(self, run: RunWithInput, job_id: int) -> None:
+    async def cancel(self, run: RunWithInput, user: str, job_id: int) -> None:
         """Cancel job ``job_id``; NOT_FOUND, PERMISSION_DENIED."""
         ...
 
-    async def attach(self, run: RunWithInput, job_id: int, command: str) -> None:
+    async def attach(self, run: RunWithInput, user: str, job_id: int, command: str) -> None:
         """Run ``command`` inside the allocation of job ``job_id`` and wait for it."""
         ...
 

@@ -12,14 +12,22 @@ plus its name in ``SchedulerConfig.type``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from hpcgate.server.config import SchedulerConfig
+from hpcgate.server.config import ConfigError, SchedulerConfig
 from hpcgate.server.scheduler.cluster import SchedulerStatus
 from hpcgate.server.scheduler.jobs import JobScheduler
 from hpcgate.server.scheduler.slurm.jobs import SlurmJobs
 from hpcgate.server.scheduler.slurm.status import SlurmStatus
+from hpcgate.server.scheduler.slurmrest.client import SUPPORTED_VERSIONS, SlurmRestClient
+from hpcgate.server.scheduler.slurmrest.jobs import SlurmRestJobs
+from hpcgate.server.scheduler.slurmrest.status import SlurmRestStatus
+from hpcgate.server.scheduler.slurmrest.tokens import CommandTokens, TokenMinter
+
+
+async def _nothing() -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,8 @@ class SchedulerPlugin:
     status: SchedulerStatus
     # Submit, list, cancel ..., and the watch pollers' snapshots.
     jobs: JobScheduler
+    # Releases what the adapters hold (slurm-rest: its HTTP connections).
+    close: Callable[[], Awaitable[None]] = _nothing
 
 
 # Builds a system's adapters from its scheduler configuration.
@@ -42,11 +52,38 @@ def _slurm(config: SchedulerConfig) -> SchedulerPlugin:
     return SchedulerPlugin(SlurmStatus(), SlurmJobs())
 
 
+def _slurm_rest(config: SchedulerConfig) -> SchedulerPlugin:
+    """Slurm through slurmrestd, each request as the calling user (JWT).
+
+    The CLI adapters are kept for what the REST API lacks (see
+    :mod:`hpcgate.server.scheduler.slurmrest.jobs`); they run over SSH.
+    """
+    assert config.url is not None  # the config model requires it for this type
+    token_for: TokenMinter | CommandTokens
+    if config.jwt_key_file is not None:
+        try:
+            key = config.jwt_key_file.read_bytes()
+        except OSError as error:
+            raise ConfigError(f"scheduler.jwt_key_file: {error}") from None
+        token_for = TokenMinter(key, config.token_lifetime)
+    else:
+        assert config.token_command is not None
+        token_for = CommandTokens(config.token_command, config.token_lifetime)
+    versions = SUPPORTED_VERSIONS if config.api_version == "auto" else (config.api_version,)
+    client = SlurmRestClient(config.url, token_for.token, config.command_timeout, versions)
+    return SchedulerPlugin(
+        SlurmRestStatus(client, SlurmStatus()),
+        SlurmRestJobs(client, SlurmJobs()),
+        close=client.close,
+    )
+
+
 # ``scheduler.type`` -> factory. A third scheduler (PBS, say) is a package
 # beside ``slurm/`` (``scheduler/pbs/``) with a status adapter and a jobs
 # adapter, one factory here, and its name added to ``SchedulerConfig.type``.
 PLUGINS: Mapping[str, Factory] = {
     "slurm": _slurm,
+    "slurm-rest": _slurm_rest,
 }
 
 

@@ -17,6 +17,7 @@ from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.scheduler import sharing
 from hpcgate.server.scheduler.commands import Output, RunWithInput
 from hpcgate.server.scheduler.jobs import Job, JobScheduler
+from hpcgate.server.scheduler.tally import tallied
 from hpcgate.server.scheduler.watchers import Baseline, JobEvent, Subscription
 
 log = logging.getLogger(__name__)
@@ -26,13 +27,15 @@ log = logging.getLogger(__name__)
 MAX_FAILED_POLLS = 3
 # Factor by which the interval grows after a poll that saw no change.
 BACKOFF = 2.0
+# Changes kept per job for resumed watches (a job has a handful of states).
+MAX_HISTORY = 16
 
 # Scheduler load of the watches: with one poller per user these grow with
 # users and intervals, not with watchers (make bench reads them).
 POLLS = Counter("hpcgate_scheduler_polls_total", "Job-state polls run for watchers", ["system"])
 POLL_COMMANDS = Counter(
     "hpcgate_scheduler_commands_total",
-    "Scheduler commands (squeue, sacct) run by the watch pollers",
+    "Scheduler commands (squeue, sacct) or slurmrestd requests of the watch pollers",
     ["system"],
 )
 
@@ -111,6 +114,10 @@ class Poller:
         # Every job this poller has seen, as last seen (a job that drops out
         # of one answer and comes back unchanged is no change).
         self.known: dict[int, Job] = {}
+        # The recent changes of each known job, and since when they are
+        # complete: the first view, or the newest change dropped (resumed watches).
+        self.history: dict[int, list[JobEvent]] = {}
+        self.since: float | None = None
         self.interval = hub.min_interval
         self.polls = 0
         self.commands = 0
@@ -313,16 +320,21 @@ class Poller:
                 named |= ids
         run = self.hub.runner(self.user)
 
-        async def counted(argv: Sequence[str], *, stdin: bytes | None = None) -> Output:
+        def count() -> None:
             self.commands += 1
             self.hub.commands_run += 1
             POLL_COMMANDS.labels(self.hub.system).inc()
+
+        async def counted(argv: Sequence[str], *, stdin: bytes | None = None) -> Output:
+            count()
             return await run(argv, stdin=stdin)
 
         self.polls += 1
         self.hub.polls += 1
         POLLS.labels(self.hub.system).inc()
-        return await self.hub.scheduler.snapshot(counted, self.user, named)
+        # A REST plug-in's requests are counted with the commands (see .tally).
+        with tallied(count):
+            return await self.hub.scheduler.snapshot(counted, self.user, named)
 
     def _publish(self, view: Mapping[int, Job], observed: float, joining: list[_Joiner]) -> bool:
         """Send the changes in ``view`` to the watchers, baselines to ``joining``.
@@ -330,11 +342,15 @@ class Poller:
         Returns whether any job of the view changed state (or appeared).
         """
         settled = bool(self.known)
+        if self.since is None:
+            self.since = observed
         changes = []
         for job_id, job in view.items():
             before = self.known.get(job_id)
             if before is None or _state_changed(before, job):
-                changes.append(JobEvent(observed, job, None if before is None else before.status))
+                event = JobEvent(observed, job, None if before is None else before.status)
+                changes.append(event)
+                self._remember(event)
             self.known[job_id] = job
         for event in changes:
             for watcher in list(self.watchers):
@@ -358,9 +374,18 @@ class Poller:
                 continue
             self.watchers.add(watcher)
             jobs = {i: job for i, job in sorted(view.items()) if watcher.wants(job)}
-            watcher.put(Baseline(observed, jobs))
+            history = {i: tuple(self.history[i]) for i in jobs if i in self.history}
+            watcher.put(Baseline(observed, jobs, self.since, history))
         # The first answer only sets what "before" means.
         return bool(changes) and settled
+
+    def _remember(self, event: JobEvent) -> None:
+        """Keep ``event`` in its job's history; a change dropped from it narrows ``since``."""
+        history = self.history.setdefault(event.job.job_id, [])
+        history.append(event)
+        if len(history) > MAX_HISTORY:
+            dropped = history.pop(0)
+            self.since = max(self.since or dropped.observed, dropped.observed)
 
     def fail_all(self, error: ServiceError) -> None:
         """End every watch of this poller with ``error``."""

@@ -7,8 +7,8 @@ watcher's queue into the events of its WatchJobs stream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.scheduler.jobs import Job, JobStatus
@@ -28,10 +28,17 @@ class JobEvent:
 
 @dataclass(frozen=True)
 class Baseline:
-    """What the first poll after a watcher joined saw of the jobs it follows."""
+    """What the first poll after a watcher joined saw of the jobs it follows.
+
+    ``history`` holds the poller's recent changes of each of those jobs,
+    complete from ``since`` on (a resumed watch replays those after its
+    last event).
+    """
 
     observed: float
     jobs: Mapping[int, Job]
+    since: float | None = None
+    history: Mapping[int, Sequence[JobEvent]] = field(default_factory=dict)
 
 
 _Item = Baseline | JobEvent | ServiceError

@@ -17,7 +17,14 @@ from hpcgate.server.errors import invalid_argument
 from hpcgate.server.rpc.context import Context
 from hpcgate.server.runtime import Runtime
 from hpcgate.server.scheduler import requests
-from hpcgate.server.scheduler.following import Kind, Sighting, WatchBounds, follow
+from hpcgate.server.scheduler.following import (
+    Kind,
+    Sighting,
+    WatchBounds,
+    event_id,
+    follow,
+    resume_point,
+)
 from hpcgate.server.scheduler.jobs import Job, JobDescription, JobStatus, JobTime
 from hpcgate.server.servicers.call import begin
 from hpcgate.server.servicers.convert import job_id, job_ids, timestamp
@@ -93,6 +100,7 @@ def _event(seen: Sighting) -> scheduler_pb2.WatchJobsResponse:
         job=job_message(seen.job),
         previous_normalized_state=_normalized(seen.previous),
         previous_state=None if seen.previous is None else seen.previous.state,
+        event_id=event_id(seen),
     )
 
 
@@ -130,7 +138,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         call = begin(self._runtime, request.system_name, context)
         if not request.HasField("job"):
             raise invalid_argument("job", "is required")
-        new_id = await call.system.jobs.submit(call.run, job_description(request.job))
+        new_id = await call.system.jobs.submit(call.run, call.user, job_description(request.job))
         call.system.watch.nudge(call.user)  # the user's watchers will want to see it start
         return scheduler_pb2.SubmitJobResponse(job_id=new_id)
 
@@ -138,14 +146,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.GetJobRequest, context: Context
     ) -> scheduler_pb2.GetJobResponse:
         call = begin(self._runtime, request.system_name, context)
-        jobs = await call.system.jobs.job(call.run, job_id(request.job_id))
+        jobs = await call.system.jobs.job(call.run, call.user, job_id(request.job_id))
         return scheduler_pb2.GetJobResponse(jobs=[job_message(job) for job in jobs])
 
     async def CancelJob(
         self, request: scheduler_pb2.CancelJobRequest, context: Context
     ) -> scheduler_pb2.CancelJobResponse:
         call = begin(self._runtime, request.system_name, context)
-        await call.system.jobs.cancel(call.run, job_id(request.job_id))
+        await call.system.jobs.cancel(call.run, call.user, job_id(request.job_id))
         call.system.watch.nudge(call.user)
         return scheduler_pb2.CancelJobResponse()
 
@@ -155,14 +163,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         call = begin(self._runtime, request.system_name, context)
         target = job_id(request.job_id)
         command = requests.text(request.command, "command")
-        await call.system.jobs.attach(call.run, target, command)
+        await call.system.jobs.attach(call.run, call.user, target, command)
         return scheduler_pb2.AttachJobResponse()
 
     async def GetJobMetadata(
         self, request: scheduler_pb2.GetJobMetadataRequest, context: Context
     ) -> scheduler_pb2.GetJobMetadataResponse:
         call = begin(self._runtime, request.system_name, context)
-        found = await call.system.jobs.metadata(call.run, job_id(request.job_id))
+        found = await call.system.jobs.metadata(call.run, call.user, job_id(request.job_id))
         return scheduler_pb2.GetJobMetadataResponse(
             jobs=[
                 scheduler_pb2.JobMetadataModel(**{f.name: getattr(m, f.name) for f in fields(m)})
@@ -180,6 +188,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         that changes are counted from; the response headers go out after it,
         so the REST edge answers with the right status either way.
         """
+        # A malformed id is the caller's error (400), whatever the scheduler's health.
+        resume = resume_point(request.last_event_id) if request.last_event_id else None
         call = begin(self._runtime, request.system_name, context)
         watched = job_ids(request.job_ids)
         bounds = _bounds(request)
@@ -188,5 +198,5 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             await context.send_initial_metadata(())
             if baseline is None:
                 return
-            async for seen in follow(watcher, baseline, bounds, request.send_initial):
+            async for seen in follow(watcher, baseline, bounds, request.send_initial, resume):
                 yield _event(seen)

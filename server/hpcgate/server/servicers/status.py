@@ -124,7 +124,7 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
         self, request: status_pb2.ListNodesRequest, context: Context
     ) -> status_pb2.ListNodesResponse:
         call = begin(self._runtime, request.system_name, context)
-        nodes = await call.system.scheduler.nodes(call.run)
+        nodes = await call.system.scheduler.nodes(call.run, call.user)
         return status_pb2.ListNodesResponse(
             nodes=[status_pb2.NodeModel(**asdict(node)) for node in nodes]
         )
@@ -133,7 +133,9 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
         self, request: status_pb2.ListPartitionsRequest, context: Context
     ) -> status_pb2.ListPartitionsResponse:
         call = begin(self._runtime, request.system_name, context)
-        partitions = await call.system.scheduler.partitions(call.run, request.show_hidden)
+        partitions = await call.system.scheduler.partitions(
+            call.run, call.user, request.show_hidden
+        )
         return status_pb2.ListPartitionsResponse(
             partitions=[status_pb2.PartitionModel(**asdict(p)) for p in partitions]
         )
@@ -142,7 +144,7 @@ class StatusServicer(status_pb2_grpc.StatusServicer):
         self, request: status_pb2.ListReservationsRequest, context: Context
     ) -> status_pb2.ListReservationsResponse:
         call = begin(self._runtime, request.system_name, context)
-        reservations = await call.system.scheduler.reservations(call.run)
+        reservations = await call.system.scheduler.reservations(call.run, call.user)
         return status_pb2.ListReservationsResponse(
             reservations=[status_pb2.ReservationModel(**asdict(r)) for r in reservations]
         )

@@ -106,6 +106,7 @@ class Submitter:
         pattern = workdir.replace("%", "%%") + "/.hpcgate-transfer-%j"
         job_id = await self.jobs.submit(
             self.run,
+            self.user,
             JobDescription(
                 working_directory=workdir,
                 script=script,

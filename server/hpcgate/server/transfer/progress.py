@@ -26,6 +26,7 @@ from hpcgate.server.transfer.jobs import (
     work_directory,
 )
 from hpcgate.server.transfer.records import Lost, Manifest, ObjectState, ObjectView
+from hpcgate.server.transfer.scripts import COMPLETING, FAILED
 from hpcgate.server.transfer.staging import Staging, s3_unavailable
 
 log = logging.getLogger(__name__)
@@ -161,12 +162,40 @@ async def _lookup(staging: Staging | None, sub: Submitter, operation: str, job_i
 async def _cancel(sub: Submitter, job_id: int) -> str:
     """Cancel a transfer's job that can no longer succeed; what happened, for the message."""
     try:
-        await sub.jobs.cancel(sub.run, job_id)
+        await sub.jobs.cancel(sub.run, sub.user, job_id)
     except ServiceError as error:
         log.warning("transfer job %d: cannot cancel it: %s", job_id, error.message)
         return f"; cancelling its job failed: {error.message}"
     log.info("transfer job %d cancelled: its staged state is gone from S3", job_id)
     return "; its job was cancelled"
+
+
+async def _last_said(sub: Submitter, output_log: str) -> str | None:
+    """The last line a transfer job logged, without its time stamp (None: unreadable)."""
+    try:
+        output = await sub.run(["tail", "-n", "1", "--", output_log])
+    except ServiceError as error:
+        log.warning("cannot read the transfer log %s: %s", output_log, error.message)
+        return None
+    if output.exit_status != 0:
+        return None
+    return output.stdout.decode(errors="replace").strip().split(" ", 1)[-1]
+
+
+async def _absent_by_job(sub: Submitter, output_log: str) -> tuple[Phase, str] | None:
+    """The phase of a running transfer whose object is absent by its job's own doing.
+
+    The job's log tells: it is completing the upload (S3 lists neither the
+    open upload nor the object meanwhile: seconds, for a large object), or it
+    failed and its exit aborted what it staged (the poller has not seen it end
+    yet). None when the log says neither: then the object was lost.
+    """
+    said = await _last_said(sub, output_log)
+    if said == COMPLETING:
+        return Phase.RUNNING, "the job is completing the staged object in S3"
+    if said is not None and said.startswith(FAILED):
+        return Phase.FAILED, f"the job failed: {said.removeprefix(FAILED)}"
+    return None
 
 
 async def describe(
@@ -178,9 +207,13 @@ async def describe(
     or its time is up) is aborted on the way. A transfer whose bucket, record
     or object S3 no longer holds has failed, and its job, if it still waits
     or runs, is cancelled (it would wait for the client until its deadline).
+    An object absent by its job's doing (the job logs that it is completing
+    the upload, or that it failed) is not lost: such a job is not cancelled.
     While S3 is down, the job's state alone tells the phase.
     """
     manifest, view, s3_down = lookup.manifest, None, lookup.s3_down
+    workdir = job.working_directory or work_directory(sub.config, sub.user)
+    output_log, error_log = log_paths(workdir, job.job_id)
     running = not job.status.normalized_state.terminal
     if manifest is not None and staging is not None:
         seen, s3_down = await _s3(staging.inspect(manifest))
@@ -190,15 +223,19 @@ async def describe(
         phase, message = Phase.FAILED, f"{lookup.records.reason}: the transfer cannot finish"
     else:
         phase, message = phase_of(operation, job.status, view)
+    ending = False  # the job has failed and is ending by itself
     if phase is Phase.FAILED and running and manifest is not None and staging is not None:
         if staging.expired(manifest):
             # Its time is up (settle aborted it): the job gives up by itself now
             # and says so in its log, as it does whenever a client never completes.
             phase, message = Phase.RUNNING, "the transfer's time is up; its job is giving up"
+        elif (by_job := await _absent_by_job(sub, output_log)) is not None:
+            phase, message = by_job
+            ending = phase is Phase.FAILED
         elif not await staging.stays_absent(manifest):
             view = await staging.inspect(manifest)  # it was a completion in flight
             phase, message = phase_of(operation, job.status, view)
-    if phase is Phase.FAILED and running:
+    if phase is Phase.FAILED and running and not ending:
         message += await _cancel(sub, job.job_id)
     if s3_down is not None:
         message += f" ({s3_down}: the staged object's state is unknown)"
@@ -212,15 +249,13 @@ async def describe(
         and view.state is ObjectState.COMPLETE
     ):
         url = await staging.download_url(manifest)
-    workdir = job.working_directory or work_directory(sub.config, sub.user)
-    output_log, error_log = log_paths(workdir, job.job_id)
     transfer_job = TransferJob(job.job_id, sub.config.name, workdir, output_log, error_log)
     return TransferState(transfer_job, operation, phase, job.status, message, manifest, view, url)
 
 
 async def get(sub: Submitter, staging: Staging | None, job_id: int) -> TransferState:
     """The state of the caller's transfer job ``job_id`` (NOT_FOUND for anything else)."""
-    job, operation = _own_transfer(sub, await sub.jobs.job(sub.run, job_id), job_id)
+    job, operation = _own_transfer(sub, await sub.jobs.job(sub.run, sub.user, job_id), job_id)
     lookup = await _lookup(staging, sub, operation, job_id)
     return await describe(sub, staging, job, operation, lookup)
 

@@ -35,6 +35,15 @@ SUCCESS = {
     "extract": "Files were successfully extracted.",
 }
 
+# What a download's job logs just before it completes its multipart upload.
+# While S3 completes it (seconds, for a large object) neither the open upload
+# nor the object is listed: the server reads this line as "being completed",
+# not as "gone" (``transfer/progress.py``).
+COMPLETING = "completing the multipart upload"
+# How a job's failure line starts (``fail`` in ``scripts/common.sh``): the job
+# has given up and is ending; its own exit aborts what it staged.
+FAILED = "FAILED: "
+
 
 @functools.cache
 def _body(name: str) -> str:
@@ -211,5 +220,6 @@ def egress(
         "complete_url": complete_url,
         "abort_url": abort_url,
         "delete_url": delete_url,
+        "completing": COMPLETING,
     }
     return render("download", directives, variables, "egress.sh")

@@ -25,7 +25,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hpcgate.server.scheduler.jobs import Job, JobState, JobStatus, JobTask, JobTime
+from hpcgate.server.scheduler.jobs import Job, JobQuery, JobState, JobStatus, JobTask, JobTime
 from hpcgate.server.scheduler.slurm.parse import number
 
 # Slurm's job states, long and short (squeue %t) forms, mapped onto JobState.
@@ -201,8 +201,13 @@ class SqueueJob:
 
 def jobs_from_squeue_json(text: str, now: int) -> list[SqueueJob]:
     """Every record of ``squeue --json``; ``now`` (epoch s) dates a running job's elapsed time."""
+    return jobs_from_squeue(_json(text), now)
+
+
+def jobs_from_squeue(data: Mapping[str, Any], now: int) -> list[SqueueJob]:
+    """Every record of a squeue document (``squeue --json``, slurmrestd's ``/slurm/vX/jobs``)."""
     found = []
-    for raw in _json(text).get("jobs", []):
+    for raw in data.get("jobs") or []:
         found.append(
             SqueueJob(
                 _squeue_job(raw, now),
@@ -247,6 +252,32 @@ def select_jobs(
         if picked and matches(job, account=account, name=name):
             chosen.append(job)
     return chosen
+
+
+def listed(
+    query: JobQuery, accounted: Iterable[Job], records: Iterable[SqueueJob]
+) -> tuple[list[Job], list[Job], list[int]]:
+    """ListJobs' accounted and queued jobs matching ``query``, and the ids to ask accounting for.
+
+    Filtered here: 22.05 ignores --user with --json (squeue, sacct and
+    slurmrestd alike), and sacct's --name takes a comma-separated list where
+    an exact match is meant. For its first seconds a started job is in
+    accounting by id but not yet in its time window: those ids come third,
+    to be asked for by id, else the list would show such a job without the
+    steps (tasks) that GET of the job shows.
+    """
+    user = None if query.allusers else query.user
+    queued = select_jobs(records, user=user, account=query.account, name=query.name)
+    kept = [
+        job for job in accounted if matches(job, user=user, account=query.account, name=query.name)
+    ]
+    known = {job.job_id for job in kept}
+    unaccounted = [
+        job.job_id
+        for job in queued
+        if job.job_id not in known and job.status.normalized_state is not JobState.PENDING
+    ]
+    return kept, queued, unaccounted
 
 
 def _sacct_time(raw: Mapping[str, Any]) -> JobTime:
@@ -303,8 +334,12 @@ def _sacct_job(raw: Mapping[str, Any]) -> Job:
 
 def jobs_from_sacct_json(text: str) -> tuple[list[Job], SlurmVersion | None]:
     """The jobs of ``sacct --json`` (steps as tasks) and the Slurm version that wrote them."""
-    data = _json(text)
-    return [_sacct_job(raw) for raw in data.get("jobs", [])], slurm_version(data)
+    return jobs_from_sacct(_json(text))
+
+
+def jobs_from_sacct(data: Mapping[str, Any]) -> tuple[list[Job], SlurmVersion | None]:
+    """Jobs of an accounting document (``sacct --json``, ``/slurmdb/vX/jobs``); its version."""
+    return [_sacct_job(raw) for raw in data.get("jobs") or []], slurm_version(data)
 
 
 _EXIT_LINE = re.compile(r"^(\d+(?:\.[\w+-]+)?)\|(\d+):(\d+)$")

@@ -28,7 +28,6 @@ from hpcgate.server.scheduler.jobs import (
     JobDescription,
     JobMetadata,
     JobQuery,
-    JobState,
 )
 from hpcgate.server.scheduler.slurm import jobparse
 from hpcgate.server.scheduler.slurm.failures import UNREACHABLE, unavailable
@@ -93,7 +92,7 @@ def _unreachable(command: str, message: str) -> ServiceError | None:
 JOB_NOT_FOUND = "Job not found."
 
 
-def _not_found(job_id: int) -> ServiceError:
+def job_not_found(job_id: int) -> ServiceError:
     return ServiceError(
         ErrorKind.NOT_FOUND, JOB_NOT_FOUND, "JOB_NOT_FOUND", metadata={"jobId": str(job_id)}
     )
@@ -140,15 +139,29 @@ def _sbatch_error(output: Output) -> ServiceError:
     unreachable = _unreachable("sbatch", message)
     if unreachable is not None:
         return unreachable
+    return refused_submission(message)
+
+
+def refused_submission(message: str, via: str = "sbatch") -> ServiceError:
+    """The error for a submission Slurm refused saying ``message`` (via sbatch or slurmrestd).
+
+    A limit of the caller's account is PERMISSION_DENIED; anything else is
+    INVALID_ARGUMENT naming the request field Slurm's words are about.
+    """
     if _PERMISSION.search(message):
         return _error(ErrorKind.PERMISSION_DENIED, message, "SCHEDULER_LIMIT")
     field = next((name for pattern, name in _SBATCH_FIELDS if pattern.search(message)), "job")
     return ServiceError(
         ErrorKind.INVALID_ARGUMENT,
-        f"sbatch: {message}",
+        f"{via}: {message}",
         "JOB_REJECTED",
         fields={field: message},
     )
+
+
+def _exit_codes_argv(selection: Sequence[str]) -> list[str]:
+    """sacct listing the exit codes of ``selection``: fields that hold no free text."""
+    return ["sacct", "--noheader", "--parsable2", "--format=JobIDRaw,ExitCode", *selection]
 
 
 def _sacct_takes_name(name: str) -> bool:
@@ -163,7 +176,11 @@ def _sacct_takes_name(name: str) -> bool:
 
 
 class SlurmJobs:
-    """Submits, reads, cancels and attaches to jobs on Slurm (a JobScheduler)."""
+    """Submits, reads, cancels and attaches to jobs on Slurm (a JobScheduler).
+
+    The caller's name (``user``) is not needed: ``run`` is the caller's SSH
+    session, and Slurm's commands act as its user.
+    """
 
     def __init__(self) -> None:
         # Learnt from the first `sacct --json`: whether its exit codes can be
@@ -172,7 +189,7 @@ class SlurmJobs:
 
     # -- the JobScheduler interface ------------------------------------------------
 
-    async def submit(self, run: RunWithInput, job: JobDescription) -> int:
+    async def submit(self, run: RunWithInput, user: str, job: JobDescription) -> int:
         """``sbatch --parsable``; the inline script goes on stdin, never on a command line."""
         for name, value in job.env:
             if _SUBMITTER_VARS.match(name) and _EXPORT_UNSAFE.search(value):
@@ -204,29 +221,12 @@ class SlurmJobs:
             self._sacct(run, selection),
             self._squeue(run, [] if query.allusers else [f"--user={query.user}"]),
         )
-        # Filtered here too: 22.05 ignores --user with --json, and sacct's
-        # --name takes a comma-separated list where an exact match is meant.
-        user = None if query.allusers else query.user
-        queued = jobparse.select_jobs(records, user=user, account=query.account, name=query.name)
-        accounted = [
-            job
-            for job in accounted
-            if jobparse.matches(job, user=user, account=query.account, name=query.name)
-        ]
-        # For its first seconds a started job is in sacct's answer by id but not
-        # yet in its time window: ask for those by id, else the list would show
-        # such a job without the steps (tasks) that GET of the job shows.
-        known = {job.job_id for job in accounted}
-        unaccounted = [
-            job.job_id
-            for job in queued
-            if job.job_id not in known and job.status.normalized_state is not JobState.PENDING
-        ]
+        accounted, queued, unaccounted = jobparse.listed(query, accounted, records)
         if unaccounted:
             accounted += await self._sacct(run, ["--jobs=" + ",".join(map(str, unaccounted))])
         return jobparse.merge_jobs(accounted, queued)
 
-    async def job(self, run: RunWithInput, job_id: int) -> list[Job]:
+    async def job(self, run: RunWithInput, user: str, job_id: int) -> list[Job]:
         """sacct and squeue for one id (an array's or het job's components included)."""
         accounted, records = await asyncio.gather(
             self._sacct(run, [f"--jobs={job_id}"]),
@@ -235,10 +235,10 @@ class SlurmJobs:
         queued = [record.job for record in records if record.matches(job_id)]
         jobs = jobparse.merge_jobs(accounted, queued)
         if not jobs:
-            raise _not_found(job_id)
+            raise job_not_found(job_id)
         return jobs
 
-    async def metadata(self, run: RunWithInput, job_id: int) -> list[JobMetadata]:
+    async def metadata(self, run: RunWithInput, user: str, job_id: int) -> list[JobMetadata]:
         """From slurmctld while it holds the job (scontrol), else what accounting kept."""
         shown, script = await asyncio.gather(
             run(["scontrol", "show", "job", str(job_id)]),
@@ -256,7 +256,7 @@ class SlurmJobs:
             JobMetadata(job_id=job_id, script=found)
         ]
 
-    async def cancel(self, run: RunWithInput, job_id: int) -> None:
+    async def cancel(self, run: RunWithInput, user: str, job_id: int) -> None:
         """``scancel``; an unknown id is NOT_FOUND, someone else's job PERMISSION_DENIED."""
         # Without --verbose, 22.05's scancel says nothing about unknown ids.
         output = await run(["scancel", "--verbose", str(job_id)])
@@ -265,7 +265,7 @@ class SlurmJobs:
             if unreachable is not None:
                 raise unreachable
             if _INVALID_JOB in problem:
-                raise _not_found(job_id)
+                raise job_not_found(job_id)
             if "permission denied" in problem.lower():
                 raise await self._refused(run, job_id, problem)
             if "already completing or completed" in problem:
@@ -274,7 +274,7 @@ class SlurmJobs:
         if output.exit_status != 0:
             checked_stdout(["scancel"], output)
 
-    async def attach(self, run: RunWithInput, job_id: int, command: str) -> None:
+    async def attach(self, run: RunWithInput, user: str, job_id: int, command: str) -> None:
         """``srun --jobid --overlap`` running ``command``; waits for it to finish."""
         # `sh -c` runs the whole command line inside the allocation, redirections included.
         argv = ["srun", f"--jobid={job_id}", "--overlap", "--", "sh", "-c", command]
@@ -283,7 +283,7 @@ class SlurmJobs:
             return
         message = _message(output)
         if _INVALID_JOB in message:
-            raise _not_found(job_id)
+            raise job_not_found(job_id)
         error = _unreachable("srun", message)
         if error is None and _NOT_RUNNING.search(message):
             error = _error(
@@ -329,7 +329,7 @@ class SlurmJobs:
         records = await self._squeue(run, [f"--jobs={job_id}"])
         if any(record.matches(job_id) for record in records):
             return _error(ErrorKind.PERMISSION_DENIED, problem, "JOB_NOT_OWNED")
-        return _not_found(job_id)
+        return job_not_found(job_id)
 
     # -- commands ------------------------------------------------------------------
 
@@ -346,13 +346,7 @@ class SlurmJobs:
     async def _sacct(self, run: RunWithInput, selection: Sequence[str]) -> list[Job]:
         """sacct's jobs for ``selection``, with exit codes that can be trusted."""
         argv = ["sacct", "--json", *selection]
-        codes_argv = [
-            "sacct",
-            "--noheader",
-            "--parsable2",
-            "--format=JobIDRaw,ExitCode",
-            *selection,
-        ]
+        codes_argv = _exit_codes_argv(selection)
         codes: Output | None = None
         if self._sacct_exit_codes is False:  # known to be needed: ask both at once
             output, codes = await asyncio.gather(run(argv), run(codes_argv))
@@ -369,6 +363,17 @@ class SlurmJobs:
             jobs, jobparse.exit_codes_from_sacct(checked_stdout(codes_argv, codes))
         )
 
+    async def exit_codes(
+        self, run: RunWithInput, job_ids: Collection[int]
+    ) -> dict[str, tuple[int, int]]:
+        """(exit code, signal) of jobs ``job_ids`` and their steps, from ``sacct --parsable2``.
+
+        What 22.05's accounting JSON (sacct's and slurmrestd's dbv0.0.38)
+        reports as 0; the slurm-rest plug-in asks here for the true codes.
+        """
+        argv = _exit_codes_argv(["--jobs=" + ",".join(map(str, sorted(job_ids)))])
+        return jobparse.exit_codes_from_sacct(checked_stdout(argv, await run(argv)))
+
     async def _metadata_from_sacct(self, run: RunWithInput, job_id: int) -> list[JobMetadata]:
         """Metadata of a job slurmctld forgot: the script if accounting stored it, no paths."""
         argv = ["sacct", "--batch-script", f"--jobs={job_id}"]
@@ -376,10 +381,10 @@ class SlurmJobs:
         if output.exit_status == 0:
             scripts = jobparse.scripts_from_sacct(output.stdout.decode(errors="replace"))
             if not scripts:
-                raise _not_found(job_id)
+                raise job_not_found(job_id)
             return [JobMetadata(job_id=i, script=s) for i, s in sorted(scripts.items())]
         # A sacct without --batch-script: the job's existence is all there is to tell.
         jobs = await self._sacct(run, [f"--jobs={job_id}"])
         if not jobs:
-            raise _not_found(job_id)
+            raise job_not_found(job_id)
         return [JobMetadata(job_id=job.job_id) for job in jobs]

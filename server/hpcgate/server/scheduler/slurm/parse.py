@@ -73,9 +73,13 @@ def number(value: Any) -> int | None:
 
 def nodes_from_sinfo_json(text: str) -> list[Node]:
     """Nodes from ``sinfo --json`` (22.05: a top-level ``nodes`` list)."""
-    data = json.loads(text)
+    return nodes_from_sinfo(json.loads(text))
+
+
+def nodes_from_sinfo(data: dict[str, Any]) -> list[Node]:
+    """Nodes of a nodes document (``sinfo --json``, slurmrestd's ``/slurm/vX/nodes``)."""
     nodes = []
-    for raw in data.get("nodes", []):
+    for raw in data.get("nodes") or []:
         load = number(raw.get("cpu_load"))
         state = raw.get("state", "unknown")
         base = state[0] if isinstance(state, list) and state else str(state)

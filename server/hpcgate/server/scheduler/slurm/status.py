@@ -22,30 +22,34 @@ async def _run(run: Run, argv: Sequence[str]) -> str:
 
 
 class SlurmStatus:
-    """Nodes, partitions, reservations and user info from Slurm's commands."""
+    """Nodes, partitions, reservations and user info from Slurm's commands.
 
-    async def ping(self, run: Run) -> None:
+    ``user`` is used for sacctmgr's filters only: ``run`` is the caller's
+    SSH session already.
+    """
+
+    async def ping(self, run: Run, user: str) -> None:
         text = await _run(run, ["scontrol", "ping"])
         if "UP" not in text:  # exits 0 although a backup controller is down
             raise ServiceError(ErrorKind.UNAVAILABLE, text.strip(), "SCHEDULER_UNAVAILABLE")
 
-    async def nodes(self, run: Run) -> list[Node]:
+    async def nodes(self, run: Run, user: str) -> list[Node]:
         return parse.nodes_from_sinfo_json(await _run(run, ["sinfo", "--json"]))
 
-    async def partitions(self, run: Run, show_hidden: bool) -> list[Partition]:
+    async def partitions(self, run: Run, user: str, show_hidden: bool) -> list[Partition]:
         argv = ["scontrol", "--oneliner", *(["--all"] if show_hidden else []), "show", "partition"]
         return parse.partitions_from_scontrol(await _run(run, argv))
 
-    async def reservations(self, run: Run) -> list[Reservation]:
+    async def reservations(self, run: Run, user: str) -> list[Reservation]:
         text = await _run(run, ["scontrol", "--oneliner", "show", "reservation"])
         return parse.reservations_from_scontrol(text)
 
-    async def user_info(self, run: Run, username: str) -> UserInfo:
+    async def user_info(self, run: Run, user: str) -> UserInfo:
         ids, associations, default = await asyncio.gather(
             _run(run, ["id"]),
             _run(run, ["sacctmgr", "--noheader", "--parsable2", "show", "associations",
-                       f"user={username}", "format=account"]),
-            _run(run, ["sacctmgr", "--noheader", "--parsable2", "show", "user", username,
+                       f"user={user}", "format=account"]),
+            _run(run, ["sacctmgr", "--noheader", "--parsable2", "show", "user", user,
                        "format=defaultaccount"]),
         )  # fmt: skip
         return parse.user_info(ids, associations, default.strip())

@@ -15,12 +15,18 @@ Failures, by cause:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import httpx
 
 from hpcgate.server.errors import ErrorKind, ServiceError
+from hpcgate.server.scheduler.tally import note_request
+
+# Gives a user's token, at once or awaited (a token command runs a process).
+TokenSource = Callable[[str], str | Awaitable[str]]
 
 # Newest first: the first that answers is used.
 SUPPORTED_VERSIONS = ("v0.0.40", "v0.0.39", "v0.0.38")
@@ -44,11 +50,20 @@ def slurm_errors(body: Any) -> list[dict[str, Any]]:
     return [e for e in errors or [] if isinstance(e, dict)]
 
 
+def error_numbers(body: Any) -> set[Any]:
+    """Slurm's error numbers in an answer (22.05 names them error_number or error_code)."""
+    return {e.get("error_number", e.get("error_code")) for e in slurm_errors(body)}
+
+
+def error_text(body: Any) -> str:
+    """What the errors of a Slurm JSON answer say, joined."""
+    return "; ".join(str(e.get("error") or e.get("description") or e) for e in slurm_errors(body))
+
+
 def classify(status: int, body: Any) -> ServiceError | None:
     """The error an answer of slurmrestd stands for; None if it is a success."""
-    errors = slurm_errors(body)
-    numbers = {e.get("error_number", e.get("error_code")) for e in errors}
-    text = "; ".join(str(e.get("error") or e.get("description") or e) for e in errors)
+    numbers = error_numbers(body)
+    text = error_text(body)
     if numbers & _CTLD_DOWN:
         return ServiceError(
             ErrorKind.UNAVAILABLE,
@@ -58,7 +73,7 @@ def classify(status: int, body: Any) -> ServiceError | None:
         )
     if status in (401, 403):
         return ServiceError(ErrorKind.UNAUTHENTICATED, text or "token refused", "SLURM_TOKEN")
-    if status >= 400 or errors:
+    if status >= 400 or slurm_errors(body):
         return ServiceError(
             ErrorKind.INTERNAL if status >= 500 else ErrorKind.FAILED_PRECONDITION,
             f"slurmrestd: HTTP {status}: {text or 'no detail'}",
@@ -73,7 +88,7 @@ class SlurmRestClient:
     def __init__(
         self,
         url: str,
-        token_for: Callable[[str], str],
+        token_for: TokenSource,
         timeout: float,
         versions: Sequence[str] = SUPPORTED_VERSIONS,
     ) -> None:
@@ -81,12 +96,19 @@ class SlurmRestClient:
         self._token_for = token_for
         self._versions = tuple(versions)
         self.version: str | None = None
+        # Requests sent, per user (the watch tests count one per poll per user).
+        self.sent: Counter[str] = Counter()
 
     async def close(self) -> None:
         await self._http.aclose()
 
     async def _send(self, method: str, path: str, user: str, body: Any = None) -> httpx.Response:
-        headers = {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": self._token_for(user)}
+        token = self._token_for(user)
+        if inspect.isawaitable(token):
+            token = await token
+        headers = {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": token}
+        self.sent[user] += 1
+        note_request()
         try:
             return await self._http.request(method, path, headers=headers, json=body)
         except httpx.TransportError as e:
@@ -107,15 +129,51 @@ class SlurmRestClient:
             "SCHEDULER_VERSION",
         )
 
-    async def request(self, method: str, path: str, user: str, body: Any = None) -> Any:
-        """``path`` (under ``/slurm/<version>/``) as ``user``; the JSON answer, or its error."""
-        version = await self.detect_version(user)
-        r = await self._send(method, f"/slurm/{version}/{path}", user, body)
-        try:
-            data = r.json()
-        except ValueError:
-            data = None
-        error = classify(r.status_code, data)
+    async def request(
+        self,
+        method: str,
+        path: str,
+        user: str,
+        body: Any = None,
+        *,
+        api: str = "slurm",
+        params: dict[str, str] | None = None,
+        absent: Collection[int] = (),
+    ) -> Any:
+        """``path`` under ``/<api>/<version>/`` as ``user``; the JSON answer, or its error.
+
+        ``api`` is ``slurm`` (slurmctld) or ``slurmdb`` (accounting). An answer
+        whose errors are all among ``absent`` (Slurm's numbers for "no such
+        thing") is None instead of an error.
+        """
+        status, data = await self.answer(method, path, user, body, api=api, params=params)
+        numbers = error_numbers(data)
+        if absent and numbers and numbers <= set(absent):
+            return None
+        error = classify(status, data)
         if error is not None:
             raise error
         return data
+
+    async def answer(
+        self,
+        method: str,
+        path: str,
+        user: str,
+        body: Any = None,
+        *,
+        api: str = "slurm",
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """The HTTP status and JSON answer (None if not JSON), unjudged: see :meth:`request`."""
+        version = await self.detect_version(user)
+        r = await self._send(method, f"/{api}/{version}/{path}" + _query(params), user, body)
+        try:
+            return r.status_code, r.json()
+        except ValueError:
+            return r.status_code, None
+
+
+def _query(params: dict[str, str] | None) -> str:
+    """``?k=v&...`` (encoded), or nothing."""
+    return "?" + str(httpx.QueryParams(params)) if params else ""

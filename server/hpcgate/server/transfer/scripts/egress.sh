@@ -1,9 +1,11 @@
 # --- egress.sh: from the cluster to the staging bucket (a client's download) ----
 # Variables: source, size, part_size, parts, part_urls (array), complete_url,
-# abort_url, delete_url (presigned, private endpoint).
+# abort_url, delete_url (presigned, private endpoint); completing: the line
+# logged (last) while the upload is being completed, which the server reads.
 #
 # Uploads the file part by part (each part's ETag must be the MD5 of the
-# bytes read), completes the multipart upload and checks the object's ETag.
+# bytes read; a part is sent up to three times), completes the multipart
+# upload and checks the object's ETag.
 # On failure the multipart upload is aborted, or a wrong object deleted.
 on_exit() {
     if [ "${completed:-1}" = 0 ]; then
@@ -36,12 +38,16 @@ for ((i = 0; i < parts; i++)); do
     md5=${md5%% *}
     etag=""
     for attempt in 1 2 3; do
-        code=$(read_part | curl -sS -T - -H "Content-Length: $length" -o /dev/null \
-            -D "$work/put" -w '%{http_code}' "${part_urls[i]}" 2>>"$work/curl.err")
+        # A known length, never chunked: curl would send both headers for a
+        # pipe (invalid HTTP; S3 refuses chunked parts).
+        code=$(read_part | curl -sS -T - -H "Content-Length: $length" -H "Transfer-Encoding:" \
+            -o /dev/null -D "$work/put" -w '%{http_code}' "${part_urls[i]}" 2>>"$work/curl.err")
         if [ "$code" = 200 ]; then
             etag=$(header etag "$work/put")
             etag=${etag//\"/}
-            break
+            # Other bytes than were read (changed in transit): send the part again.
+            [ "$etag" = "$md5" ] && break
+            say "part $((i + 1)): S3 stored other bytes (ETag $etag) than were read; sending it again"
         fi
         sleep "$attempt"
     done
@@ -53,6 +59,8 @@ for ((i = 0; i < parts; i++)); do
         >>"$work/complete.xml"
 done
 printf '</CompleteMultipartUpload>' >>"$work/complete.xml"
+
+say "$completing"
 
 code=$(curl -sS -X POST -H 'Content-Type: application/xml' --data-binary "@$work/complete.xml" \
     -o "$work/completed" -w '%{http_code}' "$complete_url" 2>>"$work/curl.err")
