@@ -12,19 +12,23 @@ GEN_DIR := clients/hpcgate/v1
 
 install: $(VENV)/.installed
 
-# The three distributions (clients/, server/, edge/) editable, and the
+# The three distributions (clients/, server/, edge/) and the Snakemake
+# executor plugin (clients/snakemake-executor-plugin-hpcgate) editable, and the
 # workspace's dev tooling; pip resolves hpcgate-server's and hpcgate-edge's
 # `hpcgate==` requirement to the editable clients/ in the same run.
-$(VENV)/.installed: pyproject.toml clients/pyproject.toml server/pyproject.toml edge/pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/pyproject.toml server/pyproject.toml edge/pyproject.toml clients/snakemake-executor-plugin-hpcgate/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ./clients -e ./server -e ./edge -e '.[dev]'
+	$(PY) -m pip install -q -e ./clients -e ./server -e ./edge \
+	  -e ./clients/snakemake-executor-plugin-hpcgate -e '.[dev]'
 	touch $@
 
-# The three wheels (hpcgate, hpcgate-server, hpcgate-edge) into dist/.
+# The three wheels (hpcgate, hpcgate-server, hpcgate-edge) and the Snakemake
+# plugin's (snakemake-executor-plugin-hpcgate) into dist/.
 dist: install
 	rm -rf dist
-	for part in clients server edge; do $(PY) -m build -q --wheel --outdir dist $$part || exit 1; done
+	for part in clients server edge clients/snakemake-executor-plugin-hpcgate; do \
+	  $(PY) -m build -q --wheel --outdir dist $$part || exit 1; done
 
 # Generate the Python stubs (+ .pyi typing stubs and a descriptor set with
 # comments, which the edge reads for its OpenAPI descriptions).

@@ -31,7 +31,16 @@ from bench.model import Figure, Status, fill_ratios
 from bench.procfs import machine
 from bench.remote import SMALL_COUNT, Link, create, remove
 from bench.report import table, write
-from bench.scenarios import big_dir, fleet, load, memory, small_files, throughput, watch
+from bench.scenarios import (
+    big_dir,
+    fleet,
+    load,
+    memory,
+    small_files,
+    snakemake,
+    throughput,
+    watch,
+)
 from bench.stack import started
 from bench.targets import evaluate
 
@@ -42,6 +51,7 @@ SCENARIOS: dict[str, Scenario] = {
     "load": load.run,
     "watch_fanout": watch.run,
     "fleet": fleet.run,
+    "snakemake": snakemake.run,
 }
 RESULTS = ROOT / "bench" / "results"
 

@@ -60,7 +60,7 @@ TERMINAL = {
 }
 
 
-def _count(metrics_text: str, pattern: re.Pattern[str]) -> tuple[str, float] | None:
+def count_metric(metrics_text: str, pattern: re.Pattern[str]) -> tuple[str, float] | None:
     """The first matching family (counters first) and its total over all labels."""
     families = [f for f in text_string_to_metric_families(metrics_text) if pattern.search(f.name)]
     families.sort(key=lambda family: family.type != "counter")
@@ -72,7 +72,8 @@ def _count(metrics_text: str, pattern: re.Pattern[str]) -> tuple[str, float] | N
     return None
 
 
-async def _scrape(url: str) -> str:
+async def scrape(url: str) -> str:
+    """The Prometheus text of the server's metrics port."""
     async with httpx.AsyncClient(timeout=10) as client:
         response = await client.get(url)
         response.raise_for_status()
@@ -178,14 +179,14 @@ async def _measure(ctx: Context, watchers: _Watchers, figures: dict[str, Figure]
     metric_names: dict[str, str] = {}
 
     async def window() -> dict[str, float]:
-        before, events = await _scrape(ctx.stack.metrics_url), watchers.events
+        before, events = await scrape(ctx.stack.metrics_url), watchers.events
         meter.start()
         await asyncio.sleep(WINDOW)
         cpu = meter.stop()["server"]
-        after = await _scrape(ctx.stack.metrics_url)
+        after = await scrape(ctx.stack.metrics_url)
         rates = {}
         for key, pattern in (("commands", COMMANDS), ("polls", POLLS)):
-            start, end = _count(before, pattern), _count(after, pattern)
+            start, end = count_metric(before, pattern), count_metric(after, pattern)
             rates[key] = 0.0 if start is None or end is None else (end[1] - start[1]) / WINDOW
             if end is not None:
                 metric_names[key] = end[0]

@@ -118,6 +118,8 @@ APT_PACKAGES = (
     # Slurm's REST API (the slurm-rest scheduler plug-in) and the JWTs it authenticates with.
     "slurmrestd",
     "slurm-wlm-jwt-plugin",
+    # A Python every user can run, for the Snakemake jobs' environment (dev/jobpython.py).
+    "python3-venv",
 )
 REQUIRED_FILES = (
     "/usr/sbin/sshd",
