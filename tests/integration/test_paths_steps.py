@@ -316,10 +316,13 @@ async def test_a_read_batch_reads_nothing_outside_in_a_race(
     assert _batched() > before  # the reads did go through batches
 
 
+@pytest.mark.parametrize("mode", ["700", "311"], ids=["held-by-fd", "held-by-process"])
 async def test_a_bulk_download_reads_nothing_outside_in_a_race(
-    live: LiveService, flip: Flip
+    live: LiveService, flip: Flip, mode: str
 ) -> None:
+    """311: both directories can be entered, not read; a holder process's cwd holds them."""
     await _inside_and_outside(flip)
+    await flip.sh('chmod "$3" -- "$1/d" "$2"', mode)
     stub = filesystem_pb2_grpc.FilesystemStub(live.channel)
     request = filesystem_pb2.BulkDownloadRequest(
         system_name=SYSTEM, files=filesystem_pb2.BulkDownloadFiles(paths=[f"{flip.d}/f"] * 20)
@@ -337,7 +340,10 @@ async def test_a_bulk_download_reads_nothing_outside_in_a_race(
         seen.update(data.values())
         return httpx.Response(200)
 
-    await _race(flip, bulk)
+    try:
+        await _race(flip, bulk)
+    finally:
+        await flip.sh('chmod 700 -- "$1/d" "$2"')
     assert OUTSIDE not in seen
     assert INSIDE in seen
 
@@ -345,7 +351,7 @@ async def test_a_bulk_download_reads_nothing_outside_in_a_race(
 async def test_batches_read_in_a_directory_that_can_be_entered_but_not_read(
     live: LiveService, batching: LiveService, flip: Flip
 ) -> None:
-    """Such a directory cannot be held (opening it needs read permission): named by path."""
+    """Such a directory cannot be opened (that needs read permission): a process holds it."""
     await flip.sh('printf shared > "$1/d/f" && chmod 311 -- "$1/d"')
     try:
         paths = [f"{flip.d}/f", f"{flip.d}/missing"]

@@ -58,9 +58,10 @@ How the check and the act are kept together, by transport:
   following a last link (:mod:`.held`): a directory swapped for a link after
   the check is never walked again, a name swapped for a link is archived as
   a link and dropped. Still one command per batch, no round trip added.
-  Left: a directory the user may enter but not read (mode 711) cannot be
-  opened by a shell, and directories beyond the fd budget; their files go
-  to tar by path (a last link still not followed).
+  A directory the user may enter but not read (mode 711), which a shell
+  cannot open, is held by a process sitting in it (its ``/proc/PID/cwd``);
+  files in directories beyond the fd budget fail, saying why. Nothing is
+  read by path.
 * **Archives**: extract judges tar's listing, then extracts in a second
   step; an archive rewritten in between by its owner is not judged again
   (a transfer job judges it again when it runs, see ``common.sh``).

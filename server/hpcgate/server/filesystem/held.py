@@ -26,11 +26,13 @@ The names tar was given come first on stdout, one per asked path in order
 :class:`HeldNames` splits them off, so that members map back to the asked
 paths. No round trip is added: it is still one command per batch.
 
-What cannot be held so: a directory the user may enter but not read (mode
-711: opening it fails) and directories beyond the fd budget
-(``held_max``, the raised soft limit less a margin). Their files go to tar
-by real path, as before (a last link is still not followed); the narrow
-race of a swapped directory remains for those alone.
+A directory the user may enter but not read (mode 711: opening it fails)
+is held by a process instead: a subshell enters it and waits while the
+step's shell lives, and its ``/proc/PID/cwd``, judged by where it leads like
+the fds, names the files. Directories beyond the fd budget (``held_max``,
+the raised soft limit less a margin: more than a bulk download of 100,000
+files can have where the hard limit is the usual 2^19 or more) are not read
+by path either: their files fail, saying why. Nothing is read by path.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ function q(s,    parts, n, i, out) {
     for (i = 2; i <= n; i++) out = out "\047\\\047\047" parts[i]
     return "\047" out "\047"
 }
-BEGIN { RS = "\0"; inside = ENVIRON["inside"]; max = ENVIRON["held_max"] + 0 }
+BEGIN { RS = "\0"; inside = ENVIRON["inside"]; max = ENVIRON["held_max"] + 0; err = "/dev/stderr" }
 {
     if ($0 !~ inside) {
         name[NR] = ""
@@ -68,9 +70,16 @@ BEGIN { RS = "\0"; inside = ENVIRON["inside"]; max = ENVIRON["held_max"] + 0 }
     d = substr($0, 1, RLENGTH - 1)
     if (d == "") d = "/"
     if (!(d in fd)) {
-        if (dirs < max) { fd[d] = 10 + dirs; dir[dirs++] = d } else fd[d] = ""
+        if (dirs < max) { fd[d] = 10 + dirs; dir[dirs++] = d }
+        else {
+            # Beyond the fd budget: named through fd 9, which holds /dev/null,
+            # so they fail (never read by path), saying why once.
+            fd[d] = 9
+            if (!over++)
+                printf "hpcgate: unheld: 9 more than %d directories in one call\n", max > err
+        }
     }
-    name[NR] = fd[d] == "" ? $0 : "/proc/self/fd/" fd[d] "/" substr($0, RLENGTH + 1)
+    name[NR] = "/proc/self/fd/" fd[d] "/" substr($0, RLENGTH + 1)
 }
 END {
     printf "outside=%d\ndirs=(", outside
@@ -96,24 +105,41 @@ END {
 # taking a held directory with it; so stderr goes to /dev/null by exec.
 _HOLD = """
 hold() {
-    local dirs count j fd lost=() i n k why real fds=() awk=awk
+    local dirs count j fd lost=() i n k why real fds=() awk=awk holder where
     # mawk where there is one: it starts in half gawk's time.
     command -v mawk >/dev/null && awk=mawk
     eval "$("$@" | LC_ALL=C "$awk" 'AWK')" || return 1
     count=${#dirs[@]}
-    exec 3>&2 2>/dev/null
+    exec 3>&2 2>/dev/null 9</dev/null
     for ((j = 0; j < count; j++)); do
         fd=$((10 + j))
         fds+=("/proc/$$/fd/$fd")
         eval "exec $fd<\\\"\\${dirs[j]}\\\"" && continue
-        if cd -P -- "${dirs[j]}"; then
-            case $PWD in PATTERN) lost[fd]=$PWD ;; esac
+        # Not readable but perhaps enterable (mode 711): a holder process
+        # enters it and stays there while this shell lives; its cwd,
+        # /proc/PID/cwd, is then the directory held (judged below by where
+        # that link leads), as fd K is for the others. It says it is in by
+        # one line on fd K, or nothing if it could not enter.
+        eval "exec $fd< <(cd -- \\\"\\${dirs[j]}\\\" && echo && while kill -0 $$; do sleep 1; done)"
+        holder=$!
+        if read -r -u "$fd" _; then
+            lost[fd]=/proc/$holder/cwd
         else
             why=$(stat -c "" -- "${dirs[j]}/." 2>&1)
             printf 'hpcgate: unheld: %d %s\\n' "$fd" "${why##*: }" >&3
         fi
         eval "exec $fd</dev/null"
     done
+    if ((${#lost[@]})); then
+        mapfile -d '' -t where < <(readlink -z -- "${lost[@]}")
+        j=0
+        for k in "${!lost[@]}"; do
+            # A holder that entered a place outside holds nothing: its
+            # files stay named through fd K, now /dev/null, and fail.
+            case ${where[j]} in PATTERN) ;; *) unset 'lost[k]' ;; esac
+            j=$((j + 1))
+        done
+    fi
     exec 2>&3 3>&-
     if ((count > 1000)); then
         mapfile -d '' -t real < <(printf '%s\\0' "${fds[@]}" | xargs -0r readlink -z --)
