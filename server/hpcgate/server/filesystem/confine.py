@@ -9,13 +9,14 @@ PATH_OUTSIDE_FILESYSTEMS naming the request field.
 
 How the check and the act are kept together, by transport:
 
-* **Commands** (stat, file, checksum, chown, rm -r, tar): one shell step
+* **Commands** (ls of a big directory, stat, file, checksum, chown, rm -r, tar): one step
   checks and acts. Either it opens the file first and checks what the open
   reached (``exec 3<"$p"``, then ``readlink /proc/self/fd/3``) and reads
   from fd 3, or it enters the real directory (``cd -P``), checks ``$PWD``,
   and acts on the bare name there with a command that does not follow a
-  last link (``stat`` without ``-L``, ``chown -h``, ``rm``). A link swapped
-  in after the check is never followed: the fd and the cwd are held.
+  last link (``stat`` without ``-L``, ``chown -h``, ``rm``), or on ``.``
+  (``find .`` lists a directory, :mod:`.findlisting`). A link swapped in
+  after the check is never followed: the fd and the cwd are held.
 * **SFTP reads and uploads** (content, ranges, checksum's size check, the
   ``.part`` file of every upload): the path is resolved (``realpath``),
   checked, and the resolved path opened; then the *handle* is checked
@@ -28,7 +29,8 @@ How the check and the act are kept together, by transport:
   then flows through the held handle only; an upload's final rename is by
   path, but moves only what the temporary name reaches then, never the
   bytes written (see :mod:`.atomic`).
-* **Other SFTP steps** (mkdir, symlink, chmod, rm of one file, ls): SFTP v3,
+* **Other SFTP steps** (mkdir, symlink, chmod, rm of one file, and ls of a
+  small directory, recursive or dereferencing, or of a file): SFTP v3,
   all that OpenSSH speaks, has no openat and no O_NOFOLLOW, and these make
   no handle to check; they act on the resolved path, whose every component
   was a real directory inside a filesystem when resolved. A link made
@@ -40,7 +42,12 @@ How the check and the act are kept together, by transport:
   not hot paths: a one-step confined shell command would close it
   (``at`` + bare name for mkdir/symlink/rm, ``chmod`` of
   ``/proc/self/fd/3`` after ``exec 3<`` for chmod, mind that an unreadable
-  file cannot be opened so), as would ``ls`` by ``cd -P`` + ``inside``.
+  file cannot be opened so). A plain ``ls`` of a directory of more than
+  one block is such a step (``cd -P``, ``inside "$PWD"``, ``find .``,
+  :mod:`.findlisting`), which closes this residual of issue 14 for big
+  listings; a small one stays on SFTP (2x faster, no process on the login
+  node: the 10-entry ``ls`` of ``make bench``'s load scenario), and so do
+  recursive ones, per subdirectory.
 * **Batches** (small-file reads, bulk download): one ``realpath -m`` over
   all paths in the batch's own command drops every path that leads outside
   before tar opens anything; no round trip is added. tar then opens by

@@ -17,7 +17,8 @@ import asyncssh
 
 from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument
 from hpcgate.server.filesystem import archive
-from hpcgate.server.filesystem.listing import FileEntry, single_entry
+from hpcgate.server.filesystem.entries import FileEntry
+from hpcgate.server.filesystem.listing import single_entry
 from hpcgate.server.filesystem.parse import owner_spec, parse_mode, tar_compression
 from hpcgate.server.filesystem.remote import Remote
 from hpcgate.server.ssh import CommandResult

@@ -9,13 +9,17 @@ from :class:`FilesystemStreams`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.message import Message
 
 from hpcgate.server.filesystem import listing, metadata, operations, ranges
+from hpcgate.server.filesystem.entries import FileEntry
 from hpcgate.server.filesystem.remote import Remote
 from hpcgate.server.rpc.context import Context
 from hpcgate.server.servicers.call import Call, begin
-from hpcgate.server.servicers.convert import timestamp
 from hpcgate.server.servicers.filesystem_streams import FilesystemStreams
 from hpcgate.v1 import filesystem_pb2
 
@@ -24,20 +28,44 @@ from hpcgate.v1 import filesystem_pb2
 CHECKSUM_ALGORITHM = "SHA256"
 
 
-def _file(entry: listing.FileEntry) -> filesystem_pb2.File:
-    """FirecREST's File for a listing entry."""
-    message = filesystem_pb2.File(
-        name=entry.name,
-        type=entry.type,
-        user=entry.user,
-        group=entry.group,
-        permissions=entry.permissions,
-        last_modified=timestamp(entry.last_modified),
-        size=entry.size,
-    )
+def _fields(entry: FileEntry) -> dict[str, Any]:
+    """The scalar fields of FirecREST's File for a listing entry (the time and link apart)."""
+    return {
+        "name": entry.name,
+        "type": entry.type,
+        "user": entry.user,
+        "group": entry.group,
+        "permissions": entry.permissions,
+        "size": entry.size,
+    }
+
+
+def _finish(message: filesystem_pb2.File, entry: FileEntry) -> None:
+    """Set the fields :func:`_fields` leaves out: the time (whole seconds) and the link target."""
+    message.last_modified.seconds = entry.last_modified
     if entry.link_target is not None:
         message.link_target = entry.link_target
+
+
+def _file(entry: FileEntry) -> filesystem_pb2.File:
+    """FirecREST's File for a listing entry."""
+    message = filesystem_pb2.File(**_fields(entry))
+    _finish(message, entry)
     return message
+
+
+def add_files(
+    output: RepeatedCompositeFieldContainer[filesystem_pb2.File],
+    entries: Iterable[FileEntry],
+) -> None:
+    """Append FirecREST's File of each entry to ``output``, built in place.
+
+    (What :func:`_file` builds, without a message per entry to copy in: a
+    listing of 100,000 entries spent a third of its server time there.)
+    """
+    add = output.add
+    for entry in entries:
+        _finish(add(**_fields(entry)), entry)
 
 
 def _content(content: ranges.FileContent) -> filesystem_pb2.FileContent:
@@ -83,13 +111,14 @@ class FilesystemServicer(FilesystemStreams):
             recursive=request.recursive,
             dereference=request.dereference,
         )
-        return filesystem_pb2.LsResponse(
-            output=[_file(e) for e in found.entries],
+        reply = filesystem_pb2.LsResponse(
             unreadable=[
                 filesystem_pb2.LsUnreadable(name=u.name, message=u.message)
                 for u in found.unreadable
             ],
         )
+        add_files(reply.output, found.entries)
+        return reply
 
     async def Head(
         self, request: filesystem_pb2.HeadRequest, context: Context
