@@ -43,7 +43,7 @@ from hpcgate.edge.errors import (
 )
 from hpcgate.edge.guard import TokenRefusedError, TokenVerifier, bearer_token
 from hpcgate.edge.headers import ResponseHeaders, attachment, set_username, username_of
-from hpcgate.edge.jsonmap import to_json
+from hpcgate.edge.jsonwriters import to_json
 from hpcgate.edge.openapi import openapi_document
 from hpcgate.edge.rendered import RenderedReplies
 from hpcgate.edge.transcode import BadRequestError, Built, body_limit, build_request
