@@ -27,6 +27,7 @@ from localsite import SYSTEM
 pytestmark = pytest.mark.asyncio
 
 FILLER = 400  # entries of 20 bytes each on ext4: several blocks
+MANY = 4500  # more than two LsStream replies' worth
 
 _ARRANGE = r"""
 cd -- "$1" && mkdir big && cd big &&
@@ -36,7 +37,9 @@ touch -- "$(printf 'new\nline')" "$(printf 'tab\there')" '-rw-r--r-- 1 a b 0 0 x
 mkdir sub .hidden-dir && echo 12345 > sized && chmod 640 sized &&
 ln -s sized inside && ln -s /etc/passwd outside && ln -s nowhere broken &&
 ln -s "$(printf 'target\nwith newline')" odd-link &&
-cd .. && ln -s /etc big-outside && mkdir shut && cd shut &&
+cd .. && mkdir -p deep/closed && touch deep/file && chmod 000 deep/closed &&
+ln -s /etc big-outside && mkdir many && (cd many && seq -f 'm-%05.0f' 1 "$3" | xargs touch --) &&
+mkdir shut && cd shut &&
 seq -f 'x-%04.0f' 1 "$2" | xargs touch -- && cd .. && chmod 000 shut
 """
 
@@ -47,7 +50,7 @@ async def tree(cluster: Cluster) -> AsyncIterator[str]:
         path = f"/home/alice/paths-ls-big-{uuid.uuid4().hex[:10]}"
         await conn.run(shlex.join(["mkdir", "--", path]), check=True)
         try:
-            argv = ["sh", "-c", _ARRANGE, "sh", path, str(FILLER)]
+            argv = ["sh", "-c", _ARRANGE, "sh", path, str(FILLER), str(MANY)]
             await conn.run(shlex.join(argv), check=True)
             yield path
         finally:
@@ -57,6 +60,10 @@ async def tree(cluster: Cluster) -> AsyncIterator[str]:
 
 def _ls(**params: str | bool) -> filesystem_pb2.LsRequest:
     return filesystem_pb2.LsRequest(system_name=SYSTEM, **params)  # type: ignore[arg-type]
+
+
+def _streamed(request: filesystem_pb2.LsRequest) -> filesystem_pb2.LsStreamRequest:
+    return filesystem_pb2.LsStreamRequest.FromString(request.SerializeToString())
 
 
 @pytest.mark.parametrize("show_hidden", [False, True])
@@ -128,3 +135,24 @@ async def test_an_unreadable_big_directory_fails_in_the_clusters_words(
         reply = await http.get(f"/filesystem/{SYSTEM}/ops/ls", params={"path": f"{tree}/shut"})
     assert reply.status_code == 403, reply.text
     assert "Permission denied" in reply.json()["message"]
+
+
+async def test_ls_stream_gives_ls_entries_in_replies_and_the_unreadable_last(
+    live: LiveService, tree: str
+) -> None:
+    async with grpc.aio.insecure_channel(live.grpc_target) as channel:
+        stub = filesystem_pb2_grpc.FilesystemStub(channel)
+        meta = live.metadata("alice")
+        for request in (_ls(path=f"{tree}/many"), _ls(path=f"{tree}/deep", recursive=True)):
+            whole = await stub.Ls(request, metadata=meta)
+            replies = [reply async for reply in stub.LsStream(_streamed(request), metadata=meta)]
+            assert [e for r in replies for e in r.output] == list(whole.output)
+            assert list(replies[-1].unreadable) == list(whole.unreadable)
+            assert not any(r.unreadable for r in replies[:-1])
+        assert len(replies) == 1 and [u.name for u in whole.unreadable] == ["closed"]
+        streamed = _streamed(_ls(path=f"{tree}/many"))
+        many = [reply async for reply in stub.LsStream(streamed, metadata=meta)]
+        assert [len(r.output) for r in many] == [2000, 2000, MANY - 4000]
+        streamed = _streamed(_ls(path=f"{tree}/big/sub"))
+        empty = [r async for r in stub.LsStream(streamed, metadata=meta)]
+        assert len(empty) == 1 and not empty[0].output
