@@ -14,11 +14,12 @@ import pkgutil
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 from google.protobuf import descriptor, message
 
 import hpcgate.v1
-from hpcgate.edge import jsonmap, jsonwriters
+from hpcgate.edge import jsonmap, jsonwriters, rendered
 from hpcgate.v1 import filesystem_pb2
 
 FD = descriptor.FieldDescriptor
@@ -138,3 +139,16 @@ def test_listing_entry() -> None:
             },
         ]
     }
+
+
+def test_a_long_listing_is_rendered_in_chunks_to_the_same_json() -> None:
+    reply = filesystem_pb2.LsResponse()
+    for i in range(2 * jsonwriters.CHUNK + 7):
+        entry = reply.output.add(name=f"e{i}\n\u00e9", type="-", size=i)
+        entry.last_modified.seconds = 1_700_000_000 + i % 3
+    reply.unreadable.add(name="x", message="Permission denied")
+    expected = jsonmap.to_json(reply)
+    assert isinstance(jsonwriters.to_json(reply, chunked=True)["output"], orjson.Fragment)
+    assert orjson.loads(rendered.render(reply, "")) == expected
+    assert orjson.loads(rendered.render(reply, "output")) == expected["output"]
+    assert jsonwriters.to_json(reply) == expected  # unchunked: plain values

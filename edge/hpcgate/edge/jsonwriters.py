@@ -18,17 +18,18 @@ floats, bytes, maps, other well-known types) gets no writer, and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from google.protobuf import descriptor, message
 
 from hpcgate.edge import jsonmap
 from hpcgate.edge.jsonmap import Scalar, in_real_oneof, json_options, omits_null, scalar_of
 
 FD = descriptor.FieldDescriptor
-Writer = Callable[[message.Message], dict[str, Any]]
+Writer = Callable[..., dict[str, Any]]  # (message, chunked=False) -> its JSON value
 Convert = Callable[[Any], Any] | None  # None: the value as it is
 _PLAIN = {FD.TYPE_STRING, FD.TYPE_BOOL}
 TIMESTAMP = "google.protobuf.Timestamp"
@@ -36,6 +37,11 @@ WELL_KNOWN = "google.protobuf."  # their own JSON forms: only Timestamp's is wri
 # RFC 3339 forms of the Timestamps seen lately (listings repeat mtimes); cleared when full.
 _STAMPS: dict[tuple[int, int], str] = {}
 STAMP_CACHE = 4096
+# With ``chunked``, a repeated message field longer than this is written to
+# JSON bytes this many elements at a time (an orjson.Fragment): the edge then
+# never holds the dicts of a 100,000-entry listing at once (~70 MB), only the
+# reply, one chunk's dicts and the bytes.
+CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -121,13 +127,15 @@ def _compile(desc: descriptor.Descriptor, omit: bool) -> Writer | None:
 
 
 def _writer(steps: tuple[Step, ...]) -> Writer:
-    def write(msg: message.Message) -> dict[str, Any]:
+    def write(msg: message.Message, chunked: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {}
         for step in steps:
             if step.repeated:
                 values = getattr(msg, step.name)
-                if values:
-                    convert = step.convert
+                convert = step.convert
+                if chunked and convert is not None and len(values) > CHUNK:
+                    data[step.key] = _chunked(values, convert)
+                elif values:
                     data[step.key] = list(values) if convert is None else list(map(convert, values))
                 elif step.when_empty == "list":
                     data[step.key] = []
@@ -142,6 +150,15 @@ def _writer(steps: tuple[Step, ...]) -> Writer:
         return data
 
     return write
+
+
+def _chunked(values: Sequence[Any], convert: Callable[[Any], Any]) -> orjson.Fragment:
+    """``values`` converted and written as a JSON array, CHUNK elements at a time."""
+    parts = [
+        orjson.dumps([convert(v) for v in values[start : start + CHUNK]])[1:-1]
+        for start in range(0, len(values), CHUNK)
+    ]
+    return orjson.Fragment(b"[" + b",".join(parts) + b"]")
 
 
 _WRITERS: dict[tuple[str, bool], Writer | None] = {}
@@ -164,7 +181,11 @@ def writer(desc: descriptor.Descriptor, omit: bool = False) -> Writer | None:
     return found
 
 
-def to_json(msg: message.Message) -> dict[str, Any]:
-    """``msg`` as FirecREST's JSON: by its type's writer, else by :func:`.jsonmap.to_json`."""
+def to_json(msg: message.Message, chunked: bool = False) -> dict[str, Any]:
+    """``msg`` as FirecREST's JSON: by its type's writer, else by :func:`.jsonmap.to_json`.
+
+    With ``chunked``, long lists of messages may come as orjson Fragments
+    (JSON already written, see :data:`CHUNK`): for ``orjson.dumps`` only.
+    """
     write = writer(msg.DESCRIPTOR)  # type: ignore[arg-type]  # upb's Descriptor is the same API
-    return write(msg) if write is not None else jsonmap.to_json(msg)
+    return write(msg, chunked) if write is not None else jsonmap.to_json(msg)

@@ -35,7 +35,7 @@ def dumps(value: Any) -> bytes:
 
 def render(reply: message.Message, field: str) -> bytes:
     """The JSON body of ``reply``: all of it, or only its member ``field`` when given."""
-    value = to_json(reply)
+    value = to_json(reply, chunked=True)
     return dumps(value.get(field) if field else value)
 
 
