@@ -44,6 +44,9 @@ SCENARIOS: dict[str, Scenario] = {
     "watch_fanout": watch.run,
 }
 RESULTS = ROOT / "bench" / "results"
+# gRPC's 4 MiB default would refuse the unary Ls of 100,000 entries (~5 MB);
+# hpcgate's own client allows 64 MiB.
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1)]
 
 
 async def _guarded(
@@ -83,7 +86,7 @@ async def _run(
         dataset = await create(await ssh.get(), stack.home)
         try:
             async with (
-                grpc.aio.insecure_channel(stack.grpc_target) as channel,
+                grpc.aio.insecure_channel(stack.grpc_target, options=CHANNEL_OPTIONS) as channel,
                 httpx.AsyncClient(
                     base_url=stack.rest_url, headers=stack.headers(), timeout=plan.timeout
                 ) as http,
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     now = datetime.now(UTC)
     stem = now.strftime("%Y-%m-%dT%H%M%SZ")
-    against = args.against or previous_file(args.results, stem)
+    against = args.against or previous_file(args.results, stem, selected)
     notes: dict[str, Any] = {}
     figures = asyncio.run(_run(selected, plan, sizes, notes))
     fill_ratios(figures)

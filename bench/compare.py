@@ -14,13 +14,14 @@ says which got worse by more than :data:`TOLERANCE`:
 (:data:`HIGHER_IS_BETTER`). A figure is matched by scenario, name and
 params; one new, not OK, or without the number in either file is not
 compared. The previous file is the newest ``bench/results/*.json`` of a
-``make bench`` run (not ``-instructions.json``) written before this one,
-or the one given with ``--against``.
+``make bench`` run (not ``-instructions.json``) written before this one
+that ran any of this run's scenarios, or the one given with ``--against``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,29 @@ FIELDS = ("ratio", "median")
 INSTRUCTIONS_SUFFIX = "-instructions"
 
 
-def previous_file(results_dir: Path, stem: str) -> Path | None:
-    """The newest bench results file in ``results_dir`` older than ``stem`` (a run's date)."""
+def previous_file(results_dir: Path, stem: str, scenarios: Iterable[str]) -> Path | None:
+    """The newest results file in ``results_dir`` before ``stem`` that ran any of ``scenarios``.
+
+    ``stem`` is this run's date; a run of other scenarios only has nothing
+    to compare with.
+    """
+    wanted = set(scenarios)
     candidates = sorted(
-        path
-        for path in results_dir.glob("*.json")
-        if not path.stem.endswith(INSTRUCTIONS_SUFFIX) and path.stem < stem
+        (
+            path
+            for path in results_dir.glob("*.json")
+            if not path.stem.endswith(INSTRUCTIONS_SUFFIX) and path.stem < stem
+        ),
+        reverse=True,
     )
-    return candidates[-1] if candidates else None
+    for path in candidates:
+        try:
+            ran = read_results(path).get("plan", {}).get("scenarios", [])
+        except (OSError, ValueError):
+            continue  # unreadable or not a results file
+        if wanted & set(ran):
+            return path
+    return None
 
 
 def _key(figure: dict[str, Any]) -> tuple[str, str, str]:

@@ -60,16 +60,21 @@ def _write(folder: Path, stem: str, doc: dict[str, Any]) -> Path:
     return path
 
 
-def test_picks_the_newest_earlier_bench_file(tmp_path: Path) -> None:
-    for stem in (
-        "2026-12-01T100000Z",
-        "2026-12-02T100000Z",
-        "2026-12-02T110000Z-instructions",
-        "2026-12-03T100000Z",
-    ):
-        _write(tmp_path, stem, {})
-    assert previous_file(tmp_path, "2026-12-02T120000Z") == tmp_path / "2026-12-02T100000Z.json"
-    assert previous_file(tmp_path, "2026-12-01T000000Z") is None
+def test_picks_the_newest_earlier_bench_file_of_the_same_scenarios(tmp_path: Path) -> None:
+    def ran(*scenarios: str) -> dict[str, Any]:
+        return {"plan": {"scenarios": list(scenarios)}, "figures": []}
+
+    _write(tmp_path, "2026-12-01T100000Z", ran("small_files", "big_directory"))
+    _write(tmp_path, "2026-12-02T100000Z", ran("big_directory"))
+    _write(tmp_path, "2026-12-02T103000Z", ran("load"))
+    _write(tmp_path, "2026-12-02T110000Z-instructions", ran("big_directory"))
+    _write(tmp_path, "2026-12-03T100000Z", ran("big_directory"))
+    (tmp_path / "2026-12-02T113000Z.json").write_text("not json")
+    now = "2026-12-02T120000Z"
+    assert previous_file(tmp_path, now, ["big_directory"]) == tmp_path / "2026-12-02T100000Z.json"
+    assert previous_file(tmp_path, now, ["small_files"]) == tmp_path / "2026-12-01T100000Z.json"
+    assert previous_file(tmp_path, now, ["watch_fanout"]) is None
+    assert previous_file(tmp_path, "2026-12-01T000000Z", ["big_directory"]) is None
 
 
 def test_flags_figures_worse_by_more_than_ten_percent(tmp_path: Path) -> None:
