@@ -6,7 +6,8 @@ it is never enforced. Two numbers of a figure are compared, and a flag
 says which got worse by more than :data:`TOLERANCE`:
 
 - ``ratio``, the figure over its baseline in the same run: comparable
-  between machines and robust to a slow run, the one that matters;
+  between machines and robust to a slow run, the one that matters (only
+  when both runs name the same baseline);
 - ``median``, the raw figure: catches a floor and its figure slowing
   together (a slower cluster or client), which the ratio hides.
 
@@ -83,6 +84,8 @@ def _compared(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, An
         before, now = previous.get(field), current.get(field)
         if before is None or now is None:
             continue
+        if field == "ratio" and previous.get("baseline") != current.get("baseline"):
+            continue  # over another baseline: not the same ratio
         worse_by = _change(before, now, higher)
         record[field] = {"previous": before, "current": now, "worse_by": worse_by}
         if worse_by is None:

@@ -105,6 +105,15 @@ def test_flags_figures_worse_by_more_than_ten_percent(tmp_path: Path) -> None:
     assert by_name["GET /status/systems: errors"]["vs_previous"]["median"]["worse_by"] is None
     assert "vs_previous" not in by_name["SFTP floor"]  # not in the previous file
     assert "vs_previous" not in by_name["new"]
+    # A ratio over another baseline than before is not compared.
+    rebased = json.loads(json.dumps(previous))
+    for figure in rebased["figures"]:
+        if figure["name"] == "REST ls":
+            figure["baseline"] = "ls -l exec floor"
+    again = _doc("again", _figures(0.21, 0.09, 700, 3))
+    compare(again, rebased, "rebased.json")
+    record = next(f for f in again["figures"] if f["name"] == "REST ls")["vs_previous"]
+    assert "ratio" not in record and record["worse"] == []
 
     now["vs_previous"] = summary
     text, md = table(now, figures), markdown(now, figures)
