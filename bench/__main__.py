@@ -24,6 +24,7 @@ import grpc
 import httpx
 
 from bench import ROOT
+from bench.compare import compare, previous_file, read_results
 from bench.context import Context, Scenario
 from bench.httpclients import ClientPerConnection
 from bench.measure import Plan, describe
@@ -54,6 +55,9 @@ SCENARIOS: dict[str, Scenario] = {
     "snakemake": snakemake.run,
 }
 RESULTS = ROOT / "bench" / "results"
+# gRPC's 4 MiB default would refuse the unary Ls of 100,000 entries (~5 MB);
+# hpcgate's own client allows 64 MiB.
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1)]
 
 
 async def _guarded(
@@ -93,7 +97,7 @@ async def _run(
         dataset = await create(await ssh.get(), stack.home)
         try:
             async with (
-                grpc.aio.insecure_channel(stack.grpc_target) as channel,
+                grpc.aio.insecure_channel(stack.grpc_target, options=CHANNEL_OPTIONS) as channel,
                 httpx.AsyncClient(
                     base_url=stack.rest_url, headers=stack.headers(), timeout=plan.timeout
                 ) as http,
@@ -115,6 +119,12 @@ async def _run(
             ssh.close()
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the checkout when it is inside."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -124,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs first")
     parser.add_argument("--sizes", default="1,10,100,1000", help="small-file counts")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the results")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="results file to compare with (default: the newest earlier one in --results)",
+    )
     args = parser.parse_args(argv)
     selected = [name for name in args.only.split(",") if name]
     unknown = set(selected) - set(SCENARIOS)
@@ -135,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(warmup=args.warmup, reps=args.reps)
 
     now = datetime.now(UTC)
+    stem = now.strftime("%Y-%m-%dT%H%M%SZ")
+    against = args.against or previous_file(args.results, stem, selected)
     notes: dict[str, Any] = {}
     figures = asyncio.run(_run(selected, plan, sizes, notes))
     fill_ratios(figures)
@@ -146,9 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         "scenario_notes": notes,
     }
     doc["targets"] = evaluate(figures)
-    path = write(args.results, now.strftime("%Y-%m-%dT%H%M%SZ"), doc, figures)
+    if against is not None:
+        doc["vs_previous"] = compare(doc, read_results(against), _shown(against))
+    path = write(args.results, stem, doc, figures)
     print(table(doc, figures))
-    print(f"\nresults: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    print(f"\nresults: {_shown(path)}")
     failed = [f for f in figures if f.status == Status.FAILED]
     return 1 if failed else 0
 

@@ -3,7 +3,8 @@
 Every file's content is a function of its index, so any download can be
 checked byte for byte without reading the file another way. All files
 arrive in one remote command (``tar -x`` of an archive built in memory),
-which keeps set-up to a second even for the 5,300-entry directory.
+which keeps set-up to a second; the big directories' empty entries are
+made by one ``touch`` per batch of names on the cluster (:func:`create_big`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
 import shlex
 import tarfile
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from hpcgate.server.ssh.credentials import CertificateAuthority
 
 SMALL_COUNT = 1000  # the FirecREST workload: 1,000 files of 1 KB
 SMALL_SIZE = 1024
-BIG_COUNT = 5300  # entries of the big directory
+BIG_COUNTS = (1000, 5300, 100_000)  # entries of the big directories
 TINY_COUNT = 10  # entries of the directory the load scenario lists
 
 
@@ -40,7 +42,7 @@ def small_name(index: int) -> str:
 
 
 def big_name(index: int) -> str:
-    return f"entry-{index:05d}"
+    return f"entry-{index:06d}"
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,8 @@ class Dataset:
     def small_dir(self) -> str:
         return f"{self.root}/small"
 
-    @property
-    def big_dir(self) -> str:
-        return f"{self.root}/big"
+    def big_dir(self, count: int) -> str:
+        return f"{self.root}/big-{count}"
 
     @property
     def tiny_dir(self) -> str:
@@ -65,8 +66,9 @@ class Dataset:
         return [f"{self.small_dir}/{small_name(i)}" for i in range(count)]
 
     @staticmethod
-    def big_names() -> set[str]:
-        return {big_name(i) for i in range(BIG_COUNT)}
+    def big_names(count: int) -> list[str]:
+        """The names in the directory of ``count`` entries, sorted."""
+        return [big_name(i) for i in range(count)]
 
 
 async def connect(cluster: dict[str, Any], user: str) -> asyncssh.SSHClientConnection:
@@ -114,7 +116,7 @@ class Link:
 
 
 def _archive() -> bytes:
-    """A tar archive of the whole dataset (relative paths small/, big/, tiny/)."""
+    """A tar archive of the small files (relative paths small/, tiny/)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
 
@@ -125,8 +127,6 @@ def _archive() -> bytes:
 
         for i in range(SMALL_COUNT):
             add(f"small/{small_name(i)}", content(i))
-        for i in range(BIG_COUNT):
-            add(f"big/{big_name(i)}", b"")
         for i in range(TINY_COUNT):
             add(f"tiny/{small_name(i)}", content(i))
     return buffer.getvalue()
@@ -146,12 +146,34 @@ async def output(conn: asyncssh.SSHClientConnection, command: str, **run: Any) -
 
 
 async def create(conn: asyncssh.SSHClientConnection, home: str) -> Dataset:
-    """Create the dataset afresh under ``home`` (removing an older one) in one command."""
-    dataset = Dataset(f"{home}/hpcgate-bench")
+    """Create the dataset afresh under ``home`` (removing an older one) in one command.
+
+    The folder is this run's own (``hpcgate-bench-<pid>``): benchmarks of
+    other checkouts on the same cluster must not remove it under this one.
+    """
+    dataset = Dataset(f"{home}/hpcgate-bench-{os.getpid()}")
     root = shlex.quote(dataset.root)
     command = f"rm -rf -- {root} && mkdir -p -- {root} && tar -xf - -C {root}"
     await output(conn, command, input=_archive())
     return dataset
+
+
+# Empty files entry-000000 ... in big-N, one touch per batch of names, made
+# on the cluster: 100,000 tar headers would be 50 MB to send.
+_BIG = """
+cd -- "$1" && shift || exit 1
+for n do
+    mkdir "big-$n" && (cd "big-$n" && seq -f 'entry-%06.0f' 0 $((n - 1)) | xargs touch --) || exit 1
+done
+"""
+
+
+async def create_big(
+    conn: asyncssh.SSHClientConnection, dataset: Dataset, counts: tuple[int, ...]
+) -> None:
+    """Create the directories of ``counts`` empty entries (``big_name``) in one command."""
+    args = " ".join(shlex.quote(a) for a in [dataset.root, *(str(n) for n in counts)])
+    await output(conn, f"sh -c {shlex.quote(_BIG)} sh {args}")
 
 
 async def remove(conn: asyncssh.SSHClientConnection, dataset: Dataset) -> None:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.compare import cell
 from bench.model import Figure, Status
 
 
@@ -26,7 +27,8 @@ def _params(figure: Figure) -> str:
     return " ".join(f"{k}={v}" for k, v in figure.params.items() if k != "payload_bytes")
 
 
-def _row(figure: Figure) -> list[str]:
+def _row(figure: Figure, record: dict[str, Any]) -> list[str]:
+    """The table's cells for ``figure``; ``record`` is its entry in the results document."""
     ratio = "-" if figure.ratio is None else f"{figure.ratio:.2f}x"
     status = figure.status.value
     if figure.status != Status.OK and figure.detail:
@@ -40,11 +42,23 @@ def _row(figure: Figure) -> list[str]:
         _number(figure.max),
         figure.unit,
         ratio,
+        cell(record),
         status,
     ]
 
 
-HEADER = ["scenario", "figure", "params", "median", "min", "max", "unit", "ratio", "status"]
+HEADER = [
+    "scenario",
+    "figure",
+    "params",
+    "median",
+    "min",
+    "max",
+    "unit",
+    "ratio",
+    "worse by (vs previous)",
+    "status",
+]
 _RIGHT = {3, 4, 5, 7}  # numeric columns
 
 
@@ -66,9 +80,31 @@ def _disturbances(doc: dict[str, Any]) -> list[str]:
     ]
 
 
+def _regressions(doc: dict[str, Any], bullet: str = "  ") -> list[str]:
+    """The figures worse than in the previous results file (see :mod:`bench.compare`)."""
+    summary = doc.get("vs_previous")
+    if summary is None:
+        return ["", "No previous results file to compare with."]
+    flagged = summary["flagged"]
+    limit = f"{100 * summary['tolerance']:.0f} %"
+    lines = [
+        "",
+        f"Compared with {summary['against']}: {len(flagged)} figure(s) worse by more than {limit}"
+        + (":" if flagged else "."),
+    ]
+    for item in flagged:
+        params = "".join(f" {k}={v}" for k, v in item["params"].items())
+        worse = ", ".join(
+            f"{field} {_number(item[field]['previous'])} -> {_number(item[field]['current'])}"
+            for field in item["worse"]
+        )
+        lines.append(f"{bullet}{item['scenario']} / {item['name']}{params}: {worse}")
+    return lines
+
+
 def table(doc: dict[str, Any], figures: list[Figure]) -> str:
     """A plain-text table for the terminal, then the targets."""
-    rows = [HEADER, *(_row(f) for f in figures)]
+    rows = [HEADER, *(_row(f, r) for f, r in zip(figures, doc["figures"], strict=True))]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER) - 1)]  # status: unpadded
     lines = [_heading(doc), ""]
     for row in rows:
@@ -76,10 +112,11 @@ def table(doc: dict[str, Any], figures: list[Figure]) -> str:
             row[i].rjust(widths[i]) if i in _RIGHT else row[i].ljust(widths[i])
             for i in range(len(widths))
         ]
-        lines.append("  ".join([*cells, row[8]]).rstrip())
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
     lines += ["", "Targets (reported, not enforced):"]
     for target in doc["targets"]:
         lines.append(f"  {target['outcome']:<13}  {target['target']}  ({_number(target['value'])})")
+    lines += _regressions(doc)
     lines += [f"warning: {line}" for line in _disturbances(doc)]
     return "\n".join(lines)
 
@@ -88,12 +125,13 @@ def markdown(doc: dict[str, Any], figures: list[Figure]) -> str:
     """The same table in Markdown, for the README."""
     lines = [f"_{_heading(doc)}_", "", "| " + " | ".join(HEADER) + " |"]
     lines.append("|" + "|".join("---:" if i in _RIGHT else "---" for i in range(len(HEADER))) + "|")
-    for figure in figures:
-        cells = [cell.replace("|", "\\|") for cell in _row(figure)]
+    for figure, record in zip(figures, doc["figures"], strict=True):
+        cells = [text.replace("|", "\\|") for text in _row(figure, record)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| target | value | outcome |", "|---|---:|---|"]
     for target in doc["targets"]:
         lines.append(f"| {target['target']} | {_number(target['value'])} | {target['outcome']} |")
+    lines += ["", *_regressions(doc, bullet="- ")]
     lines += ["", *(f"**Warning:** {line}." for line in _disturbances(doc))]
     return "\n".join(lines).rstrip() + "\n"
 

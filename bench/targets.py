@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bench.model import Figure, Status
-from bench.scenarios import load, memory
+from bench.remote import BIG_COUNTS
+from bench.scenarios import big_dir, load, memory
 from bench.scenarios.small_files import REST, REST_AIOHTTP
 
 
@@ -96,6 +97,31 @@ TARGETS = (
         "median",
         "<=",
         0.1,
+    ),
+    *(
+        Target(
+            f"ls of {n:,} entries over {how}: <= 1.2x the faster floor",
+            "big_directory",
+            figure,
+            {"entries": n},
+            "ratio",
+            "<=",
+            1.2,
+        )
+        for n in BIG_COUNTS
+        for how, figure in (("gRPC", "gRPC Ls"), ("REST", "REST ls"))
+    ),
+    *(
+        Target(
+            f"ls of {n:,} entries over REST: server + edge CPU <= 17 us per entry",
+            "big_directory",
+            big_dir.cpu_figure("REST ls", big_dir.REST_PROCESSES),
+            {"entries": n},
+            "median",
+            "<=",
+            17,
+        )
+        for n in BIG_COUNTS
     ),
     *(
         Target(

@@ -14,7 +14,7 @@ import asyncssh
 import pytest
 
 from hpcgate.server.errors import ErrorKind, ServiceError
-from hpcgate.server.filesystem import listing, names, parse, ranges
+from hpcgate.server.filesystem import entries, findlisting, listing, names, parse, ranges
 
 # -- listings ---------------------------------------------------------------------
 
@@ -53,7 +53,7 @@ def test_getent_lines_by_database() -> None:
 def test_entry_from_sftp_attrs() -> None:
     attrs = asyncssh.SFTPAttrs(permissions=0o104755, uid=1, gid=2, size=123, mtime=1_700_000_000)
     entry = listing.entry_from_attrs("f", attrs, "alice", "hpcproj", link_target="ignored")
-    assert entry == listing.FileEntry(
+    assert entry == entries.FileEntry(
         name="f",
         type="-",
         link_target=None,
@@ -297,3 +297,51 @@ def test_name_cache_is_bounded() -> None:
         known.learn("group", ident, f"g{ident}")
     assert known.get("group", 4) == "g4"
     assert known.get("group", 0) is None
+
+
+def _find_record(mode: str, name: bytes, target: bytes = b"", uid: int = 1001) -> bytes:
+    """One record as ``find -printf findlisting.FORMAT`` writes it."""
+    fields = [mode.encode(), str(uid).encode(), b"1002", b"42", b"1700000000", name, target]
+    return b"".join(field + b"\0" for field in fields)
+
+
+def test_find_listing_parses_adversarial_names_field_by_field() -> None:
+    # A newline, a tab, spaces and what looks like a mode in a name cannot shift a field.
+    tricky = b"a\nb\t c -rw-r--r--"
+    output = b"".join(
+        [
+            _find_record("-rw-r--r--", b"zeta"),
+            _find_record("lrwxrwxrwx", b"link", b"../target with\nnewline"),
+            _find_record("drwxr-x---", tricky),
+            _find_record("-rw-------", b".hidden"),
+        ]
+    )
+    records = findlisting.parse(output, show_hidden=False)
+    assert [r[5] for r in records] == ["a\nb\t c -rw-r--r--", "link", "zeta"]  # C-locale order
+    listed = findlisting.entries(records, ({"1001": "alice"}, {"1002": "hpcproj"}))
+    assert listed[1] == entries.FileEntry(
+        "link", "l", "../target with\nnewline", "alice", "hpcproj", "rwxrwxrwx", 1_700_000_000, 42
+    )
+    assert listed[0].type == "d" and listed[0].link_target is None
+    assert findlisting.parse(output, show_hidden=True)[0][5] == ".hidden"
+    numeric = findlisting.entries(records, None)
+    assert (numeric[2].user, numeric[2].group) == ("1001", "1002")
+
+
+def test_find_listing_shows_names_that_are_not_utf8_and_sorts_them_by_bytes() -> None:
+    output = b"".join(
+        [
+            _find_record("-rw-r--r--", b"caf\xe9"),  # Latin-1, not UTF-8
+            _find_record("-rw-r--r--", "café".encode()),
+            _find_record("-rw-r--r--", b"cafe"),
+            _find_record("lrwxrwxrwx", b"l", b"\xff"),
+        ]
+    )
+    records = findlisting.parse(output, show_hidden=False)
+    # Byte order: "cafe" < "caf\xc3\xa9" (UTF-8 é) < "caf\xe9" < ... ; "l" last.
+    assert [r[5] for r in records] == ["cafe", "café", "caf\\xe9", "l"]
+    assert findlisting.entries(records, None)[3].link_target == "\\xff"
+
+
+def test_find_listing_of_an_empty_directory() -> None:
+    assert findlisting.parse(b"", show_hidden=True) == []

@@ -34,6 +34,7 @@ IDEMPOTENT: dict[str, tuple[str, ...]] = {
     ),
     "Filesystem": (
         "Ls",
+        "LsStream",
         "Head",
         "Tail",
         "View",
@@ -51,12 +52,19 @@ SERVICES = ("Status", "Filesystem", "Scheduler", "Transfer")
 # The streaming methods of each service, which get no default deadline.
 METHODS: dict[str, frozenset[str]] = {
     "Status": frozenset(),
-    "Filesystem": frozenset({"DownloadStream", "UploadStream", "BulkDownload"}),
+    "Filesystem": frozenset({"LsStream", "DownloadStream", "UploadStream", "BulkDownload"}),
     "Scheduler": frozenset({"WatchJobs"}),
     "Transfer": frozenset({"WatchTransfer"}),
 }
-# Streams carry whole files and watches last long: no default deadline on them.
-STREAMS = {"DownloadStream", "UploadStream", "BulkDownload", "WatchJobs", "WatchTransfer"}
+# Streams carry whole files or directories and watches last long: no default deadline.
+STREAMS = {
+    "LsStream",
+    "DownloadStream",
+    "UploadStream",
+    "BulkDownload",
+    "WatchJobs",
+    "WatchTransfer",
+}
 
 
 @dataclass(frozen=True)

@@ -280,6 +280,82 @@ class LsResponse(_message.Message):
 Global___LsResponse: _TypeAlias = LsResponse  # noqa: Y015
 
 @_typing.final
+class LsStreamRequest(_message.Message):
+    """LsStreamRequest asks for the contents of a directory, streamed; its
+    fields are LsRequest's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYSTEM_NAME_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    SHOW_HIDDEN_FIELD_NUMBER: _builtins.int
+    NUMERIC_UID_FIELD_NUMBER: _builtins.int
+    RECURSIVE_FIELD_NUMBER: _builtins.int
+    DEREFERENCE_FIELD_NUMBER: _builtins.int
+    system_name: _builtins.str
+    """Target system."""
+    path: _builtins.str
+    """The path to list."""
+    show_hidden: _builtins.bool
+    """Show hidden files."""
+    numeric_uid: _builtins.bool
+    """List numeric user and group IDs."""
+    recursive: _builtins.bool
+    """Recursively list files and folders."""
+    dereference: _builtins.bool
+    """Show information for the file the link references."""
+    def __init__(
+        self,
+        *,
+        system_name: _builtins.str = ...,
+        path: _builtins.str = ...,
+        show_hidden: _builtins.bool = ...,
+        numeric_uid: _builtins.bool = ...,
+        recursive: _builtins.bool = ...,
+        dereference: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dereference", b"dereference", "numeric_uid", b"numeric_uid", "path", b"path", "recursive", b"recursive", "show_hidden", b"show_hidden", "system_name", b"system_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LsStreamRequest: _TypeAlias = LsStreamRequest  # noqa: Y015
+
+@_typing.final
+class LsStreamResponse(_message.Message):
+    """LsStreamResponse is one part of a streamed listing (LsStream)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    UNREADABLE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def output(self) -> _containers.RepeatedCompositeFieldContainer[Global___File]:
+        """The next entries of the listing, in Ls order."""
+
+    @_builtins.property
+    def unreadable(self) -> _containers.RepeatedCompositeFieldContainer[Global___LsUnreadable]:
+        """In the last reply only: the directories below `path` that could not be
+        read, as in LsResponse.
+        """
+
+    def __init__(
+        self,
+        *,
+        output: _abc.Iterable[Global___File] | None = ...,
+        unreadable: _abc.Iterable[Global___LsUnreadable] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "unreadable", b"unreadable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LsStreamResponse: _TypeAlias = LsStreamResponse  # noqa: Y015
+
+@_typing.final
 class LsUnreadable(_message.Message):
     """LsUnreadable is a directory a recursive listing could not read."""
 

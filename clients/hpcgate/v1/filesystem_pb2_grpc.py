@@ -45,6 +45,11 @@ class FilesystemStub:
                 request_serializer=hpcgate_dot_v1_dot_filesystem__pb2.LsRequest.SerializeToString,
                 response_deserializer=hpcgate_dot_v1_dot_filesystem__pb2.LsResponse.FromString,
                 _registered_method=True)
+        self.LsStream = channel.unary_stream(
+                '/hpcgate.v1.Filesystem/LsStream',
+                request_serializer=hpcgate_dot_v1_dot_filesystem__pb2.LsStreamRequest.SerializeToString,
+                response_deserializer=hpcgate_dot_v1_dot_filesystem__pb2.LsStreamResponse.FromString,
+                _registered_method=True)
         self.Head = channel.unary_unary(
                 '/hpcgate.v1.Filesystem/Head',
                 request_serializer=hpcgate_dot_v1_dot_filesystem__pb2.HeadRequest.SerializeToString,
@@ -147,6 +152,18 @@ class FilesystemServicer:
 
     def Ls(self, request, context):
         """List the contents of the given directory (`ls`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LsStream(self, request, context):
+        """List a directory as Ls does, streamed: the same entries in the same
+        order, in replies of at most a few thousand entries each, so that no
+        single message has to hold a directory of 100,000 entries or more
+        (gRPC refuses a message beyond its size limit) and the client can use
+        the first entries while the rest arrive. The directories a recursive
+        listing could not read come in the last reply. gRPC only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -313,6 +330,11 @@ def add_FilesystemServicer_to_server(servicer, server):
                     request_deserializer=hpcgate_dot_v1_dot_filesystem__pb2.LsRequest.FromString,
                     response_serializer=hpcgate_dot_v1_dot_filesystem__pb2.LsResponse.SerializeToString,
             ),
+            'LsStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.LsStream,
+                    request_deserializer=hpcgate_dot_v1_dot_filesystem__pb2.LsStreamRequest.FromString,
+                    response_serializer=hpcgate_dot_v1_dot_filesystem__pb2.LsStreamResponse.SerializeToString,
+            ),
             'Head': grpc.unary_unary_rpc_method_handler(
                     servicer.Head,
                     request_deserializer=hpcgate_dot_v1_dot_filesystem__pb2.HeadRequest.FromString,
@@ -436,6 +458,33 @@ class Filesystem:
             '/hpcgate.v1.Filesystem/Ls',
             hpcgate_dot_v1_dot_filesystem__pb2.LsRequest.SerializeToString,
             hpcgate_dot_v1_dot_filesystem__pb2.LsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LsStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hpcgate.v1.Filesystem/LsStream',
+            hpcgate_dot_v1_dot_filesystem__pb2.LsStreamRequest.SerializeToString,
+            hpcgate_dot_v1_dot_filesystem__pb2.LsStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,14 @@ class FilesystemStub:
     def __new__(cls, channel: _aio.Channel) -> FilesystemAsyncStub: ...
     Ls: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.LsRequest, _filesystem_pb2.LsResponse]
     """List the contents of the given directory (`ls`)."""
+    LsStream: _grpc.UnaryStreamMultiCallable[_filesystem_pb2.LsStreamRequest, _filesystem_pb2.LsStreamResponse]
+    """List a directory as Ls does, streamed: the same entries in the same
+    order, in replies of at most a few thousand entries each, so that no
+    single message has to hold a directory of 100,000 entries or more
+    (gRPC refuses a message beyond its size limit) and the client can use
+    the first entries while the rest arrive. The directories a recursive
+    listing could not read come in the last reply. gRPC only.
+    """
     Head: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.HeadRequest, _filesystem_pb2.HeadResponse]
     """Output the first part of file/s (`head`)."""
     Tail: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.TailRequest, _filesystem_pb2.TailResponse]
@@ -122,6 +130,14 @@ class FilesystemAsyncStub(FilesystemStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Ls: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.LsRequest, _filesystem_pb2.LsResponse]  # type: ignore[assignment]
     """List the contents of the given directory (`ls`)."""
+    LsStream: _aio.UnaryStreamMultiCallable[_filesystem_pb2.LsStreamRequest, _filesystem_pb2.LsStreamResponse]  # type: ignore[assignment]
+    """List a directory as Ls does, streamed: the same entries in the same
+    order, in replies of at most a few thousand entries each, so that no
+    single message has to hold a directory of 100,000 entries or more
+    (gRPC refuses a message beyond its size limit) and the client can use
+    the first entries while the rest arrive. The directories a recursive
+    listing could not read come in the last reply. gRPC only.
+    """
     Head: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.HeadRequest, _filesystem_pb2.HeadResponse]  # type: ignore[assignment]
     """Output the first part of file/s (`head`)."""
     Tail: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.TailRequest, _filesystem_pb2.TailResponse]  # type: ignore[assignment]
@@ -205,6 +221,19 @@ class FilesystemServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_filesystem_pb2.LsResponse, _abc.Awaitable[_filesystem_pb2.LsResponse]]:
         """List the contents of the given directory (`ls`)."""
+
+    def LsStream(
+        self,
+        request: _filesystem_pb2.LsStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_filesystem_pb2.LsStreamResponse], _abc.AsyncIterator[_filesystem_pb2.LsStreamResponse]]:
+        """List a directory as Ls does, streamed: the same entries in the same
+        order, in replies of at most a few thousand entries each, so that no
+        single message has to hold a directory of 100,000 entries or more
+        (gRPC refuses a message beyond its size limit) and the client can use
+        the first entries while the rest arrive. The directories a recursive
+        listing could not read come in the last reply. gRPC only.
+        """
 
     def Head(
         self,

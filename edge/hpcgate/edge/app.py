@@ -42,7 +42,7 @@ from hpcgate.edge.errors import (
 )
 from hpcgate.edge.guard import TokenRefusedError, TokenVerifier, bearer_token
 from hpcgate.edge.headers import attachment, set_username, username_of
-from hpcgate.edge.jsonmap import to_json
+from hpcgate.edge.jsonwriters import to_json
 from hpcgate.edge.observe import Observed, request_id_of, set_route
 from hpcgate.edge.openapi import openapi_document
 from hpcgate.edge.probes import CHECK_TIMEOUT, HEALTH_CHECK, Readiness

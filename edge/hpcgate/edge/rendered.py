@@ -1,7 +1,7 @@
 """JSON bodies of unary replies, rendered once per distinct reply.
 
 FirecREST's JSON of a reply is a pure function of the reply's bytes
-(:func:`hpcgate.edge.jsonmap.to_json` walks the message, nothing else), and
+(:func:`hpcgate.edge.jsonwriters.to_json` walks the message, nothing else), and
 many replies repeat byte for byte: ``/status/systems`` between two health
 probes, the ``ls`` of a directory that did not change, a user's own info.
 Parsing the reply, ``MessageToDict``, FirecREST's fix-ups and the JSON
@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from google.protobuf import message
 
-from hpcgate.edge.jsonmap import to_json
+from hpcgate.edge.jsonwriters import to_json
 
 ENTRIES = 256
 MAX_REPLY_BYTES = 8 * 1024
@@ -35,7 +35,7 @@ def dumps(value: Any) -> bytes:
 
 def render(reply: message.Message, field: str) -> bytes:
     """The JSON body of ``reply``: all of it, or only its member ``field`` when given."""
-    value = to_json(reply)
+    value = to_json(reply, chunked=True)
     return dumps(value.get(field) if field else value)
 
 

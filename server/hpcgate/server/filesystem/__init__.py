@@ -28,14 +28,15 @@ uid -> name         (none)                         ``getent``               3.7 
 
 Choices, from those numbers:
 
-* ``ls``: SFTP, one readdir per directory. Typical listings are small and
-  twice as fast over SFTP; at 5,000 entries ``ls -l`` is faster (asyncssh
-  decodes every entry's attributes in Python, ~15 us each) but both stay far
-  below a second, and SFTP needs no login-node process and no text parsing of
-  adversarial names. Owner and group names come from the readdir longname
-  (OpenSSH's sftp-server resolves them with getpwuid, as ``ls -l`` does), so
-  listing costs no extra process; ``getent`` is the fallback (+7 ms). End to
-  end, Ls of 5,000 entries takes ~120 ms over gRPC, ~300 ms over REST.
+* ``ls``: SFTP for small directories (one block, most listings: twice as
+  fast, no login-node process), one confined ``find -printf`` step for
+  bigger ones (:mod:`.findlisting`: NUL-separated fields, numeric owners
+  named by :class:`.names.IdNames`, as ``find %u`` costs a getpwuid per
+  entry), 3x faster than SFTP from 1,000 entries up, since asyncssh decodes
+  every readdir entry's attributes in Python (~15 us each). Recursive and
+  dereferencing listings: SFTP, one readdir per directory, owner names from
+  the readdir longname (OpenSSH's sftp-server resolves them with getpwuid,
+  as ``ls -l`` does).
 * ``stat``: command. SFTP v3 (all OpenSSH speaks) carries no inode, device,
   link count or ctime, and FileStat is ``os.stat_result``: ``stat -c`` is the
   only way to fill it truthfully.

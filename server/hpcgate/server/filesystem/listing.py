@@ -1,9 +1,14 @@
-"""``ls -l`` over SFTP: one readdir per directory, owner names from the longnames.
+"""``ls -l``: a big directory by ``find`` on the cluster, everything else over SFTP.
 
-Typical listings are small and twice as fast over SFTP as ``ls``, and SFTP
-needs no login-node process and no text parsing of adversarial names (see
-the package docstring for the figures). Links are resolved, and followed
-with ``dereference`` only where they lead inside the filesystems.
+A directory of more than one block (:data:`FIND_FROM_SIZE`), listed plainly
+(hidden or not, numeric or not), comes from one confined ``find -printf``
+step (:mod:`.findlisting`): 3x faster than SFTP readdir from 1,000 entries
+up, and confined in the same step. Small directories (most listings: twice
+as fast over SFTP, and no process on the login node), recursive and
+dereferencing listings, and paths that are not directories are listed over
+SFTP: one readdir per directory, owner names from the longnames; links are
+resolved, and followed with ``dereference`` only where they lead inside
+the filesystems.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import stat as statmod
 from collections.abc import Awaitable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import asyncssh
 
+from hpcgate.server.filesystem import findlisting
+from hpcgate.server.filesystem.entries import FileEntry, Listing, Unreadable
 from hpcgate.server.filesystem.errors import sftp_error
 from hpcgate.server.filesystem.names import longname_owner
 from hpcgate.server.filesystem.parse import IdKind, decode_name
@@ -23,37 +30,13 @@ from hpcgate.server.filesystem.remote import Remote
 
 # SFTP requests one listing keeps in flight (readdir, readlink, stat).
 LS_CONCURRENCY = 32
+# A directory bigger than this (st_size, bytes) is listed by find, a smaller one
+# over SFTP: one block holds ~100-200 entries on ext4 and ldiskfs (Lustre), the
+# size below which SFTP's fewer steps win (package docstring). Zero cost to
+# know: the lstat is made anyway. A filesystem reporting sizes otherwise
+# (tmpfs, btrfs: bytes of names) only moves where the switch falls.
+FIND_FROM_SIZE = 4096
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """One line of ``ls -l``, in FirecREST's File fields."""
-
-    name: str
-    type: str
-    link_target: str | None
-    user: str
-    group: str
-    permissions: str
-    last_modified: int  # seconds since the epoch
-    size: int
-
-
-@dataclass(frozen=True)
-class Unreadable:
-    """A directory a recursive listing could not read: its relative name and why."""
-
-    name: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Listing:
-    """What ``ls`` found: the entries, and (recursive) the directories it could not read."""
-
-    entries: list[FileEntry]
-    unreadable: list[Unreadable] = field(default_factory=list)
 
 
 def entry_from_attrs(
@@ -267,20 +250,51 @@ async def ls(
     a subdirectory that cannot be read is listed as an entry and reported
     in :attr:`Listing.unreadable`, and the rest of the tree still listed.
     """
+    flags = (show_hidden, numeric_uid, recursive, dereference)
     async with remote.sftp(path) as client:
-        real, attrs = await remote.confine.resolved_stat(client, path, follow=False)
-        target = None
-        if statmod.S_ISLNK(attrs.permissions or 0):
-            try:
-                followed = await client.stat(real)
-            except asyncssh.SFTPError:
-                followed = None  # a broken link is listed as itself
-            if followed is not None and (dereference or statmod.S_ISDIR(followed.permissions or 0)):
-                attrs = followed
-            else:
-                target = decode_name(await client.readlink(path.encode()))
+        real, attrs, target = await _looked_up(remote, client, path, dereference)
         if not statmod.S_ISDIR(attrs.permissions or 0):
             return Listing([await _owned_entry(remote, path, attrs, target, numeric_uid)])
-        lister = _Lister(remote, client, show_hidden, numeric_uid, recursive, dereference)
-        entries = await lister.listing(real.encode(), real.encode())
-        return Listing(entries, sorted(lister.unreadable, key=lambda u: u.name))
+        if recursive or dereference or (attrs.size or 0) <= FIND_FROM_SIZE:
+            return await _read(remote, client, real, *flags)
+    found = await findlisting.listed(remote, path, show_hidden, numeric_uid)
+    if found is not None:
+        return found
+    async with remote.sftp(path) as client:  # it changed meanwhile: SFTP says how
+        return await _read(remote, client, real, *flags)
+
+
+async def _looked_up(
+    remote: Remote, client: asyncssh.SFTPClient, path: str, dereference: bool
+) -> tuple[str, asyncssh.SFTPAttrs, str | None]:
+    """Where ``path`` leads, what to list there, and its link target if listed as a link.
+
+    A link to a directory is the directory (with ``dereference``, a link
+    to anything is what it leads to); any other link, and a broken one, is
+    the link itself, with its target.
+    """
+    real, attrs = await remote.confine.resolved_stat(client, path, follow=False)
+    if not statmod.S_ISLNK(attrs.permissions or 0):
+        return real, attrs, None
+    try:
+        followed = await client.stat(real)
+    except asyncssh.SFTPError:
+        followed = None  # a broken link is listed as itself
+    if followed is not None and (dereference or statmod.S_ISDIR(followed.permissions or 0)):
+        return real, followed, None
+    return real, attrs, decode_name(await client.readlink(path.encode()))
+
+
+async def _read(
+    remote: Remote,
+    client: asyncssh.SFTPClient,
+    real: str,
+    show_hidden: bool,
+    numeric_uid: bool,
+    recursive: bool,
+    dereference: bool,
+) -> Listing:
+    """The listing of the directory ``real`` over SFTP (see :class:`_Lister`)."""
+    lister = _Lister(remote, client, show_hidden, numeric_uid, recursive, dereference)
+    entries = await lister.listing(real.encode(), real.encode())
+    return Listing(entries, sorted(lister.unreadable, key=lambda u: u.name))

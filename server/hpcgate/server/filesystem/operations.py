@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument
 from hpcgate.server.filesystem import archive
 from hpcgate.server.filesystem.confine import CHANGED_EXIT, UNSAFE_EXIT
+from hpcgate.server.filesystem.entries import FileEntry
 from hpcgate.server.filesystem.errors import step_error
-from hpcgate.server.filesystem.listing import FileEntry, single_entry
+from hpcgate.server.filesystem.listing import single_entry
 from hpcgate.server.filesystem.parse import owner_spec, parse_mode, tar_compression
 from hpcgate.server.filesystem.remote import Remote
 from hpcgate.server.ssh import CommandResult

@@ -9,35 +9,70 @@ from :class:`FilesystemStreams`.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.message import Message
 
 from hpcgate.server.filesystem import listing, metadata, operations, ranges
+from hpcgate.server.filesystem.entries import FileEntry, Listing
 from hpcgate.server.filesystem.remote import Remote
 from hpcgate.server.rpc.context import Context
 from hpcgate.server.servicers.call import Call, begin
-from hpcgate.server.servicers.convert import timestamp
 from hpcgate.server.servicers.filesystem_streams import FilesystemStreams
 from hpcgate.v1 import filesystem_pb2
 
 # How FirecREST names sha256sum's algorithm on the wire (its command's key, not
 # the "SHA-256" default of its model).
 CHECKSUM_ALGORITHM = "SHA256"
+# Entries per LsStream reply: ~150 KiB, far below any message limit, and
+# few enough replies that their framing costs nothing.
+LS_STREAM_ENTRIES = 2000
 
 
-def _file(entry: listing.FileEntry) -> filesystem_pb2.File:
-    """FirecREST's File for a listing entry."""
-    message = filesystem_pb2.File(
-        name=entry.name,
-        type=entry.type,
-        user=entry.user,
-        group=entry.group,
-        permissions=entry.permissions,
-        last_modified=timestamp(entry.last_modified),
-        size=entry.size,
-    )
+def _fields(entry: FileEntry) -> dict[str, Any]:
+    """The scalar fields of FirecREST's File for a listing entry (the time and link apart)."""
+    return {
+        "name": entry.name,
+        "type": entry.type,
+        "user": entry.user,
+        "group": entry.group,
+        "permissions": entry.permissions,
+        "size": entry.size,
+    }
+
+
+def _finish(message: filesystem_pb2.File, entry: FileEntry) -> None:
+    """Set the fields :func:`_fields` leaves out: the time (whole seconds) and the link target."""
+    message.last_modified.seconds = entry.last_modified
     if entry.link_target is not None:
         message.link_target = entry.link_target
+
+
+def _file(entry: FileEntry) -> filesystem_pb2.File:
+    """FirecREST's File for a listing entry."""
+    message = filesystem_pb2.File(**_fields(entry))
+    _finish(message, entry)
     return message
+
+
+def add_files(
+    output: RepeatedCompositeFieldContainer[filesystem_pb2.File],
+    entries: Iterable[FileEntry],
+) -> None:
+    """Append FirecREST's File of each entry to ``output``, built in place.
+
+    (What :func:`_file` builds, without a message per entry to copy in: a
+    listing of 100,000 entries spent a third of its server time there.)
+    """
+    add = output.add
+    for entry in entries:
+        _finish(add(**_fields(entry)), entry)
+
+
+def _unreadable(found: Listing) -> list[filesystem_pb2.LsUnreadable]:
+    return [filesystem_pb2.LsUnreadable(name=u.name, message=u.message) for u in found.unreadable]
 
 
 def _content(content: ranges.FileContent) -> filesystem_pb2.FileContent:
@@ -71,11 +106,11 @@ class FilesystemServicer(FilesystemStreams):
         remote, checked = call.remote(**paths)
         return call, remote, checked
 
-    async def Ls(
-        self, request: filesystem_pb2.LsRequest, context: Context
-    ) -> filesystem_pb2.LsResponse:
+    async def _listing(
+        self, request: filesystem_pb2.LsRequest | filesystem_pb2.LsStreamRequest, context: Context
+    ) -> Listing:
         _, remote, (path,) = self._ops_call(request.system_name, context, path=request.path)
-        found = await listing.ls(
+        return await listing.ls(
             remote,
             path,
             show_hidden=request.show_hidden,
@@ -83,13 +118,30 @@ class FilesystemServicer(FilesystemStreams):
             recursive=request.recursive,
             dereference=request.dereference,
         )
-        return filesystem_pb2.LsResponse(
-            output=[_file(e) for e in found.entries],
-            unreadable=[
-                filesystem_pb2.LsUnreadable(name=u.name, message=u.message)
-                for u in found.unreadable
-            ],
-        )
+
+    async def Ls(
+        self, request: filesystem_pb2.LsRequest, context: Context
+    ) -> filesystem_pb2.LsResponse:
+        found = await self._listing(request, context)
+        reply = filesystem_pb2.LsResponse(unreadable=_unreadable(found))
+        add_files(reply.output, found.entries)
+        return reply
+
+    async def LsStream(
+        self, request: filesystem_pb2.LsStreamRequest, context: Context
+    ) -> AsyncIterator[filesystem_pb2.LsStreamResponse]:
+        """Ls's entries in replies of LS_STREAM_ENTRIES; the unreadable ones in the last."""
+        found = await self._listing(request, context)
+        entries = found.entries
+        starts = range(0, len(entries), LS_STREAM_ENTRIES)
+        for start in starts:
+            reply = filesystem_pb2.LsStreamResponse()
+            add_files(reply.output, entries[start : start + LS_STREAM_ENTRIES])
+            if start == starts[-1]:
+                reply.unreadable.extend(_unreadable(found))
+            yield reply
+        if not entries:
+            yield filesystem_pb2.LsStreamResponse(unreadable=_unreadable(found))
 
     async def Head(
         self, request: filesystem_pb2.HeadRequest, context: Context
