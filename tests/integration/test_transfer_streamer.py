@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shlex
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from firecrest.FirecrestException import FirecrestException, TransferJobFailedEx
 from firecrest.v2 import AsyncFirecrest
 
 from cluster_fixture import Cluster
-from localsite import SYSTEM
+from conftest import LiveService, StaticToken, live_settings, start_service
+from devkeys import DevIssuer
+from localsite import SYSTEM, transfer_methods
 
 SIZE = 200 * 1024 * 1024
 
@@ -185,3 +188,50 @@ async def test_a_method_not_configured_is_refused_as_firecrest_does(
     assert "'wormhole' is not offered" in violation["description"]
     # Nothing was submitted: the directory holds the file alone (no job log).
     assert (await _remote(cluster, "ls", "-A", "--", remote_dir)).split() == ["f"]
+
+
+@pytest.fixture(scope="module")
+async def installing(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LiveService]:
+    """The streamer without a preinstalled Python: each job pip-installs it, as FirecREST's."""
+    issuer = DevIssuer.generate()
+    jwks: Path = tmp_path_factory.mktemp("installing") / "jwks.json"
+    issuer.write_jwks(jwks)
+    (_, streamer) = transfer_methods(cluster.raw)
+    del streamer["python"]
+    streamer["listen_timeout"] = 300
+    settings = live_settings(cluster, jwks, data_operation={"data_transfer": [streamer]})
+    async for service in start_service(settings):
+        await service.running.runtime.system(SYSTEM).health.wait_first_run()
+        yield LiveService(**vars(service), issuer=issuer, system=SYSTEM)
+
+
+@pytest.mark.timeout(600)
+async def test_a_job_without_a_preinstalled_streamer_installs_it(
+    installing: LiveService, remote_dir: str, tmp_path: Path, cluster: Cluster
+) -> None:
+    firecrest = AsyncFirecrest(installing.rest_url, StaticToken(installing.token("alice")))
+    try:
+        local = tmp_path / "in.bin"
+        _random_file(local, 3 * 1024 * 1024 + 1)
+        upload = await firecrest.upload(
+            SYSTEM, str(local), remote_dir, "in.bin", transfer_method="streamer"
+        )
+        assert upload is not None
+        await upload.wait_for_transfer_job()
+        fetched = tmp_path / "out.bin"
+        download = await firecrest.download(
+            SYSTEM, f"{remote_dir}/in.bin", str(fetched), transfer_method="streamer"
+        )
+        assert download is not None
+        await download.wait_for_transfer_job()
+    finally:
+        await firecrest.close_session()
+    assert fetched.read_bytes() == local.read_bytes()
+    # Each job removed its venv.
+    venvs = await _remote(
+        cluster, "find", "/home/alice", "-maxdepth", "1", "-name", ".hpcgate-streamer-venv-*"
+    )
+    assert venvs.split() == []
+    await _remove_logs(cluster, upload.transfer_data, download.transfer_data)
