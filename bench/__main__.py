@@ -31,7 +31,7 @@ from bench.model import Figure, Status, fill_ratios
 from bench.procfs import machine
 from bench.remote import SMALL_COUNT, Link, create, remove
 from bench.report import table, write
-from bench.scenarios import big_dir, load, memory, small_files, throughput, watch
+from bench.scenarios import big_dir, load, memory, small_files, throughput, transfers, watch
 from bench.stack import started
 from bench.targets import evaluate
 
@@ -41,6 +41,7 @@ SCENARIOS: dict[str, Scenario] = {
     "throughput": throughput.run,
     "load": load.run,
     "watch_fanout": watch.run,
+    "transfers": transfers.run,
 }
 RESULTS = ROOT / "bench" / "results"
 

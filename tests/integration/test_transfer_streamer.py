@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import shlex
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,9 @@ from firecrest.FirecrestException import FirecrestException, TransferJobFailedEx
 from firecrest.v2 import AsyncFirecrest
 
 from cluster_fixture import Cluster
-from conftest import LiveService, StaticToken, live_settings, start_service
+from conftest import LiveService, StaticToken, free_port, live_settings, start_service
 from devkeys import DevIssuer
-from localsite import SYSTEM, transfer_methods
+from localsite import SYSTEM, local_config, transfer_methods
 
 SIZE = 200 * 1024 * 1024
 
@@ -190,21 +190,31 @@ async def test_a_method_not_configured_is_refused_as_firecrest_does(
     assert (await _remote(cluster, "ls", "-A", "--", remote_dir)).split() == ["f"]
 
 
+async def _own_service(
+    cluster: Cluster,
+    tmp_path_factory: pytest.TempPathFactory,
+    system: Callable[[Path], dict[str, Any]],
+) -> AsyncIterator[LiveService]:
+    """A server and edge of this module's own, the system's keys changed by ``system(jwks)``."""
+    issuer = DevIssuer.generate()
+    jwks: Path = tmp_path_factory.mktemp("streamer") / "jwks.json"
+    issuer.write_jwks(jwks)
+    async for service in start_service(live_settings(cluster, jwks, **system(jwks))):
+        await service.running.runtime.system(SYSTEM).health.wait_first_run()
+        yield LiveService(**vars(service), issuer=issuer, system=SYSTEM)
+
+
 @pytest.fixture(scope="module")
 async def installing(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[LiveService]:
     """The streamer without a preinstalled Python: each job pip-installs it, as FirecREST's."""
-    issuer = DevIssuer.generate()
-    jwks: Path = tmp_path_factory.mktemp("installing") / "jwks.json"
-    issuer.write_jwks(jwks)
     (_, streamer) = transfer_methods(cluster.raw)
     del streamer["python"]
     streamer["listen_timeout"] = 300
-    settings = live_settings(cluster, jwks, data_operation={"data_transfer": [streamer]})
-    async for service in start_service(settings):
-        await service.running.runtime.system(SYSTEM).health.wait_first_run()
-        yield LiveService(**vars(service), issuer=issuer, system=SYSTEM)
+    system = {"data_operation": {"data_transfer": [streamer]}}
+    async for service in _own_service(cluster, tmp_path_factory, lambda _: system):
+        yield service
 
 
 @pytest.mark.timeout(600)
@@ -235,3 +245,41 @@ async def test_a_job_without_a_preinstalled_streamer_installs_it(
     )
     assert venvs.split() == []
     await _remove_logs(cluster, upload.transfer_data, download.transfer_data)
+
+
+@pytest.fixture(scope="module")
+async def s3_down(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LiveService]:
+    """s3 and streamer offered, the S3 store unreachable (a port nothing listens on)."""
+
+    def dead_s3(jwks: Path) -> dict[str, Any]:
+        config = local_config(cluster.raw, jwks)["systems"][0]
+        s3 = {**config["s3"], "endpoint": f"http://127.0.0.1:{free_port()}"}
+        return {"s3": s3, "data_operation": config["data_operation"]}
+
+    async for service in _own_service(cluster, tmp_path_factory, dead_s3):
+        yield service
+
+
+async def test_the_streamer_needs_no_s3(
+    s3_down: LiveService, remote_dir: str, tmp_path: Path, cluster: Cluster
+) -> None:
+    firecrest = AsyncFirecrest(s3_down.rest_url, StaticToken(s3_down.token("alice")))
+    local = tmp_path / "no-s3.bin"
+    _random_file(local, 2 * 1024 * 1024)
+    try:
+        with pytest.raises(FirecrestException) as refused:
+            await firecrest.upload(SYSTEM, str(local), remote_dir, "no-s3.bin")
+        assert refused.value.responses[-1].status_code == 503
+        assert (await _remote(cluster, "ls", "-A", "--", remote_dir)).split() == []
+        upload = await firecrest.upload(
+            SYSTEM, str(local), remote_dir, "no-s3.bin", transfer_method="streamer"
+        )
+        assert upload is not None
+        await upload.wait_for_transfer_job()
+    finally:
+        await firecrest.close_session()
+    got = (await _remote(cluster, "sha256sum", "--", f"{remote_dir}/no-s3.bin")).split()[0]
+    assert got == _sha256(local)
+    await _remove_logs(cluster, upload.transfer_data)

@@ -111,7 +111,7 @@ def _streamer_directives(coordinates: str) -> transfer_pb2.TransferDirectives:
 
 
 class TransferServicer(transfer_pb2_grpc.TransferServicer):
-    """Serves the Transfer RPCs as jobs of the caller, through each system's staging area."""
+    """Serves the Transfer RPCs as jobs of the caller (s3 through the system's staging area)."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -122,7 +122,12 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
 
     @staticmethod
     def _staging(call: Call) -> Staging:
-        """The system's staging area; FAILED_PRECONDITION when it has no S3."""
+        """The system's staging area, if S3 is healthy; FAILED_PRECONDITION when it has no S3.
+
+        The s3 method's own need: the RPC's declared ones (ssh, scheduler)
+        are those of every method.
+        """
+        call.system.health.require("s3")
         if call.system.staging is None:
             raise ServiceError(
                 ErrorKind.FAILED_PRECONDITION,
