@@ -40,6 +40,7 @@ from bench.scenarios import (
     small_files,
     snakemake,
     throughput,
+    transfers,
     watch,
 )
 from bench.stack import started
@@ -53,7 +54,11 @@ SCENARIOS: dict[str, Scenario] = {
     "watch_fanout": watch.run,
     "fleet": fleet.run,
     "snakemake": snakemake.run,
+    "transfers": transfers.run,
 }
+# What a plain `make bench` runs: all but the transfers (minutes of 1 GiB
+# files, and 3 GiB of disk: `--only transfers` runs them).
+DEFAULT = [name for name in SCENARIOS if name != "transfers"]
 RESULTS = ROOT / "bench" / "results"
 # gRPC's 4 MiB default would refuse the unary Ls of 100,000 entries (~5 MB);
 # hpcgate's own client allows 64 MiB.
@@ -128,7 +133,9 @@ def _shown(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--only", default=",".join(SCENARIOS), help="comma-separated scenarios to run"
+        "--only",
+        default=",".join(DEFAULT),
+        help=f"comma-separated scenarios to run (of {', '.join(SCENARIOS)})",
     )
     parser.add_argument("--reps", type=int, default=5, help="measured runs per figure")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs first")

@@ -88,6 +88,29 @@ def local_config(
                     "secret_key": {"value": s3["secret_key"]},
                 },
                 "probing": {"interval": 10, "timeout": 5},
+                "data_operation": {"data_transfer": transfer_methods(cluster)},
             }
         ],
     }
+
+
+def transfer_methods(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    """s3 (the default), and the streamer when the cluster has its venv.
+
+    The streamer's jobs run on the cluster's one node, which the client
+    reaches on loopback, at the ports the cluster set aside for them.
+    """
+    methods: list[dict[str, Any]] = [{"service_type": "s3"}]
+    streamer = cluster.get("streamer")
+    if streamer and Path(streamer["python"]).exists():
+        methods.append(
+            {
+                "service_type": "streamer",
+                "python": streamer["python"],
+                "host": streamer["host"],
+                "public_ips": [streamer["host"]],
+                "port_range": streamer["port_range"],
+                "wait_timeout": 600,
+            }
+        )
+    return methods

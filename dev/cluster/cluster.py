@@ -8,7 +8,9 @@ Starts, as root on a Debian 12 machine, real parts on loopback:
   ``hpcgate-svc``, with homes and ``/scratch/<user>``;
 * single-node Slurm from Debian's packages: munged, MariaDB, slurmdbd,
   slurmctld and slurmd, with partitions, a reservation and accounts;
-* an S3 server (moto) with path-style addressing.
+* an S3 server (moto) with path-style addressing;
+* a venv with firecrest-streamer (PyPI) that the streamer transfer jobs of
+  every user run, under ``<state-dir>/streamer/venv``.
 
 Subcommands: ``start`` (idempotent; prints one JSON document on stdout),
 ``stop`` (kills exactly the processes ``start`` recorded), ``status``,
@@ -118,10 +120,13 @@ APT_PACKAGES = (
     # Slurm's REST API (the slurm-rest scheduler plug-in) and the JWTs it authenticates with.
     "slurmrestd",
     "slurm-wlm-jwt-plugin",
-    # A Python every user can run, for the Snakemake jobs' environment (dev/jobpython.py).
+    # A Python every user can run: the Snakemake jobs' environment (dev/jobpython.py)
+    # and the venv of the streamer transfer jobs.
     "python3-venv",
 )
 REQUIRED_FILES = (
+    "/usr/bin/python3",
+    "/usr/lib/python3.11/ensurepip/__init__.py",
     "/usr/sbin/sshd",
     "/usr/bin/ssh-keygen",
     "/usr/lib/openssh/sftp-server",
@@ -146,6 +151,12 @@ REQUIRED_FILES = (
 SLURMRESTD_USER = "slurmrest"
 # The OpenAPI version of Debian 12's slurmrestd (Slurm 22.05).
 SLURMRESTD_API = "v0.0.38"
+# The streamer transfer method's server (PyPI), preinstalled for every
+# user's jobs in a venv under the state directory, and the loopback ports
+# its jobs listen on (below Linux's ephemeral range, so that no outgoing
+# connection holds one).
+STREAMER_PACKAGE = "firecrest-streamer==0.0.21"
+STREAMER_PORTS = (30100, 30119)
 PORT_NAMES = ("ssh", "slurmctld", "slurmd", "slurmdbd", "mysql", "s3", "slurmrestd")
 # Start order; stop goes through STOP_WAVES.
 COMPONENTS = ("sshd", "s3", "munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "slurmrestd")
@@ -344,6 +355,30 @@ def ensure_moto() -> float:
     return time.monotonic() - t
 
 
+def ensure_streamer(venv: Path) -> float:
+    """A venv at ``venv`` with firecrest-streamer, readable by every user; seconds spent."""
+    # Debian's: the Python running this may live where users cannot read (pyenv under /root).
+    python = "/usr/bin/python3"
+    marker, made = venv / "hpcgate-package", f"{STREAMER_PACKAGE} {python}"
+    if marker.exists() and marker.read_text().strip() == made:
+        return 0.0
+    t = time.monotonic()
+    log(f"pip install {STREAMER_PACKAGE} into {venv}")
+    shutil.rmtree(venv, ignore_errors=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    venv.parent.chmod(0o755)
+    for argv in (
+        [python, "-m", "venv", str(venv)],
+        [str(venv / "bin" / "pip"), "install", "-q", STREAMER_PACKAGE],
+    ):
+        if subprocess.run(argv, stdout=sys.stderr, stderr=sys.stderr).returncode != 0:
+            raise ClusterError(f"{' '.join(argv)} failed")
+    # Every user's job runs it: world-readable, directories traversable.
+    subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
+    write_file(marker, made + "\n", 0o644)
+    return time.monotonic() - t
+
+
 def shadow_locked(user: str) -> bool:
     for line in Path("/etc/shadow").read_text().splitlines():
         parts = line.split(":")
@@ -419,6 +454,8 @@ class Cluster:
         self.slurmdbd_conf = self.slurm_dir / "slurmdbd.conf"
         # The HS256 key slurmctld and slurmdbd check JWTs with (auth/jwt).
         self.jwt_key = self.slurm_dir / "jwt_hs256.key"
+        # The venv of the streamer transfer jobs (ensure_streamer).
+        self.streamer_venv = state_dir / "streamer" / "venv"
         self.munge_socket = self.munge_dir / "munge.socket.2"
         self.mysql_socket = self.mysql_dir / "mysqld.sock"
         self.state: dict[str, Any] = {}
@@ -826,7 +863,7 @@ StorageLoc=slurm_acct_db
         self.launch("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)])
 
     def start_s3(self) -> None:
-        self.pip_seconds = ensure_moto()
+        self.pip_seconds = getattr(self, "pip_seconds", 0.0) + ensure_moto()
         self.launch(
             "s3",
             # moto's server, with ETags hashed under each key's lock (see moto_s3.py).
@@ -1007,6 +1044,7 @@ StorageLoc=slurm_acct_db
             ensure_users()
             self.prepare_dirs()
             self.ensure_keys()
+            self.pip_seconds = ensure_streamer(self.streamer_venv)
             self.write_configs()
             self.save()
             timings["setup"] = round(time.monotonic() - t, 1)
@@ -1231,6 +1269,12 @@ StorageLoc=slurm_acct_db
                 "secret_key": S3_SECRET_KEY,
                 "addressing_style": "path",
                 "signature_version": "s3v4",
+            },
+            "streamer": {
+                "python": str(self.streamer_venv / "bin" / "python"),
+                "package": STREAMER_PACKAGE,
+                "host": "127.0.0.1",
+                "port_range": list(STREAMER_PORTS),
             },
             "users": {u: user_info(u) for u in USERS},
             "project_group": PROJECT_GROUP,

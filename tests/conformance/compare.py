@@ -18,7 +18,7 @@ from typing import Any
 
 # Keys hpcgate adds to FirecREST's objects, documented as hpcgate extensions in the .proto
 # files: clients that do not know them ignore them.
-EXTENSION_KEYS = frozenset({"normalizedState"})
+EXTENSION_KEYS = frozenset({"normalizedState", "data_transfers"})
 
 # hpcgate puts the google.rpc.Status details (reason, field violations) under an error
 # body's ``data``, where FirecREST mostly sends null (README: "Calling it").

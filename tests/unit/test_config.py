@@ -104,3 +104,46 @@ def test_coordination_is_in_memory_by_default_and_redis_needs_a_url() -> None:
     settings = parse_config(data)
     assert settings.coordination.url == "redis://127.0.0.1:6379/0"
     assert settings.coordination.lease_ttl == 10.0
+
+
+def test_transfer_methods_default_to_s3_when_the_system_has_s3() -> None:
+    data = _config()
+    system = data["systems"][0]
+    system.pop("data_operation", None)
+    system["s3"] = {
+        "endpoint": "http://s3",
+        "access_key": {"value": "a"},
+        "secret_key": {"value": "b"},
+    }
+    methods = parse_config(data).systems[0].transfer_methods
+    assert [m.service_type for m in methods] == ["s3"]
+    del system["s3"]
+    assert parse_config(data).systems[0].transfer_methods == ()
+
+
+def test_streamer_method_keys_are_checked_by_name() -> None:
+    data = _config()
+    streamer: dict[str, Any] = {"service_type": "streamer", "port_range": [5670, 5665]}
+    data["systems"][0]["data_operation"] = {"data_transfer": [streamer]}
+    with pytest.raises(ConfigError, match=r"systems\.0\.data_operation\.data_transfer\.0"):
+        parse_config(data)
+    streamer["port_range"] = [5665, 5670]
+    streamer["wait_timout"] = 5
+    with pytest.raises(ConfigError, match=r"data_transfer\.0\.streamer\.wait_timout"):
+        parse_config(data)
+    del streamer["wait_timout"]
+    (method,) = parse_config(data).systems[0].transfer_methods
+    assert method.service_type == "streamer"
+    assert method.port_range == (5665, 5670)
+
+
+def test_the_s3_method_needs_s3_and_no_method_comes_twice() -> None:
+    data = _config()
+    data["systems"][0].pop("s3", None)
+    data["systems"][0]["data_operation"] = {"data_transfer": [{"service_type": "s3"}]}
+    with pytest.raises(ConfigError, match="the s3 method needs the system's s3"):
+        parse_config(data)
+    twice = [{"service_type": "streamer"}, {"service_type": "streamer"}]
+    data["systems"][0]["data_operation"] = {"data_transfer": twice}
+    with pytest.raises(ConfigError, match="each method at most once"):
+        parse_config(data)

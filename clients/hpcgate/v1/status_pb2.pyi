@@ -756,6 +756,7 @@ class DataOperation(_message.Message):
     DATA_TRANSFER_FIELD_NUMBER: _builtins.int
     DATATRANSFER_JOBS_DIRECTIVES_FIELD_NUMBER: _builtins.int
     MAX_OPS_FILE_SIZE_FIELD_NUMBER: _builtins.int
+    DATA_TRANSFERS_FIELD_NUMBER: _builtins.int
     max_ops_file_size: _builtins.int
     """Maximum file size (in bytes) allowed for direct upload and download.
     Larger files will go through the staging area.
@@ -770,16 +771,24 @@ class DataOperation(_message.Message):
         a dedicated partition).
         """
 
+    @_builtins.property
+    def data_transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___DataTransferConfig]:
+        """hpcgate extension: every transfer method the system offers, in the
+        order configured. FirecREST offers one per system, `data_transfer`;
+        hpcgate's `data_transfer` is the first of these (the default method).
+        """
+
     def __init__(
         self,
         *,
         data_transfer: Global___DataTransferConfig | None = ...,
         datatransfer_jobs_directives: _abc.Iterable[_builtins.str] | None = ...,
         max_ops_file_size: _builtins.int = ...,
+        data_transfers: _abc.Iterable[Global___DataTransferConfig] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data_transfer", b"data_transfer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_transfer", b"data_transfer", "datatransfer_jobs_directives", b"datatransfer_jobs_directives", "max_ops_file_size", b"max_ops_file_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_transfer", b"data_transfer", "data_transfers", b"data_transfers", "datatransfer_jobs_directives", b"datatransfer_jobs_directives", "max_ops_file_size", b"max_ops_file_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

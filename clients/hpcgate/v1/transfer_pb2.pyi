@@ -292,7 +292,9 @@ Global___TransferDirectives: _TypeAlias = TransferDirectives  # noqa: Y015
 
 @_typing.final
 class TransferUploadRequest(_message.Message):
-    """TransferUploadRequest starts an upload through the staging area."""
+    """TransferUploadRequest starts an upload (through the staging area, or a
+    streamer job).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -364,7 +366,9 @@ Global___TransferUploadResponse: _TypeAlias = TransferUploadResponse  # noqa: Y0
 
 @_typing.final
 class TransferDownloadRequest(_message.Message):
-    """TransferDownloadRequest starts a download through the staging area."""
+    """TransferDownloadRequest starts a download (through the staging area, or
+    a streamer job).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -101,18 +101,23 @@ class TransferServicer:
     """
 
     def Upload(self, request, context):
-        """Create asynchronous upload operation: returns presigned URLs to upload
-        the file (S3 multipart upload) and the job that moves it from the
-        bucket to `sourcePath` once the upload is complete.
+        """Create asynchronous upload operation, by the method asked for (one the
+        system offers): s3 returns presigned URLs to upload the file (S3
+        multipart upload) and the job that moves it from the bucket to
+        `sourcePath` once the upload is complete; streamer returns the job
+        whose websocket server receives the file and the `coordinates` to
+        stream it to. The s3 method also needs S3 healthy.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Download(self, request, context):
-        """Create asynchronous download operation: returns the job that copies the
-        file into the bucket and the presigned URL to download it from there
-        once the job has completed.
+        """Create asynchronous download operation, by the method asked for: s3
+        returns the job that copies the file into the bucket and the presigned
+        URL to download it from there once the job has completed; streamer
+        returns the job whose websocket server sends the file and the
+        `coordinates` to stream it from. The s3 method also needs S3 healthy.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

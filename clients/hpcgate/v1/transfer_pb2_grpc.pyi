@@ -42,14 +42,19 @@ class TransferStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TransferAsyncStub: ...
     Upload: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.TransferUploadRequest, _transfer_pb2.TransferUploadResponse]
-    """Create asynchronous upload operation: returns presigned URLs to upload
-    the file (S3 multipart upload) and the job that moves it from the
-    bucket to `sourcePath` once the upload is complete.
+    """Create asynchronous upload operation, by the method asked for (one the
+    system offers): s3 returns presigned URLs to upload the file (S3
+    multipart upload) and the job that moves it from the bucket to
+    `sourcePath` once the upload is complete; streamer returns the job
+    whose websocket server receives the file and the `coordinates` to
+    stream it to. The s3 method also needs S3 healthy.
     """
     Download: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.TransferDownloadRequest, _transfer_pb2.TransferDownloadResponse]
-    """Create asynchronous download operation: returns the job that copies the
-    file into the bucket and the presigned URL to download it from there
-    once the job has completed.
+    """Create asynchronous download operation, by the method asked for: s3
+    returns the job that copies the file into the bucket and the presigned
+    URL to download it from there once the job has completed; streamer
+    returns the job whose websocket server sends the file and the
+    `coordinates` to stream it from. The s3 method also needs S3 healthy.
     """
     Cp: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.TransferCpRequest, _transfer_pb2.TransferCpResponse]
     """Create copy file or directory operation (`cp`)."""
@@ -94,14 +99,19 @@ class TransferAsyncStub(TransferStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Upload: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferUploadRequest, _transfer_pb2.TransferUploadResponse]  # type: ignore[assignment]
-    """Create asynchronous upload operation: returns presigned URLs to upload
-    the file (S3 multipart upload) and the job that moves it from the
-    bucket to `sourcePath` once the upload is complete.
+    """Create asynchronous upload operation, by the method asked for (one the
+    system offers): s3 returns presigned URLs to upload the file (S3
+    multipart upload) and the job that moves it from the bucket to
+    `sourcePath` once the upload is complete; streamer returns the job
+    whose websocket server receives the file and the `coordinates` to
+    stream it to. The s3 method also needs S3 healthy.
     """
     Download: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferDownloadRequest, _transfer_pb2.TransferDownloadResponse]  # type: ignore[assignment]
-    """Create asynchronous download operation: returns the job that copies the
-    file into the bucket and the presigned URL to download it from there
-    once the job has completed.
+    """Create asynchronous download operation, by the method asked for: s3
+    returns the job that copies the file into the bucket and the presigned
+    URL to download it from there once the job has completed; streamer
+    returns the job whose websocket server sends the file and the
+    `coordinates` to stream it from. The s3 method also needs S3 healthy.
     """
     Cp: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TransferCpRequest, _transfer_pb2.TransferCpResponse]  # type: ignore[assignment]
     """Create copy file or directory operation (`cp`)."""
@@ -148,9 +158,12 @@ class TransferServicer:
         request: _transfer_pb2.TransferUploadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_transfer_pb2.TransferUploadResponse, _abc.Awaitable[_transfer_pb2.TransferUploadResponse]]:
-        """Create asynchronous upload operation: returns presigned URLs to upload
-        the file (S3 multipart upload) and the job that moves it from the
-        bucket to `sourcePath` once the upload is complete.
+        """Create asynchronous upload operation, by the method asked for (one the
+        system offers): s3 returns presigned URLs to upload the file (S3
+        multipart upload) and the job that moves it from the bucket to
+        `sourcePath` once the upload is complete; streamer returns the job
+        whose websocket server receives the file and the `coordinates` to
+        stream it to. The s3 method also needs S3 healthy.
         """
 
     def Download(
@@ -158,9 +171,11 @@ class TransferServicer:
         request: _transfer_pb2.TransferDownloadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_transfer_pb2.TransferDownloadResponse, _abc.Awaitable[_transfer_pb2.TransferDownloadResponse]]:
-        """Create asynchronous download operation: returns the job that copies the
-        file into the bucket and the presigned URL to download it from there
-        once the job has completed.
+        """Create asynchronous download operation, by the method asked for: s3
+        returns the job that copies the file into the bucket and the presigned
+        URL to download it from there once the job has completed; streamer
+        returns the job whose websocket server sends the file and the
+        `coordinates` to stream it from. The s3 method also needs S3 healthy.
         """
 
     def Cp(

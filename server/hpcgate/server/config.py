@@ -31,6 +31,12 @@ from pydantic import (
     model_validator,
 )
 
+from hpcgate.server.transferconfig import (
+    S3MethodConfig,
+    StreamerMethodConfig,
+    TransferMethodConfig,
+)
+
 
 class ConfigError(Exception):
     """The configuration file is missing, unreadable or invalid."""
@@ -271,7 +277,12 @@ class ProbingConfig(_Model):
 
 
 class DataOperationConfig(_Model):
-    """Limits of the small, synchronous file operations."""
+    """The transfer methods offered, and limits of the small, synchronous file operations."""
+
+    # The methods a client may ask for, the first one the default (and the
+    # one /status/systems shows as FirecREST's single `data_transfer`). Unset:
+    # ``s3`` when the system has an ``s3`` store, else none.
+    data_transfer: list[TransferMethodConfig] | None = None
 
     # Largest file that the ops download/upload endpoints move, in bytes.
     max_ops_file_size: int = Field(5 * 1024**2, ge=0)
@@ -314,6 +325,23 @@ class SystemConfig(_Model):
     # Claims a caller's token must carry to use this system, e.g.
     # {"groups": ["hpc-users"]}: every listed claim must contain one of the values.
     required_claims: dict[str, list[str]] = {}
+
+    @model_validator(mode="after")
+    def _transfer_methods(self) -> SystemConfig:
+        methods = self.data_operation.data_transfer or []
+        kinds = [m.service_type for m in methods]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("data_operation.data_transfer: each method at most once")
+        if "s3" in kinds and self.s3 is None:
+            raise ValueError("data_operation.data_transfer: the s3 method needs the system's s3")
+        return self
+
+    @property
+    def transfer_methods(self) -> tuple[S3MethodConfig | StreamerMethodConfig, ...]:
+        """The transfer methods offered, the default first."""
+        if self.data_operation.data_transfer is not None:
+            return tuple(self.data_operation.data_transfer)
+        return (S3MethodConfig(service_type="s3"),) if self.s3 is not None else ()
 
 
 class AuthConfig(_Model):

@@ -12,6 +12,7 @@ from hpcgate.server.rpc.context import Context
 from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.call import begin
 from hpcgate.server.servicers.convert import timestamp
+from hpcgate.server.transferconfig import S3MethodConfig, StreamerMethodConfig
 from hpcgate.v1 import status_pb2, status_pb2_grpc
 
 
@@ -24,6 +25,31 @@ def _health(result: ServiceHealth) -> status_pb2.ServiceHealth:
         message=result.message,
         path=result.path,
     )
+
+
+def _transfer_method(
+    system: SystemConfig, method: S3MethodConfig | StreamerMethodConfig
+) -> status_pb2.DataTransferConfig:
+    """FirecREST's S3DataTransfer or StreamerDataTransfer for one configured method."""
+    transfer = status_pb2.DataTransferConfig(service_type=method.service_type)
+    if isinstance(method, StreamerMethodConfig):
+        transfer.host = method.host
+        transfer.port_range.extend(method.port_range)
+        transfer.public_ips.extend(method.public_ips)
+        transfer.wait_timeout = method.wait_timeout
+        transfer.inbound_transfer_limit = method.inbound_transfer_limit
+        if method.pypi_index_url is not None:
+            transfer.pypi_index_url = method.pypi_index_url
+        return transfer
+    s3 = system.s3
+    assert s3 is not None  # the configuration refuses the s3 method without it
+    transfer.name = s3.bucket_prefix
+    transfer.public_url = s3.client_endpoint
+    transfer.region = s3.region
+    transfer.ttl = s3.url_expiry
+    transfer.multipart.max_part_size = s3.max_part_size
+    transfer.bucket_lifecycle_configuration.days = s3.lifecycle_days
+    return transfer
 
 
 def _cluster(system: SystemConfig) -> status_pb2.HPCCluster:
@@ -66,16 +92,10 @@ def _cluster(system: SystemConfig) -> status_pb2.HPCCluster:
         cluster.ssh.proxy_host = proxy_host
         if proxy_port:
             cluster.ssh.proxy_port = int(proxy_port)
-    if system.s3 is not None:
-        s3 = system.s3
-        transfer = cluster.data_operation.data_transfer
-        transfer.service_type = "s3"
-        transfer.name = s3.bucket_prefix
-        transfer.public_url = s3.client_endpoint
-        transfer.region = s3.region
-        transfer.ttl = s3.url_expiry
-        transfer.multipart.max_part_size = s3.max_part_size
-        transfer.bucket_lifecycle_configuration.days = s3.lifecycle_days
+    methods = [_transfer_method(system, m) for m in system.transfer_methods]
+    if methods:
+        cluster.data_operation.data_transfer.CopyFrom(methods[0])
+        cluster.data_operation.data_transfers.extend(methods)
     return cluster
 
 

@@ -24,10 +24,15 @@ from hpcgate.server.transfer.jobs import Submitter, TransferJob
 from hpcgate.server.transfer.progress import TransferState
 from hpcgate.server.transfer.records import ObjectState
 from hpcgate.server.transfer.staging import Staging
+from hpcgate.server.transferconfig import S3MethodConfig, StreamerMethodConfig
 from hpcgate.v1 import scheduler_pb2, transfer_pb2, transfer_pb2_grpc
 
-# The only transfer method offered (FirecREST's others: streamer, wormhole).
 S3_METHOD = "s3"
+METHOD_FIELD = "transferDirectives.transferMethod"
+# FirecREST's words for a method the system does not offer (clients match on them).
+METHOD_UNAVAILABLE = "Requested transfer method is not available."
+
+Method = S3MethodConfig | StreamerMethodConfig
 
 
 def _transfer_job(job: TransferJob) -> transfer_pb2.TransferJob:
@@ -45,15 +50,20 @@ def _account(request: Any) -> str | None:
     return account if request.HasField("account") and account else None
 
 
-def _method(params: transfer_pb2.TransferDirectivesParams) -> None:
-    """Only S3 transfers are offered; an unset method means S3."""
-    method = params.transfer_method or S3_METHOD
-    if method != S3_METHOD:
-        raise invalid_argument(
-            "transferDirectives.transferMethod",
-            f"{method!r} is not available on this system; use {S3_METHOD!r}",
-            "TRANSFER_METHOD_UNAVAILABLE",
-        )
+def _method(call: Call, params: transfer_pb2.TransferDirectivesParams) -> Method:
+    """The configured method the request asks for; an unset one means the system's default."""
+    offered = call.config.transfer_methods
+    wanted = params.transfer_method or (offered[0].service_type if offered else S3_METHOD)
+    for method in offered:
+        if method.service_type == wanted:
+            return method
+    names = ", ".join(m.service_type for m in offered) or "none"
+    raise ServiceError(
+        ErrorKind.INVALID_ARGUMENT,
+        METHOD_UNAVAILABLE,
+        "TRANSFER_METHOD_UNAVAILABLE",
+        fields={METHOD_FIELD: f"{wanted!r} is not offered on {call.config.name} ({names} is)"},
+    )
 
 
 def _status(state: TransferState) -> transfer_pb2.TransferStatus:
@@ -96,8 +106,12 @@ def _status(state: TransferState) -> transfer_pb2.TransferStatus:
     return message
 
 
+def _streamer_directives(coordinates: str) -> transfer_pb2.TransferDirectives:
+    return transfer_pb2.TransferDirectives(transfer_method="streamer", coordinates=coordinates)
+
+
 class TransferServicer(transfer_pb2_grpc.TransferServicer):
-    """Serves the Transfer RPCs as jobs of the caller, through each system's staging area."""
+    """Serves the Transfer RPCs as jobs of the caller (s3 through the system's staging area)."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -108,7 +122,12 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
 
     @staticmethod
     def _staging(call: Call) -> Staging:
-        """The system's staging area; FAILED_PRECONDITION when it has no S3."""
+        """The system's staging area, if S3 is healthy; FAILED_PRECONDITION when it has no S3.
+
+        The s3 method's own need: the RPC's declared ones (ssh, scheduler)
+        are those of every method.
+        """
+        call.system.health.require("s3")
         if call.system.staging is None:
             raise ServiceError(
                 ErrorKind.FAILED_PRECONDITION,
@@ -121,12 +140,20 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
         self, request: transfer_pb2.TransferUploadRequest, context: Context
     ) -> transfer_pb2.TransferUploadResponse:
         call, sub = self._begin(request.system_name, context)
-        staging = self._staging(call)
         path = call.path("sourcePath", request.path)
         params = request.transfer_directives
-        _method(params)
+        method = _method(call, params)
         if not params.HasField("file_size"):
             raise invalid_argument(service.UPLOAD_SIZE_FIELD, "is required for an upload")
+        if isinstance(method, StreamerMethodConfig):
+            job, coordinates = await service.streamer_upload(
+                sub, method, path, params.file_size, _account(request)
+            )
+            return transfer_pb2.TransferUploadResponse(
+                transfer_job=_transfer_job(job),
+                transfer_directives=_streamer_directives(coordinates),
+            )
+        staging = self._staging(call)
         job, plan = await service.upload(sub, staging, path, params.file_size, _account(request))
         return transfer_pb2.TransferUploadResponse(
             transfer_job=_transfer_job(job),
@@ -142,9 +169,15 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
         self, request: transfer_pb2.TransferDownloadRequest, context: Context
     ) -> transfer_pb2.TransferDownloadResponse:
         call, sub = self._begin(request.system_name, context)
-        staging = self._staging(call)
         path = call.path("sourcePath", request.source_path)
-        _method(request.transfer_directives)
+        method = _method(call, request.transfer_directives)
+        if isinstance(method, StreamerMethodConfig):
+            job, coordinates = await service.streamer_download(sub, method, path, _account(request))
+            return transfer_pb2.TransferDownloadResponse(
+                transfer_job=_transfer_job(job),
+                transfer_directives=_streamer_directives(coordinates),
+            )
+        staging = self._staging(call)
         job, plan = await service.download(sub, staging, path, _account(request))
         return transfer_pb2.TransferDownloadResponse(
             transfer_job=_transfer_job(job),

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 
 from hpcgate.server.filesystem.parse import tar_compression
+from hpcgate.server.transferconfig import StreamerMethodConfig
 
 Value = str | int | Sequence[str]
 
@@ -223,3 +224,33 @@ def egress(
         "completing": COMPLETING,
     }
     return render("download", directives, variables, "egress.sh")
+
+
+def streamer(
+    directives: Sequence[str],
+    *,
+    direction: str,
+    path: str,
+    size: int,
+    secret: str,
+    method: StreamerMethodConfig,
+) -> str:
+    """A streamer job: ``receive`` (an upload to ``path``) or ``send`` (a download of it)."""
+    first, last = method.port_range
+    variables: dict[str, Value] = {
+        "direction": direction,
+        "path": path,
+        "size": size,
+        "secret": secret,
+        "host": method.host,
+        "ports": f"{first} {last}",
+        "public_ips": method.public_ips,
+        "wait_timeout": method.wait_timeout,
+        "inbound_limit": method.inbound_transfer_limit,
+        "python": method.python or "",
+        "package": method.package,
+        "pypi_index_url": method.pypi_index_url or "",
+        "job": _body("streamer_job.py"),
+    }
+    operation = "upload" if direction == "receive" else "download"
+    return render(operation, directives, variables, "streamer.sh")

@@ -3,11 +3,13 @@
 Upload and download go through the system's S3 staging area
 (:mod:`.staging`): the server opens a multipart upload, presigns the URLs,
 and submits the job that moves the bytes between the bucket and the
-filesystem (:mod:`.scripts`). Copy, move, remove, compress and extract are
-plain jobs. Everything a request can get wrong is checked before anything
-changes: the account and directives, the sizes, the paths (by the caller),
-and for upload and download the target's directory and the source file
-(one command on the cluster each, as the caller).
+filesystem (:mod:`.scripts`); or, with the streamer method, the job runs a
+websocket server the client streams with (:mod:`.streamer`). Copy, move,
+remove, compress and extract are plain jobs. Everything a request can get
+wrong is checked before anything changes: the account and directives, the
+sizes, the paths (by the caller), and for upload and download the target's
+directory and the source file (one command on the cluster each, as the
+caller).
 
 How a transfer stands once started is :mod:`.progress`'s job.
 """
@@ -23,11 +25,12 @@ from hpcgate.server.filesystem import archive
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import command_error
 from hpcgate.server.filesystem.parse import tar_compression
-from hpcgate.server.transfer import scripts
+from hpcgate.server.transfer import scripts, streamer
 from hpcgate.server.transfer.jobs import Submitter, TransferJob
 from hpcgate.server.transfer.records import DownloadPlan, Manifest, UploadPlan
 from hpcgate.server.transfer.s3 import plan_parts
 from hpcgate.server.transfer.staging import Staging
+from hpcgate.server.transferconfig import StreamerMethodConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,13 @@ async def _source_size(sub: Submitter, path: str) -> int:
         ) from None
 
 
+async def _download_source(sub: Submitter, path: str, account: str | None) -> tuple[list[str], int]:
+    """A download's directives and its source's size, once the source passed its checks."""
+    directives = sub.directives(account)
+    await _confine(sub, sourcePath=path).check_on_cluster(sub.run, [(path, True)])
+    return directives, await _source_size(sub, path)
+
+
 async def _submit_staged(
     sub: Submitter, staging: Staging, operation: str, script: str, account: str | None, m: Manifest
 ) -> TransferJob:
@@ -138,9 +148,7 @@ async def download(
     sub: Submitter, staging: Staging, path: str, account: str | None
 ) -> tuple[TransferJob, DownloadPlan]:
     """Submit the job that stages the file at ``path``; the plan holds the client's URL."""
-    directives = sub.directives(account)
-    await _confine(sub, sourcePath=path).check_on_cluster(sub.run, [(path, True)])
-    size = await _source_size(sub, path)
+    directives, size = await _download_source(sub, path, account)
     part_size = plan_parts(size, staging.config.max_part_size, "sourcePath", MAX_DOWNLOAD_PARTS)
     plan = await staging.open_download(sub.user, path, size, part_size)
     m = plan.manifest
@@ -155,6 +163,54 @@ async def download(
         delete_url=plan.delete_url,
     )
     return await _submit_staged(sub, staging, "download", script, account, m), plan
+
+
+async def _streamer(
+    sub: Submitter,
+    method: StreamerMethodConfig,
+    operation: str,
+    script: str,
+    secret: str,
+    account: str | None,
+) -> tuple[TransferJob, str]:
+    """Submit a streamer job; the job and the coordinates, once it listens (or waited enough)."""
+    job = await sub.submit(operation, script, account)
+    port = await streamer.wait_listening(sub.run, job.output_log, method.listen_timeout)
+    ports = (port, port) if port is not None else method.port_range
+    return job, streamer.coordinates(ports, method.public_ips, secret)
+
+
+async def streamer_upload(
+    sub: Submitter, method: StreamerMethodConfig, path: str, size: int, account: str | None
+) -> tuple[TransferJob, str]:
+    """Submit the job whose streamer server receives ``size`` bytes for ``path``."""
+    directives = sub.directives(account)
+    if size > method.inbound_transfer_limit:
+        raise invalid_argument(
+            UPLOAD_SIZE_FIELD,
+            f"{size} bytes exceed this system's inbound transfer limit of "
+            f"{method.inbound_transfer_limit} bytes",
+            "TRANSFER_TOO_LARGE",
+        )
+    await _confine(sub, sourcePath=path).check_on_cluster(sub.run, [(path, False)])
+    await _check_target(sub, path)
+    secret = streamer.new_secret()
+    script = scripts.streamer(
+        directives, direction="receive", path=path, size=size, secret=secret, method=method
+    )
+    return await _streamer(sub, method, "upload", script, secret, account)
+
+
+async def streamer_download(
+    sub: Submitter, method: StreamerMethodConfig, path: str, account: str | None
+) -> tuple[TransferJob, str]:
+    """Submit the job whose streamer server sends the file at ``path``."""
+    directives, size = await _download_source(sub, path, account)
+    secret = streamer.new_secret()
+    script = scripts.streamer(
+        directives, direction="send", path=path, size=size, secret=secret, method=method
+    )
+    return await _streamer(sub, method, "download", script, secret, account)
 
 
 def _confine(sub: Submitter, **fields: str) -> Confine:

@@ -1,0 +1,72 @@
+"""The transfer methods' part of the configuration (``data_operation.data_transfer``).
+
+Each system lists the methods it offers, as FirecREST's ``data_transfer``
+keys (``service_type`` and the method's own); :mod:`.config` holds the rest
+of the file.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Method(BaseModel):
+    # As every part of the configuration: unknown keys are errors.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class S3MethodConfig(_Method):
+    """The ``s3`` transfer method: staged through the system's ``s3`` store (configured there)."""
+
+    service_type: Literal["s3"]
+
+
+# The firecrest-streamer release the streamer jobs run (its server, with
+# hpcgate's fixes: transfer/scripts/streamer_job.py); installed per job
+# unless the system names a preinstalled interpreter (``python``).
+STREAMER_PACKAGE = "firecrest-streamer==0.0.21"
+
+
+class StreamerMethodConfig(_Method):
+    """The ``streamer`` transfer method: a job runs a websocket server the client streams with.
+
+    The keys are FirecREST's (``StreamerDataTransfer``), plus where the job
+    finds its Python and how long the server waits for it to listen.
+    """
+
+    service_type: Literal["streamer"]
+    # An interpreter on the cluster that has firecrest-streamer installed
+    # (readable by every user). Unset: each job makes a venv in its working
+    # directory and pip-installs ``package`` into it, as FirecREST's job does.
+    python: str | None = None
+    package: str = STREAMER_PACKAGE
+    # A PyPI index for that install (unset: pip's default).
+    pypi_index_url: str | None = None
+    # The interface the job's server listens on, and the addresses and ports
+    # the client tries (the server takes the first free port of the range).
+    host: str = "localhost"
+    public_ips: Annotated[list[str], Field(min_length=1)] = ["localhost"]
+    port_range: tuple[int, int] = (5665, 5675)
+    # Seconds the job's server waits for the client before it gives up.
+    wait_timeout: int = Field(24 * 3600, ge=1)
+    # Largest upload the job's server accepts, in bytes.
+    inbound_transfer_limit: int = Field(5 * 1024**3, ge=0)
+    # Seconds the server waits, before it answers an upload or download, for
+    # the job to listen (pyfirecrest connects as soon as the job runs, once);
+    # a job still queued then is answered without its port.
+    listen_timeout: float = Field(30.0, ge=0)
+
+    @field_validator("port_range")
+    @classmethod
+    def _ports(cls, ports: tuple[int, int]) -> tuple[int, int]:
+        first, last = ports
+        if not 1 <= first <= last <= 65535:
+            raise ValueError("give [first, last] ports, 1 <= first <= last <= 65535")
+        return ports
+
+
+TransferMethodConfig = Annotated[
+    S3MethodConfig | StreamerMethodConfig, Field(discriminator="service_type")
+]
