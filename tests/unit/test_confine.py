@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -170,3 +171,40 @@ def test_judge_refuses_a_directory_leaving_the_target_or_a_link_leaving_the_root
     for resolved in (["/home/other", "/home/y"], ["/home/t/a", "/etc"]):
         with pytest.raises(ServiceError):
             archive.judge("/home/x.tar", "/home/t", reached, resolved, inside)
+
+
+# Swaps work/d (a real directory inside) with work/d.link (a link to the
+# outside) until work/stop appears: renameat2(RENAME_EXCHANGE), atomically.
+_FLIPPER = r"""
+import ctypes, os, sys
+os.chdir(sys.argv[1])
+os.symlink(sys.argv[2], "d.link")
+exchange = ctypes.CDLL(None, use_errno=True).renameat2
+while not os.path.exists("stop"):
+    exchange(-100, b"d", -100, b"d.link", 2)
+"""
+
+
+@pytest.mark.parametrize("shell", ["dash", "bash"])
+def test_at_lands_nothing_outside_while_a_directory_flips(shell: str, tmp_path: Path) -> None:
+    """``at`` + an act on the bare name, under either /bin/sh, while d flips to a link out.
+
+    bash computes $PWD after ``cd -P`` from the path's text before the chdir
+    (without the prelude's ``cd``, 2-3 % of these mkdirs landed outside).
+    """
+    work, outside = tmp_path / "inside" / "work", tmp_path / "outside"
+    (work / "d").mkdir(parents=True)
+    outside.mkdir()
+    confine = Confine("test", (str(tmp_path / "inside"),))
+    body = (
+        "i=0; while [ $i -lt 2000 ]; do i=$((i + 1));"
+        ' ( at "$1/d/n$i" 1 && mkdir -- "$b" ) 2>/dev/null; done\n'
+    )
+    flipper = subprocess.Popen([sys.executable, "-c", _FLIPPER, str(work), str(outside)])
+    try:
+        subprocess.run([shell, "-c", confine.script(body), "step", str(work)], timeout=120)
+    finally:
+        (work / "stop").touch()
+        flipper.wait(timeout=30)
+    assert list(outside.iterdir()) == []
+    assert any((work / name).is_dir() and any((work / name).iterdir()) for name in ("d", "d.link"))
