@@ -8,12 +8,13 @@ from typing import get_args
 import pytest
 from pydantic import ValidationError
 
-from hpcgate.server.config import ConfigError, SchedulerConfig
+from hpcgate.server.config import ConfigError
 from hpcgate.server.scheduler.plugins import PLUGINS, scheduler_for
 from hpcgate.server.scheduler.slurm.jobs import SlurmJobs
 from hpcgate.server.scheduler.slurm.status import SlurmStatus
 from hpcgate.server.scheduler.slurmrest.jobs import SlurmRestJobs
 from hpcgate.server.scheduler.slurmrest.status import SlurmRestStatus
+from hpcgate.server.schedulerconfig import SchedulerConfig
 
 
 def test_every_configurable_type_has_a_plugin() -> None:

@@ -292,8 +292,8 @@ class Confine:
             # path's text, walked before the chdir, not from where the chdir
             # landed, as dash does (getcwd): under bash every cd takes $PWD
             # again from the kernel, so that a check of $PWD is a proof.
-            "case ${BASH_VERSION-} in ?*) cd() { builtin cd \"$@\" &&"
-            ' PWD=$(readlink -e /proc/self/cwd && echo .) && PWD=${PWD%??}; };; esac\n'
+            'case ${BASH_VERSION-} in ?*) cd() { builtin cd "$@" &&'
+            " PWD=$(readlink -e /proc/self/cwd && echo .) && PWD=${PWD%??}; };; esac\n"
             f"inside() {{ case $1 in {self.case_pattern()}) return 0;; esac;"
             f' printf "%s\\n" "$1" >&2; exit $(({OUTSIDE_EXIT} + $2)); }}\n'
             # dash's cd does not say why it failed; stat of "dir/." says it in the

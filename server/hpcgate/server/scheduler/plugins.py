@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from hpcgate.server.config import ConfigError, SchedulerConfig
+from hpcgate.server.config import ConfigError
 from hpcgate.server.scheduler.cluster import SchedulerStatus
 from hpcgate.server.scheduler.jobs import JobScheduler
 from hpcgate.server.scheduler.slurm.jobs import SlurmJobs
@@ -24,6 +24,7 @@ from hpcgate.server.scheduler.slurmrest.client import SUPPORTED_VERSIONS, SlurmR
 from hpcgate.server.scheduler.slurmrest.jobs import SlurmRestJobs
 from hpcgate.server.scheduler.slurmrest.status import SlurmRestStatus
 from hpcgate.server.scheduler.slurmrest.tokens import CommandTokens, TokenMinter
+from hpcgate.server.schedulerconfig import SchedulerConfig
 
 
 async def _nothing() -> None:
