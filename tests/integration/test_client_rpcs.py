@@ -115,6 +115,8 @@ def _write_and_read(ctx: Ctx) -> None:
     assert made.output.type == "d"
     listing = ctx.call("filesystem.Ls", F.LsRequest(**on, path=ctx.remote))
     assert {entry.name for entry in listing.output} == {"t.txt", "d"}
+    streamed = ctx.call("filesystem.LsStream", F.LsStreamRequest(**on, path=ctx.remote))
+    assert [e.name for reply in streamed for e in reply.output] == [e.name for e in listing.output]
     head = ctx.call("filesystem.Head", F.HeadRequest(**on, path=text, lines=1))
     assert head.output.content == "hello\n"
     tail = ctx.call("filesystem.Tail", F.TailRequest(**on, path=text, lines=1))
@@ -244,6 +246,7 @@ STEPS = [
             "Filesystem.Upload",
             "Filesystem.Mkdir",
             "Filesystem.Ls",
+            "Filesystem.LsStream",
             "Filesystem.Head",
             "Filesystem.Tail",
             "Filesystem.View",
