@@ -95,7 +95,13 @@ def target(stack: ThreadedStack) -> Iterator[Target]:
         if made is not None:
             _cancel_transfer_jobs_since(stack, int(made.job_id))
         leftovers = sorted(made.leftovers) if made is not None else []
-        stack.run(stack.shell("alice", "rm", "-rf", "--", scratch, *leftovers))
+        # The fuzz may chmod what it made (mode 000, 500), and a cancelled
+        # transfer job may still be writing: make it removable, try again.
+        wipe = (
+            'for _ in 1 2 3 4 5; do chmod -R u+rwX -- "$1" 2>/dev/null;'
+            ' rm -rf -- "$@" && exit 0; sleep 1; done; exit 1'
+        )
+        stack.run(stack.shell("alice", "sh", "-c", wipe, "sh", scratch, *leftovers))
 
 
 # The document the edge serves, built as the edge builds it: schemathesis's
