@@ -120,7 +120,10 @@ hold() {
         # /proc/PID/cwd, is then the directory held (judged below by where
         # that link leads), as fd K is for the others. It says it is in by
         # one line on fd K, or nothing if it could not enter.
-        eval "exec $fd< <(cd -- \\\"\\${dirs[j]}\\\" && echo && while kill -0 $$; do sleep 1; done)"
+        # It lets go of fd 3 (the channel's stderr) first: sshd ends the
+        # step only when every holder of that stream is gone, which would
+        # keep the reply waiting out the holder's last second of sleep.
+        eval "exec $fd< <(exec 3>&-; cd -- \\\"\\${dirs[j]}\\\" && echo && while kill -0 $$; do sleep 1; done)"
         holder=$!
         if read -r -u "$fd" _; then
             lost[fd]=/proc/$holder/cwd
