@@ -123,7 +123,8 @@ hold() {
         # It lets go of fd 3 (the channel's stderr) first: sshd ends the
         # step only when every holder of that stream is gone, which would
         # keep the reply waiting out the holder's last second of sleep.
-        eval "exec $fd< <(exec 3>&-; cd -- \\\"\\${dirs[j]}\\\" && echo && while kill -0 $$; do sleep 1; done)"
+        eval "exec $fd< <(exec 3>&-; cd -- \\\"\\${dirs[j]}\\\" && echo \
+            && while kill -0 $$; do sleep 1; done)"
         holder=$!
         if read -r -u "$fd" _; then
             lost[fd]=/proc/$holder/cwd
