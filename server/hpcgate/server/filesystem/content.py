@@ -27,7 +27,7 @@ from hpcgate.server.errors import ErrorKind, ServiceError, invalid_argument
 from hpcgate.server.filesystem.atomic import NAME_MAX, AtomicWrite
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import sftp_error
-from hpcgate.server.filesystem.handles import opened
+from hpcgate.server.filesystem.handles import opened, read_block
 
 # Data chunk of a stream when the client does not choose, and the bounds of
 # a client's choice: chunks stay far below gRPC's 4 MiB message limit.
@@ -178,9 +178,10 @@ async def read_small(sftp: asyncssh.SFTPClient, confine: Confine, path: str, lim
 
     A larger file is RESOURCE_EXHAUSTED. As in :func:`stream_read`, the size
     is fixed by the check: a file that grows meanwhile is read as it was
-    measured, one that shrinks ends early. So a small file costs four
-    requests (stat, open, one read, close); reading "up to the limit"
-    instead would ask for ``limit`` bytes, which asyncssh splits into
+    measured, one that shrinks ends early. So a small file costs three
+    round trips: realpath and stat, open and the check of its handle, one
+    read and the close (:func:`.handles.read_block`); reading "up to the
+    limit" instead would ask for ``limit`` bytes, which asyncssh splits into
     parallel requests of the server's block size, twenty and more for the
     default limit, nearly all of them past the end of the file.
     """
@@ -189,8 +190,7 @@ async def read_small(sftp: asyncssh.SFTPClient, confine: Confine, path: str, lim
     if size > limit:
         raise _too_large("download", path, size, limit)
     try:
-        async with opened(sftp, confine, real, path, block_size=_block_size(sftp, size)) as file:
-            return b"".join([block async for block in _windows(file, 0, size)])
+        return b"".join([block async for block in _blocks(sftp, confine, real, path, 0, size)])
     except asyncssh.SFTPError as error:
         raise sftp_error(error, path) from error
 
@@ -275,16 +275,28 @@ async def stream_read(
     digest = hashlib.sha256()
     sent = 0
     try:
-        async with opened(sftp, confine, real, path, block_size=_block_size(sftp, count)) as file:
-            async for block in _windows(file, offset, count):
-                digest.update(block)
-                for start in range(0, len(block), chunk):
-                    piece = block[start : start + chunk]
-                    sent += len(piece)
-                    yield piece
+        async for block in _blocks(sftp, confine, real, path, offset, count):
+            digest.update(block)
+            for start in range(0, len(block), chunk):
+                piece = block[start : start + chunk]
+                sent += len(piece)
+                yield piece
     except asyncssh.SFTPError as error:
         raise sftp_error(error, path) from error
     yield StreamTrailer(digest.hexdigest(), sent)
+
+
+async def _blocks(
+    sftp: asyncssh.SFTPClient, confine: Confine, real: str, path: str, offset: int, count: int
+) -> AsyncIterator[bytes]:
+    """``count`` bytes of ``real`` from ``offset``, opened and checked: in one read and a
+    pipelined close if one request holds them, else in windows, one ahead."""
+    if _block_size(sftp, count) == 0:
+        yield await read_block(sftp, confine, real, path, offset, count)
+        return
+    async with opened(sftp, confine, real, path, block_size=-1) as file:
+        async for block in _windows(file, offset, count):
+            yield block
 
 
 def stream_held(
