@@ -161,16 +161,9 @@ def _info(attrs: asyncssh.SFTPAttrs) -> FileInfo:
     return FileInfo(attrs.size or 0, attrs.permissions or 0, mtime)
 
 
-def _block_size(sftp: asyncssh.SFTPClient, count: int) -> int:
-    """The ``block_size`` to open a file with for reading ``count`` bytes.
-
-    Up to the server's largest read, 0: each read is one plain request.
-    asyncssh's parallel reader (the default, -1) would wrap even a single
-    request in a task and ``asyncio.wait``, which for many small files costs
-    more CPU than the request itself. Beyond it, -1: the parallel reader
-    pipelines requests of the server's block size.
-    """
-    return 0 if count <= sftp.limits.max_read_len else -1
+def _one_request(sftp: asyncssh.SFTPClient, count: int) -> bool:
+    """Whether ``count`` bytes fit in one read request of this server."""
+    return count <= sftp.limits.max_read_len
 
 
 async def read_small(sftp: asyncssh.SFTPClient, confine: Confine, path: str, limit: int) -> bytes:
@@ -289,9 +282,15 @@ async def stream_read(
 async def _blocks(
     sftp: asyncssh.SFTPClient, confine: Confine, real: str, path: str, offset: int, count: int
 ) -> AsyncIterator[bytes]:
-    """``count`` bytes of ``real`` from ``offset``, opened and checked: in one read and a
-    pipelined close if one request holds them, else in windows, one ahead."""
-    if _block_size(sftp, count) == 0:
+    """``count`` bytes of ``real`` from ``offset``, opened and checked.
+
+    What one request holds is one plain read with the close pipelined behind
+    it (asyncssh's parallel reader would wrap even a single request in a task
+    and ``asyncio.wait``, which for many small files costs more CPU than the
+    request). Beyond that, windows read one ahead, each pipelined by
+    asyncssh's parallel reader (``block_size=-1``) in the server's block size.
+    """
+    if _one_request(sftp, count):
         yield await read_block(sftp, confine, real, path, offset, count)
         return
     async with opened(sftp, confine, real, path, block_size=-1) as file:
