@@ -106,7 +106,7 @@ async def http(live: LiveService) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def _race(flip: Flip, request: Any) -> dict[int, int]:
+async def race(flip: Flip, request: Any) -> dict[int, int]:
     """Run ``request(i)`` ROUNDS times while d flips; the count of each status."""
     flipper = await flip.conn.create_process(
         shlex.join(["python3", "-c", _FLIPPER, flip.work, flip.outside])
@@ -145,7 +145,7 @@ async def test_mkdir_lands_nothing_outside_in_a_race(http: httpx.AsyncClient, fl
             return await http.post("mkdir", json={"path": f"{flip.d}/m{i}"})
         return await http.post("mkdir", json={"path": f"{flip.d}/p{i}/a/b", "parent": True})
 
-    statuses = await _race(flip, request)
+    statuses = await race(flip, request)
     assert await flip.outside_state() == before, statuses
     made = await flip.sh('cd -- "$1/d" && ls -A')
     # Each success made its directory inside (and a failure may be the reply's
@@ -159,7 +159,7 @@ async def test_symlink_lands_nothing_outside_in_a_race(http: httpx.AsyncClient, 
     async def request(i: int) -> httpx.Response:
         return await http.post("symlink", json={"path": flip.work, "linkPath": f"{flip.d}/l{i}"})
 
-    statuses = await _race(flip, request)
+    statuses = await race(flip, request)
     assert await flip.outside_state() == before, statuses
     assert len((await flip.sh('cd -- "$1/d" && ls -A')).split()) >= _done(statuses)
 
@@ -172,7 +172,7 @@ async def test_rm_removes_nothing_outside_in_a_race(http: httpx.AsyncClient, fli
     async def request(i: int) -> httpx.Response:
         return await http.delete("rm", params={"path": f"{flip.d}/r{i}"})
 
-    statuses = await _race(flip, request)
+    statuses = await race(flip, request)
     assert await flip.outside_state() == before, statuses
     left = (await flip.sh('cd -- "$1/d" && ls -A')).split()
     assert len(left) == ROUNDS - _done(statuses)  # rm answers nothing after the act
@@ -187,7 +187,7 @@ async def test_chmod_changes_nothing_outside_in_a_race(http: httpx.AsyncClient, 
         name, mode = ("f", "600") if i % 2 else ("s", "700")
         return await http.put("chmod", json={"path": f"{flip.d}/{name}", "mode": mode})
 
-    statuses = await _race(flip, request)
+    statuses = await race(flip, request)
     assert await flip.outside_state() == before, statuses
     if _done(statuses):
         assert await flip.sh('stat -c %a -- "$1/d/f" "$1/d/s"') in {
@@ -280,7 +280,7 @@ async def _downloads_in_a_race(flip: Flip, stub: Any, metadata: Any) -> set[byte
         await asyncio.gather(*(download() for _ in range(16)))
         return httpx.Response(200)
 
-    await _race(flip, rounds)
+    await race(flip, rounds)
     return seen
 
 
@@ -341,7 +341,7 @@ async def test_a_bulk_download_reads_nothing_outside_in_a_race(
         return httpx.Response(200)
 
     try:
-        await _race(flip, bulk)
+        await race(flip, bulk)
     finally:
         await flip.sh('chmod 700 -- "$1/d" "$2"')
     assert OUTSIDE not in seen

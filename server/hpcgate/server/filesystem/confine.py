@@ -48,14 +48,17 @@ How the check and the act are kept together, by transport:
   block is a confined step (``cd -P``, ``inside "$PWD"``, ``find .``,
   :mod:`.findlisting`). A small one stays on SFTP (2x faster, no process on
   the login node: the 10-entry ``ls`` of ``make bench``'s load scenario),
-  and so do recursive and dereferencing ones, per subdirectory: SFTP v3,
-  all that OpenSSH speaks, has no openat and no O_NOFOLLOW, so such a
-  listing reads the resolved path, whose every component was a real
-  directory inside when resolved. A link made beforehand is always caught;
-  what remains is a swap of one of those directories within the ~0.3 ms
-  between two requests, which can make a listing show (never change) a
-  directory outside. The same holds for the entry the operations above
-  list in their replies: a race there can fail the reply, never the act.
+  and so do recursive and dereferencing ones, per subdirectory. SFTP v3,
+  all that OpenSSH speaks, has no openat and no O_NOFOLLOW, so each
+  directory is held by handle (:mod:`.helddir`): opened by its resolved
+  path, its fd judged as a file's is, and listed through sftp-server's own
+  ``/proc/self/fd/N``, so that neither the READDIR nor the attributes
+  sftp-server gives each entry can go through a directory swapped in
+  meanwhile; links in it are read, and followed, through that fd too. What
+  remains: the entry that ``ls`` of a non-directory, and the operations
+  above, show in their replies is read by path after the act, so a swap
+  there within ~0.3 ms can fail or mislead the reply (one entry's
+  attributes), never the act.
 * **Batches** (small-file reads, bulk download): one ``realpath -m`` over
   all paths in the batch's own command drops every path that leads outside
   before tar opens anything; then each real directory is entered, checked

@@ -18,8 +18,9 @@ asyncssh writes a request the moment its coroutine first runs (no await
 before ``send_packet``), ``gather`` runs its coroutines in order, and
 sftp-server answers requests in order: no round trip is added.
 
-A stale model (an fd opened behind its back, by an ``opendir`` of a
-listing on the same client, or a close that failed) shows as a readlink
+Listings open directories through the same model and lock
+(:mod:`.helddir`). A stale model (an fd opened behind its back, or a close
+that failed) shows as a readlink
 naming something other than the file: then the model is learned again and
 the fds new since the open was sent are searched for the file. Demanding
 equality with the resolved path (not merely "inside") is what makes a
@@ -66,8 +67,12 @@ class FdModel:
 
     def next(self) -> int:
         """The fd the next open will get: the lowest free one."""
+        return self.following(1)[0]
+
+    def following(self, count: int) -> list[int]:
+        """The fds the next ``count`` opens will get, in order: the lowest free ones."""
         assert self.taken is not None
-        return min(set(range(len(self.taken) + 1)) - self.taken)
+        return sorted(set(range(len(self.taken) + count)) - self.taken)[:count]
 
 
 _MODELS: weakref.WeakKeyDictionary[asyncssh.SFTPClient, FdModel] = weakref.WeakKeyDictionary()

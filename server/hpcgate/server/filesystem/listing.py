@@ -6,14 +6,16 @@ step (:mod:`.findlisting`): 3x faster than SFTP readdir from 1,000 entries
 up, and confined in the same step. Small directories (most listings: twice
 as fast over SFTP, and no process on the login node), recursive and
 dereferencing listings, and paths that are not directories are listed over
-SFTP: one readdir per directory, owner names from the longnames; links are
-resolved, and followed with ``dereference`` only where they lead inside
-the filesystems.
+SFTP: one readdir per directory, each directory held by its handle while
+read (:mod:`.helddir`), owner names from the longnames; links are read
+through the held directory, and followed with ``dereference`` only where
+they lead inside the filesystems.
 """
 
 from __future__ import annotations
 
 import asyncio
+import posixpath
 import stat as statmod
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
@@ -21,7 +23,8 @@ from typing import TypeVar
 
 import asyncssh
 
-from hpcgate.server.filesystem import findlisting
+from hpcgate.server.errors import ServiceError
+from hpcgate.server.filesystem import findlisting, helddir
 from hpcgate.server.filesystem.entries import FileEntry, Listing, Unreadable
 from hpcgate.server.filesystem.errors import sftp_error
 from hpcgate.server.filesystem.names import longname_owner
@@ -30,6 +33,9 @@ from hpcgate.server.filesystem.remote import Remote
 
 # SFTP requests one listing keeps in flight (readdir, readlink, stat).
 LS_CONCURRENCY = 32
+# Directories one listing holds open at once (two sftp-server fds each, see
+# :mod:`.helddir`), well within the fds the fd model learns (handles._PROBE).
+DIRS_HELD = 8
 # A directory bigger than this (st_size, bytes) is listed by find, a smaller one
 # over SFTP: one block holds ~100-200 entries on ext4 and ldiskfs (Lustre), the
 # size below which SFTP's fewer steps win (package docstring). Zero cost to
@@ -83,6 +89,8 @@ class _Lister:
         self.recursive = recursive
         self.dereference = dereference
         self.gate = asyncio.Semaphore(LS_CONCURRENCY)
+        self.dirs = asyncio.Semaphore(DIRS_HELD)
+        self.top = "/"  # the listed directory as asked for (in refusals below it)
         # Real paths of the directories listed so far (no loops through links).
         self.visited: set[bytes] = set()
         # Subdirectories that could not be read (ls -R lists the rest).
@@ -93,22 +101,25 @@ class _Lister:
         async with self.gate:
             return await request
 
-    async def listing(self, path: bytes, real: bytes) -> list[FileEntry]:
-        """Entries of the directory ``path`` (and below, if recursive), in ``ls -R`` order."""
+    async def listing(self, real: bytes, shown: str) -> list[FileEntry]:
+        """Entries of the directory ``real`` (and below, if recursive), in ``ls -R`` order."""
         self.visited.add(real)
-        return await self._named(await self._readdir(path, "", real))
+        self.top = shown.rstrip("/") or "/"
+        return await self._named(await self._readdir(real, "", shown))
 
-    async def _readdir(self, path: bytes, prefix: str, real: bytes) -> list[_Raw]:
-        names = await self._guarded(self.client.readdir(path))
-        shown = sorted((n for n in names if self._shown(n.filename)), key=_filename)
-        raws = [_Raw.of(prefix, name) for name in shown]
-        links = [i for i, raw in enumerate(raws) if statmod.S_ISLNK(raw.mode)]
-        resolved = await asyncio.gather(*(self._link(path, raws[i]) for i in links))
+    async def _readdir(self, real: bytes, prefix: str, shown: str) -> list[_Raw]:
+        """The entries of the resolved directory ``real``, read and resolved while held."""
+        async with self.dirs, helddir.held(self.client, self.remote.confine, real, shown) as held:
+            names = await self._guarded(held.names())
+            listed = sorted((n for n in names if self._shown(n.filename)), key=_filename)
+            raws = [_Raw.of(prefix, name) for name in listed]
+            links = [i for i, raw in enumerate(raws) if statmod.S_ISLNK(raw.mode)]
+            resolved = await asyncio.gather(*(self._link(held, raws[i]) for i in links))
         for i, raw in zip(links, resolved, strict=True):
             raws[i] = raw
         if not self.recursive:
             return raws
-        below = [self._below(path, real, raw) for raw in raws if statmod.S_ISDIR(raw.mode)]
+        below = [self._below(real, raw) for raw in raws if statmod.S_ISDIR(raw.mode)]
         result = list(raws)
         for sub in await asyncio.gather(*below):
             result.extend(sub)
@@ -120,37 +131,68 @@ class _Lister:
             return False
         return self.show_hidden or not name.startswith(b".")
 
-    async def _link(self, path: bytes, raw: _Raw) -> _Raw:
-        """A link's target (or, with dereference, the attributes of what it points to)."""
-        full = path.rstrip(b"/") + b"/" + raw.base
+    async def _link(self, held: helddir.HeldDir, raw: _Raw) -> _Raw:
+        """A link's target (or, with dereference, the attributes of what it points to).
+
+        The link is read through the held directory, whatever its path
+        leads to meanwhile.
+        """
+        full = held.entry(raw.base)
+        try:
+            target = await self._guarded(self.client.readlink(full))
+        except asyncssh.SFTPError:
+            # No longer a link (replaced since the readdir): listed with no
+            # target, as ``ls -l`` does after "cannot read symbolic link".
+            return replace(raw, target="")
         if self.dereference:
-            # Followed only where it leads inside: an outside target's attributes
-            # (or, recursively, its contents) are not the caller's to see here.
-            try:
-                real = await self._guarded(self.client.realpath(full))
-                if self.remote.confine.inside(decode_name(real)):
-                    attrs = await self._guarded(self.client.stat(real))
-                    return replace(raw, attrs=attrs, owner=None, via_link=True, real=real)
-            except asyncssh.SFTPError:
-                pass  # a broken link is listed as itself
-        target = await self._guarded(self.client.readlink(full))
+            followed = await self._followed(held, full, target)
+            if followed is not None:
+                real, attrs = followed
+                return replace(raw, attrs=attrs, owner=None, via_link=True, real=real)
         return replace(raw, target=decode_name(target))
 
-    async def _below(self, path: bytes, real: bytes, raw: _Raw) -> list[_Raw]:
+    async def _followed(
+        self, held: helddir.HeldDir, full: bytes, target: bytes
+    ) -> tuple[bytes, asyncssh.SFTPAttrs] | None:
+        """Where the link ``full`` (to ``target``) leads and what is there, if inside and held.
+
+        Followed only where it leads inside: an outside target's attributes
+        (or, recursively, its contents) are not the caller's to see here.
+        A sibling (the common case) is read through the held directory's
+        fd, whatever its path is meanwhile; any other target through its
+        own held parent (:func:`helddir.entry_attrs`). A target that cannot
+        be held so, or is broken, is listed as the link (None).
+        """
+        try:
+            if b"/" not in target and target not in (b".", b".."):
+                attrs = await self._guarded(self.client.lstat(held.entry(target)))
+                if not statmod.S_ISLNK(attrs.permissions or 0):
+                    return held.real.rstrip(b"/") + b"/" + target, attrs
+            real = await self._guarded(self.client.realpath(full))
+            if not self.remote.confine.inside(decode_name(real)):
+                return None
+            found = await self._guarded(helddir.entry_attrs(self.client, real))
+        except asyncssh.SFTPError:
+            return None
+        return None if found is None else (real, found)
+
+    async def _below(self, real: bytes, raw: _Raw) -> list[_Raw]:
         """The listing below the directory ``raw``, unless it was listed already."""
-        child = path.rstrip(b"/") + b"/" + raw.base
         if raw.via_link and raw.real is not None:
-            child = child_real = raw.real
+            child_real = raw.real
         else:
             child_real = real.rstrip(b"/") + b"/" + raw.base
         if child_real in self.visited:
             return []
         self.visited.add(child_real)
         try:
-            return await self._readdir(child, raw.name + "/", child_real)
+            shown = posixpath.join(self.top, raw.name)
+            return await self._readdir(child_real, raw.name + "/", shown)
         except asyncssh.SFTPError as error:
             self.unreadable.append(Unreadable(raw.name, sftp_error(error, raw.name).message))
-            return []
+        except ServiceError as error:  # it changed since its parent was read
+            self.unreadable.append(Unreadable(raw.name, error.message))
+        return []
 
     async def _named(self, raws: list[_Raw]) -> list[FileEntry]:
         """Entries with owner names: from longnames, the cache, or one getent."""
@@ -256,12 +298,12 @@ async def ls(
         if not statmod.S_ISDIR(attrs.permissions or 0):
             return Listing([await _owned_entry(remote, path, attrs, target, numeric_uid)])
         if recursive or dereference or (attrs.size or 0) <= FIND_FROM_SIZE:
-            return await _read(remote, client, real, *flags)
+            return await _read(remote, client, real, path, *flags)
     found = await findlisting.listed(remote, path, show_hidden, numeric_uid)
     if found is not None:
         return found
     async with remote.sftp(path) as client:  # it changed meanwhile: SFTP says how
-        return await _read(remote, client, real, *flags)
+        return await _read(remote, client, real, path, *flags)
 
 
 async def _looked_up(
@@ -289,12 +331,13 @@ async def _read(
     remote: Remote,
     client: asyncssh.SFTPClient,
     real: str,
+    shown: str,
     show_hidden: bool,
     numeric_uid: bool,
     recursive: bool,
     dereference: bool,
 ) -> Listing:
-    """The listing of the directory ``real`` over SFTP (see :class:`_Lister`)."""
+    """The listing of the directory ``real`` (asked as ``shown``) over SFTP: :class:`_Lister`."""
     lister = _Lister(remote, client, show_hidden, numeric_uid, recursive, dereference)
-    entries = await lister.listing(real.encode(), real.encode())
+    entries = await lister.listing(real.encode(), shown)
     return Listing(entries, sorted(lister.unreadable, key=lambda u: u.name))
