@@ -4,7 +4,7 @@ The race of issue 14 run for real, as in :mod:`integration.test_paths_steps`:
 a process of alice's flips her directory ``d`` with a link to a directory
 of hers under /tmp, as fast as it can, while hpcgate lists ``d`` (small:
 over SFTP, :mod:`hpcgate.server.filesystem.helddir`), its parent
-recursively, and ``d`` dereferenced. Both directories hold a file ``f``
+recursively, ``d`` dereferenced, and the file ``d/f`` itself. Both directories hold a file ``f``
 (inside 6 bytes, outside 7,777) and a name of their own. Each answer may be
 a listing of the real ``d``, a refusal or PATH_CHANGED, or NOT_FOUND;
 never an outside name, nor the outside ``f``'s size. The previous
@@ -19,7 +19,7 @@ import grpc
 import httpx
 import pytest
 from integration.test_paths_confine import alice
-from integration.test_paths_steps import Flip, race, flip
+from integration.test_paths_steps import Flip, flip, race
 
 from conftest import LiveService
 from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
@@ -38,13 +38,13 @@ _ARRANGE = (
 _REFUSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ABORTED}
 
 
-@pytest.mark.parametrize("mode", ["plain", "recursive", "dereference"])
+@pytest.mark.parametrize("mode", ["plain", "recursive", "dereference", "file"])
 async def test_ls_never_shows_the_outside_in_a_race(
     live: LiveService, flip: Flip, mode: str
 ) -> None:
     await flip.sh(_ARRANGE)
     stub = filesystem_pb2_grpc.FilesystemStub(live.channel)
-    path = flip.work if mode == "recursive" else flip.d
+    path = {"recursive": flip.work, "file": f"{flip.d}/f"}.get(mode, flip.d)
     request = filesystem_pb2.LsRequest(
         system_name=SYSTEM,
         path=path,
@@ -64,6 +64,10 @@ async def test_ls_never_shows_the_outside_in_a_race(
 
     await race(flip, ls)
     prefix = "d/" if mode == "recursive" else ""
+    if mode == "file":  # the single entry, never the outside f's
+        assert listed, listed
+        assert all(list(names.values()) == [INSIDE_SIZE] for names in listed), listed
+        return
     inside = [names for names in listed if f"{prefix}in-only" in names]
     assert inside, listed  # the race was run both ways: some listings were of the real d
     for names in listed:

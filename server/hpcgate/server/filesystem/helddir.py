@@ -178,28 +178,42 @@ async def held(
                 model.taken = None  # did they reach sftp-server? Learn again.
 
 
-async def entry_attrs(client: asyncssh.SFTPClient, real: bytes) -> asyncssh.SFTPAttrs | None:
-    """The attributes of the entry ``real`` (a resolved path) itself, read through its held parent.
+@dataclass(frozen=True)
+class Entry:
+    """One directory entry read through its held parent: its lstat, and a link's target."""
+
+    attrs: asyncssh.SFTPAttrs
+    target: bytes | None  # the link's target text, None if it is not a link
+
+    @property
+    def is_link(self) -> bool:
+        return statmod.S_ISLNK(self.attrs.permissions or 0)
+
+
+async def held_entry(client: asyncssh.SFTPClient, real: bytes) -> Entry | None:
+    """The entry ``real`` (its parent resolved, its name its own) read through its held parent.
 
     The parent is opened and judged as in step 1, and the entry lstat'ed
-    through its fd, all in one round trip: None if the parent's handle led
-    elsewhere, the parent cannot be read, or the entry is not there or is
-    now a link (it was not when ``real`` was resolved: it changed).
+    (and readlink'ed, should it be a link) through its fd, all in one round
+    trip: None if the parent's handle led elsewhere, the parent cannot be
+    read, or the entry is not there.
     """
     parent, name = posixpath.split(real.rstrip(b"/"))
     if not name:  # "/" itself: no link can replace it
-        return await client.lstat(real)
+        return Entry(await client.lstat(real), None)
     model = model_of(client)
     handler = _handler(client)
     async with model.lock:
         if model.taken is None:
             await model.learn(client)
         (n,) = model.following(1)
+        inside = _fd_path(n) + b"/" + name
         try:
-            handle, where, attrs = await _gather(
+            handle, where, attrs, target = await _gather(
                 handler.opendir(parent or b"/"),
                 client.readlink(_fd_path(n)),
-                client.lstat(_fd_path(n) + b"/" + name),
+                client.lstat(inside),
+                client.readlink(inside),  # fails unless it is a link: harmless
             )
         except BaseException:
             model.taken = None
@@ -210,6 +224,7 @@ async def entry_attrs(client: asyncssh.SFTPClient, real: bytes) -> asyncssh.SFTP
             model.taken = None  # the fd went elsewhere, or the close is unknown
     if not held_there or not isinstance(attrs, asyncssh.SFTPAttrs):
         return None
-    if statmod.S_ISLNK(attrs.permissions or 0):
-        return None
-    return attrs
+    found = Entry(attrs, target if isinstance(target, bytes) else None)
+    if found.is_link and found.target is None:
+        return None  # a link whose target could not be read: it changed
+    return found

@@ -25,6 +25,7 @@ import asyncssh
 
 from hpcgate.server.errors import ServiceError
 from hpcgate.server.filesystem import findlisting, helddir
+from hpcgate.server.filesystem.confine import path_changed
 from hpcgate.server.filesystem.entries import FileEntry, Listing, Unreadable
 from hpcgate.server.filesystem.errors import sftp_error
 from hpcgate.server.filesystem.names import longname_owner
@@ -160,7 +161,7 @@ class _Lister:
         (or, recursively, its contents) are not the caller's to see here.
         A sibling (the common case) is read through the held directory's
         fd, whatever its path is meanwhile; any other target through its
-        own held parent (:func:`helddir.entry_attrs`). A target that cannot
+        own held parent (:func:`helddir.held_entry`). A target that cannot
         be held so, or is broken, is listed as the link (None).
         """
         try:
@@ -171,10 +172,12 @@ class _Lister:
             real = await self._guarded(self.client.realpath(full))
             if not self.remote.confine.inside(decode_name(real)):
                 return None
-            found = await self._guarded(helddir.entry_attrs(self.client, real))
+            found = await self._guarded(helddir.held_entry(self.client, real))
         except asyncssh.SFTPError:
             return None
-        return None if found is None else (real, found)
+        if found is None or found.is_link:  # a link now: it changed since the realpath
+            return None
+        return real, found.attrs
 
     async def _below(self, real: bytes, raw: _Raw) -> list[_Raw]:
         """The listing below the directory ``raw``, unless it was listed already."""
@@ -257,12 +260,18 @@ class _Raw:
 
 
 async def single_entry(remote: Remote, client: asyncssh.SFTPClient, path: str) -> FileEntry:
-    """``ls -ld path``: the entry of ``path`` itself (a link is not followed)."""
-    attrs = await client.lstat(path)
-    target = None
-    if statmod.S_ISLNK(attrs.permissions or 0):
-        target = decode_name(await client.readlink(path.encode()))
-    return await _owned_entry(remote, path, attrs, target, numeric=False)
+    """``ls -ld path``: the entry of ``path`` itself (a link is not followed).
+
+    Read through its resolved, held parent (:func:`helddir.held_entry`),
+    not by path text: a directory on the path swapped for a link after the
+    act shows PATH_CHANGED, never an outside entry.
+    """
+    place = await remote.confine.resolve_entry(client, path)
+    found = await helddir.held_entry(client, place.encode())
+    if found is None:
+        raise path_changed(path, "it was listed")
+    target = None if found.target is None else decode_name(found.target)
+    return await _owned_entry(remote, path, found.attrs, target, numeric=False)
 
 
 async def _owned_entry(
@@ -296,6 +305,7 @@ async def ls(
     async with remote.sftp(path) as client:
         real, attrs, target = await _looked_up(remote, client, path, dereference)
         if not statmod.S_ISDIR(attrs.permissions or 0):
+            attrs, target = await _held_again(remote, client, path, real, target)
             return Listing([await _owned_entry(remote, path, attrs, target, numeric_uid)])
         if recursive or dereference or (attrs.size or 0) <= FIND_FROM_SIZE:
             return await _read(remote, client, real, path, *flags)
@@ -325,6 +335,27 @@ async def _looked_up(
     if followed is not None and (dereference or statmod.S_ISDIR(followed.permissions or 0)):
         return real, followed, None
     return real, attrs, decode_name(await client.readlink(path.encode()))
+
+
+async def _held_again(
+    remote: Remote, client: asyncssh.SFTPClient, path: str, real: str, target: str | None
+) -> tuple[asyncssh.SFTPAttrs, str | None]:
+    """The entry to list for the non-directory ``path``, read again through its held parent.
+
+    :func:`_looked_up` read it by path text, pipelined beside the
+    realpath: a directory on the path swapped in between would show an
+    outside entry's attributes. So the entry it found (``real``, or with a
+    ``target`` the link itself) is read once more through its judged
+    parent's fd (:func:`helddir.held_entry`); if it is gone or has become
+    (or stopped being) a link, the path changed: PATH_CHANGED.
+    """
+    place = await remote.confine.resolve_entry(client, path) if target is not None else real
+    found = await helddir.held_entry(client, place.encode())
+    if found is None or found.is_link != (target is not None):
+        raise path_changed(path, "it was listed")
+    if found.target is None:
+        return found.attrs, None
+    return found.attrs, decode_name(found.target)
 
 
 async def _read(
