@@ -54,11 +54,10 @@ How the check and the act are kept together, by transport:
   path, its fd judged as a file's is, and listed through sftp-server's own
   ``/proc/self/fd/N``, so that neither the READDIR nor the attributes
   sftp-server gives each entry can go through a directory swapped in
-  meanwhile; links in it are read, and followed, through that fd too. What
-  remains: the entry that ``ls`` of a non-directory, and the operations
-  above, show in their replies is read by path after the act, so a swap
-  there within ~0.3 ms can fail or mislead the reply (one entry's
-  attributes), never the act.
+  meanwhile; links in it are read, and followed, through that fd too.
+  The single entry that ``ls`` of a non-directory shows, and that the
+  operations above reply with, is read through its resolved parent held
+  the same way (:func:`.helddir.held_entry`): changed, it is PATH_CHANGED.
 * **Batches** (small-file reads, bulk download): one ``realpath -m`` over
   all paths in the batch's own command drops every path that leads outside
   before tar opens anything; then each real directory is entered, checked
