@@ -44,14 +44,20 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return found
 
 
-def _install(env: Path, *wheels: Path) -> Path:
-    venv.create(env, with_pip=True)
-    python = env / "bin" / "python"
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", *map(str, wheels)],
+def _pip(python: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """This interpreter's pip acting on the venv of ``python`` (no pip of its own to seed)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), *args],
         check=True,
         capture_output=True,
+        text=True,
     )
+
+
+def _install(env: Path, *wheels: Path) -> Path:
+    venv.create(env, with_pip=False)
+    python = env / "bin" / "python"
+    _pip(python, "install", "-q", *map(str, wheels))
     return python
 
 
@@ -88,12 +94,7 @@ def test_each_wheel_installs_alone_and_imports(
     extra = () if dist == "hpcgate" else (wheels["hpcgate"],)
     python = _install(tmp_path / "venv", wheels[dist], *extra)
     subprocess.run([str(python), "-c", imports], check=True, cwd=tmp_path)
-    listed = subprocess.run(
-        [str(python), "-m", "pip", "list", "--format=freeze"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    listed = _pip(python, "list", "--format=freeze").stdout
     installed = {line.split("==")[0].lower() for line in listed.splitlines()}
     if dist == "hpcgate":
         # Installed alone, the client brings none of the server's or edge's stack.
