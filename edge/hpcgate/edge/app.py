@@ -32,6 +32,7 @@ from starlette.types import ASGIApp
 
 from hpcgate.edge.accesslog import AccessLog
 from hpcgate.edge.bindings import Binding, bindings_of, hpcgate_services
+from hpcgate.edge.dispatch import Dispatch
 from hpcgate.edge.body import BodyError, BodyLimits, check_declared, has_body
 from hpcgate.edge.errors import (
     bad_request_response,
@@ -453,4 +454,5 @@ def create_app(
             if access_log is not None:
                 access_log.flush()
 
-    return EdgeApp(Starlette(routes=routes, lifespan=lifespan), edge, access_log)
+    starlette = Starlette(routes=routes, lifespan=lifespan)
+    return EdgeApp(Dispatch(routes, starlette), edge, access_log)
