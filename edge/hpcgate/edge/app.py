@@ -32,8 +32,8 @@ from starlette.types import ASGIApp
 
 from hpcgate.edge.accesslog import AccessLog
 from hpcgate.edge.bindings import Binding, bindings_of, hpcgate_services
-from hpcgate.edge.dispatch import Dispatch
 from hpcgate.edge.body import BodyError, BodyLimits, check_declared, has_body
+from hpcgate.edge.dispatch import Dispatch
 from hpcgate.edge.errors import (
     bad_request_response,
     error_body,
@@ -164,9 +164,15 @@ class Edge:
             if self.channel is None:  # an app driven without its lifespan (ASGI test transport)
                 self.open()
             assert self.channel is not None
-            factory = self.channel.unary_stream if streaming else self.channel.unary_unary
+            # A registered method, as the generated stubs ask for: gRPC core
+            # then interns the path once instead of on every call (typed Any:
+            # grpc's type stubs do not know the keyword).
+            factory: Any = self.channel.unary_stream if streaming else self.channel.unary_unary
             callable_ = factory(
-                path, request_serializer=_serialize, response_deserializer=deserialize
+                path,
+                request_serializer=_serialize,
+                response_deserializer=deserialize,
+                _registered_method=True,
             )
             self._callables[key] = callable_
         return callable_
