@@ -17,7 +17,7 @@ VERBS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def _dispatch() -> Dispatch:
-    dispatch = create_app("127.0.0.1:1")._app.app
+    dispatch = create_app("127.0.0.1:1").app
     assert isinstance(dispatch, Dispatch)
     return dispatch
 
@@ -52,7 +52,7 @@ def test_every_path_and_verb_gets_the_routers_route_or_goes_to_starlette() -> No
         for method in VERBS:
             chosen = _routers_choice(dispatch.routes, path, method)
             scope = _scope(path, method)
-            endpoint = dispatch._match(scope)
+            endpoint = dispatch.match(scope)
             if endpoint is not None:
                 direct += 1
                 assert chosen is not None, (path, method)
@@ -69,7 +69,7 @@ def test_every_path_and_verb_gets_the_routers_route_or_goes_to_starlette() -> No
 def test_the_route_listed_first_wins_a_path_two_templates_fit() -> None:
     dispatch = _dispatch()
     scope = _scope("/compute/cluster/jobs/watch", "GET")
-    dispatch._match(scope)
+    dispatch.match(scope)
     assert scope["route"].path == "/compute/{system_name}/jobs/watch"
     assert scope["path_params"] == {"system_name": "cluster"}
 

@@ -391,10 +391,11 @@ class EdgeApp:
     def __init__(self, app: ASGIApp, edge: Edge, access_log: AccessLog | None) -> None:
         self.edge = edge
         self.access_log = access_log
-        self._app = Observed(app, access_log)
+        self.app = app  # the application inside the observation (a :class:`Dispatch`)
+        self._observed = Observed(app, access_log)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self._app(scope, receive, send)
+        await self._observed(scope, receive, send)
 
 
 def create_app(

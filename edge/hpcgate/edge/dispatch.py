@@ -80,7 +80,7 @@ class Dispatch:
                 best = index
         return None if best is None else self.routes[best]
 
-    def _match(self, scope: Scope) -> Endpoint | None:
+    def match(self, scope: Scope) -> Endpoint | None:
         """The endpoint of the route that Starlette's Router would pick, when it matches fully.
 
         None when Starlette should answer: no route fits, or the one that fits
@@ -99,7 +99,7 @@ class Dispatch:
         return endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = self._match(scope) if scope["type"] == "http" else None
+        endpoint = self.match(scope) if scope["type"] == "http" else None
         if endpoint is None:
             await self.fallback(scope, receive, send)
             return
