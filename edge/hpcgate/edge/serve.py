@@ -26,8 +26,9 @@ from hpcgate.edge.protocol import guarded_protocol
 # of requests in flight holds objects that outlive a young collection, so the
 # collector kept walking them: 17 % of the edge's CPU under 500 connections
 # (gc.callbacks, 20 s of wrk on GET /status/systems), for ~2,300 objects found
-# in 20 s. Collections start after 50,000 more live objects instead (cyclic
-# garbage, a few MiB at worst, waits for that long): 0.7 % of the CPU.
+# in 20 s. Collections start after 50,000 more live objects instead: 0.3-0.7 %
+# of the CPU. Cyclic garbage waits that long, so at worst 50,000 objects of it
+# (some 10 MiB) are held; the edge made ~100 such objects a second under load.
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
