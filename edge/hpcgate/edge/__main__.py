@@ -10,7 +10,7 @@ from hpcgate.edge.accesslog import AccessLog
 from hpcgate.edge.app import HEARTBEAT_SECONDS, create_app
 from hpcgate.edge.body import BodyLimits
 from hpcgate.edge.metrics import serve_metrics
-from hpcgate.edge.serve import EdgeServer, ServeOptions, edge_config
+from hpcgate.edge.serve import EdgeServer, ServeOptions, edge_config, settle_collector
 from hpcgate.edge.upstream import UpstreamTLS
 
 
@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
         header_timeout=args.header_timeout,
         shutdown_grace=args.shutdown_grace,
     )
-    EdgeServer(edge_config(app, options), on_shutdown=app.edge.drain).run()
+    server = EdgeServer(edge_config(app, options), on_shutdown=app.edge.drain)
+    settle_collector()
+    server.run()
 
 
 if __name__ == "__main__":

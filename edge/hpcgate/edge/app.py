@@ -33,6 +33,7 @@ from starlette.types import ASGIApp
 from hpcgate.edge.accesslog import AccessLog
 from hpcgate.edge.bindings import Binding, bindings_of, hpcgate_services
 from hpcgate.edge.body import BodyError, BodyLimits, check_declared, has_body
+from hpcgate.edge.dispatch import Dispatch
 from hpcgate.edge.errors import (
     bad_request_response,
     error_body,
@@ -163,9 +164,15 @@ class Edge:
             if self.channel is None:  # an app driven without its lifespan (ASGI test transport)
                 self.open()
             assert self.channel is not None
-            factory = self.channel.unary_stream if streaming else self.channel.unary_unary
+            # A registered method, as the generated stubs ask for: gRPC core
+            # then interns the path once instead of on every call (typed Any:
+            # grpc's type stubs do not know the keyword).
+            factory: Any = self.channel.unary_stream if streaming else self.channel.unary_unary
             callable_ = factory(
-                path, request_serializer=_serialize, response_deserializer=deserialize
+                path,
+                request_serializer=_serialize,
+                response_deserializer=deserialize,
+                _registered_method=True,
             )
             self._callables[key] = callable_
         return callable_
@@ -384,10 +391,11 @@ class EdgeApp:
     def __init__(self, app: ASGIApp, edge: Edge, access_log: AccessLog | None) -> None:
         self.edge = edge
         self.access_log = access_log
-        self._app = Observed(app, access_log)
+        self.app = app  # the application inside the observation (a :class:`Dispatch`)
+        self._observed = Observed(app, access_log)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self._app(scope, receive, send)
+        await self._observed(scope, receive, send)
 
 
 def create_app(
@@ -453,4 +461,5 @@ def create_app(
             if access_log is not None:
                 access_log.flush()
 
-    return EdgeApp(Starlette(routes=routes, lifespan=lifespan), edge, access_log)
+    starlette = Starlette(routes=routes, lifespan=lifespan)
+    return EdgeApp(Dispatch(routes, starlette), edge, access_log)

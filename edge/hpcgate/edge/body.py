@@ -48,8 +48,10 @@ class BodyLimits:
 
 def declared_length(request: Request) -> int | None:
     """The body length the request declares, None without a (valid) Content-Length."""
-    declared = request.headers.get("content-length", "")
-    return int(declared) if declared.isdigit() else None
+    # getlist, not get: Headers.get raises and catches a KeyError for a
+    # missing header, and most requests (every GET) declare no length.
+    declared = request.headers.getlist("content-length")
+    return int(declared[0]) if declared and declared[0].isdigit() else None
 
 
 def has_body(request: Request) -> bool:

@@ -17,6 +17,7 @@ import itertools
 import os
 import time
 
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hpcgate.edge.accesslog import AccessLog
@@ -33,6 +34,8 @@ MAX_REQUEST_ID = 128
 # prefix and a counter (uuid4 per request showed in the edge's profile).
 _ID_PREFIX = os.urandom(6).hex()
 _ids = itertools.count(1)
+# The answer to a request whose handler raised before it answered.
+INTERNAL_ERROR = PlainTextResponse("Internal Server Error", status_code=500)
 
 
 def _usable(value: bytes) -> bool:
@@ -95,6 +98,10 @@ class Observed:
         metrics.in_flight += 1
         try:
             await self.app(scope, receive, observed_send)
+        except Exception:
+            if not status:  # answered as Starlette's ServerErrorMiddleware would, then logged
+                await INTERNAL_ERROR(scope, receive, observed_send)
+            raise
         finally:
             metrics.in_flight -= 1
             seconds = time.perf_counter() - clock

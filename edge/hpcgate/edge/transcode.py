@@ -258,8 +258,10 @@ async def build_request(binding: Binding, request: Request, limits: BodyLimits) 
     if binding.body:
         data = parse_json_body(binding, await read_body(request, limits.json, limits))
     query: dict[str, list[str]] = {}
-    for key, value in request.query_params.multi_items():
-        query.setdefault(key, []).append(value)
+    # Most requests have no query: parsing an empty one still builds a QueryParams.
+    if request.scope["query_string"]:
+        for key, value in request.query_params.multi_items():
+            query.setdefault(key, []).append(value)
     spelled = _spellings(binding.method.input_type, [*data, *query]) if data or query else {}
     data.update(query_to_dict(binding, query))
     for name in binding.path_fields:

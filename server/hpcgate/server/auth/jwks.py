@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 
 from hpcgate.server.config import AuthConfig
@@ -128,6 +127,10 @@ def file_fetcher(path: Path) -> Fetch:
 
 async def _get(url: str, timeout_s: float) -> bytes:
     """The body of an HTTP GET of ``url`` (at most MAX_JWKS_BYTES); JwksError if none."""
+    # Imported here: httpx's package imports its command line (click, rich,
+    # pygments: ~7 MiB resident), and a server whose keys are a file never fetches.
+    import httpx
+
     try:
         async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client:
             response = await client.get(url, headers={"accept": "application/json"})

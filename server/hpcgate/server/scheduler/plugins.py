@@ -20,10 +20,6 @@ from hpcgate.server.scheduler.cluster import SchedulerStatus
 from hpcgate.server.scheduler.jobs import JobScheduler
 from hpcgate.server.scheduler.slurm.jobs import SlurmJobs
 from hpcgate.server.scheduler.slurm.status import SlurmStatus
-from hpcgate.server.scheduler.slurmrest.client import SUPPORTED_VERSIONS, SlurmRestClient
-from hpcgate.server.scheduler.slurmrest.jobs import SlurmRestJobs
-from hpcgate.server.scheduler.slurmrest.status import SlurmRestStatus
-from hpcgate.server.scheduler.slurmrest.tokens import CommandTokens, TokenMinter
 from hpcgate.server.schedulerconfig import SchedulerConfig
 
 
@@ -58,7 +54,15 @@ def _slurm_rest(config: SchedulerConfig) -> SchedulerPlugin:
 
     The CLI adapters are kept for what the REST API lacks (see
     :mod:`hpcgate.server.scheduler.slurmrest.jobs`); they run over SSH.
+    Imported here, when a system uses it: its HTTP client (httpx, which
+    imports click, rich and pygments) is ~7 MiB resident in a server that
+    never talks to slurmrestd.
     """
+    from hpcgate.server.scheduler.slurmrest.client import SUPPORTED_VERSIONS, SlurmRestClient
+    from hpcgate.server.scheduler.slurmrest.jobs import SlurmRestJobs
+    from hpcgate.server.scheduler.slurmrest.status import SlurmRestStatus
+    from hpcgate.server.scheduler.slurmrest.tokens import CommandTokens, TokenMinter
+
     assert config.url is not None  # the config model requires it for this type
     token_for: TokenMinter | CommandTokens
     if config.jwt_key_file is not None:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import asyncssh
-import httpx
 from asyncssh.public_key import SSHOpenSSHCertificate
 
 from hpcgate.server.config import ConfigError, CredentialsConfig, StaticKey
@@ -177,6 +176,8 @@ class SigningService(_CachedCertificates):
             return await super().credentials(username)
 
     async def _issue(self, username: str, now: float) -> UserCredentials:
+        import httpx  # only for sites with a signing service (see auth.jwks._get)
+
         key = asyncssh.generate_private_key("ssh-ed25519")
         body = {
             "principal": username,
