@@ -95,10 +95,12 @@ def local_config(
 
 
 def transfer_methods(cluster: dict[str, Any]) -> list[dict[str, Any]]:
-    """s3 (the default), and the streamer when the cluster has its venv.
+    """s3 (the default), and the streamer and wormhole when the cluster has their venvs.
 
     The streamer's jobs run on the cluster's one node, which the client
-    reaches on loopback, at the ports the cluster set aside for them.
+    reaches on loopback, at the ports the cluster set aside for them. The
+    wormhole's jobs use the cluster's mailbox server and transit relay (a
+    client must too: ``WORMHOLE_RELAY_URL``, ``WORMHOLE_TRANSIT_HELPER``).
     """
     methods: list[dict[str, Any]] = [{"service_type": "s3"}]
     streamer = cluster.get("streamer")
@@ -111,6 +113,17 @@ def transfer_methods(cluster: dict[str, Any]) -> list[dict[str, Any]]:
                 "public_ips": [streamer["host"]],
                 "port_range": streamer["port_range"],
                 "wait_timeout": 600,
+            }
+        )
+    wormhole = cluster.get("wormhole")
+    if wormhole and Path(wormhole["command"]).exists():
+        methods.append(
+            {
+                "service_type": "wormhole",
+                "command": wormhole["command"],
+                "relay_url": wormhole["mailbox_url"],
+                "transit_helper": wormhole["transit_relay"],
+                "transfer_timeout": 3600,
             }
         )
     return methods
