@@ -6,6 +6,8 @@ both run the service exactly as configured here.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +129,39 @@ def transfer_methods(cluster: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return methods
+
+
+# pyfirecrest (3.10, the newest) downloads with ``wormhole receive --code
+# CODE``, an option no magic-wormhole release has (0.10.5 to 0.24.0 take the
+# code as ``receive``'s argument; ``send`` has ``--code``). This shim, first
+# on a client's PATH, passes that code as the argument and runs the real
+# command; every other call passes through unchanged.
+_WORMHOLE_SHIM = """#!{python}
+import os, sys
+args = sys.argv[1:]
+if args[:1] == ["receive"] and "--code" in args[:-1]:
+    at = args.index("--code")
+    args.append(args.pop(at + 1))
+    del args[at]
+os.execv({real!r}, [{real!r}, *args])
+"""
+
+
+def wormhole_client_env(cluster: dict[str, Any], bin_dir: Path, path: str) -> dict[str, str]:
+    """What a client process needs to run pyfirecrest's wormhole method against the cluster.
+
+    Writes the ``wormhole`` shim (above) into ``bin_dir`` and returns the
+    variables to set: ``PATH`` (``bin_dir`` before ``path``), the cluster's
+    mailbox server and transit relay, and ``WORMHOLE_ACCEPT_FILE`` (else
+    pyfirecrest's ``wormhole receive`` asks on stdin).
+    """
+    wormhole = cluster["wormhole"]
+    shim = bin_dir / "wormhole"
+    shim.write_text(_WORMHOLE_SHIM.format(python=sys.executable, real=wormhole["command"]))
+    shim.chmod(0o755)
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{path}",
+        "WORMHOLE_RELAY_URL": wormhole["mailbox_url"],
+        "WORMHOLE_TRANSIT_HELPER": wormhole["transit_relay"],
+        "WORMHOLE_ACCEPT_FILE": "1",
+    }

@@ -10,6 +10,15 @@ mailbox server and transit relay: the jobs because dev/localsite.py
 configures them, this client through magic-wormhole's own variables
 (``WORMHOLE_RELAY_URL``, ``WORMHOLE_TRANSIT_HELPER``), with the ``wormhole``
 of the cluster's venv on its PATH.
+
+pyfirecrest (3.10, the newest) downloads with ``wormhole receive --code
+CODE``, an option no magic-wormhole release has (0.10.5 to 0.24.0 take the
+code as ``receive``'s argument; ``send`` has ``--code``): its wormhole
+download cannot work against the real command. So the client's PATH holds
+a shim (``localsite.wormhole_client_env``) that passes that code as the argument and runs
+the real ``wormhole``; and :func:`test_a_download_reaches_the_unmodified_cli`
+shows the server's side with the real command, no shim, as magic-wormhole
+documents it.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from firecrest.v2 import AsyncFirecrest
 from cluster_fixture import Cluster
 from conftest import LiveService, StaticToken, live_settings, start_service
 from devkeys import DevIssuer
-from localsite import SYSTEM, transfer_methods
+from localsite import SYSTEM, transfer_methods, wormhole_client_env
 
 SIZE = 200 * 1024 * 1024
 # Large enough that a transfer is still moving when the test interrupts it.
@@ -68,20 +77,18 @@ async def _remove_logs(cluster: Cluster, *transfers: dict[str, Any]) -> None:
 def wormhole_client(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> str:
-    """This process's ``wormhole``: the cluster's, on PATH, at its mailbox and relay.
+    """This process's ``wormhole``: the cluster's, at its mailbox and relay.
 
-    Returns the command. The PATH gains a directory holding only it.
+    Returns the real command. The PATH gains a directory holding only the
+    shim for pyfirecrest's ``receive --code`` (module docstring).
     """
     wormhole = cluster.raw.get("wormhole")
     assert wormhole, "the cluster has no wormhole servers: run `dev/cluster/cluster.py start`"
     bin_dir = tmp_path_factory.mktemp("wormhole-bin")
-    (bin_dir / "wormhole").symlink_to(wormhole["command"])
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("WORMHOLE_RELAY_URL", wormhole["mailbox_url"])
-    monkeypatch.setenv("WORMHOLE_TRANSIT_HELPER", wormhole["transit_relay"])
-    # pyfirecrest's `wormhole receive` would otherwise ask on stdin.
-    monkeypatch.setenv("WORMHOLE_ACCEPT_FILE", "1")
-    return str(bin_dir / "wormhole")
+    env = wormhole_client_env(cluster.raw, bin_dir, os.environ["PATH"])
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return str(wormhole["command"])
 
 
 @pytest.mark.timeout(900)
@@ -116,6 +123,40 @@ async def test_upload_and_download_200_mib_exact(
     assert _sha256(fetched) == want
     await download.wait_for_transfer_job()  # the job saw the client's confirmation
     await _remove_logs(cluster, data, download.transfer_data)
+
+
+@pytest.mark.timeout(300)
+async def test_a_download_reaches_the_unmodified_cli(
+    live: LiveService, remote_dir: str, tmp_path: Path, cluster: Cluster, wormhole_client: str
+) -> None:
+    remote = f"{remote_dir}/down.bin"
+    await _remote(cluster, "sh", "-c", 'head -c 5000000 /dev/urandom > "$1"', "sh", remote)
+    want = (await _remote(cluster, "sha256sum", "--", remote)).split()[0]
+    async with httpx.AsyncClient(base_url=live.rest_url, headers=live.headers("alice")) as http:
+        response = await http.post(
+            f"/filesystem/{SYSTEM}/transfer/download",
+            json={"sourcePath": remote, "transferDirectives": {"transferMethod": "wormhole"}},
+            timeout=60,
+        )
+    assert response.status_code == 201, response.text
+    data = response.json()
+    code = data["transferDirectives"]["wormholeCode"]
+    fetched = tmp_path / "fetched.bin"
+    receive = await asyncio.create_subprocess_exec(
+        wormhole_client,
+        "receive",
+        "--accept-file",
+        "--hide-progress",
+        "-o",
+        str(fetched),
+        code,
+        stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(receive.communicate(), 240)
+    assert receive.returncode == 0, err.decode()
+    assert _sha256(fetched) == want
+    await _remove_logs(cluster, data)
 
 
 async def _started_send(wormhole: str, local: Path) -> tuple[asyncio.subprocess.Process, str]:
