@@ -6,6 +6,8 @@ both run the service exactly as configured here.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -95,10 +97,12 @@ def local_config(
 
 
 def transfer_methods(cluster: dict[str, Any]) -> list[dict[str, Any]]:
-    """s3 (the default), and the streamer when the cluster has its venv.
+    """s3 (the default), and the streamer and wormhole when the cluster has their venvs.
 
     The streamer's jobs run on the cluster's one node, which the client
-    reaches on loopback, at the ports the cluster set aside for them.
+    reaches on loopback, at the ports the cluster set aside for them. The
+    wormhole's jobs use the cluster's mailbox server and transit relay (a
+    client must too: ``WORMHOLE_RELAY_URL``, ``WORMHOLE_TRANSIT_HELPER``).
     """
     methods: list[dict[str, Any]] = [{"service_type": "s3"}]
     streamer = cluster.get("streamer")
@@ -113,4 +117,51 @@ def transfer_methods(cluster: dict[str, Any]) -> list[dict[str, Any]]:
                 "wait_timeout": 600,
             }
         )
+    wormhole = cluster.get("wormhole")
+    if wormhole and Path(wormhole["command"]).exists():
+        methods.append(
+            {
+                "service_type": "wormhole",
+                "command": wormhole["command"],
+                "relay_url": wormhole["mailbox_url"],
+                "transit_helper": wormhole["transit_relay"],
+                "transfer_timeout": 3600,
+            }
+        )
     return methods
+
+
+# pyfirecrest (3.10, the newest) downloads with ``wormhole receive --code
+# CODE``, an option no magic-wormhole release has (0.10.5 to 0.24.0 take the
+# code as ``receive``'s argument; ``send`` has ``--code``). This shim, first
+# on a client's PATH, passes that code as the argument and runs the real
+# command; every other call passes through unchanged.
+_WORMHOLE_SHIM = """#!{python}
+import os, sys
+args = sys.argv[1:]
+if args[:1] == ["receive"] and "--code" in args[:-1]:
+    at = args.index("--code")
+    args.append(args.pop(at + 1))
+    del args[at]
+os.execv({real!r}, [{real!r}, *args])
+"""
+
+
+def wormhole_client_env(cluster: dict[str, Any], bin_dir: Path, path: str) -> dict[str, str]:
+    """What a client process needs to run pyfirecrest's wormhole method against the cluster.
+
+    Writes the ``wormhole`` shim (above) into ``bin_dir`` and returns the
+    variables to set: ``PATH`` (``bin_dir`` before ``path``), the cluster's
+    mailbox server and transit relay, and ``WORMHOLE_ACCEPT_FILE`` (else
+    pyfirecrest's ``wormhole receive`` asks on stdin).
+    """
+    wormhole = cluster["wormhole"]
+    shim = bin_dir / "wormhole"
+    shim.write_text(_WORMHOLE_SHIM.format(python=sys.executable, real=wormhole["command"]))
+    shim.chmod(0o755)
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{path}",
+        "WORMHOLE_RELAY_URL": wormhole["mailbox_url"],
+        "WORMHOLE_TRANSIT_HELPER": wormhole["transit_relay"],
+        "WORMHOLE_ACCEPT_FILE": "1",
+    }

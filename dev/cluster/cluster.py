@@ -10,7 +10,10 @@ Starts, as root on a Debian 12 machine, real parts on loopback:
   slurmctld and slurmd, with partitions, a reservation and accounts;
 * an S3 server (moto) with path-style addressing;
 * a venv with firecrest-streamer (PyPI) that the streamer transfer jobs of
-  every user run, under ``<state-dir>/streamer/venv``.
+  every user run, under ``<state-dir>/streamer/venv``;
+* a magic-wormhole mailbox server and transit relay on loopback, and the
+  ``wormhole`` command the wormhole transfer jobs (and clients) run, all
+  from PyPI in one venv under ``<state-dir>/wormhole/venv``.
 
 Subcommands: ``start`` (idempotent; prints one JSON document on stdout),
 ``stop`` (kills exactly the processes ``start`` recorded), ``status``,
@@ -157,11 +160,39 @@ SLURMRESTD_API = "v0.0.38"
 # connection holds one).
 STREAMER_PACKAGE = "firecrest-streamer==0.0.21"
 STREAMER_PORTS = (30100, 30119)
-PORT_NAMES = ("ssh", "slurmctld", "slurmd", "slurmdbd", "mysql", "s3", "slurmrestd")
+# The wormhole transfer method: its client (``wormhole``), mailbox server
+# (rendezvous) and transit relay, from PyPI, in one venv every user can run.
+WORMHOLE_PACKAGES = (
+    "magic-wormhole==0.24.0",
+    "magic-wormhole-mailbox-server==0.8.0",
+    "magic-wormhole-transit-relay==0.5.0",
+)
+PORT_NAMES = (
+    "ssh",
+    "slurmctld",
+    "slurmd",
+    "slurmdbd",
+    "mysql",
+    "s3",
+    "slurmrestd",
+    "wormhole_mailbox",
+    "wormhole_relay",
+)
 # Start order; stop goes through STOP_WAVES.
-COMPONENTS = ("sshd", "s3", "munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "slurmrestd")
+COMPONENTS = (
+    "sshd",
+    "s3",
+    "munged",
+    "mariadbd",
+    "slurmdbd",
+    "slurmctld",
+    "slurmd",
+    "slurmrestd",
+    "wormhole-mailbox",
+    "wormhole-relay",
+)
 STOP_WAVES = (
-    ("slurmrestd", "slurmd"),
+    ("slurmrestd", "slurmd", "wormhole-mailbox", "wormhole-relay"),
     ("slurmctld",),
     ("slurmdbd", "sshd", "s3"),
     ("mariadbd",),
@@ -257,6 +288,13 @@ def port_free(port: int) -> bool:
 def tcp_banner(port: int, nbytes: int = 4, timeout: float = 1.0) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         return s.recv(nbytes) if nbytes else b""
+
+
+def tcp_request(port: int, request: bytes, timeout: float = 1.0) -> bytes:
+    """The first bytes of the answer to ``request`` on a loopback port."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        return s.recv(64)
 
 
 def write_file(path: Path, text: str, mode: int) -> None:
@@ -357,19 +395,32 @@ def ensure_moto() -> float:
 
 def ensure_streamer(venv: Path) -> float:
     """A venv at ``venv`` with firecrest-streamer, readable by every user; seconds spent."""
+    return ensure_venv(venv, (STREAMER_PACKAGE,))
+
+
+def ensure_wormhole(venv: Path) -> float:
+    """A venv at ``venv`` with magic-wormhole and its two servers; seconds spent."""
+    return ensure_venv(venv, WORMHOLE_PACKAGES)
+
+
+def ensure_venv(venv: Path, packages: tuple[str, ...]) -> float:
+    """A venv at ``venv`` with ``packages``, readable by every user; seconds spent.
+
+    Made again only when the packages (or the Python) differ from its marker's.
+    """
     # Debian's: the Python running this may live where users cannot read (pyenv under /root).
     python = "/usr/bin/python3"
-    marker, made = venv / "hpcgate-package", f"{STREAMER_PACKAGE} {python}"
+    marker, made = venv / "hpcgate-package", f"{' '.join(packages)} {python}"
     if marker.exists() and marker.read_text().strip() == made:
         return 0.0
     t = time.monotonic()
-    log(f"pip install {STREAMER_PACKAGE} into {venv}")
+    log(f"pip install {' '.join(packages)} into {venv}")
     shutil.rmtree(venv, ignore_errors=True)
     venv.parent.mkdir(parents=True, exist_ok=True)
     venv.parent.chmod(0o755)
     for argv in (
         [python, "-m", "venv", str(venv)],
-        [str(venv / "bin" / "pip"), "install", "-q", STREAMER_PACKAGE],
+        [str(venv / "bin" / "pip"), "install", "-q", *packages],
     ):
         if subprocess.run(argv, stdout=sys.stderr, stderr=sys.stderr).returncode != 0:
             raise ClusterError(f"{' '.join(argv)} failed")
@@ -456,6 +507,8 @@ class Cluster:
         self.jwt_key = self.slurm_dir / "jwt_hs256.key"
         # The venv of the streamer transfer jobs (ensure_streamer).
         self.streamer_venv = state_dir / "streamer" / "venv"
+        # The venv of the wormhole command and servers (ensure_wormhole).
+        self.wormhole_venv = state_dir / "wormhole" / "venv"
         self.munge_socket = self.munge_dir / "munge.socket.2"
         self.mysql_socket = self.mysql_dir / "mysqld.sock"
         self.state: dict[str, Any] = {}
@@ -534,8 +587,13 @@ class Cluster:
 
         running: parts of the cluster run, so their ports are taken by them
         and stay; only names without a port yet (a component added since) get one.
+        A running component that recorded its port keeps it even if the ports
+        lost its name (an older cluster.py, which does not know it, saved them).
         """
         old = self.state.get("ports", {})
+        for rec in self.state["procs"].values():
+            if rec.get("port_name") and rec_alive(rec):
+                old = {rec["port_name"]: rec["port"], **old}
         ports: dict[str, int] = {}
         rng = random.Random()
         for name in PORT_NAMES:
@@ -722,11 +780,13 @@ StorageLoc=slurm_acct_db
         user: str | None = None,
         env: dict[str, str] | None = None,
         own_log: bool = False,
+        port_name: str | None = None,
     ) -> None:
         """Start a daemon in the foreground, in its own session, output to its log.
 
         own_log: the daemon writes its log file itself (and echoes it to
         stderr), so its stdout/stderr go to ``<name>.out`` instead.
+        port_name: the port (of PORT_NAMES) it listens on, kept in its record.
         """
         logf = self.log_path(name)
         with open(logf.with_suffix(".out") if own_log else logf, "ab") as out:
@@ -755,6 +815,8 @@ StorageLoc=slurm_acct_db
             "argv": argv,
             "log": str(logf),
         }
+        if port_name:
+            self.state["procs"][name].update(port_name=port_name, port=self.ports[port_name])
         self.save()
         log(f"started {name} (pid {p.pid})")
 
@@ -887,6 +949,46 @@ StorageLoc=slurm_acct_db
             user=SLURMRESTD_USER,
             env=dict(self.slurm_env(), SLURM_JWT="daemon"),
         )
+
+    def start_wormhole(self, need: Callable[[str], bool]) -> None:
+        """The wormhole mailbox server and transit relay, on loopback (the ones ``need`` says).
+
+        Both are Twisted plugins, run by the venv's ``twist`` in the foreground.
+        The mailbox's channels (nameplates, mailboxes) are in a SQLite file
+        beside the venv, made anew at each start: none outlives its server.
+        """
+        twist = str(self.wormhole_venv / "bin" / "twist")
+        if need("wormhole-mailbox"):
+            port = self.ports["wormhole_mailbox"]
+            channels = self.wormhole_venv.parent / "channels.sqlite"
+            channels.unlink(missing_ok=True)
+            self.launch(
+                "wormhole-mailbox",
+                [
+                    twist,
+                    "wormhole-mailbox",
+                    f"--port=tcp:{port}:interface=127.0.0.1",
+                    f"--channel-db={channels}",
+                ],
+                port_name="wormhole_mailbox",
+            )
+        if need("wormhole-relay"):
+            port = self.ports["wormhole_relay"]
+            self.launch(
+                "wormhole-relay",
+                [twist, "transitrelay", f"--port=tcp:{port}:interface=127.0.0.1"],
+                port_name="wormhole_relay",
+            )
+
+    def check_wormhole_mailbox(self) -> tuple[bool, str]:
+        """The mailbox answers HTTP (a websocket server: a plain GET gets an error page)."""
+        b = tcp_request(self.ports["wormhole_mailbox"], b"GET /v1 HTTP/1.0\r\n\r\n")
+        return b.startswith(b"HTTP/"), f"answer {b[:20]!r}"
+
+    def check_wormhole_relay(self) -> tuple[bool, str]:
+        """The relay accepts TCP connections."""
+        with socket.create_connection(("127.0.0.1", self.ports["wormhole_relay"]), timeout=1):
+            return True, "connected"
 
     def start_munged(self) -> None:
         self.launch(
@@ -1045,6 +1147,7 @@ StorageLoc=slurm_acct_db
             self.prepare_dirs()
             self.ensure_keys()
             self.pip_seconds = ensure_streamer(self.streamer_venv)
+            self.pip_seconds += ensure_wormhole(self.wormhole_venv)
             self.write_configs()
             self.save()
             timings["setup"] = round(time.monotonic() - t, 1)
@@ -1062,6 +1165,7 @@ StorageLoc=slurm_acct_db
                 self.start_sshd()
             if need("s3"):
                 self.start_s3()
+            self.start_wormhole(need)
             new_munge = need("munged")
             if new_munge:
                 self.start_munged()
@@ -1097,6 +1201,8 @@ StorageLoc=slurm_acct_db
             self.wait_for("slurmrestd", "HTTP answering", self.check_slurmrestd, 30)
             self.wait_for("sshd", "SSH banner on the port", self.check_sshd, 20)
             self.wait_for("s3", "S3 endpoint answering HTTP", self.check_s3, 60)
+            self.wait_for("wormhole-mailbox", "HTTP answering", self.check_wormhole_mailbox, 30)
+            self.wait_for("wormhole-relay", "TCP accepting", self.check_wormhole_relay, 30)
             timings["daemons"] = round(time.monotonic() - t, 1)
             timings["pip"] = round(getattr(self, "pip_seconds", 0.0), 1)
             timings["total"] = round(time.monotonic() - T0, 1)
@@ -1275,6 +1381,12 @@ StorageLoc=slurm_acct_db
                 "package": STREAMER_PACKAGE,
                 "host": "127.0.0.1",
                 "port_range": list(STREAMER_PORTS),
+            },
+            "wormhole": {
+                "command": str(self.wormhole_venv / "bin" / "wormhole"),
+                "packages": list(WORMHOLE_PACKAGES),
+                "mailbox_url": f"ws://127.0.0.1:{port['wormhole_mailbox']}/v1",
+                "transit_relay": f"tcp:127.0.0.1:{port['wormhole_relay']}",
             },
             "users": {u: user_info(u) for u in USERS},
             "project_group": PROJECT_GROUP,

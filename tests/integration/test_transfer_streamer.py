@@ -163,31 +163,13 @@ async def test_systems_list_the_configured_methods(client: AsyncFirecrest) -> No
     # FirecREST's one method per system: the default, first configured.
     assert operation["data_transfer"]["serviceType"] == "s3"
     methods = operation["data_transfers"]
-    assert [m["serviceType"] for m in methods] == ["s3", "streamer"]
+    assert [m["serviceType"] for m in methods] == ["s3", "streamer", "wormhole"]
     streamer = methods[1]
     assert streamer["portRange"] == [30100, 30119]
     assert streamer["publicIps"] == ["127.0.0.1"]
     assert streamer["host"] == "127.0.0.1"
     assert streamer["waitTimeout"] == 600
     assert streamer["inboundTransferLimit"] == 5 * 1024**3
-
-
-async def test_a_method_not_configured_is_refused_as_firecrest_does(
-    client: AsyncFirecrest, remote_dir: str, cluster: Cluster
-) -> None:
-    await _remote(cluster, "truncate", "-s", "2M", "--", f"{remote_dir}/f")
-    with pytest.raises(FirecrestException) as refused:
-        await client.download(SYSTEM, f"{remote_dir}/f", "/nonexistent", transfer_method="wormhole")
-    response = refused.value.responses[-1]
-    assert response.status_code == 400
-    body = response.json()
-    assert body["message"] == "Requested transfer method is not available."
-    assert body["data"]["reason"] == "TRANSFER_METHOD_UNAVAILABLE"
-    violation = body["data"]["fieldViolations"][0]
-    assert violation["field"] == "transferDirectives.transferMethod"
-    assert "'wormhole' is not offered" in violation["description"]
-    # Nothing was submitted: the directory holds the file alone (no job log).
-    assert (await _remote(cluster, "ls", "-A", "--", remote_dir)).split() == ["f"]
 
 
 async def _own_service(
@@ -209,7 +191,7 @@ async def installing(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[LiveService]:
     """The streamer without a preinstalled Python: each job pip-installs it, as FirecREST's."""
-    (_, streamer) = transfer_methods(cluster.raw)
+    streamer = transfer_methods(cluster.raw)[1]
     del streamer["python"]
     streamer["listen_timeout"] = 300
     system = {"data_operation": {"data_transfer": [streamer]}}
@@ -241,7 +223,7 @@ async def test_a_job_without_a_preinstalled_streamer_installs_it(
     assert fetched.read_bytes() == local.read_bytes()
     # Each job removed its venv.
     venvs = await _remote(
-        cluster, "find", "/home/alice", "-maxdepth", "1", "-name", ".hpcgate-streamer-venv-*"
+        cluster, "find", "/home/alice", "-maxdepth", "1", "-name", ".hpcgate-*-venv-*"
     )
     assert venvs.split() == []
     await _remove_logs(cluster, upload.transfer_data, download.transfer_data)

@@ -33,8 +33,8 @@ from pydantic import (
 
 from hpcgate.server.schedulerconfig import SchedulerConfig
 from hpcgate.server.transferconfig import (
+    AnyMethodConfig,
     S3MethodConfig,
-    StreamerMethodConfig,
     TransferMethodConfig,
 )
 
@@ -268,7 +268,7 @@ class SystemConfig(_Model):
         return self
 
     @property
-    def transfer_methods(self) -> tuple[S3MethodConfig | StreamerMethodConfig, ...]:
+    def transfer_methods(self) -> tuple[AnyMethodConfig, ...]:
         """The transfer methods offered, the default first."""
         if self.data_operation.data_transfer is not None:
             return tuple(self.data_operation.data_transfer)

@@ -67,6 +67,42 @@ class StreamerMethodConfig(_Method):
         return ports
 
 
+# The magic-wormhole release the wormhole jobs run, installed per job unless
+# the system names a preinstalled ``wormhole`` command (``command``).
+WORMHOLE_PACKAGE = "magic-wormhole==0.24.0"
+
+
+class WormholeMethodConfig(_Method):
+    """The ``wormhole`` transfer method: a job runs ``wormhole send`` or ``receive``.
+
+    The client runs the other end (pyfirecrest runs the ``wormhole`` command
+    on its machine); both meet at the mailbox server and, when they cannot
+    reach each other directly, move the bytes through the transit relay. The
+    keys are FirecREST's (``WormholeDataTransfer``: ``pypi_index_url``), plus
+    which servers the jobs use, where they find ``wormhole`` and how long a
+    transfer may take. The clients must use the same mailbox server.
+    """
+
+    service_type: Literal["wormhole"]
+    # A ``wormhole`` command on the cluster (executable by every user). Unset:
+    # each job makes a venv in its working directory and pip-installs
+    # ``package`` into it, as FirecREST's job does.
+    command: str | None = None
+    package: str = WORMHOLE_PACKAGE
+    # A PyPI index for that install (unset: pip's default).
+    pypi_index_url: str | None = None
+    # The mailbox (rendezvous) server, ``ws://`` or ``wss://``, and the transit
+    # relay, ``tcp:HOST:PORT``. Unset: magic-wormhole's public ones.
+    relay_url: str | None = Field(None, pattern=r"^wss?://[^\s]+$")
+    transit_helper: str | None = Field(None, pattern=r"^tcp:[^\s:]+:[0-9]{1,5}$")
+    # Seconds a job's wormhole may take in all: waiting for the client, then
+    # moving the bytes. Past it the job gives up (an upload leaves nothing).
+    transfer_timeout: int = Field(24 * 3600, ge=1)
+
+
 TransferMethodConfig = Annotated[
-    S3MethodConfig | StreamerMethodConfig, Field(discriminator="service_type")
+    S3MethodConfig | StreamerMethodConfig | WormholeMethodConfig,
+    Field(discriminator="service_type"),
 ]
+# One configured method, whichever it is.
+AnyMethodConfig = S3MethodConfig | StreamerMethodConfig | WormholeMethodConfig

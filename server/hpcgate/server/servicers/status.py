@@ -12,7 +12,11 @@ from hpcgate.server.rpc.context import Context
 from hpcgate.server.runtime import Runtime
 from hpcgate.server.servicers.call import begin
 from hpcgate.server.servicers.convert import timestamp
-from hpcgate.server.transferconfig import S3MethodConfig, StreamerMethodConfig
+from hpcgate.server.transferconfig import (
+    AnyMethodConfig,
+    StreamerMethodConfig,
+    WormholeMethodConfig,
+)
 from hpcgate.v1 import status_pb2, status_pb2_grpc
 
 
@@ -28,10 +32,14 @@ def _health(result: ServiceHealth) -> status_pb2.ServiceHealth:
 
 
 def _transfer_method(
-    system: SystemConfig, method: S3MethodConfig | StreamerMethodConfig
+    system: SystemConfig, method: AnyMethodConfig
 ) -> status_pb2.DataTransferConfig:
-    """FirecREST's S3DataTransfer or StreamerDataTransfer for one configured method."""
+    """FirecREST's S3DataTransfer, StreamerDataTransfer or WormholeDataTransfer for one method."""
     transfer = status_pb2.DataTransferConfig(service_type=method.service_type)
+    if isinstance(method, WormholeMethodConfig):
+        if method.pypi_index_url is not None:
+            transfer.pypi_index_url = method.pypi_index_url
+        return transfer
     if isinstance(method, StreamerMethodConfig):
         transfer.host = method.host
         transfer.port_range.extend(method.port_range)

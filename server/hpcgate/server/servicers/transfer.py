@@ -24,15 +24,17 @@ from hpcgate.server.transfer.jobs import Submitter, TransferJob
 from hpcgate.server.transfer.progress import TransferState
 from hpcgate.server.transfer.records import ObjectState
 from hpcgate.server.transfer.staging import Staging
-from hpcgate.server.transferconfig import S3MethodConfig, StreamerMethodConfig
+from hpcgate.server.transferconfig import (
+    AnyMethodConfig,
+    StreamerMethodConfig,
+    WormholeMethodConfig,
+)
 from hpcgate.v1 import scheduler_pb2, transfer_pb2, transfer_pb2_grpc
 
 S3_METHOD = "s3"
 METHOD_FIELD = "transferDirectives.transferMethod"
 # FirecREST's words for a method the system does not offer (clients match on them).
 METHOD_UNAVAILABLE = "Requested transfer method is not available."
-
-Method = S3MethodConfig | StreamerMethodConfig
 
 
 def _transfer_job(job: TransferJob) -> transfer_pb2.TransferJob:
@@ -50,7 +52,7 @@ def _account(request: Any) -> str | None:
     return account if request.HasField("account") and account else None
 
 
-def _method(call: Call, params: transfer_pb2.TransferDirectivesParams) -> Method:
+def _method(call: Call, params: transfer_pb2.TransferDirectivesParams) -> AnyMethodConfig:
     """The configured method the request asks for; an unset one means the system's default."""
     offered = call.config.transfer_methods
     wanted = params.transfer_method or (offered[0].service_type if offered else S3_METHOD)
@@ -110,6 +112,11 @@ def _streamer_directives(coordinates: str) -> transfer_pb2.TransferDirectives:
     return transfer_pb2.TransferDirectives(transfer_method="streamer", coordinates=coordinates)
 
 
+def _wormhole_directives(code: str | None = None) -> transfer_pb2.TransferDirectives:
+    """FirecREST's WormholeTransferResponse: a download's code (an upload's is the client's)."""
+    return transfer_pb2.TransferDirectives(transfer_method="wormhole", wormhole_code=code)
+
+
 class TransferServicer(transfer_pb2_grpc.TransferServicer):
     """Serves the Transfer RPCs as jobs of the caller (s3 through the system's staging area)."""
 
@@ -143,6 +150,12 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
         path = call.path("sourcePath", request.path)
         params = request.transfer_directives
         method = _method(call, params)
+        if isinstance(method, WormholeMethodConfig):
+            code = params.wormhole_code if params.HasField("wormhole_code") else None
+            job = await service.wormhole_upload(sub, method, path, code, _account(request))
+            return transfer_pb2.TransferUploadResponse(
+                transfer_job=_transfer_job(job), transfer_directives=_wormhole_directives()
+            )
         if not params.HasField("file_size"):
             raise invalid_argument(service.UPLOAD_SIZE_FIELD, "is required for an upload")
         if isinstance(method, StreamerMethodConfig):
@@ -171,6 +184,11 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
         call, sub = self._begin(request.system_name, context)
         path = call.path("sourcePath", request.source_path)
         method = _method(call, request.transfer_directives)
+        if isinstance(method, WormholeMethodConfig):
+            job, code = await service.wormhole_download(sub, method, path, _account(request))
+            return transfer_pb2.TransferDownloadResponse(
+                transfer_job=_transfer_job(job), transfer_directives=_wormhole_directives(code)
+            )
         if isinstance(method, StreamerMethodConfig):
             job, coordinates = await service.streamer_download(sub, method, path, _account(request))
             return transfer_pb2.TransferDownloadResponse(

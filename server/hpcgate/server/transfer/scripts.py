@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 
 from hpcgate.server.filesystem.parse import tar_compression
-from hpcgate.server.transferconfig import StreamerMethodConfig
+from hpcgate.server.transferconfig import StreamerMethodConfig, WormholeMethodConfig
 
 Value = str | int | Sequence[str]
 
@@ -254,3 +254,31 @@ def streamer(
     }
     operation = "upload" if direction == "receive" else "download"
     return render(operation, directives, variables, "streamer.sh")
+
+
+def wormhole(
+    directives: Sequence[str],
+    *,
+    direction: str,
+    path: str,
+    code: str,
+    method: WormholeMethodConfig,
+) -> str:
+    """A wormhole job: ``receive`` (an upload to ``path``) or ``send`` (a download of it).
+
+    The code is on the job's ``wormhole`` command line, as in FirecREST's
+    job: the wormhole CLI takes it no other way.
+    """
+    variables: dict[str, Value] = {
+        "direction": direction,
+        "path": path,
+        "code": code,
+        "relay_url": method.relay_url or "",
+        "transit_helper": method.transit_helper or "",
+        "transfer_timeout": method.transfer_timeout,
+        "command": method.command or "",
+        "package": method.package,
+        "pypi_index_url": method.pypi_index_url or "",
+    }
+    operation = "upload" if direction == "receive" else "download"
+    return render(operation, directives, variables, "wormhole.sh")

@@ -4,7 +4,9 @@ Upload and download go through the system's S3 staging area
 (:mod:`.staging`): the server opens a multipart upload, presigns the URLs,
 and submits the job that moves the bytes between the bucket and the
 filesystem (:mod:`.scripts`); or, with the streamer method, the job runs a
-websocket server the client streams with (:mod:`.streamer`). Copy, move,
+websocket server the client streams with (:mod:`.streamer`); or, with the
+wormhole method, the job runs ``wormhole receive`` or ``send`` with a code
+the client sent or the server made (:mod:`.wormhole`). Copy, move,
 remove, compress and extract are plain jobs. Everything a request can get
 wrong is checked before anything changes: the account and directives, the
 sizes, the paths (by the caller), and for upload and download the target's
@@ -25,12 +27,12 @@ from hpcgate.server.filesystem import archive
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import command_error
 from hpcgate.server.filesystem.parse import tar_compression
-from hpcgate.server.transfer import scripts, streamer
+from hpcgate.server.transfer import scripts, streamer, wormhole
 from hpcgate.server.transfer.jobs import Submitter, TransferJob
 from hpcgate.server.transfer.records import DownloadPlan, Manifest, UploadPlan
 from hpcgate.server.transfer.s3 import plan_parts
 from hpcgate.server.transfer.staging import Staging
-from hpcgate.server.transferconfig import StreamerMethodConfig
+from hpcgate.server.transferconfig import StreamerMethodConfig, WormholeMethodConfig
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +213,28 @@ async def streamer_download(
         directives, direction="send", path=path, size=size, secret=secret, method=method
     )
     return await _streamer(sub, method, "download", script, secret, account)
+
+
+async def wormhole_upload(
+    sub: Submitter, method: WormholeMethodConfig, path: str, code: str | None, account: str | None
+) -> TransferJob:
+    """Submit the job that receives the client's file for ``path`` with the client's ``code``."""
+    directives = sub.directives(account)
+    code = wormhole.client_code(code)
+    await _confine(sub, sourcePath=path).check_on_cluster(sub.run, [(path, False)])
+    await _check_target(sub, path)
+    script = scripts.wormhole(directives, direction="receive", path=path, code=code, method=method)
+    return await sub.submit("upload", script, account)
+
+
+async def wormhole_download(
+    sub: Submitter, method: WormholeMethodConfig, path: str, account: str | None
+) -> tuple[TransferJob, str]:
+    """Submit the job that sends the file at ``path``; the job, and the code to receive with."""
+    directives, _ = await _download_source(sub, path, account)
+    code = wormhole.new_code()
+    script = scripts.wormhole(directives, direction="send", path=path, code=code, method=method)
+    return await sub.submit("download", script, account), code
 
 
 def _confine(sub: Submitter, **fields: str) -> Confine:

@@ -19,11 +19,28 @@ on_exit() { :; }
 trap 'on_exit' EXIT
 trap 'fail "stopped by a signal (cancelled, or out of time)"' TERM INT HUP
 
-# beside PATH: a new empty file in PATH's directory (same filesystem, so the
-# final rename is atomic), named after PATH; prints its name.
+# beside [-d] PATH: a new empty file (-d: directory, private) in PATH's
+# directory (same filesystem, so the final rename is atomic), named after
+# PATH; prints its name.
 beside() {
+    local kind=()
+    if [ "$1" = -d ]; then kind=(-d); shift; fi
     local dir=${1%/*} name=${1##*/}
-    mktemp -- "${dir:-/}/.${name:0:200}.hpcgate-XXXXXX"
+    mktemp "${kind[@]}" -- "${dir:-/}/.${name:0:200}.hpcgate-XXXXXX"
+}
+
+# venv_with PACKAGE: a venv of this job in its working directory, with
+# PACKAGE pip-installed (from pypi_index_url if set), as FirecREST's jobs
+# make theirs; its directory in $venv, which the job's on_exit removes.
+venv_with() {
+    local base
+    base=$(compgen -c python3 | grep -E '^python3(\.[0-9]+)?$' | sort -V | tail -n 1)
+    [ -n "$base" ] || fail "no python3 on $(hostname)"
+    venv=$(mktemp -d -- "$PWD/.hpcgate-$operation-venv-XXXXXX") || fail "cannot create a venv directory"
+    "$base" -m venv -- "$venv" || fail "$base cannot create a venv"
+    local index=()
+    if [ -n "$pypi_index_url" ]; then index=(--index-url "$pypi_index_url"); fi
+    "$venv/bin/pip" install -q "${index[@]}" -- "$1" || fail "pip install $1 failed"
 }
 
 # publish TEMP TARGET: give TEMP the mode a new file gets here (the umask),

@@ -23,13 +23,7 @@ else
 fi
 
 if [ -z "$python" ]; then
-    base=$(compgen -c python3 | grep -E '^python3(\.[0-9]+)?$' | sort -V | tail -n 1)
-    [ -n "$base" ] || fail "no python3 on $(hostname)"
-    venv=$(mktemp -d -- "$PWD/.hpcgate-streamer-venv-XXXXXX") || fail "cannot create a venv directory"
-    "$base" -m venv -- "$venv" || fail "$base cannot create a venv"
-    index=()
-    if [ -n "$pypi_index_url" ]; then index=(--index-url "$pypi_index_url"); fi
-    "$venv/bin/pip" install -q "${index[@]}" -- "$package" || fail "pip install $package failed"
+    venv_with "$package"
     python=$venv/bin/python
 fi
 
