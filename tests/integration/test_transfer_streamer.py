@@ -12,16 +12,14 @@ and listens on 127.0.0.1 (dev/localsite.py configures the method).
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import os
-import shlex
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
+from bigfiles import as_alice, random_file, sha256
 from firecrest.FirecrestException import FirecrestException, TransferJobFailedException
 from firecrest.v2 import AsyncFirecrest
 
@@ -33,27 +31,6 @@ from localsite import SYSTEM, local_config, transfer_methods
 SIZE = 200 * 1024 * 1024
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _random_file(path: Path, size: int) -> None:
-    with path.open("wb") as file:
-        for _ in range(size // (8 * 1024 * 1024)):
-            file.write(os.urandom(8 * 1024 * 1024))
-        file.write(os.urandom(size % (8 * 1024 * 1024)))
-
-
-async def _remote(cluster: Cluster, *argv: str) -> str:
-    async with cluster.connect("alice") as conn:
-        result = await conn.run(shlex.join(argv), check=True)
-    return str(result.stdout)
-
-
 def _coordinates(transfer: dict[str, Any]) -> dict[str, Any]:
     encoded = transfer["transferDirectives"]["coordinates"]
     coordinates: dict[str, Any] = json.loads(base64.urlsafe_b64decode(encoded))
@@ -62,7 +39,7 @@ def _coordinates(transfer: dict[str, Any]) -> dict[str, Any]:
 
 async def _remove_logs(cluster: Cluster, *transfers: dict[str, Any]) -> None:
     paths = [p for data in transfers for p in data["transferJob"]["logs"].values()]
-    await _remote(cluster, "rm", "-f", "--", *paths)
+    await as_alice(cluster, "rm", "-f", "--", *paths)
 
 
 async def _listening_upload(
@@ -72,7 +49,7 @@ async def _listening_upload(
 
     Returns the upload, the URI its job listens at, and the secret.
     """
-    _random_file(local, size)
+    random_file(local, size)
     upload = await client.upload(
         SYSTEM, str(local), remote_dir, local.name, transfer_method="streamer", blocking=False
     )
@@ -87,8 +64,8 @@ async def test_upload_and_download_200_mib_exact(
     client: AsyncFirecrest, remote_dir: str, tmp_path: Path, cluster: Cluster
 ) -> None:
     local = tmp_path / "big.bin"
-    _random_file(local, SIZE)
-    want = _sha256(local)
+    random_file(local, SIZE)
+    want = sha256(local)
 
     upload = await client.upload(
         SYSTEM, str(local), remote_dir, "big.bin", transfer_method="streamer"
@@ -104,9 +81,9 @@ async def test_upload_and_download_200_mib_exact(
     # The client's stream is done; the job verifies it and renames it into place.
     await upload.wait_for_transfer_job()
     remote = f"{remote_dir}/big.bin"
-    assert (await _remote(cluster, "sha256sum", "--", remote)).split()[0] == want
+    assert (await as_alice(cluster, "sha256sum", "--", remote)).split()[0] == want
     # Nothing else is left beside it: the temporary name was renamed.
-    assert (await _remote(cluster, "ls", "-A", "--", remote_dir)).split() == ["big.bin"]
+    assert (await as_alice(cluster, "ls", "-A", "--", remote_dir)).split() == ["big.bin"]
     log = await client.view(SYSTEM, data["transferJob"]["logs"]["outputLog"])
     assert f"SHA-256 {want} verified" in log
 
@@ -115,7 +92,7 @@ async def test_upload_and_download_200_mib_exact(
     assert download is not None
     assert download.transfer_data["transferDirectives"]["transferMethod"] == "streamer"
     assert fetched.stat().st_size == SIZE
-    assert _sha256(fetched) == want
+    assert sha256(fetched) == want
     await download.wait_for_transfer_job()
     await _remove_logs(cluster, data, download.transfer_data)
 
@@ -137,7 +114,7 @@ async def test_an_interrupted_upload_leaves_nothing_at_the_target(
     assert "the upload broke off" in log
     assert f"the upload did not complete; {remote_dir}/part.bin is unchanged" in log
     # No target, and no temporary file beside it.
-    assert (await _remote(cluster, "ls", "-A", "--", remote_dir)).split() == []
+    assert (await as_alice(cluster, "ls", "-A", "--", remote_dir)).split() == []
     await _remove_logs(cluster, upload.transfer_data)
 
 
@@ -152,8 +129,8 @@ async def test_a_wrong_secret_is_refused_and_the_job_waits_on(
     assert refused.value.response.status_code == 403
     await upload.upload_file_streamer()
     await upload.wait_for_transfer_job()
-    got = (await _remote(cluster, "sha256sum", "--", f"{remote_dir}/small.bin")).split()[0]
-    assert got == _sha256(local)
+    got = (await as_alice(cluster, "sha256sum", "--", f"{remote_dir}/small.bin")).split()[0]
+    assert got == sha256(local)
     await _remove_logs(cluster, upload.transfer_data)
 
 
@@ -206,7 +183,7 @@ async def test_a_job_without_a_preinstalled_streamer_installs_it(
     firecrest = AsyncFirecrest(installing.rest_url, StaticToken(installing.token("alice")))
     try:
         local = tmp_path / "in.bin"
-        _random_file(local, 3 * 1024 * 1024 + 1)
+        random_file(local, 3 * 1024 * 1024 + 1)
         upload = await firecrest.upload(
             SYSTEM, str(local), remote_dir, "in.bin", transfer_method="streamer"
         )
@@ -222,7 +199,7 @@ async def test_a_job_without_a_preinstalled_streamer_installs_it(
         await firecrest.close_session()
     assert fetched.read_bytes() == local.read_bytes()
     # Each job removed its venv.
-    venvs = await _remote(
+    venvs = await as_alice(
         cluster, "find", "/home/alice", "-maxdepth", "1", "-name", ".hpcgate-*-venv-*"
     )
     assert venvs.split() == []
@@ -249,12 +226,12 @@ async def test_the_streamer_needs_no_s3(
 ) -> None:
     firecrest = AsyncFirecrest(s3_down.rest_url, StaticToken(s3_down.token("alice")))
     local = tmp_path / "no-s3.bin"
-    _random_file(local, 2 * 1024 * 1024)
+    random_file(local, 2 * 1024 * 1024)
     try:
         with pytest.raises(FirecrestException) as refused:
             await firecrest.upload(SYSTEM, str(local), remote_dir, "no-s3.bin")
         assert refused.value.responses[-1].status_code == 503
-        assert (await _remote(cluster, "ls", "-A", "--", remote_dir)).split() == []
+        assert (await as_alice(cluster, "ls", "-A", "--", remote_dir)).split() == []
         upload = await firecrest.upload(
             SYSTEM, str(local), remote_dir, "no-s3.bin", transfer_method="streamer"
         )
@@ -262,6 +239,6 @@ async def test_the_streamer_needs_no_s3(
         await upload.wait_for_transfer_job()
     finally:
         await firecrest.close_session()
-    got = (await _remote(cluster, "sha256sum", "--", f"{remote_dir}/no-s3.bin")).split()[0]
-    assert got == _sha256(local)
+    got = (await as_alice(cluster, "sha256sum", "--", f"{remote_dir}/no-s3.bin")).split()[0]
+    assert got == sha256(local)
     await _remove_logs(cluster, upload.transfer_data)

@@ -24,16 +24,15 @@ documents it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
-import shlex
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from bigfiles import as_alice, random_file, sha256
 from firecrest.FirecrestException import FirecrestException
 from firecrest.v2 import AsyncFirecrest
 
@@ -47,30 +46,9 @@ SIZE = 200 * 1024 * 1024
 INTERRUPTED_SIZE = 150 * 1024 * 1024
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _random_file(path: Path, size: int) -> None:
-    with path.open("wb") as file:
-        for _ in range(size // (8 * 1024 * 1024)):
-            file.write(os.urandom(8 * 1024 * 1024))
-        file.write(os.urandom(size % (8 * 1024 * 1024)))
-
-
-async def _remote(cluster: Cluster, *argv: str) -> str:
-    async with cluster.connect("alice") as conn:
-        result = await conn.run(shlex.join(argv), check=True)
-    return str(result.stdout)
-
-
 async def _remove_logs(cluster: Cluster, *transfers: dict[str, Any]) -> None:
     paths = [p for data in transfers for p in data["transferJob"]["logs"].values()]
-    await _remote(cluster, "rm", "-f", "--", *paths)
+    await as_alice(cluster, "rm", "-f", "--", *paths)
 
 
 @pytest.fixture
@@ -96,8 +74,8 @@ async def test_upload_and_download_200_mib_exact(
     client: AsyncFirecrest, remote_dir: str, tmp_path: Path, cluster: Cluster, wormhole_client: str
 ) -> None:
     local = tmp_path / "big.bin"
-    _random_file(local, SIZE)
-    want = _sha256(local)
+    random_file(local, SIZE)
+    want = sha256(local)
 
     upload = await client.upload(
         SYSTEM, str(local), remote_dir, "big.bin", transfer_method="wormhole"
@@ -106,9 +84,9 @@ async def test_upload_and_download_200_mib_exact(
     data = upload.transfer_data
     assert data["transferDirectives"]["transferMethod"] == "wormhole"
     remote = f"{remote_dir}/big.bin"
-    assert (await _remote(cluster, "sha256sum", "--", remote)).split()[0] == want
+    assert (await as_alice(cluster, "sha256sum", "--", remote)).split()[0] == want
     # Nothing else is left beside it: the temporary directory was removed.
-    assert (await _remote(cluster, "ls", "-A", "--", remote_dir)).split() == ["big.bin"]
+    assert (await as_alice(cluster, "ls", "-A", "--", remote_dir)).split() == ["big.bin"]
     log = await client.view(SYSTEM, data["transferJob"]["logs"]["outputLog"])
     assert f"File was successfully uploaded to {remote} ({SIZE} bytes)" in log
 
@@ -120,7 +98,7 @@ async def test_upload_and_download_200_mib_exact(
     # A nameplate far above those the mailbox allocates, and a random password.
     assert re.fullmatch(r"[1-9][0-9]{8}-[0-9a-f]{8}-[0-9a-f]{8}", directives["wormholeCode"])
     assert fetched.stat().st_size == SIZE
-    assert _sha256(fetched) == want
+    assert sha256(fetched) == want
     await download.wait_for_transfer_job()  # the job saw the client's confirmation
     await _remove_logs(cluster, data, download.transfer_data)
 
@@ -130,8 +108,8 @@ async def test_a_download_reaches_the_unmodified_cli(
     live: LiveService, remote_dir: str, tmp_path: Path, cluster: Cluster, wormhole_client: str
 ) -> None:
     remote = f"{remote_dir}/down.bin"
-    await _remote(cluster, "sh", "-c", 'head -c 5000000 /dev/urandom > "$1"', "sh", remote)
-    want = (await _remote(cluster, "sha256sum", "--", remote)).split()[0]
+    await as_alice(cluster, "sh", "-c", 'head -c 5000000 /dev/urandom > "$1"', "sh", remote)
+    want = (await as_alice(cluster, "sha256sum", "--", remote)).split()[0]
     async with httpx.AsyncClient(base_url=live.rest_url, headers=live.headers("alice")) as http:
         response = await http.post(
             f"/filesystem/{SYSTEM}/transfer/download",
@@ -155,7 +133,7 @@ async def test_a_download_reaches_the_unmodified_cli(
     )
     _, err = await asyncio.wait_for(receive.communicate(), 240)
     assert receive.returncode == 0, err.decode()
-    assert _sha256(fetched) == want
+    assert sha256(fetched) == want
     await _remove_logs(cluster, data)
 
 
@@ -192,7 +170,7 @@ async def _post_upload(live: LiveService, path: str, directives: dict[str, Any])
 async def _until_receiving(cluster: Cluster, remote_dir: str) -> None:
     """Wait until the job's wormhole has written a MiB or more into its temporary directory."""
     for _ in range(600):
-        found = await _remote(
+        found = await as_alice(
             cluster, "find", remote_dir, "-mindepth", "2", "-type", "f", "-size", "+1M"
         )
         if found.strip():
@@ -214,7 +192,7 @@ async def _interrupted_upload(
 
     Returns the job's transfer data once the job ended.
     """
-    _random_file(local, INTERRUPTED_SIZE)
+    random_file(local, INTERRUPTED_SIZE)
     send, code = await _started_send(wormhole, local)
     try:
         response = await _post_upload(
@@ -258,7 +236,7 @@ async def test_an_interrupted_upload_leaves_nothing_at_the_target(
     else:
         assert "stopped by a signal" in log
     # No target, and no temporary directory (nor wormhole's partial file) beside it.
-    assert (await _remote(cluster, "ls", "-A", "--", remote_dir)).split() == []
+    assert (await as_alice(cluster, "ls", "-A", "--", remote_dir)).split() == []
     await _remove_logs(cluster, data)
 
 
@@ -282,7 +260,7 @@ async def test_a_missing_or_malformed_code_is_refused_naming_the_field(
     assert violation["field"] == "transferDirectives.wormholeCode"
     assert words in violation["description"]
     # Nothing was submitted: no job log, no file.
-    assert (await _remote(cluster, "ls", "-A", "--", remote_dir)).split() == []
+    assert (await as_alice(cluster, "ls", "-A", "--", remote_dir)).split() == []
 
 
 async def test_systems_list_wormhole_among_the_methods(client: AsyncFirecrest) -> None:
@@ -311,7 +289,7 @@ async def s3_only(
 async def test_a_method_not_configured_is_refused_as_firecrest_does(
     s3_only: LiveService, remote_dir: str, cluster: Cluster
 ) -> None:
-    await _remote(cluster, "truncate", "-s", "2M", "--", f"{remote_dir}/f")
+    await as_alice(cluster, "truncate", "-s", "2M", "--", f"{remote_dir}/f")
     firecrest = AsyncFirecrest(s3_only.rest_url, StaticToken(s3_only.token("alice")))
     try:
         with pytest.raises(FirecrestException) as refused:
@@ -329,4 +307,4 @@ async def test_a_method_not_configured_is_refused_as_firecrest_does(
     assert violation["field"] == "transferDirectives.transferMethod"
     assert "'wormhole' is not offered on cluster (s3 is)" in violation["description"]
     # Nothing was submitted: the directory holds the file alone (no job log).
-    assert (await _remote(cluster, "ls", "-A", "--", remote_dir)).split() == ["f"]
+    assert (await as_alice(cluster, "ls", "-A", "--", remote_dir)).split() == ["f"]
