@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from cluster_fixture import CLUSTER_SCRIPT
@@ -111,6 +111,25 @@ def _restart(attempts: int = 3) -> None:
     raise AssertionError(f"the cluster did not come back: {started.stderr[-2000:]}")
 
 
+@contextlib.asynccontextmanager
+async def off_loop(fault: contextlib.AbstractContextManager[None]) -> AsyncIterator[None]:
+    """Enter and leave a blocking fault in a thread, keeping the event loop running.
+
+    Stopping a daemon waits for it to exit and starting it again runs
+    ``cluster.py`` (seconds, for slurmctld); done on the loop, that stalls
+    the in-process service too, and every probe in flight times out, which
+    reports healthy parts down.
+    """
+    await asyncio.to_thread(fault.__enter__)
+    try:
+        yield
+    except BaseException as error:
+        if not await asyncio.to_thread(fault.__exit__, type(error), error, error.__traceback__):
+            raise
+    else:
+        await asyncio.to_thread(fault.__exit__, None, None, None)
+
+
 async def while_stopped(part: str, call: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
     """``await call()`` while ``part`` is stopped.
 
@@ -119,7 +138,7 @@ async def while_stopped(part: str, call: Callable[[], Awaitable[T]], attempts: i
     repeated with a fresh stop.
     """
     for _ in range(attempts):
-        with stopped(part):
+        async with off_loop(stopped(part)):
             result = await call()
             if not running(part):
                 return result
