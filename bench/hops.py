@@ -12,7 +12,11 @@ swings fall on all of them alike:
   connection: realpath and stat, open and its handle check, read, close);
 * ``gRPC Download``: straight to the server (auth, servicer, pool, the above);
 * ``REST (aiohttp)``: through the edge (HTTP, transcoding, gRPC, the above);
-* ``HTTP floor (aiohttp)``: the same client against the trivial HTTP server.
+* ``HTTP floor (aiohttp)``: the same client against the trivial HTTP server;
+* ``gRPC floor (echo)``: 1 KB echoed by the bare grpc.aio server
+  (:mod:`bench.echo`): what a unary call costs with no service behind it, so
+  ``gRPC Download`` minus this floor and minus hpcgate's SFTP sequence is the
+  server's own work per download.
 
 The difference between two neighbours is what the hop between them costs.
 With ``--pids FILE`` it writes the server's and the edge's pids there, for
@@ -32,6 +36,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 
+from bench.echo import METHOD
 from bench.remote import Link, create, remove, verify
 from bench.stack import started
 from hpcgate.server.filesystem.confine import Confine
@@ -48,7 +53,7 @@ async def _measure(hops: dict[str, Hop], rounds: int) -> dict[str, list[float]]:
             start = time.perf_counter()
             data = await hop()
             times[name].append(time.perf_counter() - start)
-            if not name.startswith("HTTP floor"):
+            if "floor (" not in name:
                 verify([data], name)
     return times
 
@@ -62,6 +67,9 @@ async def main(rounds: int, pids: Path | None) -> None:
         if pids is not None:
             await asyncio.to_thread(pids.write_text, json.dumps(stack.pids))
         channel = grpc.aio.insecure_channel(stack.grpc_target)
+        echo_channel = grpc.aio.insecure_channel(stack.echo_target)
+        echo = echo_channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+        payload = bytes(1024)
         stub = filesystem_pb2_grpc.FilesystemStub(channel)
         request = filesystem_pb2.DownloadRequest(system_name=stack.system, path=path)
         confine = Confine("hops", ("/",))
@@ -94,17 +102,23 @@ async def main(rounds: int, pids: Path | None) -> None:
                     async with floor.get("/bytes", params={"size": "1024"}) as answer:
                         return await answer.read()
 
+                async def grpc_floor() -> bytes:
+                    reply: bytes = await echo(payload, metadata=stack.metadata())
+                    return reply
+
                 hops: dict[str, Hop] = {
                     "sftp floor": sftp_floor,
                     "sftp, hpcgate's requests": sftp_hpcgate,
                     "gRPC Download": grpc_download,
                     "REST (aiohttp)": rest_download,
                     "HTTP floor (aiohttp)": http_floor,
+                    "gRPC floor (echo)": grpc_floor,
                 }
                 await _measure(hops, 20)  # warm-up
                 times = await _measure(hops, rounds)
         finally:
             await channel.close(None)
+            await echo_channel.close(None)
             await remove(await link.get(), dataset)
             link.close()
         print(f"{'hop':28} {'median':>8} {'p25':>8} {'p75':>8}  ms, {rounds} rounds")
