@@ -140,6 +140,6 @@ async def while_stopped(part: str, call: Callable[[], Awaitable[T]], attempts: i
     for _ in range(attempts):
         async with off_loop(stopped(part)):
             result = await call()
-            if not running(part):
+            if not await asyncio.to_thread(running, part):
                 return result
     raise AssertionError(f"{part} was restarted by someone else during every attempt")
