@@ -95,7 +95,11 @@ SKELETON_CONFIG: dict[str, Any] = {
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """uvloop, as ``hpcgate-server`` and ``hpcgate-edge`` run: the tests exercise that loop."""
+    """uvloop, as ``hpcgate-server`` runs: the tests exercise that loop.
+
+    (``hpcgate-edge`` runs on asyncio's own loop, see ``hpcgate.edge.serve``;
+    the in-process edges of the tests share the server's.)
+    """
     return {"uvloop": uvloop.new_event_loop}
 
 

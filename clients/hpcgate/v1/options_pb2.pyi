@@ -32,6 +32,7 @@ class RestOptions(_message.Message):
     SUCCESS_CODE_FIELD_NUMBER: _builtins.int
     MULTIPART_FILE_FIELD_FIELD_NUMBER: _builtins.int
     PUBLIC_FIELD_NUMBER: _builtins.int
+    SHARED_REPLY_MAX_AGE_MS_FIELD_NUMBER: _builtins.int
     success_code: _builtins.int
     """HTTP status of a successful reply. FirecREST answers 201 when something
     is created and 204 for actions without a body; 0 means 200. With 204 the
@@ -47,16 +48,25 @@ class RestOptions(_message.Message):
     and the OpenAPI document says so; the server's list of public methods
     (hpcgate.server.rpc.authentication) names the same RPCs.
     """
+    shared_reply_max_age_ms: _builtins.int
+    """The reply is the same for every caller the server accepts, and it
+    changes slowly (a snapshot the server refreshes on its own schedule):
+    the edge may answer a caller whose token the server accepted lately with
+    the bytes of an equal request's reply received at most this many
+    milliseconds ago, instead of calling the server again. 0: every request
+    is a call.
+    """
     def __init__(
         self,
         *,
         success_code: _builtins.int = ...,
         multipart_file_field: _builtins.str = ...,
         public: _builtins.bool = ...,
+        shared_reply_max_age_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["multipart_file_field", b"multipart_file_field", "public", b"public", "success_code", b"success_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["multipart_file_field", b"multipart_file_field", "public", b"public", "shared_reply_max_age_ms", b"shared_reply_max_age_ms", "success_code", b"success_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -48,6 +48,7 @@ from hpcgate.edge.observe import Observed, request_id_of, set_route
 from hpcgate.edge.openapi import openapi_document
 from hpcgate.edge.probes import CHECK_TIMEOUT, HEALTH_CHECK, Readiness
 from hpcgate.edge.rendered import RenderedReplies
+from hpcgate.edge.shared import SharedReplies
 from hpcgate.edge.streams import HEARTBEAT, frame, replies, resume_from_header
 from hpcgate.edge.transcode import BadRequestError, Built, body_limit, build_request
 from hpcgate.edge.upstream import UpstreamTLS, open_channel
@@ -118,6 +119,7 @@ class Edge:
         # work in the edge.
         self._callables: dict[tuple[str, bool], Any] = {}
         self.rendered = RenderedReplies()
+        self.shared = SharedReplies()
         self.verifier = TokenVerifier(self._verify)
         self.draining = False
         self._streams: set[grpc.aio.UnaryStreamCall[Any, Any]] = set()
@@ -249,7 +251,43 @@ class Edge:
     async def _unary(
         self, binding: Binding, built: Built, request: Request, token: str | None
     ) -> Response:
-        """One unary call; the caller's name comes back in its trailing metadata."""
+        """One unary call, or for a reply the contract lets callers share (:mod:`.shared`),
+        the edge's young copy of it.
+
+        The caller's token is judged first (the verifier's cached verdict, or
+        one call for every request with that new token), so a copy only ever
+        reaches a caller the server accepts. Callers that find the copy aged
+        out while another renews it wait for that call.
+        """
+        max_age = binding.rest.shared_reply_max_age_ms if _renders_json(binding) else 0
+        if not max_age or token is None:
+            return (await self._called(binding, built, request, token))[0]
+        try:
+            await self._judge(request, token)
+        except grpc.aio.AioRpcError as refusal:
+            return rpc_error_response(refusal, built.spelled)
+        key = self.shared.key(binding.rpc_path, built.message)
+        kept = await self.shared.wait(key)
+        if kept is not None:
+            return self._reply(binding, kept, built.message)
+        flight = self.shared.flight(key)
+        reply: bytes | None = None
+        try:
+            response, reply = await self._called(binding, built, request, token)
+        finally:
+            if flight is not None:
+                self.shared.land(flight, reply, max_age)
+        if flight is None and reply is not None:
+            self.shared.put(key, reply, max_age)
+        return response
+
+    async def _called(
+        self, binding: Binding, built: Built, request: Request, token: str | None
+    ) -> tuple[Response, Any]:
+        """The call's response, and its reply (None if it failed).
+
+        The caller's name comes back in the call's trailing metadata.
+        """
         metadata = self._metadata(request)
         call = self._call(binding)(built.message, metadata=metadata, timeout=self.timeout)
         try:
@@ -260,12 +298,12 @@ class Edge:
                 # the username: the verifier names the caller (cached).
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     await self._judge(request, token)
-            return rpc_error_response(error, built.spelled, username_of(request.scope))
+            return rpc_error_response(error, built.spelled, username_of(request.scope)), None
         username = _username(await call.trailing_metadata())
         if token is not None and username:
             self.verifier.remember(token, username)
             set_username(request.scope, username)
-        return self._reply(binding, reply, built.message)
+        return self._reply(binding, reply, built.message), reply
 
     def _reply(self, binding: Binding, reply: Any, rpc_request: message.Message) -> Response:
         if _renders_json(binding):  # the reply's bytes

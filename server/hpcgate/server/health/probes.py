@@ -12,12 +12,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 from hpcgate.server.config import S3Config, SystemConfig
 from hpcgate.server.scheduler.cluster import SchedulerStatus
 from hpcgate.server.scheduler.commands import Output, Run
-from hpcgate.server.transfer.s3 import build_client
+from hpcgate.server.transfer.s3 import BucketLister
 
 ProbeFn = Callable[[], Awaitable[None]]
 
@@ -51,22 +50,19 @@ async def _filesystem(run: Run, path: str) -> None:
 
 
 def _s3(s3: S3Config) -> ProbeFn:
-    """A probe listing the buckets, with one client built on first use and kept.
+    """A probe listing the buckets (:class:`BucketLister`, made on first use and kept).
 
-    Short timeouts and no retries: a probe must report a slow store, not hide it.
     The probe has one thread of its own: a probe still stuck in a hung store
     makes the next one wait (and time out, so S3 stays reported down) instead
     of taking another thread from asyncio's default executor.
     """
-    client: list[Any] = []
+    lister: list[BucketLister] = []
     thread = ThreadPoolExecutor(1, thread_name_prefix="s3-probe")
 
     def list_buckets() -> None:
-        if not client:
-            client.append(
-                build_client(s3, s3.endpoint, connect_timeout=5, read_timeout=5, attempts=1)
-            )
-        client[0].list_buckets()
+        if not lister:
+            lister.append(BucketLister(s3, s3.endpoint))
+        lister[0].list_buckets()
 
     async def check() -> None:
         await asyncio.get_running_loop().run_in_executor(thread, list_buckets)
