@@ -67,9 +67,9 @@ async def test_hung_scheduler_leaves_the_users_filesystem_free(
         ]
         # Her scheduler commands hang: the share is full and the rest queue for it.
         await eventually(lambda: share.held("alice") == share.limit, 20, "scheduler share full")
-        listing = await files.Ls(
-            filesystem_pb2.LsRequest(system_name=SYSTEM, path="/home/alice"), metadata=auth
-        )
+        # Hidden entries too: a fresh home holds only /etc/skel's dotfiles.
+        home = filesystem_pb2.LsRequest(system_name=SYSTEM, path="/home/alice", show_hidden=True)
+        listing = await files.Ls(home, metadata=auth)
         blocked = sum(not call.done() for call in compute)
         held = share.held("alice")
         in_use = pool.stats().users["alice"].channels_in_use
