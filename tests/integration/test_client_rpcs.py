@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from conftest import LiveService
@@ -128,6 +129,10 @@ def _write_and_read(ctx: Ctx) -> None:
     assert "text" in kind, kind
     assert ctx.stat("t.txt").size == len(TEXT)
     assert ctx.call("filesystem.Download", F.DownloadRequest(**on, path=text)).data == TEXT
+    many = F.DownloadManyRequest(**on, paths=[ctx.path("missing"), text])
+    by_index = {reply.index: reply for reply in ctx.call("filesystem.DownloadMany", many)}
+    assert by_index[1].body.data == TEXT
+    assert by_index[0].error.code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
 def _change(ctx: Ctx) -> None:
@@ -254,6 +259,7 @@ STEPS = [
             "Filesystem.FileType",
             "Filesystem.Stat",
             "Filesystem.Download",
+            "Filesystem.DownloadMany",
         ),
         _write_and_read,
     ),

@@ -44,6 +44,7 @@ IDEMPOTENT: dict[str, tuple[str, ...]] = {
         "Download",
         "DownloadStream",
         "BulkDownload",
+        "DownloadMany",
     ),
     "Scheduler": ("ListJobs", "GetJob", "GetJobMetadata"),
     "Transfer": ("GetTransfer",),
@@ -52,7 +53,9 @@ SERVICES = ("Status", "Filesystem", "Scheduler", "Transfer")
 # The streaming methods of each service, which get no default deadline.
 METHODS: dict[str, frozenset[str]] = {
     "Status": frozenset(),
-    "Filesystem": frozenset({"LsStream", "DownloadStream", "UploadStream", "BulkDownload"}),
+    "Filesystem": frozenset(
+        {"LsStream", "DownloadStream", "UploadStream", "BulkDownload", "DownloadMany"}
+    ),
     "Scheduler": frozenset({"WatchJobs"}),
     "Transfer": frozenset({"WatchTransfer"}),
 }
@@ -62,6 +65,7 @@ STREAMS = {
     "DownloadStream",
     "UploadStream",
     "BulkDownload",
+    "DownloadMany",
     "WatchJobs",
     "WatchTransfer",
 }

@@ -4,10 +4,12 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.rpc import status_pb2 as _status_pb2
 from hpcgate.v1 import options_pb2 as _options_pb2
 import builtins as _builtins
 import sys
@@ -1159,6 +1161,70 @@ class DownloadRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DownloadRequest: _TypeAlias = DownloadRequest  # noqa: Y015
+
+@_typing.final
+class DownloadManyRequest(_message.Message):
+    """DownloadManyRequest names the files of one DownloadMany call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYSTEM_NAME_FIELD_NUMBER: _builtins.int
+    PATHS_FIELD_NUMBER: _builtins.int
+    system_name: _builtins.str
+    """Target system."""
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The files, each as Download's `path`; at most 1,000."""
+
+    def __init__(
+        self,
+        *,
+        system_name: _builtins.str = ...,
+        paths: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["paths", b"paths", "system_name", b"system_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadManyRequest: _TypeAlias = DownloadManyRequest  # noqa: Y015
+
+@_typing.final
+class DownloadManyResponse(_message.Message):
+    """DownloadManyResponse is Download's answer for one of the files."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The file's position in the request's `paths`."""
+    @_builtins.property
+    def body(self) -> _httpbody_pb2.HttpBody:
+        """The file's bytes."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The error Download would have ended with (code, message, details)."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        body: _httpbody_pb2.HttpBody | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "error", b"error", "index", b"index", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["body", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___DownloadManyResponse: _TypeAlias = DownloadManyResponse  # noqa: Y015
 
 @_typing.final
 class UploadRequest(_message.Message):

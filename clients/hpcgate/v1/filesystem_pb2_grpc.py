@@ -120,6 +120,11 @@ class FilesystemStub:
                 request_serializer=hpcgate_dot_v1_dot_filesystem__pb2.DownloadRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.DownloadMany = channel.unary_stream(
+                '/hpcgate.v1.Filesystem/DownloadMany',
+                request_serializer=hpcgate_dot_v1_dot_filesystem__pb2.DownloadManyRequest.SerializeToString,
+                response_deserializer=hpcgate_dot_v1_dot_filesystem__pb2.DownloadManyResponse.FromString,
+                _registered_method=True)
         self.Upload = channel.unary_unary(
                 '/hpcgate.v1.Filesystem/Upload',
                 request_serializer=hpcgate_dot_v1_dot_filesystem__pb2.UploadRequest.SerializeToString,
@@ -270,6 +275,17 @@ class FilesystemServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadMany(self, request, context):
+        """Download many small files of one system for one caller: each file as
+        Download would answer it, its bytes or its error, in one reply per file
+        in the order they are read (not the order asked). The REST edge gathers
+        concurrent `ops/download` requests of one caller into one such call,
+        sparing a gRPC call per file. gRPC only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Upload(self, request, context):
         """Upload a small file (up to the configured maximum size) as
         `multipart/form-data`; the file is written to the directory `path` under
@@ -404,6 +420,11 @@ def add_FilesystemServicer_to_server(servicer, server):
                     servicer.Download,
                     request_deserializer=hpcgate_dot_v1_dot_filesystem__pb2.DownloadRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'DownloadMany': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadMany,
+                    request_deserializer=hpcgate_dot_v1_dot_filesystem__pb2.DownloadManyRequest.FromString,
+                    response_serializer=hpcgate_dot_v1_dot_filesystem__pb2.DownloadManyResponse.SerializeToString,
             ),
             'Upload': grpc.unary_unary_rpc_method_handler(
                     servicer.Upload,
@@ -863,6 +884,33 @@ class Filesystem:
             '/hpcgate.v1.Filesystem/Download',
             hpcgate_dot_v1_dot_filesystem__pb2.DownloadRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hpcgate.v1.Filesystem/DownloadMany',
+            hpcgate_dot_v1_dot_filesystem__pb2.DownloadManyRequest.SerializeToString,
+            hpcgate_dot_v1_dot_filesystem__pb2.DownloadManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,6 +81,13 @@ class FilesystemStub:
     DownloadStream, or Transfer.Download through S3.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
+    DownloadMany: _grpc.UnaryStreamMultiCallable[_filesystem_pb2.DownloadManyRequest, _filesystem_pb2.DownloadManyResponse]
+    """Download many small files of one system for one caller: each file as
+    Download would answer it, its bytes or its error, in one reply per file
+    in the order they are read (not the order asked). The REST edge gathers
+    concurrent `ops/download` requests of one caller into one such call,
+    sparing a gRPC call per file. gRPC only.
+    """
     Upload: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.UploadRequest, _filesystem_pb2.UploadResponse]
     """Upload a small file (up to the configured maximum size) as
     `multipart/form-data`; the file is written to the directory `path` under
@@ -169,6 +176,13 @@ class FilesystemAsyncStub(FilesystemStub):
     the file's raw bytes (`application/octet-stream`). Larger files: use
     DownloadStream, or Transfer.Download through S3.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    DownloadMany: _aio.UnaryStreamMultiCallable[_filesystem_pb2.DownloadManyRequest, _filesystem_pb2.DownloadManyResponse]  # type: ignore[assignment]
+    """Download many small files of one system for one caller: each file as
+    Download would answer it, its bytes or its error, in one reply per file
+    in the order they are read (not the order asked). The REST edge gathers
+    concurrent `ops/download` requests of one caller into one such call,
+    sparing a gRPC call per file. gRPC only.
     """
     Upload: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.UploadRequest, _filesystem_pb2.UploadResponse]  # type: ignore[assignment]
     """Upload a small file (up to the configured maximum size) as
@@ -335,6 +349,18 @@ class FilesystemServicer:
         the file's raw bytes (`application/octet-stream`). Larger files: use
         DownloadStream, or Transfer.Download through S3.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    def DownloadMany(
+        self,
+        request: _filesystem_pb2.DownloadManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_filesystem_pb2.DownloadManyResponse], _abc.AsyncIterator[_filesystem_pb2.DownloadManyResponse]]:
+        """Download many small files of one system for one caller: each file as
+        Download would answer it, its bytes or its error, in one reply per file
+        in the order they are read (not the order asked). The REST edge gathers
+        concurrent `ops/download` requests of one caller into one such call,
+        sparing a gRPC call per file. gRPC only.
         """
 
     def Upload(

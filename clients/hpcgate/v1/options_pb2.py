@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hpcgate/v1/options.proto\x12\nhpcgate.v1\x1a google/protobuf/descriptor.proto\"r\n\x0bRestOptions\x12\x14\n\x0csuccess_code\x18\x01 \x01(\x05\x12\x1c\n\x14multipart_file_field\x18\x02 \x01(\t\x12\x0e\n\x06public\x18\x03 \x01(\x08\x12\x1f\n\x17shared_reply_max_age_ms\x18\x04 \x01(\r\"\x19\n\x05Needs\x12\x10\n\x08services\x18\x01 \x03(\t\"R\n\x0bJsonOptions\x12\x11\n\tas_string\x18\x01 \x01(\x08\x12\x17\n\x0fnull_when_empty\x18\x02 \x01(\x08\x12\x17\n\x0fomit_when_empty\x18\x03 \x01(\x08\"\'\n\x12JsonMessageOptions\x12\x11\n\tomit_null\x18\x01 \x01(\x08\"B\n\rSchemaOptions\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x14\n\x07minimum\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\n\n\x08_minimum\"G\n\x0cUploadedFile\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c:G\n\x04rest\x12\x1e.google.protobuf.MethodOptions\x18\xb8\x8e\x03 \x01(\x0b\x32\x17.hpcgate.v1.RestOptions:B\n\x05needs\x12\x1e.google.protobuf.MethodOptions\x18\xbc\x8e\x03 \x01(\x0b\x32\x11.hpcgate.v1.Needs:F\n\x04json\x12\x1d.google.protobuf.FieldOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x17.hpcgate.v1.JsonOptions:W\n\x0cjson_message\x12\x1f.google.protobuf.MessageOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x1e.hpcgate.v1.JsonMessageOptions:J\n\x06schema\x12\x1d.google.protobuf.FieldOptions\x18\xbb\x8e\x03 \x01(\x0b\x32\x19.hpcgate.v1.SchemaOptionsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hpcgate/v1/options.proto\x12\nhpcgate.v1\x1a google/protobuf/descriptor.proto\"\x87\x01\n\x0bRestOptions\x12\x14\n\x0csuccess_code\x18\x01 \x01(\x05\x12\x1c\n\x14multipart_file_field\x18\x02 \x01(\t\x12\x0e\n\x06public\x18\x03 \x01(\x08\x12\x1f\n\x17shared_reply_max_age_ms\x18\x04 \x01(\r\x12\x13\n\x0bgathered_by\x18\x05 \x01(\t\"\x19\n\x05Needs\x12\x10\n\x08services\x18\x01 \x03(\t\"R\n\x0bJsonOptions\x12\x11\n\tas_string\x18\x01 \x01(\x08\x12\x17\n\x0fnull_when_empty\x18\x02 \x01(\x08\x12\x17\n\x0fomit_when_empty\x18\x03 \x01(\x08\"\'\n\x12JsonMessageOptions\x12\x11\n\tomit_null\x18\x01 \x01(\x08\"B\n\rSchemaOptions\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x14\n\x07minimum\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\n\n\x08_minimum\"G\n\x0cUploadedFile\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c:G\n\x04rest\x12\x1e.google.protobuf.MethodOptions\x18\xb8\x8e\x03 \x01(\x0b\x32\x17.hpcgate.v1.RestOptions:B\n\x05needs\x12\x1e.google.protobuf.MethodOptions\x18\xbc\x8e\x03 \x01(\x0b\x32\x11.hpcgate.v1.Needs:F\n\x04json\x12\x1d.google.protobuf.FieldOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x17.hpcgate.v1.JsonOptions:W\n\x0cjson_message\x12\x1f.google.protobuf.MessageOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x1e.hpcgate.v1.JsonMessageOptions:J\n\x06schema\x12\x1d.google.protobuf.FieldOptions\x18\xbb\x8e\x03 \x01(\x0b\x32\x19.hpcgate.v1.SchemaOptionsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hpcgate.v1.options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESTOPTIONS']._serialized_start=74
-  _globals['_RESTOPTIONS']._serialized_end=188
-  _globals['_NEEDS']._serialized_start=190
-  _globals['_NEEDS']._serialized_end=215
-  _globals['_JSONOPTIONS']._serialized_start=217
-  _globals['_JSONOPTIONS']._serialized_end=299
-  _globals['_JSONMESSAGEOPTIONS']._serialized_start=301
-  _globals['_JSONMESSAGEOPTIONS']._serialized_end=340
-  _globals['_SCHEMAOPTIONS']._serialized_start=342
-  _globals['_SCHEMAOPTIONS']._serialized_end=408
-  _globals['_UPLOADEDFILE']._serialized_start=410
-  _globals['_UPLOADEDFILE']._serialized_end=481
+  _globals['_RESTOPTIONS']._serialized_start=75
+  _globals['_RESTOPTIONS']._serialized_end=210
+  _globals['_NEEDS']._serialized_start=212
+  _globals['_NEEDS']._serialized_end=237
+  _globals['_JSONOPTIONS']._serialized_start=239
+  _globals['_JSONOPTIONS']._serialized_end=321
+  _globals['_JSONMESSAGEOPTIONS']._serialized_start=323
+  _globals['_JSONMESSAGEOPTIONS']._serialized_end=362
+  _globals['_SCHEMAOPTIONS']._serialized_start=364
+  _globals['_SCHEMAOPTIONS']._serialized_end=430
+  _globals['_UPLOADEDFILE']._serialized_start=432
+  _globals['_UPLOADEDFILE']._serialized_end=503
 # @@protoc_insertion_point(module_scope)

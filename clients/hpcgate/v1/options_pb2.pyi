@@ -33,6 +33,7 @@ class RestOptions(_message.Message):
     MULTIPART_FILE_FIELD_FIELD_NUMBER: _builtins.int
     PUBLIC_FIELD_NUMBER: _builtins.int
     SHARED_REPLY_MAX_AGE_MS_FIELD_NUMBER: _builtins.int
+    GATHERED_BY_FIELD_NUMBER: _builtins.int
     success_code: _builtins.int
     """HTTP status of a successful reply. FirecREST answers 201 when something
     is created and 204 for actions without a body; 0 means 200. With 204 the
@@ -56,6 +57,14 @@ class RestOptions(_message.Message):
     milliseconds ago, instead of calling the server again. 0: every request
     is a call.
     """
+    gathered_by: _builtins.str
+    """The RPC (full name, "package.Service.Method") that answers many
+    requests of this one for one caller and one system at once: a request
+    with `system_name` and `repeated string paths`, and a stream of replies
+    with `index` and either `body` or `error` (a google.rpc.Status). The
+    edge gathers requests of one caller that arrive together into one such
+    call; a request that comes alone is an ordinary call.
+    """
     def __init__(
         self,
         *,
@@ -63,10 +72,11 @@ class RestOptions(_message.Message):
         multipart_file_field: _builtins.str = ...,
         public: _builtins.bool = ...,
         shared_reply_max_age_ms: _builtins.int = ...,
+        gathered_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["multipart_file_field", b"multipart_file_field", "public", b"public", "shared_reply_max_age_ms", b"shared_reply_max_age_ms", "success_code", b"success_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gathered_by", b"gathered_by", "multipart_file_field", b"multipart_file_field", "public", b"public", "shared_reply_max_age_ms", b"shared_reply_max_age_ms", "success_code", b"success_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,16 +31,18 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from hpcgate.edge.accesslog import AccessLog
-from hpcgate.edge.bindings import Binding, bindings_of, hpcgate_services
+from hpcgate.edge.bindings import Binding, Gathering, bindings_of, hpcgate_services
 from hpcgate.edge.body import BodyError, BodyLimits, check_declared, has_body
 from hpcgate.edge.dispatch import Dispatch
 from hpcgate.edge.errors import (
     bad_request_response,
     error_body,
+    rich_status_response,
     rpc_error_response,
     status_response,
     stream_error_body,
 )
+from hpcgate.edge.gather import Gathered, Gatherer
 from hpcgate.edge.guard import TokenRefusedError, TokenVerifier, bearer_token
 from hpcgate.edge.headers import attachment, set_username, username_of
 from hpcgate.edge.jsonwriters import to_json
@@ -120,6 +122,7 @@ class Edge:
         self._callables: dict[tuple[str, bool], Any] = {}
         self.rendered = RenderedReplies()
         self.shared = SharedReplies()
+        self.gatherer = Gatherer(self._gathering_call, timeout, _username)
         self.verifier = TokenVerifier(self._verify)
         self.draining = False
         self._streams: set[grpc.aio.UnaryStreamCall[Any, Any]] = set()
@@ -178,6 +181,9 @@ class Edge:
             )
             self._callables[key] = callable_
         return callable_
+
+    def _gathering_call(self, gathering: Gathering) -> Any:
+        return self._callable(gathering.rpc_path, True, gathering.response_class.FromString)
 
     def _call(self, binding: Binding) -> Any:
         # A JSON reply stays bytes until it is rendered (:mod:`.rendered`).
@@ -251,14 +257,23 @@ class Edge:
     async def _unary(
         self, binding: Binding, built: Built, request: Request, token: str | None
     ) -> Response:
-        """One unary call, or for a reply the contract lets callers share (:mod:`.shared`),
-        the edge's young copy of it.
+        """One unary call; or, as the contract says, one request of a call
+        gathering the caller's requests that came together (:mod:`.gather`),
+        or for a reply callers may share (:mod:`.shared`), the edge's young copy.
 
         The caller's token is judged first (the verifier's cached verdict, or
         one call for every request with that new token), so a copy only ever
         reaches a caller the server accepts. Callers that find the copy aged
         out while another renews it wait for that call.
         """
+        gathering = binding.gathered_by
+        if gathering is not None and token is not None:
+            asked: Any = built.message  # the contract's request: system_name and path
+            gathered = await self.gatherer.submit(
+                gathering, token, asked.system_name, asked.path, self._metadata(request)
+            )
+            if gathered is not None:
+                return await self._gathered(binding, built, request, token, gathered)
         max_age = binding.rest.shared_reply_max_age_ms if _renders_json(binding) else 0
         if not max_age or token is None:
             return (await self._called(binding, built, request, token))[0]
@@ -293,17 +308,37 @@ class Edge:
         try:
             reply = await call
         except grpc.aio.AioRpcError as error:
-            if token is not None and error.code() not in _NOT_AUTHENTICATED:
-                # A failed call's trailing metadata is its status details, not
-                # the username: the verifier names the caller (cached).
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    await self._judge(request, token)
-            return rpc_error_response(error, built.spelled, username_of(request.scope)), None
-        username = _username(await call.trailing_metadata())
+            return await self._failed(error, built, request, token), None
+        self._named(request, token, _username(await call.trailing_metadata()))
+        return self._reply(binding, reply, built.message), reply
+
+    async def _gathered(
+        self, binding: Binding, built: Built, request: Request, token: str, gathered: Gathered
+    ) -> Response:
+        """The response to one request of a gathered call (:mod:`.gather`), as its own call's."""
+        if gathered.failed is not None:
+            return await self._failed(gathered.failed, built, request, token)
+        self._named(request, token, gathered.username)
+        if gathered.error is not None:
+            return rich_status_response(gathered.error, built.spelled, username_of(request.scope))
+        return self._reply(binding, gathered.reply, built.message)
+
+    def _named(self, request: Request, token: str | None, username: str) -> None:
+        """The server named the caller of a successful call: remember it, and say it."""
         if token is not None and username:
             self.verifier.remember(token, username)
             set_username(request.scope, username)
-        return self._reply(binding, reply, built.message), reply
+
+    async def _failed(
+        self, error: grpc.aio.AioRpcError, built: Built, request: Request, token: str | None
+    ) -> Response:
+        """The response to a failed call."""
+        if token is not None and error.code() not in _NOT_AUTHENTICATED:
+            # A failed call's trailing metadata is its status details, not
+            # the username: the verifier names the caller (cached).
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self._judge(request, token)
+        return rpc_error_response(error, built.spelled, username_of(request.scope))
 
     def _reply(self, binding: Binding, reply: Any, rpc_request: message.Message) -> Response:
         if _renders_json(binding):  # the reply's bytes
@@ -456,7 +491,10 @@ def create_app(
     if max_form_body is not None:
         limits = dataclasses.replace(limits, upload=max_form_body)
     bindings = bindings_of(hpcgate_services())
-    reads = frozenset(b.rpc_path for b in bindings if b.verb == "GET")
+    gets = [b for b in bindings if b.verb == "GET"]
+    reads = frozenset(b.rpc_path for b in gets) | {
+        b.gathered_by.rpc_path for b in gets if b.gathered_by is not None
+    }
     edge = Edge(target, timeout, limits, reads, tls, heartbeat)
     by_path: dict[str, dict[str, Binding]] = {}
     for binding in bindings:  # already sorted, most specific first

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from google.api import annotations_pb2, field_behavior_pb2, http_pb2
-from google.protobuf import descriptor, message, message_factory
+from google.protobuf import descriptor, descriptor_pool, message, message_factory
 
 from hpcgate.v1 import options_pb2
 
@@ -28,6 +28,15 @@ SERVICE_MODULES = (
 )
 
 _VARIABLE = re.compile(r"\{([a-z_][a-z0-9_.]*)(?:=([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class Gathering:
+    """The RPC answering many requests of one caller at once (``(hpcgate.v1.rest).gathered_by``)."""
+
+    rpc_path: str
+    request_class: type[message.Message]
+    response_class: type[message.Message]
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,19 @@ class Binding:
     def reads_body(self) -> bool:
         """Whether the route reads a request body (JSON or a multipart form)."""
         return bool(self.body or self.rest.multipart_file_field)
+
+    @cached_property
+    def gathered_by(self) -> Gathering | None:
+        """The RPC that answers many of this one's requests at once, if the contract names one."""
+        name = self.rest.gathered_by
+        if not name:
+            return None
+        method = descriptor_pool.Default().FindMethodByName(name)
+        return Gathering(
+            rpc_path=f"/{method.containing_service.full_name}/{method.name}",
+            request_class=message_factory.GetMessageClass(method.input_type),
+            response_class=message_factory.GetMessageClass(method.output_type),
+        )
 
     @property
     def success_code(self) -> int:

@@ -185,6 +185,20 @@ def stream_error_body(
     return {**error_body(details or code.name, data, user), "code": code.name}
 
 
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def rich_status_response(
+    status: status_pb2.Status,
+    spelled: Mapping[str, str] | None = None,
+    user: str | None = None,
+) -> JSONResponse:
+    """The HTTP reply for a google.rpc.Status that a call brought as one request's outcome."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    trailers = [(_DETAILS_KEY, status.SerializeToString())]
+    return status_response(code, status.message, trailers, spelled, user)
+
+
 def rpc_error_response(
     error: grpc.aio.AioRpcError,
     spelled: Mapping[str, str] | None = None,

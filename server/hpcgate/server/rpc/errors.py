@@ -55,8 +55,8 @@ def grpc_code(kind: ErrorKind) -> grpc.StatusCode:
     return GRPC_CODES[kind]
 
 
-def to_status(error: ServiceError) -> grpc.Status:
-    """The grpc.Status (code, message, details) for ``error``."""
+def rich_status(error: ServiceError) -> status_pb2.Status:
+    """The google.rpc.Status of ``error``: code, message, ErrorInfo and BadRequest details."""
     details: list[Any] = []
     info = any_pb2.Any()
     info.Pack(
@@ -74,12 +74,14 @@ def to_status(error: ServiceError) -> grpc.Status:
             )
         )
         details.append(bad)
-    grpc_status = grpc_code(error.code)
-    code: int = grpc_status.value[0]
-    status = rpc_status.to_status(
-        status_pb2.Status(code=code, message=error.message, details=details)
-    )
-    if grpc_status is grpc.StatusCode.UNAVAILABLE:
+    code: int = grpc_code(error.code).value[0]
+    return status_pb2.Status(code=code, message=error.message, details=details)
+
+
+def to_status(error: ServiceError) -> grpc.Status:
+    """The grpc.Status (code, message, details) for ``error``."""
+    status = rpc_status.to_status(rich_status(error))
+    if grpc_code(error.code) is grpc.StatusCode.UNAVAILABLE:
         trailing = (*status.trailing_metadata, NO_RETRY)
         status = cast(Any, status)._replace(trailing_metadata=trailing)
     return status

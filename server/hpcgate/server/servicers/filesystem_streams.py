@@ -8,21 +8,33 @@ connection, and maps the result to messages.
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
 from collections.abc import AsyncIterator
 
 from google.api import httpbody_pb2
 
-from hpcgate.server.errors import invalid_argument
+from hpcgate.server.errors import ServiceError, invalid_argument
 from hpcgate.server.filesystem import bulk, content
 from hpcgate.server.rpc.context import Context
-from hpcgate.server.rpc.errors import grpc_code
+from hpcgate.server.rpc.errors import grpc_code, rich_status
 from hpcgate.server.runtime import Runtime
-from hpcgate.server.servicers.call import begin
+from hpcgate.server.servicers.call import Call, begin
 from hpcgate.server.servicers.convert import timestamp
 from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
 
 OCTET_STREAM = "application/octet-stream"
+# Files in one DownloadMany call at most (the edge gathers up to this many).
+MAX_DOWNLOAD_MANY = 1000
+
+
+async def _download(call: Call, path_text: str) -> httpbody_pb2.HttpBody:
+    """One file's bytes for Download (and each file of DownloadMany), within the size limit."""
+    path = call.path("path", path_text)
+    limit = call.config.data_operation.max_ops_file_size
+    confine = call.confine({path: "path"})
+    data = await call.system.reads.download(call.user, path, call.deadline, confine, limit)
+    return httpbody_pb2.HttpBody(content_type=OCTET_STREAM, data=data)
 
 
 def _bulk_entry(event: bulk.BulkEvent) -> filesystem_pb2.BulkDownloadEntry:
@@ -77,11 +89,35 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
     ) -> httpbody_pb2.HttpBody:
         """The raw bytes of a file up to ``max_ops_file_size``; larger is RESOURCE_EXHAUSTED."""
         call = begin(self._runtime, request.system_name, context)
-        path = call.path("path", request.path)
-        limit = call.config.data_operation.max_ops_file_size
-        confine = call.confine({path: "path"})
-        data = await call.system.reads.download(call.user, path, call.deadline, confine, limit)
-        return httpbody_pb2.HttpBody(content_type=OCTET_STREAM, data=data)
+        return await _download(call, request.path)
+
+    async def DownloadMany(
+        self, request: filesystem_pb2.DownloadManyRequest, context: Context
+    ) -> AsyncIterator[filesystem_pb2.DownloadManyResponse]:
+        """Download's answer for each of ``paths``, one reply per file as each is read.
+
+        The files are read together, each by Download's own code (so small
+        files of one call ride in the user's read batches); a file's failure
+        is its reply's ``error``, and the other files go on.
+        """
+        call = begin(self._runtime, request.system_name, context)
+        if len(request.paths) > MAX_DOWNLOAD_MANY:
+            raise invalid_argument("paths", f"at most {MAX_DOWNLOAD_MANY} files in one call")
+
+        async def one(index: int, path: str) -> filesystem_pb2.DownloadManyResponse:
+            try:
+                body = await _download(call, path)
+            except ServiceError as error:
+                return filesystem_pb2.DownloadManyResponse(index=index, error=rich_status(error))
+            return filesystem_pb2.DownloadManyResponse(index=index, body=body)
+
+        reads = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(request.paths)]
+        try:
+            for read in asyncio.as_completed(reads):
+                yield await read
+        finally:
+            for read in reads:  # the call ended early (cancelled): stop the reads left
+                read.cancel()
 
     async def Upload(
         self, request: filesystem_pb2.UploadRequest, context: Context
