@@ -2,7 +2,10 @@
 
 Routes come from :mod:`hpcgate.edge.bindings`; each request becomes one gRPC
 call on a channel opened in the app's lifespan. ``Authorization`` and a
-request id travel as gRPC metadata.
+request id travel as gRPC metadata. Where the contract says so, a request
+shares a call instead: with the caller's other requests that came at the
+same time (:mod:`.gather`), or with the callers of the last moment, whose
+reply is the same for all (:mod:`.shared`).
 
 A request passes, in this order: the token's shape (:mod:`.guard`; 401
 before anything else, so an anonymous bad request is 401, not 400), the
