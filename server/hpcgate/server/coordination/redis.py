@@ -43,6 +43,8 @@ RETRY_AFTER = 1.0
 CALL_TIMEOUT = 1.0
 # Seconds the pub/sub reader waits for a message before it looks for new channels.
 READ_TICK = 0.05
+# Seconds a closing subscription or client gets before it is left behind.
+CLOSE_TIMEOUT = 2.0
 
 _CLAIM = """
 local held = redis.call('GET', KEYS[1])
@@ -96,6 +98,18 @@ class _Listening:
 
     def close(self) -> None:
         self._owner._unlisten(self._channel, self._handler)
+
+
+async def _closed(pubsub: Any) -> None:
+    """Close ``pubsub`` (if any), giving up after CLOSE_TIMEOUT.
+
+    A subscription cancelled in the middle of a read could leave redis-py's
+    close waiting for good (a teardown once hung on it in CI): a replica's
+    shutdown must not.
+    """
+    if pubsub is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(pubsub.aclose(), CLOSE_TIMEOUT)
 
 
 class RedisCoordinator:
@@ -231,16 +245,12 @@ class RedisCoordinator:
                 )
             except (RedisError, OSError, TimeoutError) as error:
                 self._failed(error)
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
+                await _closed(pubsub)
                 pubsub = None
                 await asyncio.sleep(RETRY_AFTER)
                 continue
             except asyncio.CancelledError:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
+                await _closed(pubsub)
                 raise
             if message is None or message.get("type") != "message":
                 continue
@@ -321,7 +331,7 @@ class RedisCoordinator:
     async def close(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._reader, CLOSE_TIMEOUT)
         with contextlib.suppress(Exception):
-            await self._client.aclose()
+            await asyncio.wait_for(self._client.aclose(), CLOSE_TIMEOUT)
