@@ -50,14 +50,13 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def build_client(
-    config: S3Config,
-    endpoint: str,
-    *,
-    connect_timeout: float = 5,
-    read_timeout: float = 30,
-    attempts: int = 3,
-) -> Any:
+# The staging clients' botocore timeouts (seconds) and attempts per call.
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 30
+ATTEMPTS = 3
+
+
+def build_client(config: S3Config, endpoint: str) -> Any:
     """A boto3 S3 client for ``endpoint`` with ``config``'s credentials and addressing."""
     import boto3  # deferred: boto3 takes ~0.3 s to import
     from botocore.config import Config
@@ -72,9 +71,9 @@ def build_client(
         config=Config(
             signature_version="s3v4",
             s3={"addressing_style": "path" if config.path_style else "auto"},
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            retries={"max_attempts": attempts, "mode": "standard"},
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
+            retries={"max_attempts": ATTEMPTS, "mode": "standard"},
         ),
     )
 
