@@ -11,11 +11,12 @@ and listens on 127.0.0.1 (dev/localsite.py configures the method).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import websockets
@@ -29,6 +30,8 @@ from devkeys import DevIssuer
 from localsite import SYSTEM, local_config, transfer_methods
 
 SIZE = 200 * 1024 * 1024
+
+T = TypeVar("T")
 
 
 def _coordinates(transfer: dict[str, Any]) -> dict[str, Any]:
@@ -59,42 +62,72 @@ async def _listening_upload(
     return upload, f"ws://{coordinates['ips'][0]}:{coordinates['ports'][0]}", coordinates["secret"]
 
 
+def _own_loop(live: LiveService, work: Callable[[AsyncFirecrest], Awaitable[T]]) -> Awaitable[T]:
+    """``work`` with a pyfirecrest client of its own, on an event loop of its own thread.
+
+    pyfirecrest's streamer client compresses each 5 MiB chunk in its event
+    loop (websockets' permessage-deflate): 7 s of one 200 MiB upload with
+    the loop blocked. A real client is a process of its own; on the loop of
+    the in-process service under test it starved the health probes (5 s
+    timeout) until the gate refused the client's GetJob with 503.
+    """
+
+    async def run() -> T:
+        firecrest = AsyncFirecrest(live.rest_url, StaticToken(live.token("alice")))
+        try:
+            return await work(firecrest)
+        finally:
+            await firecrest.close_session()
+
+    return asyncio.to_thread(asyncio.run, run())
+
+
 @pytest.mark.timeout(600)
 async def test_upload_and_download_200_mib_exact(
-    client: AsyncFirecrest, remote_dir: str, tmp_path: Path, cluster: Cluster
+    live: LiveService, remote_dir: str, tmp_path: Path, cluster: Cluster
 ) -> None:
     local = tmp_path / "big.bin"
-    random_file(local, SIZE)
-    want = sha256(local)
+    await asyncio.to_thread(random_file, local, SIZE)
+    want = await asyncio.to_thread(sha256, local)
 
-    upload = await client.upload(
-        SYSTEM, str(local), remote_dir, "big.bin", transfer_method="streamer"
-    )
-    assert upload is not None
-    data = upload.transfer_data
+    async def upload(client: AsyncFirecrest) -> dict[str, Any]:
+        upload = await client.upload(
+            SYSTEM, str(local), remote_dir, "big.bin", transfer_method="streamer"
+        )
+        assert upload is not None
+        # The client's stream is done; the job verifies it and renames it into place.
+        await upload.wait_for_transfer_job()
+        data: dict[str, Any] = upload.transfer_data
+        return data
+
+    data = await _own_loop(live, upload)
     assert data["transferDirectives"]["transferMethod"] == "streamer"
     # The server waited for the job to listen, and names the one port it took.
     coordinates = _coordinates(data)
     assert coordinates["ips"] == ["127.0.0.1"]
     assert coordinates["ports"][0] == coordinates["ports"][1]
     assert len(coordinates["secret"]) >= 16
-    # The client's stream is done; the job verifies it and renames it into place.
-    await upload.wait_for_transfer_job()
     remote = f"{remote_dir}/big.bin"
     assert (await as_alice(cluster, "sha256sum", "--", remote)).split()[0] == want
     # Nothing else is left beside it: the temporary name was renamed.
     assert (await as_alice(cluster, "ls", "-A", "--", remote_dir)).split() == ["big.bin"]
-    log = await client.view(SYSTEM, data["transferJob"]["logs"]["outputLog"])
-    assert f"SHA-256 {want} verified" in log
 
     fetched = tmp_path / "fetched.bin"
-    download = await client.download(SYSTEM, remote, str(fetched), transfer_method="streamer")
-    assert download is not None
-    assert download.transfer_data["transferDirectives"]["transferMethod"] == "streamer"
+
+    async def download(client: AsyncFirecrest) -> tuple[str, dict[str, Any]]:
+        log = await client.view(SYSTEM, data["transferJob"]["logs"]["outputLog"])
+        download = await client.download(SYSTEM, remote, str(fetched), transfer_method="streamer")
+        assert download is not None
+        await download.wait_for_transfer_job()
+        fetched_data: dict[str, Any] = download.transfer_data
+        return log, fetched_data
+
+    log, fetched_data = await _own_loop(live, download)
+    assert f"SHA-256 {want} verified" in log
+    assert fetched_data["transferDirectives"]["transferMethod"] == "streamer"
     assert fetched.stat().st_size == SIZE
-    assert sha256(fetched) == want
-    await download.wait_for_transfer_job()
-    await _remove_logs(cluster, data, download.transfer_data)
+    assert await asyncio.to_thread(sha256, fetched) == want
+    await _remove_logs(cluster, data, fetched_data)
 
 
 async def test_an_interrupted_upload_leaves_nothing_at_the_target(
