@@ -442,6 +442,37 @@ async def test_deadline_while_queued_and_command_timeout(make_pool: MakePool) ->
     assert (await pool.run("alice", ["true"])).exit_status == 0
 
 
+async def test_a_stdout_sink_takes_the_output_while_the_command_runs(make_pool: MakePool) -> None:
+    pool = make_pool(max_connections=1, max_channels=1)
+    arrived: list[tuple[float, bytes]] = []
+
+    async def sink(chunk: bytes) -> None:
+        arrived.append((time.monotonic(), chunk))
+
+    # 4 MiB of stdout beside 1 MiB of stderr (left unread, stderr would stall
+    # the channel), then a pause before the last line.
+    script = "head -c 4194304 /dev/zero; head -c 1048576 /dev/zero >&2; sleep 1; echo end"
+    result = await pool.run("alice", ["sh", "-c", script], stdout_sink=sink)
+    ended = time.monotonic()
+    assert (result.exit_status, result.stdout, len(result.stderr)) == (0, b"", 1 << 20)
+    assert b"".join(chunk for _, chunk in arrived) == bytes(4 << 20) + b"end\n"
+    assert max(len(chunk) for _, chunk in arrived) <= 1 << 16
+    assert ended - arrived[0][0] >= 0.9  # the first chunk came before the pause, not after
+
+    async def failing(chunk: bytes) -> None:
+        raise ValueError("the sink refuses")
+
+    with pytest.raises(ValueError, match="refuses"):
+        await pool.run("alice", ["sh", "-c", f"echo x; exec sleep {SLEEPER}"], stdout_sink=failing)
+    await wait_until(lambda: remote_sleepers() == 0, "the abandoned command is stopped")
+    await expect_error(
+        pool.run("alice", ["sleep", SLEEPER], timeout=0.5, stdout_sink=sink),
+        ErrorKind.DEADLINE_EXCEEDED,
+        "COMMAND_TIMEOUT",
+    )
+    assert user_stats(pool, "alice").channels_in_use == 0
+
+
 async def test_close_fails_waiters_and_refuses_new_requests(make_pool: MakePool) -> None:
     pool = make_pool(max_connections=1, max_channels=1)
     holder = asyncio.create_task(pool.run("alice", ["sleep", "30"]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import asyncssh
@@ -15,6 +16,7 @@ import pytest
 
 from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.filesystem import entries, findlisting, listing, names, parse, ranges
+from hpcgate.server.filesystem.names import IdNames, RunArgv
 
 # -- listings ---------------------------------------------------------------------
 
@@ -305,7 +307,35 @@ def _find_record(mode: str, name: bytes, target: bytes = b"", uid: int = 1001) -
     return b"".join(field + b"\0" for field in fields)
 
 
-def test_find_listing_parses_adversarial_names_field_by_field() -> None:
+def _known_names() -> IdNames:
+    known = IdNames()
+    known.learn("passwd", 1001, "alice")
+    known.learn("group", 1002, "hpcproj")
+    return known
+
+
+async def _no_getent(argv: Sequence[str]) -> bytes:
+    raise AssertionError(f"the names were cached, yet {argv} ran")
+
+
+async def _found(
+    output: bytes,
+    cuts: Iterable[int] = (),
+    *,
+    show_hidden: bool = False,
+    numeric: bool = False,
+    known: IdNames | None = None,
+    run: RunArgv = _no_getent,
+) -> list[entries.FileEntry]:
+    """What :class:`findlisting.Found` lists of ``output`` fed in pieces cut at ``cuts``."""
+    found = findlisting.Found(known or _known_names(), run, show_hidden, numeric)
+    bounds = [0, *sorted(cuts), len(output)]
+    for start, end in itertools.pairwise(bounds):
+        await found.feed(output[start:end])
+    return await found.entries()
+
+
+async def test_find_listing_parses_adversarial_names_field_by_field() -> None:
     # A newline, a tab, spaces and what looks like a mode in a name cannot shift a field.
     tricky = b"a\nb\t c -rw-r--r--"
     output = b"".join(
@@ -316,32 +346,64 @@ def test_find_listing_parses_adversarial_names_field_by_field() -> None:
             _find_record("-rw-------", b".hidden"),
         ]
     )
-    records = findlisting.parse(output, show_hidden=False)
-    assert [r[5] for r in records] == ["a\nb\t c -rw-r--r--", "link", "zeta"]  # C-locale order
-    listed = findlisting.entries(records, ({"1001": "alice"}, {"1002": "hpcproj"}))
+    listed = await _found(output)
+    assert [e.name for e in listed] == ["a\nb\t c -rw-r--r--", "link", "zeta"]  # C-locale order
     assert listed[1] == entries.FileEntry(
         "link", "l", "../target with\nnewline", "alice", "hpcproj", "rwxrwxrwx", 1_700_000_000, 42
     )
     assert listed[0].type == "d" and listed[0].link_target is None
-    assert findlisting.parse(output, show_hidden=True)[0][5] == ".hidden"
-    numeric = findlisting.entries(records, None)
+    assert (await _found(output, show_hidden=True))[0].name == ".hidden"
+    numeric = await _found(output, numeric=True)
     assert (numeric[2].user, numeric[2].group) == ("1001", "1002")
 
 
-def test_find_listing_shows_names_that_are_not_utf8_and_sorts_them_by_bytes() -> None:
-    output = b"".join(
+async def test_find_listing_shows_names_that_are_not_utf8_and_sorts_them_by_bytes() -> None:
+    latin1 = _find_record("-rw-r--r--", b"caf\xe9")  # Latin-1, not UTF-8
+    rest = b"".join(
         [
-            _find_record("-rw-r--r--", b"caf\xe9"),  # Latin-1, not UTF-8
             _find_record("-rw-r--r--", "café".encode()),
             _find_record("-rw-r--r--", b"cafe"),
             _find_record("lrwxrwxrwx", b"l", b"\xff"),
         ]
     )
-    records = findlisting.parse(output, show_hidden=False)
     # Byte order: "cafe" < "caf\xc3\xa9" (UTF-8 é) < "caf\xe9" < ... ; "l" last.
-    assert [r[5] for r in records] == ["cafe", "café", "caf\\xe9", "l"]
-    assert findlisting.entries(records, None)[3].link_target == "\\xff"
+    want = ["cafe", "café", "caf\\xe9", "l"]
+    listed = await _found(latin1 + rest)
+    assert [e.name for e in listed] == want
+    assert listed[3].link_target == "\\xff"
+    # The same when the name that is not UTF-8 comes in a chunk of its own, after the rest.
+    assert [e.name for e in await _found(rest + latin1, [len(rest)])] == want
 
 
-def test_find_listing_of_an_empty_directory() -> None:
-    assert findlisting.parse(b"", show_hidden=True) == []
+async def test_find_listing_is_the_same_wherever_the_output_is_cut() -> None:
+    # Chunks end anywhere: mid-field, mid-record, inside a UTF-8 character.
+    records = [_find_record("-rw-r--r--", f"ünïcode-{i}".encode()) for i in (3, 1, 4, 0, 2)]
+    output = b"".join(records) + _find_record("lrwxrwxrwx", "lïnk".encode(), "tärget".encode())
+    whole = await _found(output)
+    assert [e.name for e in whole] == ["lïnk"] + [f"ünïcode-{i}" for i in range(5)]
+    assert whole[0].link_target == "tärget"
+    for cut in range(1, len(output)):
+        assert await _found(output, [cut]) == whole, cut
+    assert await _found(output, range(1, len(output))) == whole  # a byte at a time
+
+
+async def test_find_listing_names_owners_the_cache_lacks_with_one_getent_at_the_end() -> None:
+    one, two = _find_record("-rw-r--r--", b"one"), _find_record("-rw-r--r--", b"two", uid=1003)
+    calls: list[Sequence[str]] = []
+
+    async def getent(argv: Sequence[str]) -> bytes:
+        calls.append(argv)
+        return b"carol:x:1003:1003::/home/carol:/bin/sh\n"
+
+    listed = await _found(two + one, [len(two)], known=_known_names(), run=getent)
+    assert [(e.name, e.user, e.group) for e in listed] == [
+        ("one", "alice", "hpcproj"),
+        ("two", "carol", "hpcproj"),
+    ]
+    assert len(calls) == 1
+
+
+async def test_find_listing_of_an_empty_directory_and_of_a_cut_off_output() -> None:
+    assert await _found(b"", show_hidden=True) == []
+    with pytest.raises(ValueError, match="inside a record"):
+        await _found(_find_record("-rw-r--r--", b"half")[:-3])

@@ -1,4 +1,4 @@
-"""``ls -l`` of one directory as one confined ``find -printf`` step, parsed in one pass.
+"""``ls -l`` of one directory as one confined ``find -printf`` step, parsed as it arrives.
 
 Why not SFTP here: asyncssh decodes every readdir entry's attributes in
 Python (~15 us each, two thirds of the server's CPU per entry), and a
@@ -30,6 +30,7 @@ from __future__ import annotations
 from operator import itemgetter
 
 from hpcgate.server.filesystem.entries import FileEntry, Listing
+from hpcgate.server.filesystem.names import IdNames, RunArgv
 from hpcgate.server.filesystem.parse import IdKind, decode_name
 from hpcgate.server.filesystem.remote import Remote
 
@@ -44,7 +45,7 @@ cd -P -- "$1" 2>/dev/null || exit {NOT_A_DIRECTORY}
 inside "$PWD" 1
 exec find . -mindepth 1 -maxdepth 1 -printf "$2"
 """
-_NAME = itemgetter(5)
+_NAME = itemgetter(0)  # a FileEntry's name
 
 
 async def listed(remote: Remote, path: str, show_hidden: bool, numeric_uid: bool) -> Listing | None:
@@ -54,51 +55,116 @@ async def listed(remote: Remote, path: str, show_hidden: bool, numeric_uid: bool
     failed (an entry vanished under it, an unreadable directory): SFTP then
     gives the single entry or the error, in the cluster's words.
     """
-    _, result = await remote.confined_unchecked("find", _STEP, [path], [path, FORMAT])
+    found = Found(remote.names, remote.run, show_hidden, numeric_uid)
+    _, result = await remote.confined_unchecked(
+        "find", _STEP, [path], [path, FORMAT], stdout_sink=found.feed
+    )
     if result.exit_status != 0:
         return None
-    records = parse(result.stdout, show_hidden)
-    owners = None if numeric_uid else await _owners(remote, records)
-    return Listing(entries(records, owners))
+    return Listing(await found.entries())
 
 
 Owners = tuple[dict[str, str], dict[str, str]]  # uid -> user name, gid -> group name
 
 
-async def _owners(remote: Remote, records: list[tuple[str, ...]]) -> Owners:
+class Found:
+    """``find``'s entries, parsed and named while its output still arrives.
+
+    The work per entry (decoding, FileEntry, owners) is most of the
+    server's CPU for a big directory, and ``find`` sends its output over
+    tens of milliseconds: done as each chunk arrives, it ends with the
+    step instead of after it. A chunk may end anywhere (mid-field,
+    mid-character): the complete records are taken, the rest waits for the
+    next chunk; a cut after a NUL never splits a UTF-8 character. Owners
+    are named from the cache; records with an owner it does not know wait
+    for the end, when one ``getent`` names them (mid-step it would need a
+    second channel of the caller's, which the pool may not have).
+    """
+
+    def __init__(self, names: IdNames, run: RunArgv, show_hidden: bool, numeric_uid: bool) -> None:
+        """``names`` and ``run`` (getent, at the end) name the owners unless ``numeric_uid``."""
+        self._names = names
+        self._run = run
+        self._show_hidden = show_hidden
+        self._numeric = numeric_uid
+        self._tail = b""
+        self._entries: list[FileEntry] = []
+        self._unnamed: list[tuple[str, ...]] = []
+        # The bytes of the names shown otherwise than they are (not UTF-8), for the order.
+        self._raw: dict[str, bytes] = {}
+
+    async def feed(self, chunk: bytes) -> None:
+        """Take the complete records of what has arrived; keep the rest for the next chunk."""
+        data = self._tail + chunk if self._tail else chunk
+        cut = _records_end(data)
+        self._tail = data[cut:]
+        if cut:
+            self._take(data[:cut])
+
+    def _take(self, block: bytes) -> None:
+        try:
+            fields = block.decode().split("\0")
+        except UnicodeDecodeError:
+            raw = block.split(b"\0")
+            fields = [decode_name(field) for field in raw]
+            self._raw.update(zip(fields[5::FIELDS], raw[5::FIELDS], strict=True))
+        records = list(zip(*[iter(fields[:-1])] * FIELDS, strict=True))
+        if not self._show_hidden:
+            records = [r for r in records if not r[5].startswith(".")]
+        owners = None if self._numeric else self._cached_owners(records)
+        if owners is None and not self._numeric:
+            self._unnamed += records
+        else:
+            self._entries += entries(records, owners)
+
+    def _cached_owners(self, records: list[tuple[str, ...]]) -> Owners | None:
+        """The records' owners by name from the cache; None if it lacks one."""
+        users: dict[str, str] = {}
+        groups: dict[str, str] = {}
+        for uid, gid in {(r[1], r[2]) for r in records}:
+            user, group = self._names.get("passwd", int(uid)), self._names.get("group", int(gid))
+            if user is None or group is None:
+                return None
+            users[uid], groups[gid] = user, group
+        return users, groups
+
+    async def entries(self) -> list[FileEntry]:
+        """Every entry, named, sorted by the names' bytes (``ls`` order in the C locale)."""
+        if self._tail:
+            raise ValueError("find's output ended inside a record")
+        if self._unnamed:
+            owners = await _owners(self._names, self._run, self._unnamed)
+            self._entries += entries(self._unnamed, owners)
+            self._unnamed = []
+        if not self._raw:  # code points sort as UTF-8 bytes do
+            self._entries.sort(key=_NAME)
+        else:
+            raw = self._raw
+            self._entries.sort(key=lambda entry: raw.get(entry.name) or entry.name.encode())
+        return self._entries
+
+
+def _records_end(data: bytes) -> int:
+    """Where the last complete record of ``data`` ends: just past its last field's NUL."""
+    extra = data.count(b"\0") % FIELDS  # fields of a record not yet complete
+    end = len(data)
+    for _ in range(extra + 1):
+        end = data.rfind(b"\0", 0, end)
+        if end < 0:
+            return 0
+    return end + 1
+
+
+async def _owners(names: IdNames, run: RunArgv, records: list[tuple[str, ...]]) -> Owners:
     """Names of the records' owners and groups: the cache, or one ``getent`` for the rest."""
     ids = {(r[1], r[2]) for r in records}
     wanted: set[tuple[IdKind, int]] = set()
     for uid, gid in ids:
         wanted.update({("passwd", int(uid)), ("group", int(gid))})
-    resolved = await remote.names.resolve(remote.run, wanted)
+    resolved = await names.resolve(run, wanted)
     users = {uid: resolved[("passwd", int(uid))] for uid, _ in ids}
     groups = {gid: resolved[("group", int(gid))] for _, gid in ids}
     return users, groups
-
-
-def parse(output: bytes, show_hidden: bool) -> list[tuple[str, ...]]:
-    """``find``'s records as text fields, hidden names dropped unless shown, sorted by name.
-
-    The whole output is decoded at once when it is UTF-8 (the usual case);
-    else field by field, names not UTF-8 shown as ``\\xNN``. Sorted by the
-    names' bytes either way (code points sort as UTF-8 bytes do): ``ls``
-    order in the C locale.
-    """
-    try:
-        fields = output.decode().split("\0")
-    except UnicodeDecodeError:
-        fields = [decode_name(raw) for raw in output.split(b"\0")]
-        keys = output.split(b"\0")[5::FIELDS]
-        records = list(zip(*[iter(fields[: len(keys) * FIELDS])] * FIELDS, strict=True))
-        ordered = [r for _, r in sorted(zip(keys, records, strict=True), key=itemgetter(0))]
-        return [r for r in ordered if show_hidden or not r[5].startswith(".")]
-    count = len(fields) // FIELDS
-    records = list(zip(*[iter(fields[: count * FIELDS])] * FIELDS, strict=True))
-    if not show_hidden:
-        records = [r for r in records if not r[5].startswith(".")]
-    records.sort(key=_NAME)
-    return records
 
 
 def entries(records: list[tuple[str, ...]], owners: Owners | None) -> list[FileEntry]:

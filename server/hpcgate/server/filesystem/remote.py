@@ -20,7 +20,7 @@ from hpcgate.server.errors import ErrorKind, ServiceError
 from hpcgate.server.filesystem.confine import Confine
 from hpcgate.server.filesystem.errors import checked, sftp_error
 from hpcgate.server.filesystem.names import IdNames
-from hpcgate.server.ssh import CommandResult, SSHPool
+from hpcgate.server.ssh import CommandResult, SSHPool, StdoutSink
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,16 @@ class Remote:
         """stdout of ``argv`` run as the caller; its mapped error if it fails."""
         return checked(argv, await self.run_unchecked(argv, stdin))
 
-    async def run_unchecked(self, argv: Sequence[str], stdin: bytes | None = None) -> CommandResult:
-        """``argv`` run as the caller, whatever its exit status."""
-        return await self.pool.run(self.user, argv, stdin=stdin, deadline=self.deadline)
+    async def run_unchecked(
+        self,
+        argv: Sequence[str],
+        stdin: bytes | None = None,
+        stdout_sink: StdoutSink | None = None,
+    ) -> CommandResult:
+        """``argv`` run as the caller, whatever its exit status (stdout to ``stdout_sink``)."""
+        return await self.pool.run(
+            self.user, argv, stdin=stdin, deadline=self.deadline, stdout_sink=stdout_sink
+        )
 
     async def confined_unchecked(
         self,
@@ -76,19 +83,22 @@ class Remote:
         paths: Sequence[str],
         args: Sequence[str] = (),
         stdin: bytes | None = None,
+        stdout_sink: StdoutSink | None = None,
     ) -> tuple[list[str], CommandResult]:
         """Run the shell step ``body`` (after :meth:`Confine.prelude`) with ``args``.
 
         ``name`` is the command doing the work, for messages. A refusal the
         step reports (a path of ``paths`` leads outside) is raised; any other
-        outcome is returned with the argv, for the caller to judge.
+        outcome is returned with the argv, for the caller to judge. With
+        ``stdout_sink`` the step's stdout goes there as it arrives; the
+        refusal is judged at the end, so the sink's takings count only then.
         """
         if not self.confine.learned:
             async with self.sftp(paths[0]) as client:
                 await self.confine.learn_roots(client)
         argv = ["sh", "-c", self.confine.script(body), name, *args]
         try:
-            result = await self.run_unchecked(argv, stdin)
+            result = await self.run_unchecked(argv, stdin, stdout_sink)
         except ServiceError as error:
             if error.reason == "COMMAND_TIMEOUT":  # name the command, not the shell
                 error.message = error.message.replace("'sh'", repr(name), 1)

@@ -1,6 +1,6 @@
 """SSH access to the clusters: per-user credentials and connection pools."""
 
-from hpcgate.server.ssh.connection import CommandResult, retry_channel_open
+from hpcgate.server.ssh.connection import CommandResult, StdoutSink, retry_channel_open
 from hpcgate.server.ssh.credentials import (
     CertificateAuthority,
     CredentialProvider,
@@ -18,6 +18,7 @@ __all__ = [
     "PoolManager",
     "PoolStats",
     "SSHPool",
+    "StdoutSink",
     "UserCredentials",
     "UserStats",
     "build_credential_provider",

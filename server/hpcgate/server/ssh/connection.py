@@ -28,6 +28,10 @@ from hpcgate.server.errors import ServiceError
 from hpcgate.server.ssh.deadlines import TIMEOUT_STATUSES, local_wait, timeout_line
 
 T = TypeVar("T")
+# Takes a command's stdout as it arrives, one chunk at a time (see Connection.execute).
+StdoutSink = Callable[[bytes], Awaitable[None]]
+# The most stdout bytes handed to a sink at once.
+SINK_READ = 1 << 16
 
 # Seconds to wait for a channel or connection to finish closing.
 CLOSE_GRACE = 5.0
@@ -180,10 +184,13 @@ class Connection:
         stdin: bytes | None,
         budget: float,
         timed_out: Callable[[], ServiceError],
+        stdout_sink: StdoutSink | None = None,
     ) -> CommandResult:
         """Run ``argv`` under the remote ``timeout`` on a slot reserved by the caller.
 
         ``timed_out`` builds the error for a command that ran out of ``budget``.
+        With ``stdout_sink``, stdout goes to it as it arrives (the result's
+        is empty), so the caller works while the command still runs.
         """
         started = time.monotonic()
         line = timeout_line(argv, budget)
@@ -196,7 +203,10 @@ class Connection:
                     if stdin:
                         process.stdin.write(stdin)
                     process.stdin.write_eof()
-                stdout, stderr = await process.communicate()
+                if stdout_sink is None:
+                    stdout, stderr = await process.communicate()
+                else:
+                    stdout, stderr = b"", await _relay(process, stdout_sink)
         except TimeoutError:
             raise timed_out() from None
         finally:
@@ -243,3 +253,19 @@ class Connection:
                 await self.conn.wait_closed()
                 if self.jump is not None:
                     await self.jump.wait_closed()
+
+
+async def _relay(process: asyncssh.SSHClientProcess[bytes], sink: StdoutSink) -> bytes:
+    """Hand ``process``'s stdout to ``sink`` until it ends; its stderr, read meanwhile.
+
+    stderr is read beside stdout: left unread, its buffer would fill and
+    stall the channel, stdout with it.
+    """
+    stderr = asyncio.ensure_future(process.stderr.read())
+    try:
+        while chunk := await process.stdout.read(SINK_READ):
+            await sink(chunk)
+        await process.wait_closed()
+        return await stderr
+    finally:
+        stderr.cancel()

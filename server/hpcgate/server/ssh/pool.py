@@ -77,6 +77,7 @@ from hpcgate.server.ssh.connection import (
     CommandResult,
     Connection,
     SlotKind,
+    StdoutSink,
 )
 from hpcgate.server.ssh.credentials import (
     CredentialProvider,
@@ -185,8 +186,12 @@ class SSHPool:
         timeout: float | None = None,  # noqa: ASYNC109 -- the remote command's limit
         deadline: float | None = None,
         scheduler: bool = False,
+        stdout_sink: StdoutSink | None = None,
     ) -> CommandResult:
         """Run ``argv`` as ``user`` and collect its exit status and output.
+
+        With ``stdout_sink``, stdout goes to it as it arrives instead
+        (:meth:`Connection.execute`).
 
         The command line is built only from quoted arguments and wrapped in
         the remote ``timeout`` (``timeout`` seconds, default
@@ -202,10 +207,10 @@ class SSHPool:
             raise ValueError("argv must name a command")
         budget = self.timeouts.command if timeout is None else timeout
         if not scheduler:
-            return await self._run(user, argv, stdin, budget, deadline, None)
+            return await self._run(user, argv, stdin, budget, deadline, None, stdout_sink)
         budget = min(budget, self.scheduler_timeout)
         async with self.scheduler_share.hold(user, deadline):
-            return await self._run(user, argv, stdin, budget, deadline, "scheduler")
+            return await self._run(user, argv, stdin, budget, deadline, "scheduler", stdout_sink)
 
     async def _run(
         self,
@@ -215,6 +220,7 @@ class SSHPool:
         budget: float,
         deadline: float | None,
         service: str | None,
+        stdout_sink: StdoutSink | None,
     ) -> CommandResult:
         """Reserve an exec slot and run ``argv`` within ``budget`` (cut to the deadline)."""
         async with self._slot(user, SlotKind.EXEC, deadline) as conn:
@@ -222,7 +228,7 @@ class SSHPool:
             timed_out = partial(command_timeout, self.name, argv, budget, cut_by_deadline, service)
             if budget < MIN_COMMAND_TIME:
                 raise timed_out()
-            return await conn.execute(argv, stdin, budget, timed_out)
+            return await conn.execute(argv, stdin, budget, timed_out, stdout_sink)
 
     def stats(self) -> PoolStats:
         """Connections, slots in use and waiters, per user and in total."""
