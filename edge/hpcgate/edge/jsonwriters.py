@@ -18,6 +18,7 @@ floats, bytes, maps, other well-known types) gets no writer, and
 
 from __future__ import annotations
 
+import keyword
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -127,29 +128,52 @@ def _compile(desc: descriptor.Descriptor, omit: bool) -> Writer | None:
 
 
 def _writer(steps: tuple[Step, ...]) -> Writer:
-    def write(msg: message.Message, chunked: bool = False) -> dict[str, Any]:
-        data: dict[str, Any] = {}
-        for step in steps:
-            if step.repeated:
-                values = getattr(msg, step.name)
-                convert = step.convert
-                if chunked and convert is not None and len(values) > CHUNK:
-                    data[step.key] = _chunked(values, convert)
-                elif values:
-                    data[step.key] = list(values) if convert is None else list(map(convert, values))
-                elif step.when_empty == "list":
-                    data[step.key] = []
-                elif step.when_empty == "null":
-                    data[step.key] = None
-            elif step.presence and not msg.HasField(step.name):
-                if step.null_when_unset:
-                    data[step.key] = None
-            else:
-                value = getattr(msg, step.name)
-                data[step.key] = value if step.convert is None else step.convert(value)
-        return data
+    """One function writing exactly ``steps``, compiled from source made for them.
 
+    The same steps walked in a loop (a getattr, the tests of a step's
+    kind, a call per field) took 2.5 us per entry of an ``ls`` reply, the
+    edge's whole cost of a big listing; straight-line code reading each
+    field by its attribute takes about half (dataclasses builds its
+    methods the same way). Only names from the descriptors and ``repr``
+    of them reach the source, never a value.
+    """
+    env: dict[str, Any] = {"_chunked": _chunked, "CHUNK": CHUNK}
+    lines = ["def write(msg, chunked=False):", "    data = {}"]
+    for index, step in enumerate(steps):
+        read = _attribute(step.name)
+        key = f"data[{step.key!r}]"
+        convert = None if step.convert is None else f"c{index}"
+        if convert is not None:
+            env[convert] = step.convert
+        if step.repeated:
+            lines.append(f"    v = {read}")
+            if convert is not None:
+                lines += [f"    if chunked and len(v) > CHUNK: {key} = _chunked(v, {convert})"]
+                lines += [f"    elif v: {key} = list(map({convert}, v))"]
+            else:
+                lines += [f"    if v: {key} = list(v)"]
+            if step.when_empty == "list":
+                lines.append(f"    else: {key} = []")
+            elif step.when_empty == "null":
+                lines.append(f"    else: {key} = None")
+        elif step.presence:
+            value = read if convert is None else f"{convert}({read})"
+            lines.append(f"    if msg.HasField({step.name!r}): {key} = {value}")
+            if step.null_when_unset:
+                lines.append(f"    else: {key} = None")
+        else:
+            lines.append(f"    {key} = {read if convert is None else f'{convert}({read})'}")
+    lines.append("    return data")
+    exec("\n".join(lines), env)  # the source holds descriptor names only, no value
+    write: Writer = env["write"]
     return write
+
+
+def _attribute(name: str) -> str:
+    """Source reading the field ``name`` of ``msg`` (a keyword cannot follow a dot)."""
+    if name.isidentifier() and not keyword.iskeyword(name):
+        return f"msg.{name}"
+    return f"getattr(msg, {name!r})"
 
 
 def _chunked(values: Sequence[Any], convert: Callable[[Any], Any]) -> orjson.Fragment:
