@@ -5,8 +5,9 @@
 ``ls`` reply, nearly all of the edge's CPU for a big directory (py-spy,
 ``bench/scenarios/big_dir.py``). For message types made only of strings,
 bools, integers, nested such messages, Timestamps and repeated fields of
-those (listings, jobs, most replies), this module compiles each type once
-into a list of steps and writes the JSON value in one pass, by the same
+those (listings, jobs, most replies), this module works out each type's
+steps once, compiles them into one function (:func:`_writer`), and
+writes the JSON value in one pass, by the same
 rules (see :mod:`.jsonmap`): integers as numbers (``as_string``: strings),
 unset fields with presence as null unless left out (``omit_null``,
 ``omit_when_empty``, members of a real oneof), empty repeated fields as
