@@ -149,10 +149,10 @@ def _writer(steps: tuple[Step, ...]) -> Writer:
         if step.repeated:
             lines.append(f"    v = {read}")
             if convert is not None:
-                lines += [f"    if chunked and len(v) > CHUNK: {key} = _chunked(v, {convert})"]
-                lines += [f"    elif v: {key} = list(map({convert}, v))"]
+                lines.append(f"    if chunked and len(v) > CHUNK: {key} = _chunked(v, {convert})")
+                lines.append(f"    elif v: {key} = list(map({convert}, v))")
             else:
-                lines += [f"    if v: {key} = list(v)"]
+                lines.append(f"    if v: {key} = list(v)")
             if step.when_empty == "list":
                 lines.append(f"    else: {key} = []")
             elif step.when_empty == "null":

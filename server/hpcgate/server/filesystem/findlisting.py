@@ -111,22 +111,15 @@ class Found:
         records = list(zip(*[iter(fields[:-1])] * FIELDS, strict=True))
         if not self._show_hidden:
             records = [r for r in records if not r[5].startswith(".")]
-        owners = None if self._numeric else self._cached_owners(records)
-        if owners is None and not self._numeric:
+        if self._numeric:
+            self._entries += entries(records, None)
+            return
+        ids, wanted = _wanted(records)
+        cached = self._names.cached(wanted)
+        if cached is None:
             self._unnamed += records
         else:
-            self._entries += entries(records, owners)
-
-    def _cached_owners(self, records: list[tuple[str, ...]]) -> Owners | None:
-        """The records' owners by name from the cache; None if it lacks one."""
-        users: dict[str, str] = {}
-        groups: dict[str, str] = {}
-        for uid, gid in {(r[1], r[2]) for r in records}:
-            user, group = self._names.get("passwd", int(uid)), self._names.get("group", int(gid))
-            if user is None or group is None:
-                return None
-            users[uid], groups[gid] = user, group
-        return users, groups
+            self._entries += entries(records, _named(ids, cached))
 
     async def entries(self) -> list[FileEntry]:
         """Every entry, named, sorted by the names' bytes (``ls`` order in the C locale)."""
@@ -157,13 +150,26 @@ def _records_end(data: bytes) -> int:
 
 async def _owners(names: IdNames, run: RunArgv, records: list[tuple[str, ...]]) -> Owners:
     """Names of the records' owners and groups: the cache, or one ``getent`` for the rest."""
+    ids, wanted = _wanted(records)
+    return _named(ids, await names.resolve(run, wanted))
+
+
+OwnerIds = set[tuple[str, str]]  # (uid, gid) as find prints them
+
+
+def _wanted(records: list[tuple[str, ...]]) -> tuple[OwnerIds, set[tuple[IdKind, int]]]:
+    """The records' (uid, gid) pairs, and the user and group ids to name for them."""
     ids = {(r[1], r[2]) for r in records}
     wanted: set[tuple[IdKind, int]] = set()
     for uid, gid in ids:
         wanted.update({("passwd", int(uid)), ("group", int(gid))})
-    resolved = await names.resolve(run, wanted)
-    users = {uid: resolved[("passwd", int(uid))] for uid, _ in ids}
-    groups = {gid: resolved[("group", int(gid))] for _, gid in ids}
+    return ids, wanted
+
+
+def _named(ids: OwnerIds, names: dict[tuple[IdKind, int], str]) -> Owners:
+    """uid -> user name and gid -> group name of ``ids``, from ``names``."""
+    users = {uid: names[("passwd", int(uid))] for uid, _ in ids}
+    groups = {gid: names[("group", int(gid))] for _, gid in ids}
     return users, groups
 
 

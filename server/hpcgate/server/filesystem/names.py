@@ -49,6 +49,16 @@ class IdNames:
             return None
         return hit[0]
 
+    def cached(self, wanted: Iterable[tuple[IdKind, int]]) -> dict[tuple[IdKind, int], str] | None:
+        """Names for ``wanted`` if every one is known and fresh, else None (no lookup)."""
+        found: dict[tuple[IdKind, int], str] = {}
+        for key in wanted:
+            name = self.get(*key)
+            if name is None:
+                return None
+            found[key] = name
+        return found
+
     async def resolve(
         self, run: RunArgv, wanted: Iterable[tuple[IdKind, int]]
     ) -> dict[tuple[IdKind, int], str]:
