@@ -1,9 +1,12 @@
 """Scenario 2: ``ls`` of directories of 1,000, 5,300 and 100,000 entries, over gRPC and REST.
 
 Two floors in this process, over the same SSH connection: one SFTP
-``readdir`` and one ``ls -l`` on an exec channel, the two ways the server
-can list. The faster of the two (per directory, by median) is the
-baseline of the ratios. Beside the times: the server's (gRPC) and the
+``readdir`` and one ``ls -l`` on an exec channel, the two ways a user
+could list by hand. The faster of the two (per directory, by median) is
+the baseline of the ratios. A third figure, the server's own ``find``
+command run bare on an exec channel (no confinement, no remote
+``timeout``, names sorted here), is not a baseline: it shows what the
+service adds to the command it runs. Beside the times: the server's (gRPC) and the
 server's + edge's (REST) CPU per entry listed, and their RSS after the
 listings (memory must stay in proportion). Every listing must name
 exactly the entries created, in order.
@@ -25,11 +28,13 @@ from bench.measure import (
 from bench.model import Figure, WrongBytesError
 from bench.procfs import CpuMeter, rss_bytes
 from bench.remote import BIG_COUNTS, Dataset, create_big, output
+from hpcgate.server.filesystem.findlisting import FIELDS, FORMAT
 from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
 
 SCENARIO = "big_directory"
 READDIR = "SFTP readdir floor"
 LS_EXEC = "ls -l exec floor"
+FIND_EXEC = "find -printf exec (the server's command, bare)"
 REST_PROCESSES = ("server", "edge")
 Lister = Callable[[], Awaitable[list[str]]]
 
@@ -76,7 +81,16 @@ async def _floors(ctx: Context, directory: str, count: int) -> list[Figure]:
 
     exec_floor = Figure(SCENARIO, LS_EXEC, "s", dict(params))
     await measure(exec_floor, ctx.plan, lambda: _timed(ls_exec, count, LS_EXEC))
-    return [floor, exec_floor]
+
+    async def find_exec() -> list[str]:
+        argv = ["find", directory, "-mindepth", "1", "-maxdepth", "1", "-printf", FORMAT]
+        listing = await output(await ctx.ssh.get(), f"TZ=UTC0 {shlex.join(argv)}")
+        fields = listing.split(b"\0")
+        return sorted(name.decode() for name in fields[5::FIELDS])
+
+    own = Figure(SCENARIO, FIND_EXEC, "s", dict(params))
+    await measure(own, ctx.plan, lambda: _timed(find_exec, count, FIND_EXEC))
+    return [floor, exec_floor, own]
 
 
 async def _served(
@@ -147,10 +161,12 @@ async def run(ctx: Context) -> list[Figure]:
     for count in BIG_COUNTS:
         directory = ctx.dataset.big_dir(count)
         floors = await _floors(ctx, directory, count)
-        timed = [f for f in floors if f.median is not None]
+        timed = [f for f in floors if f.median is not None and f.name != FIND_EXEC]
         baseline = min(timed, key=lambda f: f.median or 0).name if timed else READDIR
         for floor in floors:
             floor.extra["baseline_of_ratios"] = floor.name == baseline
+            if floor.name == FIND_EXEC:
+                floor.baseline = baseline
         figures += floors
         figures += await _listings(ctx, directory, count, baseline)
     return figures
