@@ -6,8 +6,8 @@ could list by hand. The faster of the two (per directory, by median) is
 the baseline of the ratios. A third figure, the server's own ``find``
 command run bare on an exec channel (no confinement, no remote
 ``timeout``, names sorted here), is not a baseline: it shows what the
-service adds to the command it runs. Beside the times: the server's (gRPC) and the
-server's + edge's (REST) CPU per entry listed, and their RSS after the
+service adds to the command it runs. Beside the times: the server's
+(gRPC) and the server's + edge's (REST) CPU per entry listed, and their RSS after the
 listings (memory must stay in proportion). Every listing must name
 exactly the entries created, in order.
 """
@@ -28,7 +28,7 @@ from bench.measure import (
 from bench.model import Figure, WrongBytesError
 from bench.procfs import CpuMeter, rss_bytes
 from bench.remote import BIG_COUNTS, Dataset, create_big, output
-from hpcgate.server.filesystem.findlisting import FIELDS, FORMAT
+from hpcgate.server.filesystem.findlisting import FIELDS, FORMAT, NAME_FIELD
 from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
 
 SCENARIO = "big_directory"
@@ -81,16 +81,21 @@ async def _floors(ctx: Context, directory: str, count: int) -> list[Figure]:
 
     exec_floor = Figure(SCENARIO, LS_EXEC, "s", dict(params))
     await measure(exec_floor, ctx.plan, lambda: _timed(ls_exec, count, LS_EXEC))
+    return [floor, exec_floor]
+
+
+async def _own_command(ctx: Context, directory: str, count: int, baseline: str) -> Figure:
+    """The server's ``find`` step without its confinement and remote ``timeout``."""
 
     async def find_exec() -> list[str]:
         argv = ["find", directory, "-mindepth", "1", "-maxdepth", "1", "-printf", FORMAT]
         listing = await output(await ctx.ssh.get(), f"TZ=UTC0 {shlex.join(argv)}")
         fields = listing.split(b"\0")
-        return sorted(name.decode() for name in fields[5::FIELDS])
+        return sorted(name.decode() for name in fields[NAME_FIELD::FIELDS])
 
-    own = Figure(SCENARIO, FIND_EXEC, "s", dict(params))
+    own = Figure(SCENARIO, FIND_EXEC, "s", {"entries": count}, baseline=baseline)
     await measure(own, ctx.plan, lambda: _timed(find_exec, count, FIND_EXEC))
-    return [floor, exec_floor, own]
+    return own
 
 
 async def _served(
@@ -161,12 +166,11 @@ async def run(ctx: Context) -> list[Figure]:
     for count in BIG_COUNTS:
         directory = ctx.dataset.big_dir(count)
         floors = await _floors(ctx, directory, count)
-        timed = [f for f in floors if f.median is not None and f.name != FIND_EXEC]
+        timed = [f for f in floors if f.median is not None]
         baseline = min(timed, key=lambda f: f.median or 0).name if timed else READDIR
         for floor in floors:
             floor.extra["baseline_of_ratios"] = floor.name == baseline
-            if floor.name == FIND_EXEC:
-                floor.baseline = baseline
         figures += floors
+        figures.append(await _own_command(ctx, directory, count, baseline))
         figures += await _listings(ctx, directory, count, baseline)
     return figures

@@ -17,8 +17,8 @@ OpenSSH 9.2 sftp-server, medians of 10 to 50 runs):
 operation           SFTP                           command (exec channel)
 ==================  =============================  ==================================
 ls, 10 entries      lstat + readdir     1.9 ms     ``find -printf``         4.0 ms
-ls, 5,000 entries   readdir + longname  75 ms      ``ls -l``                22 ms
-ls, 5,300 entries   readdir             96-133 ms  ``find -printf``, TZ set 21 ms
+ls, 5,300 entries   readdir             96-133 ms  ``ls -l``                45-60 ms
+                                                   ``find -printf``, TZ set 21-26 ms
 stat                stat                0.5 ms     ``stat -c``              3.8 ms
 head / tail         open + read 64 KiB  1.5 ms     ``head`` / ``tail``      3.6 ms
 chmod               setstat             0.4 ms     ``chmod``                3.4 ms

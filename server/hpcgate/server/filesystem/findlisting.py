@@ -40,6 +40,7 @@ from hpcgate.server.filesystem.remote import Remote
 # size, mtime in whole seconds, the name, the link target ("" unless a link).
 FORMAT = r"%M\0%U\0%G\0%s\0%Ts\0%P\0%l\0"
 FIELDS = 7
+NAME_FIELD = 5  # %P's place in a record
 # The step's exit status when the path is not a directory it may enter.
 NOT_A_DIRECTORY = 90
 # TZ: find's %T asks localtime() per entry, and glibc, with TZ unset, stats
@@ -114,10 +115,10 @@ class Found:
         except UnicodeDecodeError:
             raw = block.split(b"\0")
             fields = [decode_name(field) for field in raw]
-            self._raw.update(zip(fields[5::FIELDS], raw[5::FIELDS], strict=True))
+            self._raw.update(zip(fields[NAME_FIELD::FIELDS], raw[NAME_FIELD::FIELDS], strict=True))
         records = list(zip(*[iter(fields[:-1])] * FIELDS, strict=True))
         if not self._show_hidden:
-            records = [r for r in records if not r[5].startswith(".")]
+            records = [r for r in records if not r[NAME_FIELD].startswith(".")]
         if self._numeric:
             self._entries += entries(records, None)
             return
