@@ -18,7 +18,10 @@ So the httpx figures gather every request at once into a queue, and
 FirecREST with: one ``aiohttp.ClientSession`` (its connector keeps up to
 :data:`CONNECTIONS` connections, like httpx's default), every request
 gathered at once. aiohttp's pool hands a free connection out without
-scanning them all, so it needs no queue of its own.
+scanning them all, so it needs no queue of its own. Its answers are
+:class:`Answer` (status and body): building an httpx.Response per request
+cost 47 us (``timeit``), a tenth of the SFTP floor's time per file, which
+the figure would have counted as the service's.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -74,12 +78,27 @@ class ClientPerConnection:
         await asyncio.gather(*(client.aclose() for client in self._clients))
 
 
-class AiohttpClient:
-    """One aiohttp.ClientSession of up to :data:`CONNECTIONS` connections, requests gathered.
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One aiohttp GET's status and body; :meth:`response` is it as an httpx.Response."""
 
-    Answers are httpx.Responses (status, body, request), so the figures
-    check them as they check httpx's own.
-    """
+    url: str
+    query: Query
+    status: int
+    content: bytes
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status < 300
+
+    def response(self) -> httpx.Response:
+        """The answer as httpx's, for the checks httpx's figures use (outside the timer)."""
+        request = httpx.Request("GET", self.url, params=self.query)
+        return httpx.Response(self.status, content=self.content, request=request)
+
+
+class AiohttpClient:
+    """One aiohttp.ClientSession of up to :data:`CONNECTIONS` connections, requests gathered."""
 
     def __init__(self, base_url: str, headers: Mapping[str, str], timeout: float) -> None:
         self._base_url = base_url
@@ -90,14 +109,13 @@ class AiohttpClient:
             connector=aiohttp.TCPConnector(limit=CONNECTIONS),
         )
 
-    async def get(self, url: str, query: Query) -> httpx.Response:
+    async def get(self, url: str, query: Query) -> Answer:
         """GET ``url`` with ``query``, read whole."""
         async with self._session.get(url, params=query) as answer:
             content = await answer.read()
-            request = httpx.Request("GET", self._base_url + url, params=query)
-            return httpx.Response(answer.status, content=content, request=request)
+            return Answer(self._base_url + url, query, answer.status, content)
 
-    async def get_all(self, url: str, queries: Sequence[Query]) -> list[httpx.Response]:
+    async def get_all(self, url: str, queries: Sequence[Query]) -> list[Answer]:
         """GET ``url`` once per query, all at once; responses in the queries' order."""
         return list(await asyncio.gather(*(self.get(url, query) for query in queries)))
 

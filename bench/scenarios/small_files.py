@@ -16,13 +16,13 @@ import hashlib
 import io
 import shlex
 import tarfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import asyncssh
 import httpx
 
 from bench.context import Context
-from bench.httpclients import CONNECTIONS, AiohttpClient, ClientPerConnection
+from bench.httpclients import CONNECTIONS, AiohttpClient, Answer, ClientPerConnection, Query
 from bench.measure import Stopwatch, check_http, measure, unimplemented_is_not_available
 from bench.model import Figure, WrongBytesError
 from bench.remote import SMALL_SIZE, output, small_name, verify
@@ -34,7 +34,9 @@ BASELINE = "SFTP floor"
 REST = f"REST download (httpx, {CONNECTIONS} clients x 1 connection)"
 REST_AIOHTTP = f"REST download (aiohttp, one session of {CONNECTIONS} connections)"
 HTTP_FLOOR = f"REST client floor (httpx, {CONNECTIONS} clients, trivial HTTP server)"
+AIOHTTP_FLOOR = f"REST client floor (aiohttp, {CONNECTIONS} connections, trivial HTTP server)"
 Fetch = Callable[[list[str]], Awaitable[list[bytes]]]
+GetAll = Callable[[str, list[Query]], Awaitable[Sequence[httpx.Response | Answer]]]
 
 
 async def _sftp(sftp: asyncssh.SFTPClient, paths: list[str]) -> list[bytes]:
@@ -155,19 +157,26 @@ async def _rest(http: httpx.AsyncClient, system: str, path: str) -> bytes:
     return response.content
 
 
-async def _rest_floor(floor: ClientPerConnection, count: int) -> float:
-    """The REST client's own cost: as many requests to a server that just answers 1 KB.
+def _contents(answers: Sequence[httpx.Response | Answer]) -> list[bytes]:
+    """The bodies of 2xx answers; the first other one raises as :func:`check_http` says."""
+    for answer in answers:
+        if not answer.is_success:
+            check_http(answer if isinstance(answer, httpx.Response) else answer.response())
+    return [answer.content for answer in answers]
 
-    ``floor`` lives as long as the scenario, as the REST figures' clients do,
-    so that neither side pays for opening its connections inside the timer.
+
+async def _rest_floor(get_all: GetAll, count: int) -> float:
+    """A REST client's own cost: as many requests to a server that just answers 1 KB.
+
+    The client lives as long as the scenario, as the REST figures' clients
+    do, so that neither side pays for opening its connections inside the timer.
     """
     watch = Stopwatch()
-    responses = await floor.get_all("/bytes", [{"size": str(SMALL_SIZE)}] * count)
+    answers = await get_all("/bytes", [{"size": str(SMALL_SIZE)}] * count)
     elapsed = watch.elapsed()
-    for response in responses:
-        check_http(response)
-        if len(response.content) != SMALL_SIZE:
-            raise WrongBytesError(f"HTTP floor: {len(response.content)} bytes, not {SMALL_SIZE}")
+    for data in _contents(answers):
+        if len(data) != SMALL_SIZE:
+            raise WrongBytesError(f"HTTP floor: {len(data)} bytes, not {SMALL_SIZE}")
     return elapsed
 
 
@@ -185,19 +194,13 @@ def _fetchers(ctx: Context, aio: AiohttpClient) -> dict[str, Fetch]:
         calls = (stub.Download(request, metadata=metadata) for request in requests)
         return [reply.data for reply in await asyncio.gather(*calls)]
 
+    url = f"/filesystem/{system}/ops/download"
+
     async def rest(paths: list[str]) -> list[bytes]:
-        url = f"/filesystem/{system}/ops/download"
-        responses = await ctx.rest.get_all(url, [{"path": path} for path in paths])
-        for response in responses:
-            check_http(response)
-        return [response.content for response in responses]
+        return _contents(await ctx.rest.get_all(url, [{"path": path} for path in paths]))
 
     async def rest_aiohttp(paths: list[str]) -> list[bytes]:
-        url = f"/filesystem/{system}/ops/download"
-        responses = await aio.get_all(url, [{"path": path} for path in paths])
-        for response in responses:
-            check_http(response)
-        return [response.content for response in responses]
+        return _contents(await aio.get_all(url, [{"path": path} for path in paths]))
 
     async def rest_one_client(paths: list[str]) -> list[bytes]:
         return list(await asyncio.gather(*(_rest(ctx.http, system, path) for path in paths)))
@@ -225,7 +228,7 @@ async def _timed(fetch: Fetch, paths: list[str], name: str) -> float:
     return elapsed
 
 
-async def _floors(ctx: Context, floor: ClientPerConnection, count: int) -> list[Figure]:
+async def _floors(ctx: Context, floors: dict[str, GetAll], count: int) -> list[Figure]:
     paths, params = ctx.dataset.small_paths(count), {"n": count}
 
     def figure(name: str) -> Figure:
@@ -253,8 +256,14 @@ async def _floors(ctx: Context, floor: ClientPerConnection, count: int) -> list[
         return elapsed
 
     tar_figure = await measure(figure("tar floor (1 stream)"), ctx.plan, tar_once)
-    http_figure = await measure(figure(HTTP_FLOOR), ctx.plan, lambda: _rest_floor(floor, count))
-    return [sftp_figure, cat_figure, tar_figure, http_figure]
+    figures = [sftp_figure, cat_figure, tar_figure]
+    for name, get_all in floors.items():
+
+        async def http_once(get_all: GetAll = get_all) -> float:
+            return await _rest_floor(get_all, count)
+
+        figures.append(await measure(figure(name), ctx.plan, http_once))
+    return figures
 
 
 async def run(ctx: Context) -> list[Figure]:
@@ -262,11 +271,13 @@ async def run(ctx: Context) -> list[Figure]:
     figures: list[Figure] = []
     async with (
         ClientPerConnection(ctx.stack.http_floor_url, {}, ctx.plan.timeout) as floor,
+        AiohttpClient(ctx.stack.http_floor_url, {}, ctx.plan.timeout) as aio_floor,
         AiohttpClient(ctx.stack.rest_url, ctx.stack.headers(), ctx.plan.timeout) as aio,
     ):
         fetchers = _fetchers(ctx, aio)
+        floors: dict[str, GetAll] = {HTTP_FLOOR: floor.get_all, AIOHTTP_FLOOR: aio_floor.get_all}
         for count in ctx.sizes:
-            figures += await _floors(ctx, floor, count)
+            figures += await _floors(ctx, floors, count)
             paths = ctx.dataset.small_paths(count)
             for name, fetch in fetchers.items():
                 figure = Figure(SCENARIO, name, "s", {"n": count}, baseline=BASELINE)

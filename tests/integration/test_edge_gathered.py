@@ -20,6 +20,8 @@ from conftest import LiveService
 from devkeys import DevIssuer
 from hpcgate.server.config import DataOperationConfig
 from hpcgate.server.rpc.metrics import RPC_METRICS
+from hpcgate.server.servicers.filesystem_streams import REPLY_BYTES
+from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
 from localsite import SYSTEM
 
 DOWNLOAD = "/hpcgate.v1.Filesystem/Download"
@@ -157,3 +159,49 @@ async def test_callers_are_never_gathered_together(
     assert alone[forged][0] == 401 and alone[forged][3] == ""
     assert together == [alone[who] for who in mixed]
     assert _calls(DOWNLOAD_MANY) >= before + 3  # a call per token at least
+
+
+def _outcome(answer: filesystem_pb2.DownloadManyResponse) -> tuple[str, int, str, bytes]:
+    if answer.HasField("error"):
+        return "error", answer.error.code, answer.error.message, b""
+    return "body", 0, "", answer.body.data
+
+
+async def test_download_many_packs_answers_as_asked_and_within_bounds(
+    live: LiveService, cluster: Cluster, remote_dir: str
+) -> None:
+    """Packed replies carry the same answers as one file per reply, within both bounds."""
+    contents = await _files(cluster, remote_dir)
+    large = {f"{remote_dir}/large{i}": bytes([65 + i]) * (REPLY_BYTES * 2 // 3) for i in range(3)}
+    async with cluster.connect("alice") as conn, conn.start_sftp_client() as sftp:
+        for path, data in large.items():
+            async with sftp.open(path, "wb") as file:
+                await file.write(data)
+    paths = [*contents, *large, f"{remote_dir}/missing", f"{remote_dir}/subdir"]
+    stub = filesystem_pb2_grpc.FilesystemStub(live.channel)
+
+    async def replies(per_reply: int) -> list[filesystem_pb2.DownloadManyResponse]:
+        request = filesystem_pb2.DownloadManyRequest(
+            system_name=live.system, paths=paths, max_files_per_reply=per_reply
+        )
+        return [r async for r in stub.DownloadMany(request, metadata=live.metadata("alice"))]
+
+    single = await replies(0)
+    assert all(not r.files for r in single) and len(single) == len(paths)
+    alone = {r.index: _outcome(r) for r in single}
+    packed = await replies(4)
+    answers = [a for r in packed for a in r.files]
+    assert all(not r.HasField("outcome") and r.files for r in packed)
+    assert sorted(a.index for a in answers) == list(range(len(paths)))
+    assert {a.index: _outcome(a) for a in answers} == alone
+    for reply in packed:
+        assert len(reply.files) <= 4
+        sizes = [len(a.body.data) for a in reply.files]
+        assert len(sizes) == 1 or sum(sizes) <= REPLY_BYTES, sizes
+    assert len(packed) < len(paths)  # answers did share replies
+    assert alone[paths.index(f"{remote_dir}/large1")] == (
+        "body",
+        0,
+        "",
+        large[f"{remote_dir}/large1"],
+    )

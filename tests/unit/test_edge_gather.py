@@ -37,24 +37,39 @@ def _download_gathering() -> Gathering:
 
 @dataclass
 class Recorder:
+    """Records each call; answers two files to a reply when asked to pack (else one)."""
+
     calls: list[tuple[str, list[str]]] = field(default_factory=list)
+    per_reply: list[int] = field(default_factory=list)
+    packs: bool = True
 
     async def many(
         self, request: filesystem_pb2.DownloadManyRequest, context: Any
     ) -> AsyncIterator[filesystem_pb2.DownloadManyResponse]:
         token = dict(context.invocation_metadata())["authorization"]
         self.calls.append((token, list(request.paths)))
+        self.per_reply.append(request.max_files_per_reply)
         if FAIL in request.paths:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
-        for index, path in reversed(list(enumerate(request.paths))):
-            if path == SKIP:
-                continue
-            if path.startswith("missing"):
-                error = status_pb2.Status(code=grpc.StatusCode.NOT_FOUND.value[0], message=path)
-                yield filesystem_pb2.DownloadManyResponse(index=index, error=error)
-            else:
-                body = httpbody_pb2.HttpBody(data=f"{request.system_name}:{path}".encode())
-                yield filesystem_pb2.DownloadManyResponse(index=index, body=body)
+        answers = [
+            _answer(request.system_name, index, path)
+            for index, path in reversed(list(enumerate(request.paths)))
+            if path != SKIP
+        ]
+        if not (self.packs and request.max_files_per_reply > 1):
+            for answer in answers:
+                yield answer
+            return
+        for start in range(0, len(answers), 2):
+            yield filesystem_pb2.DownloadManyResponse(files=answers[start : start + 2])
+
+
+def _answer(system: str, index: int, path: str) -> filesystem_pb2.DownloadManyResponse:
+    if path.startswith("missing"):
+        error = status_pb2.Status(code=grpc.StatusCode.NOT_FOUND.value[0], message=path)
+        return filesystem_pb2.DownloadManyResponse(index=index, error=error)
+    body = httpbody_pb2.HttpBody(data=f"{system}:{path}".encode())
+    return filesystem_pb2.DownloadManyResponse(index=index, body=body)
 
 
 @pytest.fixture
@@ -118,6 +133,21 @@ async def test_requests_of_one_turn_ride_one_call_by_token_and_system(
     assert bodies == [b"cluster:a", b"cluster:b", b"cluster:c", b"other:d", None, b"cluster:f"]
     assert answers[4].error.code == grpc.StatusCode.NOT_FOUND.value[0]
     assert {a.username for a in answers} == {"someone"}
+    assert recorder.per_reply == [gather.PER_REPLY] * 3  # the edge takes packed replies
+
+
+async def test_answers_one_to_a_reply_are_taken_too(served: tuple[Gatherer, Recorder]) -> None:
+    """A server that does not pack (before ``max_files_per_reply``) answers each alone."""
+    gatherer, recorder = served
+    recorder.packs = False
+    paths = ["a", "missing-b", "c"]
+    answers = await asyncio.gather(*(_submit(gatherer, "t1", "cluster", p) for p in paths))
+    assert [a.reply.data if a.reply is not None else None for a in answers] == [
+        b"cluster:a",
+        None,
+        b"cluster:c",
+    ]
+    assert answers[1].error.code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
 async def test_a_full_call_is_sent_and_the_rest_ride_the_next(

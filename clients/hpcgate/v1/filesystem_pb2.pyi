@@ -1170,8 +1170,15 @@ class DownloadManyRequest(_message.Message):
 
     SYSTEM_NAME_FIELD_NUMBER: _builtins.int
     PATHS_FIELD_NUMBER: _builtins.int
+    MAX_FILES_PER_REPLY_FIELD_NUMBER: _builtins.int
     system_name: _builtins.str
     """Target system."""
+    max_files_per_reply: _builtins.int
+    """Most files one reply may carry, in its `files`; 0 or 1: one file per
+    reply, in `index` and `outcome`. A stream message costs each end about
+    60 us, more than the 1 KB file it carries. A reply holds at most 1 MiB
+    of file bytes, or one larger file.
+    """
     @_builtins.property
     def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The files, each as Download's `path`; at most 1,000."""
@@ -1181,10 +1188,11 @@ class DownloadManyRequest(_message.Message):
         *,
         system_name: _builtins.str = ...,
         paths: _abc.Iterable[_builtins.str] | None = ...,
+        max_files_per_reply: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["paths", b"paths", "system_name", b"system_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_files_per_reply", b"max_files_per_reply", "paths", b"paths", "system_name", b"system_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1192,13 +1200,16 @@ Global___DownloadManyRequest: _TypeAlias = DownloadManyRequest  # noqa: Y015
 
 @_typing.final
 class DownloadManyResponse(_message.Message):
-    """DownloadManyResponse is Download's answer for one of the files."""
+    """DownloadManyResponse is Download's answer for one of the files, or, with
+    `max_files_per_reply`, for several (`files`).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     INDEX_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """The file's position in the request's `paths`."""
     @_builtins.property
@@ -1209,16 +1220,23 @@ class DownloadManyResponse(_message.Message):
     def error(self) -> _status_pb2.Status:
         """The error Download would have ended with (code, message, details)."""
 
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___DownloadManyResponse]:
+        """The answers of several files, each a reply of one file (its own
+        `files` empty); `index` and `outcome` are then unset.
+        """
+
     def __init__(
         self,
         *,
         index: _builtins.int = ...,
         body: _httpbody_pb2.HttpBody | None = ...,
         error: _status_pb2.Status | None = ...,
+        files: _abc.Iterable[Global___DownloadManyResponse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "error", b"error", "index", b"index", "outcome", b"outcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "error", b"error", "files", b"files", "index", b"index", "outcome", b"outcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["body", "error"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015

@@ -277,10 +277,11 @@ class FilesystemServicer:
 
     def DownloadMany(self, request, context):
         """Download many small files of one system for one caller: each file as
-        Download would answer it, its bytes or its error, in one reply per file
-        in the order they are read (not the order asked). The REST edge gathers
-        concurrent `ops/download` requests of one caller into one such call,
-        sparing a gRPC call per file. gRPC only.
+        Download would answer it, its bytes or its error, in the order they are
+        read (not the order asked); one reply per file, or with
+        `max_files_per_reply` the files read by then together. The REST edge
+        gathers concurrent `ops/download` requests of one caller into one such
+        call, sparing a gRPC call per file. gRPC only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

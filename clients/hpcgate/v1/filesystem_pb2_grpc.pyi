@@ -83,10 +83,11 @@ class FilesystemStub:
     """
     DownloadMany: _grpc.UnaryStreamMultiCallable[_filesystem_pb2.DownloadManyRequest, _filesystem_pb2.DownloadManyResponse]
     """Download many small files of one system for one caller: each file as
-    Download would answer it, its bytes or its error, in one reply per file
-    in the order they are read (not the order asked). The REST edge gathers
-    concurrent `ops/download` requests of one caller into one such call,
-    sparing a gRPC call per file. gRPC only.
+    Download would answer it, its bytes or its error, in the order they are
+    read (not the order asked); one reply per file, or with
+    `max_files_per_reply` the files read by then together. The REST edge
+    gathers concurrent `ops/download` requests of one caller into one such
+    call, sparing a gRPC call per file. gRPC only.
     """
     Upload: _grpc.UnaryUnaryMultiCallable[_filesystem_pb2.UploadRequest, _filesystem_pb2.UploadResponse]
     """Upload a small file (up to the configured maximum size) as
@@ -179,10 +180,11 @@ class FilesystemAsyncStub(FilesystemStub):
     """
     DownloadMany: _aio.UnaryStreamMultiCallable[_filesystem_pb2.DownloadManyRequest, _filesystem_pb2.DownloadManyResponse]  # type: ignore[assignment]
     """Download many small files of one system for one caller: each file as
-    Download would answer it, its bytes or its error, in one reply per file
-    in the order they are read (not the order asked). The REST edge gathers
-    concurrent `ops/download` requests of one caller into one such call,
-    sparing a gRPC call per file. gRPC only.
+    Download would answer it, its bytes or its error, in the order they are
+    read (not the order asked); one reply per file, or with
+    `max_files_per_reply` the files read by then together. The REST edge
+    gathers concurrent `ops/download` requests of one caller into one such
+    call, sparing a gRPC call per file. gRPC only.
     """
     Upload: _aio.UnaryUnaryMultiCallable[_filesystem_pb2.UploadRequest, _filesystem_pb2.UploadResponse]  # type: ignore[assignment]
     """Upload a small file (up to the configured maximum size) as
@@ -357,10 +359,11 @@ class FilesystemServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_filesystem_pb2.DownloadManyResponse], _abc.AsyncIterator[_filesystem_pb2.DownloadManyResponse]]:
         """Download many small files of one system for one caller: each file as
-        Download would answer it, its bytes or its error, in one reply per file
-        in the order they are read (not the order asked). The REST edge gathers
-        concurrent `ops/download` requests of one caller into one such call,
-        sparing a gRPC call per file. gRPC only.
+        Download would answer it, its bytes or its error, in the order they are
+        read (not the order asked); one reply per file, or with
+        `max_files_per_reply` the files read by then together. The REST edge
+        gathers concurrent `ops/download` requests of one caller into one such
+        call, sparing a gRPC call per file. gRPC only.
         """
 
     def Upload(

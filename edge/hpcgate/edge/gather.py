@@ -12,7 +12,9 @@ system gathered while the event loop turns once; then
   what it did;
 - two or more go as one call of the gathering RPC, whose stream brings each
   request's reply or error (a google.rpc.Status) as the single call would
-  have answered it; the server runs the same code for each.
+  have answered it, several to a stream message (``max_files_per_reply``:
+  a message costs each end more than a small file's answer); the server
+  runs the same code for each.
 
 A caller's requests never share a call with another token's. A call that
 fails as a whole (a refused token, the server unreachable) is each
@@ -31,8 +33,10 @@ from google.rpc import status_pb2
 
 from hpcgate.edge.bindings import Gathering
 
-# Requests in one gathered call at most (the server takes 1,000).
+# Requests in one gathered call at most (the server takes 1,000), and
+# answers to one of its stream messages at most (the server bounds their bytes).
 MAX_GATHERED = 1000
+PER_REPLY = MAX_GATHERED
 Metadata = list[tuple[str, str]]
 
 
@@ -110,7 +114,7 @@ class Gatherer:
     async def _call(self, batch: _Batch) -> None:
         outcomes: dict[int, Any] = {}
         make: Any = batch.gathering.request_class
-        request = make(system_name=batch.system, paths=batch.paths)
+        request = make(system_name=batch.system, paths=batch.paths, max_files_per_reply=PER_REPLY)
         call = self._callable_of(batch.gathering)(
             request, metadata=batch.metadata, timeout=self._timeout
         )
@@ -118,7 +122,9 @@ class Gatherer:
         username = ""
         try:
             async for reply in call:
-                outcomes[reply.index] = reply
+                # Several answers to a reply, or (a server before that) one.
+                for answer in reply.files or (reply,):
+                    outcomes[answer.index] = answer
             username = self._username_of(await call.trailing_metadata())
         except grpc.aio.AioRpcError as error:
             failed = error

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
-from collections.abc import AsyncIterator
+from asyncio import Task
+from collections.abc import AsyncIterator, Iterator
+from typing import TypeVar
 
 from google.api import httpbody_pb2
 
@@ -24,8 +26,11 @@ from hpcgate.server.servicers.convert import timestamp
 from hpcgate.v1 import filesystem_pb2, filesystem_pb2_grpc
 
 OCTET_STREAM = "application/octet-stream"
-# Files in one DownloadMany call at most (the edge gathers up to this many).
+# Files in one DownloadMany call at most (the edge gathers up to this many),
+# and file bytes in one of its replies at most (unless one file is larger).
 MAX_DOWNLOAD_MANY = 1000
+REPLY_BYTES = 1024 * 1024
+T = TypeVar("T")
 
 
 async def _download(call: Call, path_text: str) -> httpbody_pb2.HttpBody:
@@ -62,6 +67,48 @@ def _bulk_entry(event: bulk.BulkEvent) -> filesystem_pb2.BulkDownloadEntry:
     return entry
 
 
+async def _as_they_land(tasks: list[Task[T]]) -> AsyncIterator[list[T]]:
+    """The results of ``tasks``, in lists of those that finished since the last list."""
+    landed: list[Task[T]] = []
+    wake = asyncio.Event()
+
+    def land(task: Task[T]) -> None:
+        landed.append(task)
+        wake.set()
+
+    for task in tasks:
+        task.add_done_callback(land)
+    left = len(tasks)
+    while left:
+        await wake.wait()
+        wake.clear()
+        done, landed[:] = landed[:], []
+        left -= len(done)
+        yield [task.result() for task in done]
+
+
+def _packed(
+    answers: list[filesystem_pb2.DownloadManyResponse], per_reply: int
+) -> Iterator[filesystem_pb2.DownloadManyResponse]:
+    """``answers`` as DownloadMany's replies: each alone (``per_reply`` 1), or
+    together in ``files``, ``per_reply`` and :data:`REPLY_BYTES` at most (a
+    larger file alone)."""
+    if per_reply == 1:
+        yield from answers
+        return
+    files: list[filesystem_pb2.DownloadManyResponse] = []
+    size = 0
+    for answer in answers:
+        weight = len(answer.body.data)
+        if files and (len(files) >= per_reply or size + weight > REPLY_BYTES):
+            yield filesystem_pb2.DownloadManyResponse(files=files)
+            files, size = [], 0
+        files.append(answer)
+        size += weight
+    if files:
+        yield filesystem_pb2.DownloadManyResponse(files=files)
+
+
 async def _upload_parts(
     requests: AsyncIterator[filesystem_pb2.UploadStreamRequest],
 ) -> AsyncIterator[bytes | content.Digest]:
@@ -94,11 +141,13 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
     async def DownloadMany(
         self, request: filesystem_pb2.DownloadManyRequest, context: Context
     ) -> AsyncIterator[filesystem_pb2.DownloadManyResponse]:
-        """Download's answer for each of ``paths``, one reply per file as each is read.
+        """Download's answer for each of ``paths``, as each is read.
 
         The files are read together, each by Download's own code (so small
         files of one call ride in the user's read batches); a file's failure
-        is its reply's ``error``, and the other files go on.
+        is its answer's ``error``, and the other files go on. The answers
+        that landed since the last reply go out together, up to
+        ``max_files_per_reply`` to a reply (:func:`_packed`).
         """
         call = begin(self._runtime, request.system_name, context)
         if len(request.paths) > MAX_DOWNLOAD_MANY:
@@ -112,9 +161,11 @@ class FilesystemStreams(filesystem_pb2_grpc.FilesystemServicer):
             return filesystem_pb2.DownloadManyResponse(index=index, body=body)
 
         reads = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(request.paths)]
+        per_reply = max(1, request.max_files_per_reply)
         try:
-            for read in asyncio.as_completed(reads):
-                yield await read
+            async for answers in _as_they_land(reads):
+                for reply in _packed(answers, per_reply):
+                    yield reply
         finally:
             for read in reads:  # the call ended early (cancelled): stop the reads left
                 read.cancel()
