@@ -24,7 +24,7 @@ import grpc
 import httpx
 
 from bench import ROOT
-from bench.compare import compare, previous_file, read_results
+from bench.compare import compare, merged, previous_files
 from bench.context import Context, Scenario
 from bench.httpclients import ClientPerConnection
 from bench.measure import Plan, describe
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--against",
         type=Path,
-        help="results file to compare with (default: the newest earlier one in --results)",
+        help="results file to compare with (default: per scenario, the newest earlier one)",
     )
     args = parser.parse_args(argv)
     selected = [name for name in args.only.split(",") if name]
@@ -158,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
 
     now = datetime.now(UTC)
     stem = now.strftime("%Y-%m-%dT%H%M%SZ")
-    against = args.against or previous_file(args.results, stem, selected)
+    if args.against is not None:
+        previous = dict.fromkeys(selected, args.against)
+    else:
+        previous = previous_files(args.results, stem, selected)
     notes: dict[str, Any] = {}
     figures = asyncio.run(_run(selected, plan, sizes, notes))
     fill_ratios(figures)
@@ -170,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         "scenario_notes": notes,
     }
     doc["targets"] = evaluate(figures)
-    if against is not None:
-        doc["vs_previous"] = compare(doc, read_results(against), _shown(against))
+    if previous:
+        doc["vs_previous"] = compare(doc, *merged(previous, _shown))
     path = write(args.results, stem, doc, figures)
     print(table(doc, figures))
     print(f"\nresults: {_shown(path)}")

@@ -14,15 +14,16 @@ says which got worse by more than :data:`TOLERANCE`:
 "Worse" is higher for times, sizes, counts and CPU, lower for rates
 (:data:`HIGHER_IS_BETTER`). A figure is matched by scenario, name and
 params; one new, not OK, or without the number in either file is not
-compared. The previous file is the newest ``bench/results/*.json`` of a
-``make bench`` run (not ``-instructions.json``) written before this one
-that ran any of this run's scenarios, or the one given with ``--against``.
+compared. The previous figures of a scenario are those of the newest
+``bench/results/*.json`` of a ``make bench`` run (not ``-instructions.json``)
+written before this one that ran that scenario, or of the file given with
+``--against``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,12 @@ FIELDS = ("ratio", "median")
 INSTRUCTIONS_SUFFIX = "-instructions"
 
 
-def previous_file(results_dir: Path, stem: str, scenarios: Iterable[str]) -> Path | None:
-    """The newest results file in ``results_dir`` before ``stem`` that ran any of ``scenarios``.
+def previous_files(results_dir: Path, stem: str, scenarios: Iterable[str]) -> dict[str, Path]:
+    """For each of ``scenarios``, the newest results file in ``results_dir`` before ``stem``
+    that ran it (none for a scenario no earlier run ran).
 
-    ``stem`` is this run's date; a run of other scenarios only has nothing
-    to compare with.
+    Per scenario, so that a run of a few scenarios in between does not hide
+    the others' previous figures from the next full run.
     """
     wanted = set(scenarios)
     candidates = sorted(
@@ -48,14 +50,34 @@ def previous_file(results_dir: Path, stem: str, scenarios: Iterable[str]) -> Pat
         ),
         reverse=True,
     )
+    found: dict[str, Path] = {}
     for path in candidates:
+        if not wanted - set(found):
+            break
         try:
             ran = read_results(path).get("plan", {}).get("scenarios", [])
         except (OSError, ValueError):
             continue  # unreadable or not a results file
-        if wanted & set(ran):
-            return path
-    return None
+        for scenario in wanted & set(ran):
+            found.setdefault(scenario, path)
+    return found
+
+
+def merged(previous: dict[str, Path], shown: Callable[[Path], str]) -> tuple[dict[str, Any], str]:
+    """One previous results document of each scenario's figures from its own file, and its name.
+
+    The date and machine are the newest file's; the name lists every file.
+    """
+    docs = {path: read_results(path) for path in sorted(set(previous.values()))}
+    figures = [
+        figure
+        for scenario, path in sorted(previous.items())
+        for figure in docs[path].get("figures", [])
+        if figure.get("scenario") == scenario
+    ]
+    newest = docs[max(docs)]
+    doc = {"date": newest.get("date"), "machine": newest.get("machine"), "figures": figures}
+    return doc, ", ".join(shown(path) for path in docs)
 
 
 def _key(figure: dict[str, Any]) -> tuple[str, str, str]:

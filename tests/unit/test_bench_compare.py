@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.compare import compare, previous_file, read_results
+from bench.compare import compare, merged, previous_files, read_results
 from bench.model import Figure, fill_ratios
 from bench.report import markdown, table
 
@@ -60,21 +60,32 @@ def _write(folder: Path, stem: str, doc: dict[str, Any]) -> Path:
     return path
 
 
-def test_picks_the_newest_earlier_bench_file_of_the_same_scenarios(tmp_path: Path) -> None:
+def test_picks_each_scenarios_newest_earlier_bench_file(tmp_path: Path) -> None:
     def ran(*scenarios: str) -> dict[str, Any]:
-        return {"plan": {"scenarios": list(scenarios)}, "figures": []}
+        figures = [Figure(s, "f", "s", {}, [float(len(s))]).to_json() for s in scenarios]
+        return {"plan": {"scenarios": list(scenarios)}, "figures": figures}
 
-    _write(tmp_path, "2026-12-01T100000Z", ran("small_files", "big_directory"))
+    _write(tmp_path, "2026-12-01T100000Z", ran("small_files", "big_directory", "load"))
     _write(tmp_path, "2026-12-02T100000Z", ran("big_directory"))
     _write(tmp_path, "2026-12-02T103000Z", ran("load"))
     _write(tmp_path, "2026-12-02T110000Z-instructions", ran("big_directory"))
     _write(tmp_path, "2026-12-03T100000Z", ran("big_directory"))
     (tmp_path / "2026-12-02T113000Z.json").write_text("not json")
     now = "2026-12-02T120000Z"
-    assert previous_file(tmp_path, now, ["big_directory"]) == tmp_path / "2026-12-02T100000Z.json"
-    assert previous_file(tmp_path, now, ["small_files"]) == tmp_path / "2026-12-01T100000Z.json"
-    assert previous_file(tmp_path, now, ["watch_fanout"]) is None
-    assert previous_file(tmp_path, "2026-12-01T000000Z", ["big_directory"]) is None
+    found = previous_files(tmp_path, now, ["big_directory", "small_files", "watch_fanout"])
+    assert found == {
+        "big_directory": tmp_path / "2026-12-02T100000Z.json",
+        "small_files": tmp_path / "2026-12-01T100000Z.json",
+    }
+    assert previous_files(tmp_path, "2026-12-01T000000Z", ["big_directory"]) == {}
+
+    # Each scenario's figures come from its own file; the name lists both files.
+    doc, name = merged(found, lambda path: path.name)
+    assert name == "2026-12-01T100000Z.json, 2026-12-02T100000Z.json"
+    assert [(f["scenario"], f["samples"]) for f in doc["figures"]] == [
+        ("big_directory", [13.0]),
+        ("small_files", [11.0]),
+    ]
 
 
 def test_flags_figures_worse_by_more_than_ten_percent(tmp_path: Path) -> None:
