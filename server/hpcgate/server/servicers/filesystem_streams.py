@@ -82,7 +82,8 @@ async def _as_they_land(tasks: list[Task[T]]) -> AsyncIterator[list[T]]:
     while left:
         await wake.wait()
         wake.clear()
-        done, landed[:] = landed[:], []
+        done = landed.copy()
+        landed.clear()
         left -= len(done)
         yield [task.result() for task in done]
 
